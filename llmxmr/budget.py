@@ -1,0 +1,71 @@
+"""How many tokens each stage may give to document text or partial answers.
+
+Everything that is not document text is measured: the rendered prompt without its variable part,
+an allowance for the chat template's role markers, and the reply's ``max_tokens``. When the token
+counter is not the served model's own, a safety margin of the window stays free.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from .config import PipelineConfig
+from .errors import ContextTooSmallError
+from .prompts import ChatMessage, PromptSet
+from .stages.collapse import collapse_messages
+from .stages.map import map_messages
+from .stages.reduce import reduce_messages
+from .tokens import TokenCounter
+
+# Role markers and separators a chat template adds around each message (ChatML: about 5 tokens).
+TEMPLATE_TOKENS_PER_MESSAGE = 8
+# Below this, chunks are too small to be worth a call each.
+MIN_CHUNK_TOKENS = 64
+# Header and separator that ``render_partials`` adds around one partial answer.
+PARTIAL_HEADER_TOKENS = 24
+
+
+class Budget(BaseModel):
+    window: int
+    usable: int
+    chunk_tokens: int
+    collapse_tokens: int
+    reduce_tokens: int
+
+
+def prompt_tokens(messages: list[ChatMessage], counter: TokenCounter) -> int:
+    counts = counter.count_batch([message.content for message in messages])
+    return sum(counts) + TEMPLATE_TOKENS_PER_MESSAGE * (len(messages) + 1)
+
+
+def plan_budget(
+    config: PipelineConfig, prompts: PromptSet, question: str, window: int, counter: TokenCounter
+) -> Budget:
+    generation = config.generation
+    usable = window if counter.exact else int(window * (1.0 - config.chunking.safety_margin))
+    map_fixed = prompt_tokens(map_messages(prompts, question, ""), counter) + generation.map_max_tokens
+    chunk_tokens = usable - map_fixed
+    if config.chunk_token_cap is not None:
+        chunk_tokens = min(chunk_tokens, config.chunk_token_cap)
+    if chunk_tokens < MIN_CHUNK_TOKENS:
+        raise ContextTooSmallError(
+            f"the context window ({window} tokens) is too small: the map prompt and its reply need "
+            f"{map_fixed} of the {usable} usable tokens, leaving {max(chunk_tokens, 0)} for text "
+            f"(at least {MIN_CHUNK_TOKENS} needed)"
+        )
+    collapse_fixed = prompt_tokens(collapse_messages(prompts, question, []), counter)
+    reduce_fixed = prompt_tokens(reduce_messages(prompts, question, []), counter)
+    budget = Budget(
+        window=window,
+        usable=usable,
+        chunk_tokens=chunk_tokens,
+        collapse_tokens=usable - collapse_fixed - generation.collapse_max_tokens,
+        reduce_tokens=usable - reduce_fixed - generation.reduce_max_tokens,
+    )
+    largest_partial = max(generation.map_max_tokens, generation.collapse_max_tokens) + PARTIAL_HEADER_TOKENS
+    if min(budget.collapse_tokens, budget.reduce_tokens) < 2 * largest_partial:
+        raise ContextTooSmallError(
+            f"the context window ({window} tokens) is too small to merge two partial answers of up "
+            f"to {largest_partial} tokens; lower generation.*_max_tokens or use a larger window"
+        )
+    return budget

@@ -1,0 +1,234 @@
+"""Split a long document into chunks that fit a token budget, at the most natural boundary.
+
+Boundaries, best first: paragraph (a blank line), sentence (``. ! ?`` and ``。！？；``), line, word,
+and as a last resort a cut between tokens. A chunk ends at the best boundary that still leaves it at
+least ``min_fill`` of the budget full, so chunks are both natural and large.
+
+The cost is linear in the document: the text is cut once into sentence-sized segments, each segment
+is counted once (in one batch), chunks are packed from the counts, and each packed chunk is counted
+once more to catch the rare case where tokens do not add up across segments. Chunks concatenate
+back to the input exactly; an optional overlap repeats the tail of the previous chunk in front of a
+chunk, but each character belongs to exactly one chunk's own span.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import ContextTooSmallError
+from .tokens import TokenCounter
+
+# Sentence punctuation (with closing quotes/brackets) and the whitespace after it, or any run of
+# whitespace that contains a line break. Which one matched, and how many line breaks the match
+# holds, decide the boundary's level.
+_BOUNDARY = re.compile(
+    r"[.!?…]+[\"'”’)\]»]*\s+"  # Latin sentence end: needs whitespace after it ("3.14" is no end)
+    r"|[。！？；]+[”’」』）》]*\s*"  # CJK sentence end: no whitespace follows in Chinese text
+    r"|\s*\n\s*"  # a line break, or a blank line when there are two
+)
+_WORD = re.compile(r"\s+")
+_CJK_OR_LATIN_END = re.compile(r"[.!?…。！？；]")
+
+
+class Level(IntEnum):
+    TOKEN = 0
+    WORD = 1
+    LINE = 2
+    SENTENCE = 3
+    PARAGRAPH = 4
+
+
+class Chunk(BaseModel):
+    """A chunk's own span is ``document[start:end]``; ``text`` also holds any overlap before it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    start: int
+    end: int
+    overlap_start: int
+    text: str
+    tokens: int
+
+
+@dataclass(slots=True)
+class _Segment:
+    start: int
+    end: int
+    tokens: int
+    level: Level  # the level of the boundary at the segment's end
+
+
+def chunk_text(
+    text: str,
+    budget: int,
+    counter: TokenCounter,
+    *,
+    overlap_tokens: int = 0,
+    min_fill: float = 0.5,
+) -> list[Chunk]:
+    """Chunks of at most ``budget`` tokens (overlap included), in document order."""
+    own_budget = budget - overlap_tokens
+    if own_budget < 1:
+        raise ContextTooSmallError(
+            f"no room for document text: chunk budget {budget} tokens, overlap {overlap_tokens}"
+        )
+    if not text:
+        return []
+    segments = _segments(text, own_budget, counter)
+    groups = _pack(segments, own_budget, min_fill)
+    return _verified(text, segments, groups, budget, counter, overlap_tokens, min_fill)
+
+
+def _boundaries(text: str) -> list[tuple[int, Level]]:
+    found: list[tuple[int, Level]] = []
+    for match in _BOUNDARY.finditer(text):
+        piece = match.group()
+        if piece.count("\n") >= 2:
+            level = Level.PARAGRAPH
+        elif _CJK_OR_LATIN_END.match(piece):
+            level = Level.SENTENCE
+        else:
+            level = Level.LINE
+        found.append((match.end(), level))
+    if not found or found[-1][0] != len(text):
+        found.append((len(text), Level.PARAGRAPH))
+    return found
+
+
+def _segments(text: str, budget: int, counter: TokenCounter) -> list[_Segment]:
+    """Sentence-sized segments, each at most ``budget`` tokens (finer cuts only where needed)."""
+    spans: list[tuple[int, int, Level]] = []
+    start = 0
+    for end, level in _boundaries(text):
+        if end > start:
+            spans.append((start, end, level))
+            start = end
+    counts = counter.count_batch([text[s:e] for s, e, _ in spans])
+    segments: list[_Segment] = []
+    for (s, e, level), tokens in zip(spans, counts):
+        if tokens <= budget:
+            segments.append(_Segment(s, e, tokens, level))
+        else:
+            segments.extend(_split_oversized(text, _Segment(s, e, tokens, level), budget, counter))
+    return segments
+
+
+def _split_oversized(text: str, segment: _Segment, budget: int, counter: TokenCounter) -> list[_Segment]:
+    """Cut a segment over budget at words, and words still over budget between tokens."""
+    cuts = [m.end() for m in _WORD.finditer(text, segment.start, segment.end)]
+    ends = [c for c in cuts if segment.start < c < segment.end] + [segment.end]
+    starts = [segment.start] + ends[:-1]
+    counts = counter.count_batch([text[s:e] for s, e in zip(starts, ends)])
+    pieces: list[_Segment] = []
+    for s, e, tokens in zip(starts, ends, counts):
+        level = segment.level if e == segment.end else Level.WORD
+        piece = _Segment(s, e, tokens, level)
+        pieces.extend([piece] if tokens <= budget else _split_by_tokens(text, piece, budget, counter))
+    return pieces
+
+
+def _split_by_tokens(text: str, segment: _Segment, budget: int, counter: TokenCounter) -> list[_Segment]:
+    """Even character cuts sized from the token count, halved again wherever a part is still over."""
+    parts = math.ceil(segment.tokens / budget) + 1
+    step = max(1, math.ceil((segment.end - segment.start) / parts))
+    starts = list(range(segment.start, segment.end, step))
+    ends = starts[1:] + [segment.end]
+    counts = counter.count_batch([text[s:e] for s, e in zip(starts, ends)])
+    pieces: list[_Segment] = []
+    for s, e, tokens in zip(starts, ends, counts):
+        level = segment.level if e == segment.end else Level.TOKEN
+        piece = _Segment(s, e, tokens, level)
+        if tokens <= budget or e - s == 1:
+            pieces.append(piece)
+        else:
+            pieces.extend(_split_by_tokens(text, piece, budget, counter))
+    return pieces
+
+
+def _pack(segments: list[_Segment], budget: int, min_fill: float) -> list[range]:
+    """Group consecutive segments; each group ends at the best boundary past ``min_fill``."""
+    groups: list[range] = []
+    floor = budget * min_fill
+    first = 0
+    while first < len(segments):
+        total = 0
+        best_end: dict[Level, int] = {}
+        last = first
+        while last < len(segments) and total + segments[last].tokens <= budget:
+            total += segments[last].tokens
+            if total >= floor:
+                best_end[segments[last].level] = last
+            last += 1
+        if last == len(segments):
+            end = last - 1
+        elif last == first:  # a single segment over budget (only with a counter that is not additive)
+            end = first
+        else:
+            end = best_end[max(best_end)] if best_end else last - 1
+        groups.append(range(first, end + 1))
+        first = end + 1
+    return groups
+
+
+def _with_overlap(
+    text: str, segments: list[_Segment], groups: list[range], overlap_tokens: int
+) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    for index, group in enumerate(groups):
+        start, end = segments[group.start].start, segments[group.stop - 1].end
+        overlap_start, spent = start, 0
+        position = group.start - 1
+        while position >= 0 and spent + segments[position].tokens <= overlap_tokens:
+            spent += segments[position].tokens
+            overlap_start = segments[position].start
+            position -= 1
+        own_tokens = sum(segments[i].tokens for i in group)
+        chunks.append(
+            Chunk(
+                index=index,
+                start=start,
+                end=end,
+                overlap_start=overlap_start,
+                text=text[overlap_start:end],
+                tokens=own_tokens + spent,
+            )
+        )
+    return chunks
+
+
+def _verified(
+    text: str,
+    segments: list[_Segment],
+    groups: list[range],
+    budget: int,
+    counter: TokenCounter,
+    overlap_tokens: int,
+    min_fill: float,
+) -> list[Chunk]:
+    """Count each chunk whole; re-pack the rare ones whose segment counts under-estimated them."""
+    while True:
+        chunks = _with_overlap(text, segments, groups, overlap_tokens)
+        actual = counter.count_batch([chunk.text for chunk in chunks])
+        if all(tokens <= budget or len(group) == 1 for group, tokens in zip(groups, actual)):
+            return [chunk.model_copy(update={"tokens": tokens}) for chunk, tokens in zip(chunks, actual)]
+        groups = [
+            part
+            for group, tokens in zip(groups, actual)
+            for part in _repacked(segments, group, tokens, budget, overlap_tokens, min_fill)
+        ]
+
+
+def _repacked(
+    segments: list[_Segment], group: range, tokens: int, budget: int, overlap_tokens: int, min_fill: float
+) -> list[range]:
+    if tokens <= budget or len(group) == 1:
+        return [group]
+    smaller = max(1, int((budget - overlap_tokens) * budget / tokens * 0.95))
+    sub = _pack(segments[group.start : group.stop], smaller, min_fill)
+    return [range(group.start + part.start, group.start + part.stop) for part in sub]

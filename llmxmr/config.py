@@ -1,0 +1,131 @@
+"""Settings: types here, values in ``configs/default.yaml``.
+
+Precedence, lowest first: ``configs/default.yaml`` < the user's YAML (``--config``) < environment
+(``LLMXMR_BASE_URL``, ``LLMXMR_API_KEY``, ``LLMXMR_MODEL``) < explicit arguments (CLI flags).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from .errors import ConfigError
+from .prompts import TaskFamily
+from .resources import data_dir
+
+ENVIRONMENT = {"LLMXMR_BASE_URL": ("llm", "base_url"), "LLMXMR_API_KEY": ("llm", "api_key"), "LLMXMR_MODEL": ("llm", "model")}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LLMSettings(_Section):
+    base_url: str | None
+    api_key: SecretStr | None
+    model: str | None
+    concurrency: int = Field(ge=1)
+    timeout_s: float = Field(gt=0)
+    max_retries: int = Field(ge=0)
+    temperature: float = Field(ge=0)
+    context_window: int | None = Field(ge=1)
+    tokenizer: str
+
+
+class EmbeddedSettings(_Section):
+    model_path: str | None
+    n_ctx: int = Field(ge=256)
+    threads: int | None = Field(ge=1)
+    chunk_tokens: int | None = Field(ge=1)
+
+
+class ChunkingSettings(_Section):
+    chunk_tokens: int | None = Field(ge=1)
+    overlap_tokens: int = Field(ge=0)
+    min_fill: float = Field(ge=0, le=1)
+    safety_margin: float = Field(ge=0, lt=1)
+
+
+class GenerationSettings(_Section):
+    map_max_tokens: int = Field(ge=16)
+    collapse_max_tokens: int = Field(ge=16)
+    reduce_max_tokens: int = Field(ge=16)
+    validation_attempts: int = Field(ge=1)
+
+
+class PipelineConfig(_Section):
+    task_type: TaskFamily
+    on_chunk_error: Literal["skip", "fail"]
+    llm: LLMSettings
+    embedded: EmbeddedSettings
+    chunking: ChunkingSettings
+    generation: GenerationSettings
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> PipelineConfig:
+        """Defaults, then the YAML file at ``path``, then the environment, then ``overrides``
+        (dotted keys such as ``llm.base_url`` or ``chunking.chunk_tokens``; None means unset)."""
+        values = _read_yaml(data_dir("configs") / "default.yaml")
+        if path is not None:
+            _merge(values, _read_yaml(Path(path)), str(path))
+        for variable, (section, key) in ENVIRONMENT.items():
+            if os.environ.get(variable):
+                values[section][key] = os.environ[variable]
+        for dotted, value in overrides.items():
+            if value is not None:
+                _set_dotted(values, dotted, value)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            source = f" in {path}" if path else ""
+            raise ConfigError(f"invalid setting {where}{source}: {first['msg']}") from exc
+
+    @property
+    def uses_embedded_model(self) -> bool:
+        return self.llm.base_url is None
+
+    @property
+    def chunk_token_cap(self) -> int | None:
+        if self.chunking.chunk_tokens is not None:
+            return self.chunking.chunk_tokens
+        return self.embedded.chunk_tokens if self.uses_embedded_model else None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config {path} is not valid YAML{where}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config {path} must be a mapping of settings")
+    return loaded
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], source: str) -> None:
+    for key, value in update.items():
+        if isinstance(base.get(key), dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"invalid setting {key} in {source}: expected a mapping")
+            _merge(base[key], value, source)
+        else:
+            base[key] = value
+
+
+def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
+    *sections, key = dotted.split(".")
+    target = values
+    for section in sections:
+        target = target[section]
+    target[key] = value

@@ -1,0 +1,261 @@
+"""MapReducePipeline: chunk, map concurrently, collapse until the partials fit, reduce.
+
+``arun`` is the core (async, one semaphore bounds the calls in flight); ``run`` wraps it for
+synchronous callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Iterable
+from typing import TypeVar
+
+from pydantic import BaseModel
+from tqdm import tqdm
+
+from .budget import PARTIAL_HEADER_TOKENS, Budget, plan_budget
+from .chunking import Chunk, chunk_text
+from .clients import make_client
+from .clients.base import LLMClient
+from .config import PipelineConfig
+from .errors import ConfigError, LLMCallError, UsageError
+from .prompts import PromptSet, load_prompts
+from .schemas import CollapseOutput, FinalAnswer, MapOutput
+from .stages import collapse, reduce
+from .stages.map import map_messages
+from .stages.partials import Partial, render_partial
+from .structured import call_structured
+from .tokens import HFTokenizerCounter, TiktokenCounter, TokenCounter
+from .trace import CallRecord, Trace
+
+T = TypeVar("T")
+
+
+class ChunkSpan(BaseModel):
+    index: int
+    start: int
+    end: int
+    tokens: int
+
+
+class PipelineResult(BaseModel):
+    """The answer for the whole document, and how it was reached."""
+
+    question: str
+    task_type: str
+    answer: str
+    rationale: str
+    confidence: float
+    supporting_chunks: list[int]
+    found: bool
+    model: str
+    chunks: list[ChunkSpan]
+    failed_calls: list[CallRecord]
+    trace: Trace
+
+
+class MapReducePipeline:
+    """``MapReducePipeline(config).run(document, question)``; ``await pipeline.arun(...)`` in async
+    code. Without a ``client``, each run opens the one the config names (a server, or the embedded
+    model) and closes it at the end; a given client is left open for the caller to reuse."""
+
+    def __init__(
+        self, config: PipelineConfig | None = None, *, client: LLMClient | None = None, progress: bool = False
+    ) -> None:
+        self.config = config or PipelineConfig.load()
+        self._client = client
+        self._progress = progress
+
+    def run(self, document: str, question: str) -> PipelineResult:
+        return asyncio.run(self.arun(document, question))
+
+    async def arun(self, document: str, question: str) -> PipelineResult:
+        question = question.strip()
+        if not question:
+            raise UsageError("the question is empty")
+        if not document.strip():
+            raise UsageError("the document is empty")
+        client = self._client or make_client(self.config)
+        try:
+            return await _Run(self.config, client, self._progress).execute(document, question)
+        finally:
+            if self._client is None:
+                await client.aclose()
+
+
+class _Run:
+    """The state of one run: its client, prompts, budget, semaphore, trace and progress bar."""
+
+    def __init__(self, config: PipelineConfig, client: LLMClient, progress: bool) -> None:
+        self.config = config
+        self.client = client
+        self.prompts: PromptSet = load_prompts(config.task_type)
+        self.trace = Trace()
+        self.failed: list[CallRecord] = []
+        self.semaphore = asyncio.Semaphore(config.llm.concurrency)
+        self.bar = tqdm(total=0, desc="map", unit="call", file=sys.stderr, disable=not progress, leave=False)
+
+    async def execute(self, document: str, question: str) -> PipelineResult:
+        started = time.perf_counter()
+        try:
+            counter = await self._token_counter()
+            budget = await self._budget(question, counter)
+            chunks = await asyncio.to_thread(
+                chunk_text,
+                document,
+                budget.chunk_tokens,
+                counter,
+                overlap_tokens=self.config.chunking.overlap_tokens,
+                min_fill=self.config.chunking.min_fill,
+            )
+            partials = await self._map(chunks, question)
+            found = bool(partials)
+            if found:
+                partials = await self._collapse(partials, question, budget, counter)
+            final = await self._reduce(partials, question) if partials else reduce.nothing_found()
+        finally:
+            self.bar.close()
+            self.trace.wall_time_s = time.perf_counter() - started
+        return PipelineResult(
+            question=question,
+            task_type=self.config.task_type,
+            answer=final.answer,
+            rationale=final.rationale,
+            confidence=final.confidence,
+            supporting_chunks=final.supporting_chunks,
+            found=found,
+            model=self.client.describe(),
+            chunks=[ChunkSpan(index=c.index, start=c.start, end=c.end, tokens=c.tokens) for c in chunks],
+            failed_calls=self.failed,
+            trace=self.trace,
+        )
+
+    async def _token_counter(self) -> TokenCounter:
+        setting = self.config.llm.tokenizer
+        if setting == "tiktoken":
+            return TiktokenCounter()
+        if setting in ("auto", "server"):
+            counter = await self.client.token_counter()
+            if counter is not None:
+                return counter
+            if setting == "server":
+                raise ConfigError(
+                    f"{self.client.describe()} has no tokenize endpoint; use --tokenizer tiktoken "
+                    "or a local tokenizer directory"
+                )
+            return TiktokenCounter()
+        return HFTokenizerCounter(setting)
+
+    async def _budget(self, question: str, counter: TokenCounter) -> Budget:
+        window = self.config.llm.context_window or await self.client.context_window()
+        if window is None:
+            raise ConfigError(
+                f"the context window of {self.client.describe()} is unknown: set llm.context_window "
+                "in the config or pass --context-window"
+            )
+        return plan_budget(self.config, self.prompts, question, window, counter)
+
+    async def _call(self, awaitable: Awaitable[tuple[T | None, CallRecord]]) -> T | None:
+        async with self.semaphore:
+            output, record = await awaitable
+        self.trace.calls.append(record)
+        self.bar.update(1)
+        if record.error:
+            self.failed.append(record)
+            if self.config.on_chunk_error == "fail":
+                raise LLMCallError(
+                    f"{record.stage} call for chunk(s) {record.chunk_indices} failed: {record.error}"
+                )
+        return output
+
+    async def _map(self, chunks: list[Chunk], question: str) -> list[Partial]:
+        self.bar.total += len(chunks)
+        self.bar.refresh()
+        generation = self.config.generation
+
+        async def map_one(chunk: Chunk) -> Partial | None:
+            output = await self._call(
+                call_structured(
+                    self.client,
+                    map_messages(self.prompts, question, chunk.text),
+                    MapOutput,
+                    stage="map",
+                    chunk_indices=[chunk.index],
+                    max_tokens=generation.map_max_tokens,
+                    temperature=self.config.llm.temperature,
+                    attempts=generation.validation_attempts,
+                ),
+            )
+            return Partial(chunk_indices=[chunk.index], answer=output) if output else None
+
+        results = await _gather(map_one(chunk) for chunk in chunks)
+        return [p for p in results if p is not None and p.answer.has_information]
+
+    async def _collapse(
+        self, partials: list[Partial], question: str, budget: Budget, counter: TokenCounter
+    ) -> list[Partial]:
+        while partials:
+            sizes = [n + PARTIAL_HEADER_TOKENS for n in counter.count_batch([render_partial(p) for p in partials])]
+            if sum(sizes) <= budget.reduce_tokens:
+                return partials
+            groups = collapse.group_to_fit(sizes, budget.collapse_tokens)
+            if all(len(group) == 1 for group in groups):  # never stall: merge neighbours in pairs
+                groups = [range(i, min(i + 2, len(partials))) for i in range(0, len(partials), 2)]
+            self.bar.set_description("collapse")
+            self.bar.total += sum(1 for group in groups if len(group) > 1)
+            self.bar.refresh()
+            merged = await _gather(self._collapse_group([partials[i] for i in g], question) for g in groups)
+            partials = [p for p in merged if p.answer.has_information]
+        return partials
+
+    async def _collapse_group(self, group: list[Partial], question: str) -> Partial:
+        if len(group) == 1:
+            return group[0]
+        generation = self.config.generation
+        output = await self._call(
+            call_structured(
+                self.client,
+                collapse.collapse_messages(self.prompts, question, group),
+                CollapseOutput,
+                stage="collapse",
+                chunk_indices=collapse.merged_indices(group),
+                max_tokens=generation.collapse_max_tokens,
+                temperature=self.config.llm.temperature,
+                attempts=generation.validation_attempts,
+            ),
+        )
+        if output is None:
+            return collapse.fallback(group)
+        return Partial(chunk_indices=collapse.merged_indices(group), answer=output)
+
+    async def _reduce(self, partials: list[Partial], question: str) -> FinalAnswer:
+        self.bar.set_description("reduce")
+        self.bar.total += 1
+        generation = self.config.generation
+        output = await self._call(
+            call_structured(
+                self.client,
+                reduce.reduce_messages(self.prompts, question, partials),
+                FinalAnswer,
+                stage="reduce",
+                chunk_indices=collapse.merged_indices(partials),
+                max_tokens=generation.reduce_max_tokens,
+                temperature=self.config.llm.temperature,
+                attempts=generation.validation_attempts,
+            ),
+        )
+        return reduce.known_chunks(output, partials) if output else reduce.fallback(partials)
+
+
+async def _gather(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+    """Run all, in order; if one raises, cancel the rest before re-raising (no orphan calls)."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -1,0 +1,14 @@
+"""Where the package's prompts and configs are, installed or in a source checkout."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+
+def data_dir(name: str) -> Path:
+    """``prompts`` or ``configs``: inside the installed package, else at the top of the checkout."""
+    installed = Path(str(resources.files("llmxmr"))) / name
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / name

@@ -1,0 +1,94 @@
+"""One logical LLM call that must return a valid pydantic object.
+
+The schema goes to the server for constrained decoding; the reply is still parsed leniently and
+validated, because not every server enforces schemas. A reply that fails is sent back with the
+error (a "reask"), up to ``attempts`` replies in all. Everything the call cost is recorded in a
+``CallRecord``, failures included.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from .clients.base import ChatReply, ChatRequest, LLMClient
+from .errors import LLMCallError
+from .parsing import parse_reply
+from .prompts import ChatMessage
+from .schemas import json_schema
+from .trace import CallRecord, CallStage
+
+Output = TypeVar("Output", bound=BaseModel)
+
+
+async def call_structured(
+    client: LLMClient,
+    messages: list[ChatMessage],
+    output_type: type[Output],
+    *,
+    stage: CallStage,
+    chunk_indices: list[int],
+    max_tokens: int,
+    temperature: float,
+    attempts: int,
+) -> tuple[Output | None, CallRecord]:
+    """The validated output, or None with the reason in ``record.error`` when the call failed.
+
+    A failed call (bad replies, or an LLM error that retries could not fix) is this call's problem
+    and is only recorded; an unreachable server concerns the whole run and propagates."""
+    record = CallRecord(stage=stage, chunk_indices=chunk_indices)
+    conversation = list(messages)
+    started = time.perf_counter()
+    try:
+        for _ in range(attempts):
+            request = ChatRequest(
+                messages=conversation,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                schema_name=output_type.__name__,
+                json_schema=json_schema(output_type),
+            )
+            record.attempts += 1
+            reply = await client.chat(request)
+            _add_usage(record, reply)
+            output, problem = _validated(reply.text, reply.finish_reason, output_type)
+            if output is not None:
+                record.output = output.model_dump(mode="json")
+                return output, record
+            conversation = [
+                *messages,
+                ChatMessage(role="assistant", content=reply.text),
+                ChatMessage(role="user", content=f"{problem} Reply again with only the corrected JSON object."),
+            ]
+        record.error = f"no valid {output_type.__name__} after {attempts} attempt(s): {problem}"
+    except LLMCallError as exc:
+        record.error = str(exc)
+    finally:
+        record.latency_s = round(time.perf_counter() - started, 4)
+    return None, record
+
+
+def _add_usage(record: CallRecord, reply: ChatReply) -> None:
+    record.prompt_tokens += reply.prompt_tokens
+    record.completion_tokens += reply.completion_tokens
+    record.transport_retries += reply.transport_retries
+    if reply.cached_tokens is not None:
+        record.cached_tokens = (record.cached_tokens or 0) + reply.cached_tokens
+
+
+def _validated(text: str, finish_reason: str | None, output_type: type[Output]) -> tuple[Output | None, str]:
+    if finish_reason == "length":
+        return None, "Your reply was cut off at the length limit; keep every field shorter."
+    fields = parse_reply(text)
+    if fields is None:
+        return None, "Your reply was not a JSON object."
+    known = {key: value for key, value in fields.items() if key in output_type.model_fields}
+    try:
+        return output_type.model_validate(known), ""
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'reply'}: {error['msg']}" for error in exc.errors()
+        )
+        return None, f"Your reply did not match the required fields ({problems})."

@@ -1,0 +1,50 @@
+"""What a run did: one record per LLM call, plus totals."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, computed_field
+
+CallStage = Literal["map", "collapse", "reduce"]
+
+
+class CallRecord(BaseModel):
+    """One logical call (all its attempts): where it belongs, what it cost, what it returned."""
+
+    stage: CallStage
+    chunk_indices: list[int]
+    attempts: int = 0
+    transport_retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int | None = None
+    latency_s: float = 0.0
+    output: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class Totals(BaseModel):
+    calls: int
+    failed_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    wall_time_s: float
+
+
+class Trace(BaseModel):
+    calls: list[CallRecord] = Field(default_factory=list)
+    wall_time_s: float = 0.0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def totals(self) -> Totals:
+        return Totals(
+            calls=sum(record.attempts for record in self.calls),
+            failed_calls=sum(1 for record in self.calls if record.error),
+            prompt_tokens=sum(record.prompt_tokens for record in self.calls),
+            completion_tokens=sum(record.completion_tokens for record in self.calls),
+            cached_tokens=sum(record.cached_tokens or 0 for record in self.calls),
+            wall_time_s=round(self.wall_time_s, 3),
+        )
