@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-NO_INFORMATION_MARK = "[NO INFORMATION]"
+from .schemas import NO_INFORMATION_MARK
 
 _FENCED = re.compile(r"```(?:json)?\s*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 _LABELS = {
@@ -74,9 +74,6 @@ def _text_protocol(text: str) -> dict[str, Any] | None:
     if "confidence" in fields:
         number = _NUMBER.search(fields["confidence"])
         fields["confidence"] = float(number.group()) if number else fields["confidence"]
-    answer = fields.get("answer", "")
-    no_information = not answer or NO_INFORMATION_MARK.lower() in answer.lower()
-    fields["status"] = "no_information" if no_information else "answer"
-    if no_information:
-        fields["answer"] = ""
+    if NO_INFORMATION_MARK.lower() in fields.get("answer", "").lower():
+        fields["answer"] = None
     return fields

@@ -21,16 +21,17 @@ from .clients import make_client
 from .clients.base import LLMClient
 from .config import PipelineConfig
 from .errors import ConfigError, LLMCallError, UsageError
-from .prompts import PromptSet, load_prompts
+from .prompts import ChatMessage, PromptSet, load_prompts
 from .schemas import CollapseOutput, FinalAnswer, MapOutput
 from .stages import collapse, reduce
 from .stages.map import map_messages
 from .stages.partials import Partial, render_partial
 from .structured import call_structured
 from .tokens import HFTokenizerCounter, TiktokenCounter, TokenCounter
-from .trace import CallRecord, Trace
+from .trace import CallRecord, CallStage, Trace
 
 T = TypeVar("T")
+Output = TypeVar("Output", bound=BaseModel)
 
 
 class ChunkSpan(BaseModel):
@@ -157,9 +158,26 @@ class _Run:
             )
         return plan_budget(self.config, self.prompts, question, window, counter)
 
-    async def _call(self, awaitable: Awaitable[tuple[T | None, CallRecord]]) -> T | None:
+    async def _call(
+        self,
+        stage: CallStage,
+        messages: list[ChatMessage],
+        output_type: type[Output],
+        chunk_indices: list[int],
+        max_tokens: int,
+    ) -> Output | None:
+        """One structured call under the run's concurrency limit, recorded in the trace."""
         async with self.semaphore:
-            output, record = await awaitable
+            output, record = await call_structured(
+                self.client,
+                messages,
+                output_type,
+                stage=stage,
+                chunk_indices=chunk_indices,
+                max_tokens=max_tokens,
+                temperature=self.config.llm.temperature,
+                attempts=self.config.generation.validation_attempts,
+            )
         self.trace.calls.append(record)
         self.bar.update(1)
         if record.error:
@@ -173,20 +191,14 @@ class _Run:
     async def _map(self, chunks: list[Chunk], question: str) -> list[Partial]:
         self.bar.total += len(chunks)
         self.bar.refresh()
-        generation = self.config.generation
 
         async def map_one(chunk: Chunk) -> Partial | None:
             output = await self._call(
-                call_structured(
-                    self.client,
-                    map_messages(self.prompts, question, chunk.text),
-                    MapOutput,
-                    stage="map",
-                    chunk_indices=[chunk.index],
-                    max_tokens=generation.map_max_tokens,
-                    temperature=self.config.llm.temperature,
-                    attempts=generation.validation_attempts,
-                ),
+                "map",
+                map_messages(self.prompts, question, chunk.text),
+                MapOutput,
+                [chunk.index],
+                self.config.generation.map_max_tokens,
             )
             return Partial(chunk_indices=[chunk.index], answer=output) if output else None
 
@@ -213,18 +225,12 @@ class _Run:
     async def _collapse_group(self, group: list[Partial], question: str) -> Partial:
         if len(group) == 1:
             return group[0]
-        generation = self.config.generation
         output = await self._call(
-            call_structured(
-                self.client,
-                collapse.collapse_messages(self.prompts, question, group),
-                CollapseOutput,
-                stage="collapse",
-                chunk_indices=collapse.merged_indices(group),
-                max_tokens=generation.collapse_max_tokens,
-                temperature=self.config.llm.temperature,
-                attempts=generation.validation_attempts,
-            ),
+            "collapse",
+            collapse.collapse_messages(self.prompts, question, group),
+            CollapseOutput,
+            collapse.merged_indices(group),
+            self.config.generation.collapse_max_tokens,
         )
         if output is None:
             return collapse.fallback(group)
@@ -233,18 +239,12 @@ class _Run:
     async def _reduce(self, partials: list[Partial], question: str) -> FinalAnswer:
         self.bar.set_description("reduce")
         self.bar.total += 1
-        generation = self.config.generation
         output = await self._call(
-            call_structured(
-                self.client,
-                reduce.reduce_messages(self.prompts, question, partials),
-                FinalAnswer,
-                stage="reduce",
-                chunk_indices=collapse.merged_indices(partials),
-                max_tokens=generation.reduce_max_tokens,
-                temperature=self.config.llm.temperature,
-                attempts=generation.validation_attempts,
-            ),
+            "reduce",
+            reduce.reduce_messages(self.prompts, question, partials),
+            FinalAnswer,
+            collapse.merged_indices(partials),
+            self.config.generation.reduce_max_tokens,
         )
         return reduce.known_chunks(output, partials) if output else reduce.fallback(partials)
 

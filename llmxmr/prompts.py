@@ -6,7 +6,6 @@ the chunk last so that all map calls of a run share one byte-identical prefix (p
 
 from __future__ import annotations
 
-import re
 from functools import cache
 from pathlib import Path
 from string import Template
@@ -22,8 +21,10 @@ TASK_FAMILIES: tuple[str, ...] = TaskFamily.__args__  # type: ignore[attr-define
 Stage = Literal["map", "collapse", "reduce"]
 
 _RUNTIME_VARIABLES = {"map": {"question", "chunk"}, "collapse": {"question", "partials"}, "reduce": {"question", "partials"}}
-# After the chunk, a map template may only close the chunk's delimiter.
-_AFTER_CHUNK = re.compile(r"\s*(</[a-z_]+>)?\s*\Z")
+# What a map template may put after the chunk: its closing delimiter and a short reminder of the
+# question (small models lose a question stated only before thousands of tokens). All text before
+# the chunk is the prefix every map call of a run shares.
+MAX_TEMPLATE_AFTER_CHUNK = 200
 
 
 class ChatMessage(BaseModel):
@@ -75,8 +76,8 @@ def _check(path: Path, stage: str, text: str) -> None:
     missing = _RUNTIME_VARIABLES[stage] - _placeholders(text)
     if missing:
         raise ConfigError(f"{path}: missing placeholder(s) {', '.join(sorted(missing))}")
-    if stage == "map" and not _AFTER_CHUNK.match(text, text.rindex("$chunk") + len("$chunk")):
-        raise ConfigError(f"{path}: $chunk must come last so that map prompts share a prefix")
+    if stage == "map" and len(text) - text.index("$chunk") - len("$chunk") > MAX_TEMPLATE_AFTER_CHUNK:
+        raise ConfigError(f"{path}: $chunk must come (almost) last so that map prompts share a prefix")
 
 
 @cache

@@ -1,25 +1,21 @@
 """Structured values exchanged with the model at each stage, and their JSON schemas.
 
 Map and collapse share one protocol (the paper's "structured information protocol"), so a collapse
-output can be collapsed again. The ``status`` field comes first: a chunk without relevant content
-answers with the shortest valid object, and the pipeline drops it without parsing prose.
+output can be collapsed again. "No information" is explicit: ``answer`` is null (the paper writes
+"[NO INFORMATION]"). It is decided after the model has copied what it found, never before: asked to
+declare a status first, small models declare "no information" and then quote the answer anyway.
 """
 
 from __future__ import annotations
 
 import json
-from enum import Enum
 from functools import cache
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_CONFIDENCE = 5.0
-
-
-class Status(str, Enum):
-    ANSWER = "answer"
-    NO_INFORMATION = "no_information"
+NO_INFORMATION_MARK = "[NO INFORMATION]"
 
 
 class _Strict(BaseModel):
@@ -29,21 +25,25 @@ class _Strict(BaseModel):
 class PartialAnswer(_Strict):
     """What one chunk (map) or one group of partial answers (collapse) says about the question."""
 
-    status: Status = Field(
-        description="'no_information' when the text holds nothing relevant to the question"
-    )
     extracted_information: str = Field(
         description="the facts from the text that bear on the question, as close to the text as possible"
     )
     rationale: str = Field(description="how the information leads to the answer, with any inference named")
-    answer: str = Field(description="the answer this text supports; empty when there is no information")
+    answer: str | None = Field(description="the answer this text supports; null when it holds no relevant information")
     confidence: float = Field(
         ge=0, le=MAX_CONFIDENCE, description="0 to 5: 5 only for an answer stated literally in the text"
     )
 
+    @field_validator("answer")
+    @classmethod
+    def _no_information_is_null(cls, value: str | None) -> str | None:
+        if value is None or not value.strip() or value.strip().upper() == NO_INFORMATION_MARK:
+            return None
+        return value
+
     @property
     def has_information(self) -> bool:
-        return self.status is Status.ANSWER
+        return self.answer is not None
 
 
 class MapOutput(PartialAnswer):

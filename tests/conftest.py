@@ -1,0 +1,41 @@
+"""Shared fixtures: a deterministic token counter, and replies for the scripted fake client."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+_CJK = re.compile("[\u4e00-\u9fff]")
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+class WordCounter:
+    """One token per whitespace-separated word (plus one per CJK character): exact, fast,
+    and easy to reason about in tests."""
+
+    name = "words"
+    exact = True
+
+    def count_batch(self, texts: Sequence[str]) -> list[int]:
+        return [len(_CJK.sub(" x ", text).split()) for text in texts]
+
+
+@pytest.fixture
+def word_counter() -> WordCounter:
+    return WordCounter()
+
+
+def partial_reply(answer: str | None, confidence: float = 4.0, info: str = "info", rationale: str = "why") -> str:
+    return json.dumps(
+        {"extracted_information": info, "rationale": rationale, "answer": answer, "confidence": confidence}
+    )
+
+
+def final_reply(answer: str, confidence: float = 4.5, chunks: list[int] | None = None) -> str:
+    return json.dumps(
+        {"rationale": "weighed", "answer": answer, "confidence": confidence, "supporting_chunks": chunks or []}
+    )

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmxmr.chunking import chunk_text
+from llmxmr.errors import ContextTooSmallError
+from llmxmr.tokens import TiktokenCounter
+
+from ..conftest import WordCounter
+
+COUNTER = WordCounter()
+
+
+def _own_text(text, chunks):
+    return "".join(text[c.start : c.end] for c in chunks)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(min_size=0, max_size=2000), budget=st.integers(min_value=1, max_value=60))
+def test_chunks_cover_text_exactly_in_order_and_fit(text, budget):
+    chunks = chunk_text(text, budget, COUNTER)
+    assert _own_text(text, chunks) == text
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert all(c.start < c.end for c in chunks)
+    assert all(a.end == b.start for a, b in zip(chunks, chunks[1:]))
+    assert all(COUNTER.count_batch([c.text])[0] <= budget for c in chunks)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    words=st.lists(st.sampled_from(["alpha", "beta.", "gamma!", "\n", "\n\n", "delta", "。", "文字"]), max_size=400),
+    budget=st.integers(min_value=5, max_value=50),
+    overlap=st.integers(min_value=0, max_value=4),
+)
+def test_overlap_repeats_only_previous_text_and_budget_holds(words, budget, overlap):
+    text = " ".join(words)
+    chunks = chunk_text(text, budget, COUNTER, overlap_tokens=overlap)
+    assert _own_text(text, chunks) == text
+    for chunk in chunks:
+        assert chunk.overlap_start <= chunk.start
+        assert chunk.text == text[chunk.overlap_start : chunk.end]
+        assert COUNTER.count_batch([chunk.text])[0] <= budget
+
+
+def test_prefers_paragraph_then_sentence_boundaries():
+    paragraph = "One two three four. Five six seven eight. Nine ten eleven twelve.\n\n"
+    text = paragraph * 4
+    chunks = chunk_text(text, 30, COUNTER)
+    assert all(text[c.start : c.end].endswith("\n\n") for c in chunks)
+    sentences = "One two three four five. Six seven eight nine ten. " * 6
+    chunks = chunk_text(sentences, 12, COUNTER)
+    assert all(sentences[c.start : c.end].endswith(". ") for c in chunks)
+
+
+def test_chinese_sentence_ends_are_boundaries():
+    text = "他来了。她走了！你好吗？我们走；" * 20
+    chunks = chunk_text(text, 20, COUNTER)
+    assert len(chunks) > 1
+    assert all(text[c.start : c.end][-1] in "。！？；" for c in chunks)
+
+
+def test_text_without_any_boundary_is_cut_between_tokens():
+    text = "x" * 5000
+    counter = TiktokenCounter()
+    chunks = chunk_text(text, 100, counter)
+    assert _own_text(text, chunks) == text
+    assert all(counter.count_batch([c.text])[0] <= 100 for c in chunks)
+
+
+def test_chunks_are_full_enough():
+    text = "word " * 10_000
+    chunks = chunk_text(text, 100, COUNTER)
+    assert all(c.tokens >= 50 for c in chunks[:-1])
+
+
+def test_budget_smaller_than_overlap_is_an_error():
+    with pytest.raises(ContextTooSmallError):
+        chunk_text("some text", 4, COUNTER, overlap_tokens=4)
+
+
+def test_empty_text_has_no_chunks():
+    assert chunk_text("", 10, COUNTER) == []

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import pytest
+
+from llmxmr.parsing import parse_reply
+from llmxmr.schemas import FinalAnswer, MapOutput
+
+
+def test_bare_json():
+    fields = parse_reply('{"answer": "42", "confidence": 5}')
+    assert fields == {"answer": "42", "confidence": 5}
+
+
+def test_fenced_json_inside_prose():
+    reply = 'Sure! Here it is:\n```json\n{"Extracted Information": "x", "answer": "y"}\n```\nBye.'
+    assert parse_reply(reply) == {"extracted_information": "x", "answer": "y"}
+
+
+def test_first_json_object_in_prose():
+    assert parse_reply('The result is {"answer": "z", "confidence": 3.5} as asked.') == {
+        "answer": "z",
+        "confidence": 3.5,
+    }
+
+
+def test_paper_text_protocol():
+    reply = (
+        "Extracted Information: The pass key is 123.\n"
+        "Rationale: It is stated.\n"
+        "Answer: 123\n"
+        "Confidence Score: 5/5"
+    )
+    fields = parse_reply(reply)
+    assert fields == {
+        "extracted_information": "The pass key is 123.",
+        "rationale": "It is stated.",
+        "answer": "123",
+        "confidence": 5.0,
+    }
+    assert MapOutput.model_validate(fields).has_information
+
+
+def test_text_protocol_no_information_and_markdown_labels():
+    reply = "**Extracted Information:** nothing\n**Reasoning:** none\n**Answer:** [NO INFORMATION]\n**Confidence Score:** 0"
+    fields = parse_reply(reply)
+    assert fields["answer"] is None
+    assert not MapOutput.model_validate(fields).has_information
+
+
+def test_chinese_labels():
+    fields = parse_reply("提取的信息：他在北京。\n分析：原文直接说明。\n答案：北京\n置信度分数：5")
+    assert fields["answer"] == "北京"
+    assert fields["confidence"] == 5.0
+
+
+def test_unrecognisable_reply():
+    assert parse_reply("I cannot help with that.") is None
+
+
+@pytest.mark.parametrize("answer", ["", "   ", "[NO INFORMATION]", None])
+def test_empty_or_marked_answer_means_no_information(answer):
+    output = MapOutput(extracted_information="", rationale="", answer=answer, confidence=0)
+    assert not output.has_information
+
+
+def test_confidence_outside_scale_is_invalid():
+    with pytest.raises(ValueError):
+        MapOutput(extracted_information="", rationale="", answer="x", confidence=7)
+
+
+def test_final_answer_chunks_sorted_unique():
+    final = FinalAnswer(rationale="r", answer="a", confidence=4, supporting_chunks=[3, 1, 3])
+    assert final.supporting_chunks == [1, 3]

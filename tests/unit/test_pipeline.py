@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from llmxmr import MapReducePipeline, PipelineConfig
+from llmxmr.clients.base import ChatRequest
+from llmxmr.clients.fake import ScriptedClient
+from llmxmr.errors import ContextTooSmallError, LLMCallError, UsageError
+
+from ..conftest import WordCounter, final_reply, partial_reply
+
+FILLER = "The grass is green and the sky is blue today. " * 40  # 400 words
+DOCUMENT = (FILLER + "\n\n") * 3 + "The secret code is KEY-77.\n\n" + (FILLER + "\n\n") * 3
+
+
+def config(**overrides) -> PipelineConfig:
+    values = {"chunking.chunk_tokens": 450, "llm.concurrency": 4}
+    values.update(overrides)
+    return PipelineConfig.load(**values)
+
+
+def chunk_of(request: ChatRequest) -> str:
+    return request.messages[-1].content
+
+
+def responder(request: ChatRequest) -> str:
+    if request.schema_name == "MapOutput":
+        if "KEY-77" in chunk_of(request):
+            return partial_reply("KEY-77", confidence=5)
+        return partial_reply(None, confidence=0)
+    if request.schema_name == "CollapseOutput":
+        return partial_reply("merged", confidence=3)
+    chunk_numbers = [int(n) for n in re.findall(r"### Chunk (\d+)", chunk_of(request))]
+    return final_reply("KEY-77", chunks=chunk_numbers + [99])
+
+
+def run(client: ScriptedClient, cfg: PipelineConfig | None = None, document: str = DOCUMENT, question: str = "What is the code?"):
+    return MapReducePipeline(cfg or config(), client=client).run(document, question)
+
+
+def new_client(**kwargs) -> ScriptedClient:
+    kwargs.setdefault("responder", responder)
+    kwargs.setdefault("counter", WordCounter())
+    return ScriptedClient(**kwargs)
+
+
+def test_map_then_reduce_over_informative_chunks_only():
+    client = new_client()
+    result = run(client)
+    maps = [r for r in client.requests if r.schema_name == "MapOutput"]
+    reduces = [r for r in client.requests if r.schema_name == "FinalAnswer"]
+    assert len(maps) == len(result.chunks) > 3
+    assert len(reduces) == 1
+    key_chunk = next(c.index for c in result.chunks if "KEY-77" in DOCUMENT[c.start : c.end])
+    partials_text = reduces[0].messages[-1].content
+    assert f"Chunk {key_chunk} (confidence 5)" in partials_text
+    assert partials_text.count("### Chunk") == 1  # no-information chunks are dropped
+    assert result.answer == "KEY-77" and result.found and result.supporting_chunks == [key_chunk]
+    assert result.trace.totals.calls == len(maps) + 1
+    assert not client.closed  # a client given by the caller stays open
+
+
+def test_map_prompts_share_a_prefix_and_put_the_chunk_last():
+    client = new_client()
+    run(client)
+    maps = [r for r in client.requests if r.schema_name == "MapOutput"]
+    systems = {r.messages[0].content for r in maps}
+    assert len(systems) == 1
+    users = [r.messages[1].content for r in maps]
+    prefix = users[0][: users[0].index("<document_part>")]
+    assert all(u.startswith(prefix) for u in users)
+    assert "What is the code?" in prefix
+    assert len({r.json_schema is not None and str(r.json_schema) for r in maps}) == 1
+
+
+def test_nothing_found_skips_reduce():
+    client = new_client()
+    result = run(client, document=(FILLER + "\n\n") * 4)
+    assert not result.found
+    assert result.answer == ""
+    assert all(r.schema_name == "MapOutput" for r in client.requests)
+
+
+def test_collapse_runs_until_partials_fit_and_keeps_order():
+    def every_chunk_answers(request: ChatRequest) -> str:
+        if request.schema_name == "MapOutput":
+            return partial_reply("word " * 300, confidence=2)
+        if request.schema_name == "CollapseOutput":
+            return partial_reply("short merged answer", confidence=3)
+        return final_reply("done")
+
+    client = new_client(responder=every_chunk_answers, window=4000)
+    result = run(client, config(**{"chunking.chunk_tokens": 200}))
+    collapses = [r for r in client.requests if r.schema_name == "CollapseOutput"]
+    assert collapses, "partials over the reduce budget must be collapsed"
+    collapse_records = [c for c in result.trace.calls if c.stage == "collapse"]
+    covered = [i for record in collapse_records for i in record.chunk_indices]
+    assert covered == sorted(covered)  # consecutive groups, order kept
+    for record in collapse_records:
+        assert record.chunk_indices == list(range(record.chunk_indices[0], record.chunk_indices[-1] + 1))
+    assert result.answer == "done"
+
+
+def test_invalid_reply_is_asked_again_with_the_error():
+    client = new_client()
+    client.enqueue('{"answer": "x"}')  # the first map call: fields missing
+    result = run(client, document=FILLER)
+    first = result.trace.calls[0]
+    assert first.attempts == 2 and first.error is None
+    reask = client.requests[1].messages
+    assert reask[-2].role == "assistant" and "did not match the required fields" in reask[-1].content
+
+
+def test_a_chunk_that_keeps_failing_is_recorded_and_the_run_goes_on():
+    client = new_client()
+    client.enqueue("not json", "still not json", "nope")
+    result = run(client, config(**{"llm.concurrency": 1}))
+    assert len(result.failed_calls) == 1
+    assert result.failed_calls[0].chunk_indices == [0]
+    assert "no valid MapOutput after 3 attempt(s)" in result.failed_calls[0].error
+    assert result.answer == "KEY-77"
+
+
+def test_on_chunk_error_fail_stops_the_run():
+    client = new_client()
+    client.enqueue(LLMCallError("server said no"))
+    with pytest.raises(LLMCallError, match="server said no"):
+        run(client, config(**{"llm.concurrency": 1, "on_chunk_error": "fail"}))
+
+
+def test_failed_reduce_falls_back_to_the_most_confident_partial():
+    def conflicting(request: ChatRequest) -> str:
+        if request.schema_name == "MapOutput":
+            if "KEY-77" in chunk_of(request):
+                return partial_reply("KEY-77", confidence=5)
+            return partial_reply("GUESS", confidence=1.5)
+        raise LLMCallError("reduce failed")
+
+    def scripted(request: ChatRequest) -> str:
+        return conflicting(request)
+
+    client = new_client(responder=scripted)
+    result = run(client)
+    assert result.answer == "KEY-77"
+    assert result.confidence == 5
+    assert result.failed_calls[-1].stage == "reduce"
+
+
+def test_concurrency_limit_is_respected():
+    client = new_client(delay_s=0.01)
+    run(client, config(**{"llm.concurrency": 3, "chunking.chunk_tokens": 100}))
+    assert client.max_in_flight == 3
+
+
+def test_window_too_small_for_the_prompt():
+    client = new_client(window=600)
+    with pytest.raises(ContextTooSmallError, match="too small"):
+        run(client, config(**{"chunking.chunk_tokens": None}))
+
+
+def test_empty_question_and_document():
+    with pytest.raises(UsageError, match="question is empty"):
+        run(new_client(), question="  ")
+    with pytest.raises(UsageError, match="document is empty"):
+        run(new_client(), document="\n \n")
