@@ -16,7 +16,7 @@ import click
 from . import serve as serving
 from .config import PipelineConfig
 from .documents import read_document
-from .errors import LlmxmrError
+from .errors import LlmxmrError, UsageError
 from .pipeline import MapReducePipeline, PipelineResult
 from .prompts import TASK_FAMILIES
 
@@ -89,7 +89,7 @@ def run(
 ) -> None:
     """Answer QUESTION about the document in --input."""
     if not question.strip():
-        raise click.UsageError("--question is empty")
+        raise UsageError("--question is empty")
     config = PipelineConfig.load(
         config_path,
         task_type=task_type,

@@ -24,7 +24,7 @@ from .errors import ConfigError, LLMCallError, UsageError
 from .prompts import ChatMessage, PromptSet, load_prompts
 from .schemas import CollapseOutput, FinalAnswer, MapOutput
 from .stages import collapse, reduce
-from .stages.map import map_messages
+from .stages.map import answer_in_text, map_messages
 from .stages.partials import Partial, render_partial
 from .structured import call_structured
 from .tokens import HFTokenizerCounter, TiktokenCounter, TokenCounter
@@ -165,7 +165,7 @@ class _Run:
         output_type: type[Output],
         chunk_indices: list[int],
         max_tokens: int,
-    ) -> Output | None:
+    ) -> tuple[Output | None, CallRecord]:
         """One structured call under the run's concurrency limit, recorded in the trace."""
         async with self.semaphore:
             output, record = await call_structured(
@@ -186,21 +186,26 @@ class _Run:
                 raise LLMCallError(
                     f"{record.stage} call for chunk(s) {record.chunk_indices} failed: {record.error}"
                 )
-        return output
+        return output, record
 
     async def _map(self, chunks: list[Chunk], question: str) -> list[Partial]:
         self.bar.total += len(chunks)
         self.bar.refresh()
 
         async def map_one(chunk: Chunk) -> Partial | None:
-            output = await self._call(
+            output, record = await self._call(
                 "map",
                 map_messages(self.prompts, question, chunk.text),
                 MapOutput,
                 [chunk.index],
                 self.config.generation.map_max_tokens,
             )
-            return Partial(chunk_indices=[chunk.index], answer=output) if output else None
+            if output is None:
+                return None
+            if self.prompts.family == "retrieval" and output.answer and not answer_in_text(output.answer, chunk.text):
+                record.rejected = "the answer does not occur in the chunk"
+                return None
+            return Partial(chunk_indices=[chunk.index], answer=output)
 
         results = await _gather(map_one(chunk) for chunk in chunks)
         return [p for p in results if p is not None and p.answer.has_information]
@@ -225,7 +230,7 @@ class _Run:
     async def _collapse_group(self, group: list[Partial], question: str) -> Partial:
         if len(group) == 1:
             return group[0]
-        output = await self._call(
+        output, _ = await self._call(
             "collapse",
             collapse.collapse_messages(self.prompts, question, group),
             CollapseOutput,
@@ -239,7 +244,7 @@ class _Run:
     async def _reduce(self, partials: list[Partial], question: str) -> FinalAnswer:
         self.bar.set_description("reduce")
         self.bar.total += 1
-        output = await self._call(
+        output, _ = await self._call(
             "reduce",
             reduce.reduce_messages(self.prompts, question, partials),
             FinalAnswer,

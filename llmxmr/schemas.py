@@ -34,6 +34,11 @@ class PartialAnswer(_Strict):
         ge=0, le=MAX_CONFIDENCE, description="0 to 5: 5 only for an answer stated literally in the text"
     )
 
+    @field_validator("confidence", mode="before")
+    @classmethod
+    def _clamped(cls, value: object) -> object:
+        return _clamp_confidence(value)
+
     @field_validator("answer")
     @classmethod
     def _no_information_is_null(cls, value: str | None) -> str | None:
@@ -64,10 +69,23 @@ class FinalAnswer(_Strict):
         default_factory=list, description="indices of the chunks whose information the answer rests on"
     )
 
+    @field_validator("confidence", mode="before")
+    @classmethod
+    def _clamped(cls, value: object) -> object:
+        return _clamp_confidence(value)
+
     @field_validator("supporting_chunks")
     @classmethod
     def _sorted_unique(cls, value: list[int]) -> list[int]:
         return sorted(set(value))
+
+
+def _clamp_confidence(value: object) -> object:
+    """Scores off the 0-5 scale are read as its ends: servers that constrain JSON structure do not
+    all constrain number ranges, and a model that writes 10 or 100 means "certain"."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return min(max(float(value), 0.0), MAX_CONFIDENCE)
+    return value
 
 
 @cache

@@ -21,6 +21,8 @@ class CallRecord(BaseModel):
     cached_tokens: int | None = None
     latency_s: float = 0.0
     output: dict[str, Any] | None = None
+    # Why a valid output was set aside (for example a retrieval answer absent from its chunk).
+    rejected: str | None = None
     error: str | None = None
 
 

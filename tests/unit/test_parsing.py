@@ -63,9 +63,15 @@ def test_empty_or_marked_answer_means_no_information(answer):
     assert not output.has_information
 
 
-def test_confidence_outside_scale_is_invalid():
+@pytest.mark.parametrize(("given", "read"), [(7, 5.0), (100, 5.0), (-1, 0.0), (3.5, 3.5)])
+def test_confidence_off_the_scale_is_clamped(given, read):
+    assert MapOutput(extracted_information="", rationale="", answer="x", confidence=given).confidence == read
+    assert FinalAnswer(rationale="", answer="x", confidence=given).confidence == read
+
+
+def test_confidence_must_be_a_number():
     with pytest.raises(ValueError):
-        MapOutput(extracted_information="", rationale="", answer="x", confidence=7)
+        MapOutput(extracted_information="", rationale="", answer="x", confidence="very")
 
 
 def test_final_answer_chunks_sorted_unique():

@@ -1,0 +1,162 @@
+"""Every bad input gets one line and the right exit code, never a traceback."""
+
+from __future__ import annotations
+
+import codecs
+import json
+import socket
+
+import pytest
+from click.testing import CliRunner
+
+from llmxmr.cli import main
+
+
+def invoke(*args: str, input: bytes | None = None):
+    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
+
+
+def assert_one_line_error(result, code: int, fragment: str):
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    assert fragment in result.output
+    error_lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(error_lines) <= 3  # click usage errors add a usage line and a hint
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_missing_file(tmp_path):
+    result = invoke("run", "--input", str(tmp_path / "nope.txt"), "--question", "q")
+    assert_one_line_error(result, 2, "input file not found")
+
+
+def test_directory(tmp_path):
+    result = invoke("run", "--input", str(tmp_path), "--question", "q")
+    assert_one_line_error(result, 2, "is a directory")
+
+
+def test_binary_file(tmp_path):
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"\x7fELF\x00\x01\x02" * 100)
+    assert_one_line_error(invoke("run", "--input", str(path), "--question", "q"), 2, "binary file")
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("café crème".encode("latin-1"))
+    assert_one_line_error(invoke("run", "--input", str(path), "--question", "q"), 2, "not valid UTF-8")
+
+
+def test_empty_document(tmp_path):
+    path = tmp_path / "empty.txt"
+    path.write_text("  \n\n ")
+    assert_one_line_error(invoke("run", "--input", str(path), "--question", "q"), 2, "is empty")
+
+
+def test_empty_question(tmp_path):
+    path = tmp_path / "doc.txt"
+    path.write_text("text")
+    assert_one_line_error(invoke("run", "--input", str(path), "--question", "  "), 2, "--question is empty")
+
+
+def test_unreachable_server(tmp_path):
+    path = tmp_path / "doc.txt"
+    path.write_text("Some text. " * 50)
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    config = tmp_path / "fast.yaml"
+    config.write_text("llm:\n  max_retries: 0\n")
+    result = invoke("run", "--input", str(path), "--question", "q", "--base-url", url, "--config", str(config))
+    assert_one_line_error(result, 1, f"cannot reach the LLM server at {url}")
+    assert "llmxmr serve" in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("llm: [1, 2\n", "is not valid YAML"),
+        ("llm:\n  concurrency: 0\n", "invalid setting llm.concurrency"),
+        ("chunking:\n  chunk_size: 10\n", "invalid setting chunking.chunk_size"),
+        ("- just\n- a list\n", "must be a mapping"),
+    ],
+)
+def test_broken_config(tmp_path, content, fragment):
+    path = tmp_path / "doc.txt"
+    path.write_text("text")
+    config = tmp_path / "bad.yaml"
+    config.write_text(content)
+    result = invoke("run", "--input", str(path), "--question", "q", "--config", str(config))
+    assert_one_line_error(result, 2, fragment)
+
+
+def test_missing_config_file(tmp_path):
+    path = tmp_path / "doc.txt"
+    path.write_text("text")
+    result = invoke("run", "--input", str(path), "--question", "q", "--config", str(tmp_path / "none.yaml"))
+    assert_one_line_error(result, 2, "cannot read config")
+
+
+def test_context_window_too_small(tmp_path, monkeypatch):
+    from llmxmr.clients import fake
+
+    path = tmp_path / "doc.txt"
+    path.write_text("Some text. " * 50)
+    monkeypatch.setattr("llmxmr.pipeline.make_client", lambda config: fake.ScriptedClient(window=300))
+    result = invoke("run", "--input", str(path), "--question", "q", "--tokenizer", "tiktoken")
+    assert_one_line_error(result, 2, "context window (300 tokens) is too small")
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (codecs.BOM_UTF8 + "naïve text".encode(), "naïve text"),
+        (codecs.BOM_UTF16_LE + "naïve text".encode("utf-16-le"), "naïve text"),
+        (codecs.BOM_UTF16_BE + "naïve text".encode("utf-16-be"), "naïve text"),
+        ("plain ünïcode".encode(), "plain ünïcode"),
+    ],
+)
+def test_accepted_encodings(data, expected):
+    from llmxmr.documents import decode_text
+
+    assert decode_text(data, "doc") == expected
+
+
+def test_stdin_and_json_output(monkeypatch):
+    from llmxmr.clients.fake import ScriptedClient
+
+    from ..conftest import WordCounter, final_reply, partial_reply
+
+    def responder(request):
+        return partial_reply("blue", 5) if request.schema_name == "MapOutput" else final_reply("blue", 5, [0])
+
+    monkeypatch.setattr(
+        "llmxmr.pipeline.make_client", lambda config: ScriptedClient(responder=responder, counter=WordCounter())
+    )
+    result = invoke("run", "--input", "-", "--question", "Sky colour?", "--json", input=b"The sky is blue.")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["answer"] == "blue" and payload["found"] is True
+    assert payload["trace"]["totals"]["calls"] == 2
+    assert "calls" not in payload["trace"]
+
+
+def test_version_and_help():
+    assert invoke("--version").exit_code == 0
+    for command in ([], ["run"], ["serve"]):
+        assert invoke(*command, "--help").exit_code == 0
+
+
+def test_serve_dry_run_prints_the_sglang_command():
+    result = invoke("serve", "--dry-run", "--port", "31000", "--", "--mem-fraction-static", "0.8")
+    assert result.exit_code == 0
+    assert "sglang.launch_server --model-path openbmb/MiniCPM3-4B --trust-remote-code" in result.output
+    assert "--port 31000" in result.output and result.output.strip().endswith("--mem-fraction-static 0.8")
+
+
+def test_serve_without_sglang_names_the_extra(monkeypatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    assert_one_line_error(invoke("serve"), 2, "pip install 'llmxmr[sglang]'")
