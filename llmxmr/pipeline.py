@@ -24,7 +24,7 @@ from .errors import ConfigError, LLMCallError, UsageError
 from .prompts import ChatMessage, PromptSet, load_prompts
 from .schemas import CollapseOutput, FinalAnswer, MapOutput
 from .stages import collapse, reduce
-from .stages.map import answer_in_text, map_messages
+from .stages.map import map_messages, retrieval_rejection
 from .stages.partials import Partial, render_partial
 from .structured import call_structured
 from .tokens import HFTokenizerCounter, TiktokenCounter, TokenCounter
@@ -202,9 +202,12 @@ class _Run:
             )
             if output is None:
                 return None
-            if self.prompts.family == "retrieval" and output.answer and not answer_in_text(output.answer, chunk.text):
-                record.rejected = "the answer does not occur in the chunk"
-                return None
+            if self.prompts.family == "retrieval" and output.answer:
+                record.rejected = retrieval_rejection(
+                    output.answer, output.extracted_information, question, chunk.text
+                )
+                if record.rejected:
+                    return None
             return Partial(chunk_indices=[chunk.index], answer=output)
 
         results = await _gather(map_one(chunk) for chunk in chunks)

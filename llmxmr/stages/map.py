@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from ..prompts import ChatMessage, PromptSet
 
 
@@ -11,11 +13,31 @@ def map_messages(prompts: PromptSet, question: str, chunk_text: str) -> list[Cha
     return prompts.messages("map", question=question, chunk=chunk_text)
 
 
-def answer_in_text(answer: str, text: str) -> bool:
-    """Whether the answer occurs literally in the text (case and runs of whitespace ignored): the
-    test a retrieval answer must pass, since the value it asks for is written in the document."""
-    return _normalised(answer) in _normalised(text)
+def retrieval_rejection(answer: str, evidence: str, request: str, chunk_text: str) -> str | None:
+    """Why a retrieval answer cannot be right, or None. The requested value is written in the
+    document, and the sentence that holds it names what the request asks for (the pass key, the
+    key of a pair), so an answer must occur in its chunk, and it or its evidence must share a word
+    with the request."""
+    if _normalised(answer) not in _normalised(chunk_text):
+        return "the answer does not occur in the chunk"
+    wanted = _content_words(request)
+    if wanted and not wanted & _content_words(f"{answer} {evidence}"):
+        return "neither the answer nor its evidence mentions what the request asks for"
+    return None
 
 
 def _normalised(text: str) -> str:
     return " ".join(text.split()).casefold()
+
+
+# Words that say nothing about what a request is after.
+_STOPWORDS = frozenset(
+    "the and for are was were what which who whom whose when where why how this that these those "
+    "with from into about there their them they you your please tell give find provide extract "
+    "answer question text document below above following specified corresponding".split()
+)
+_WORD = re.compile(r"\w{3,}")
+
+
+def _content_words(text: str) -> set[str]:
+    return {word for word in _WORD.findall(text.casefold()) if word not in _STOPWORDS}

@@ -165,3 +165,34 @@ def test_empty_question_and_document():
         run(new_client(), question="  ")
     with pytest.raises(UsageError, match="document is empty"):
         run(new_client(), document="\n \n")
+
+
+@pytest.mark.parametrize(
+    ("answer", "evidence", "rejected"),
+    [
+        ("71432", "The pass key is 71432.", None),
+        ("The pass key is 71432.", "", None),
+        ("The sun is yellow.", "The sun is yellow.", "mentions what the request asks for"),
+        ("55555", "The pass key is 55555.", "does not occur in the chunk"),
+    ],
+)
+def test_retrieval_answers_are_checked_against_the_chunk_and_the_request(answer, evidence, rejected):
+    from llmxmr.stages.map import retrieval_rejection
+
+    chunk = "The sun is yellow. The pass key is 71432. Remember it."
+    reason = retrieval_rejection(answer, evidence, "What is the pass key?", chunk)
+    assert (reason is None) if rejected is None else (rejected in reason)
+
+
+def test_rejected_retrieval_answers_do_not_reach_the_reduce():
+    def inventive(request: ChatRequest) -> str:
+        if request.schema_name == "MapOutput":
+            return partial_reply("KEY-77" if "KEY-77" in chunk_of(request) else "KEY-12", confidence=5, info="code")
+        return final_reply("KEY-77")
+
+    client = new_client(responder=inventive)
+    result = run(client, config(task_type="retrieval"))
+    reduce_prompt = client.requests[-1].messages[-1].content
+    assert "KEY-12" not in reduce_prompt and "KEY-77" in reduce_prompt
+    rejected = [c for c in result.trace.calls if c.rejected]
+    assert len(rejected) == len(result.chunks) - 1

@@ -1,0 +1,77 @@
+"""The pipeline against the real thing: llama.cpp serving the bundled SmolLM2-135M, over HTTP and
+in-process, and the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llmxmr import MapReducePipeline, PipelineConfig
+from llmxmr.clients.openai_compat import OpenAICompatibleClient
+
+from .conftest import PASS_KEY, SERVER_N_CTX, haystack
+
+pytestmark = pytest.mark.integration
+
+
+def test_server_is_recognised_with_its_tokenizer(llama_server):
+    import asyncio
+
+    async def probe():
+        client = OpenAICompatibleClient(llama_server)
+        try:
+            counter = await client.token_counter()
+            return client.describe(), counter
+        finally:
+            await client.aclose()
+
+    description, counter = asyncio.run(probe())
+    assert description.startswith("llama-cpp-python at http://127.0.0.1:")
+    assert counter is not None and counter.exact
+    assert counter.count_batch(["The pass key is 71432."])[0] > 5
+
+
+def test_pass_key_over_http(llama_server, passkey_document):
+    config = PipelineConfig.load(
+        task_type="retrieval",
+        **{"llm.base_url": llama_server, "llm.context_window": SERVER_N_CTX, "chunking.chunk_tokens": 2048},
+    )
+    result = MapReducePipeline(config).run(passkey_document, "What is the pass key?")
+    assert len(result.chunks) >= 4
+    assert PASS_KEY in result.answer, result.model_dump_json(indent=1, exclude={"trace"})
+    assert result.found
+    assert result.trace.totals.prompt_tokens > 8000  # usage reported by the server
+    key_chunk = next(c.index for c in result.chunks if PASS_KEY in passkey_document[c.start : c.end])
+    map_calls = {c.chunk_indices[0]: c for c in result.trace.calls if c.stage == "map"}
+    assert PASS_KEY in (map_calls[key_chunk].output or {}).get("answer", "")
+
+
+def test_pass_key_embedded(passkey_document):
+    config = PipelineConfig.load(task_type="retrieval")
+    result = MapReducePipeline(config).run(passkey_document, "What is the pass key?")
+    assert result.model.startswith("embedded llama.cpp model SmolLM2")
+    assert PASS_KEY in result.answer, result.model_dump_json(indent=1, exclude={"trace"})
+
+
+def test_cli_run_on_a_file(tmp_path):
+    document = tmp_path / "haystack.txt"
+    document.write_text(haystack(repeats=120, depth=0.3), encoding="utf-8")
+    trace = tmp_path / "trace.json"
+    completed = subprocess.run(
+        [
+            sys.executable, "-m", "llmxmr", "run",
+            "--input", str(document),
+            "--question", "What is the pass key?",
+            "--task-type", "retrieval",
+            "--json", "--trace", str(trace),
+        ],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout)
+    assert PASS_KEY in result["answer"]
+    calls = json.loads(trace.read_text())["trace"]["calls"]
+    assert {call["stage"] for call in calls} >= {"map", "reduce"}
