@@ -16,9 +16,14 @@ def map_messages(prompts: PromptSet, question: str, chunk_text: str) -> list[Cha
 def retrieval_rejection(answer: str, evidence: str, request: str, chunk_text: str) -> str | None:
     """Why a retrieval answer cannot be right, or None. The requested value is written in the
     document, and the sentence that holds it names what the request asks for (the pass key, the
-    key of a pair), so an answer must occur in its chunk, and it or its evidence must share a word
-    with the request."""
-    if _normalised(answer) not in _normalised(chunk_text):
+    key of a pair). So every word of the answer that carries content (any word with a digit, any
+    other word of three letters or more that is not a stopword, as in "The answer is 71432")
+    must occur in the chunk, and the answer or its evidence must share such a word with the
+    request."""
+    answer_words = _content_words(answer, keep_digits=True)
+    if answer_words - set(_WORD.findall(chunk_text.casefold())) or (
+        not answer_words and _normalised(answer) not in _normalised(chunk_text)
+    ):
         return "the answer does not occur in the chunk"
     wanted = _content_words(request)
     if wanted and not wanted & _content_words(f"{answer} {evidence}"):
@@ -34,10 +39,14 @@ def _normalised(text: str) -> str:
 _STOPWORDS = frozenset(
     "the and for are was were what which who whom whose when where why how this that these those "
     "with from into about there their them they you your please tell give find provide extract "
-    "answer question text document below above following specified corresponding".split()
+    "answer question text document below above following specified corresponding is".split()
 )
-_WORD = re.compile(r"\w{3,}")
+_WORD = re.compile(r"\w+")
 
 
-def _content_words(text: str) -> set[str]:
-    return {word for word in _WORD.findall(text.casefold()) if word not in _STOPWORDS}
+def _content_words(text: str, keep_digits: bool = False) -> set[str]:
+    return {
+        word
+        for word in _WORD.findall(text.casefold())
+        if (keep_digits and any(ch.isdigit() for ch in word)) or (len(word) >= 3 and word not in _STOPWORDS)
+    }

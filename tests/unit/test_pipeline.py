@@ -172,6 +172,9 @@ def test_empty_question_and_document():
     [
         ("71432", "The pass key is 71432.", None),
         ("The pass key is 71432.", "", None),
+        ("The answer is 71432.", "The pass key is 71432.", None),
+        ("1", "The pass key is 1.", "does not occur in the chunk"),
+        ("The pass key is the number 11.", "", "does not occur in the chunk"),
         ("The sun is yellow.", "The sun is yellow.", "mentions what the request asks for"),
         ("55555", "The pass key is 55555.", "does not occur in the chunk"),
     ],
