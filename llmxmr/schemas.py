@@ -74,6 +74,14 @@ class FinalAnswer(_Strict):
     def _clamped(cls, value: object) -> object:
         return _clamp_confidence(value)
 
+    @field_validator("answer")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        # The reduce runs only when some chunk held information, so an empty answer is a bad reply.
+        if not value.strip():
+            raise ValueError("the answer is empty")
+        return value
+
     @field_validator("supporting_chunks")
     @classmethod
     def _sorted_unique(cls, value: list[int]) -> list[int]:

@@ -14,8 +14,9 @@ def reduce_messages(prompts: PromptSet, question: str, partials: list[Partial]) 
 
 
 def nothing_found() -> FinalAnswer:
-    """The answer when every chunk reported no information: say so rather than guess."""
-    return FinalAnswer(rationale=NOTHING_FOUND, answer="", confidence=0.0, supporting_chunks=[])
+    """The answer when every chunk reported no information: say so rather than guess. The one
+    rightly empty answer, so it is built without the validation a model's reply gets."""
+    return FinalAnswer.model_construct(rationale=NOTHING_FOUND, answer="", confidence=0.0, supporting_chunks=[])
 
 
 def fallback(partials: list[Partial]) -> FinalAnswer:

@@ -77,3 +77,8 @@ def test_confidence_must_be_a_number():
 def test_final_answer_chunks_sorted_unique():
     final = FinalAnswer(rationale="r", answer="a", confidence=4, supporting_chunks=[3, 1, 3])
     assert final.supporting_chunks == [1, 3]
+
+
+def test_final_answer_may_not_be_empty():
+    with pytest.raises(ValueError, match="the answer is empty"):
+        FinalAnswer(rationale="r", answer="  ", confidence=1)
