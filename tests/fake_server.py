@@ -1,0 +1,94 @@
+"""A local OpenAI-compatible HTTP server for client tests: scripted answers, recorded requests."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def completion(content: str, *, prompt_tokens: int = 10, completion_tokens: int = 5, cached: int | None = None) -> Answer:
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return Answer(
+        body={
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": usage,
+        }
+    )
+
+
+@dataclass
+class FakeServer:
+    """``scripts[path]`` is a list of answers given in turn (the last one repeats)."""
+
+    scripts: dict[str, list[Answer]]
+    requests: list[tuple[str, Any]] = field(default_factory=list)
+    authorizations: list[str] = field(default_factory=list)
+    base_url: str = ""
+
+    def answer(self, path: str) -> Answer:
+        script = self.scripts.get(path)
+        if not script:
+            return Answer(404, {"error": {"message": f"no route {path}"}})
+        return script.pop(0) if len(script) > 1 else script[0]
+
+
+def models(owned_by: str, **card: Any) -> Answer:
+    return Answer(body={"object": "list", "data": [{"id": "test-model", "object": "model", "owned_by": owned_by, **card}]})
+
+
+@contextmanager
+def fake_server(scripts: dict[str, list[Answer]]) -> Iterator[FakeServer]:
+    server = FakeServer(scripts)
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            server.requests.append((self.path, json.loads(raw) if raw else None))
+            server.authorizations.append(self.headers.get("Authorization", ""))
+            answer = server.answer(self.path)
+            payload = json.dumps(answer.body).encode()
+            self.send_response(answer.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in answer.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = _reply
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    server.base_url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    try:
+        yield server
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -1,0 +1,107 @@
+"""The OpenAI-compatible client against a local fake server: server kinds, retries, errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from llmxmr.clients.base import ChatRequest
+from llmxmr.clients.openai_compat import OpenAICompatibleClient
+from llmxmr.errors import LLMCallError
+from llmxmr.prompts import ChatMessage
+from llmxmr.schemas import MapOutput, json_schema
+
+from ..fake_server import Answer, completion, fake_server, models
+
+REQUEST = ChatRequest(
+    messages=[ChatMessage(role="user", content="hi")],
+    max_tokens=32,
+    schema_name="MapOutput",
+    json_schema=json_schema(MapOutput),
+)
+
+
+def use(base_url: str, coroutine_factory, **kwargs):
+    async def go():
+        client = OpenAICompatibleClient(base_url, **kwargs)
+        try:
+            return await coroutine_factory(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def test_sglang_schema_window_usage_and_cached_tokens():
+    scripts = {
+        "/v1/models": [models("sglang", max_model_len=32768)],
+        "/v1/chat/completions": [completion('{"answer": null}', cached=7)],
+    }
+    with fake_server(scripts) as server:
+        reply, window = use(server.base_url, lambda c: asyncio.gather(c.chat(REQUEST), c.context_window()))
+    assert window == 32768
+    assert reply.text == '{"answer": null}' and reply.cached_tokens == 7 and reply.prompt_tokens == 10
+    body = next(body for path, body in server.requests if path == "/v1/chat/completions")
+    assert body["model"] == "test-model" and body["max_tokens"] == 32
+    assert body["response_format"]["type"] == "json_schema"
+    assert body["response_format"]["json_schema"]["schema"] == json_schema(MapOutput)
+
+
+def test_llama_cpp_python_gets_json_object_with_schema():
+    scripts = {"/v1/models": [models("me")], "/v1/chat/completions": [completion("{}")]}
+    with fake_server(scripts) as server:
+        window = use(server.base_url, lambda c: c.context_window())
+        use(server.base_url, lambda c: c.chat(REQUEST))
+    body = [body for path, body in server.requests if path == "/v1/chat/completions"][-1]
+    assert body["response_format"] == {"type": "json_object", "schema": json_schema(MapOutput)}
+    assert window is None  # llama-cpp-python does not publish n_ctx
+
+
+def test_llama_server_window_from_props():
+    scripts = {
+        "/v1/models": [models("llamacpp")],
+        "/props": [Answer(body={"default_generation_settings": {"n_ctx": 4096}})],
+    }
+    with fake_server(scripts) as server:
+        assert use(server.base_url, lambda c: c.context_window()) == 4096
+
+
+def test_retries_5xx_and_429_honouring_retry_after():
+    scripts = {
+        "/v1/models": [models("vllm")],
+        "/v1/chat/completions": [
+            Answer(503, {"error": {"message": "busy"}}),
+            Answer(429, {"error": {"message": "slow down"}}, {"Retry-After": "0"}),
+            completion("ok"),
+        ],
+    }
+    with fake_server(scripts) as server:
+        reply = use(server.base_url, lambda c: c.chat(REQUEST))
+    assert reply.text == "ok" and reply.transport_retries == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 404])
+def test_no_retry_on_client_errors(status):
+    scripts = {"/v1/models": [models("sglang")], "/v1/chat/completions": [Answer(status, {"error": {"message": "nope"}})]}
+    with fake_server(scripts) as server:
+        with pytest.raises(LLMCallError, match=f"sglang at {server.base_url} answered HTTP {status}: nope"):
+            use(server.base_url, lambda c: c.chat(REQUEST))
+    assert sum(1 for path, _ in server.requests if path == "/v1/chat/completions") == 1
+
+
+def test_gives_up_after_max_retries():
+    scripts = {"/v1/models": [models("sglang")], "/v1/chat/completions": [Answer(500, {"error": {"message": "boom"}}, {"Retry-After": "0"})]}
+    with fake_server(scripts) as server:
+        with pytest.raises(LLMCallError, match="HTTP 500: boom"):
+            use(server.base_url, lambda c: c.chat(REQUEST), max_retries=2)
+    assert sum(1 for path, _ in server.requests if path == "/v1/chat/completions") == 3
+
+
+def test_named_model_is_used_and_api_key_sent():
+    scripts = {"/v1/models": [models("sglang")], "/v1/chat/completions": [completion("x")]}
+    with fake_server(scripts) as server:
+        use(server.base_url, lambda c: c.chat(REQUEST), model="other", api_key="k")
+    body = next(body for path, body in server.requests if path == "/v1/chat/completions")
+    assert body["model"] == "other"
+    assert set(server.authorizations) == {"Bearer k"}
