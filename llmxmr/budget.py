@@ -15,7 +15,7 @@ from .prompts import ChatMessage, PromptSet
 from .stages.collapse import collapse_messages
 from .stages.map import map_messages
 from .stages.reduce import reduce_messages
-from .tokens import TokenCounter
+from .tokens import TokenCounter, budget_with_margin
 
 # Role markers and separators a chat template adds around each message (ChatML: about 5 tokens).
 TEMPLATE_TOKENS_PER_MESSAGE = 8
@@ -42,7 +42,7 @@ def plan_budget(
     config: PipelineConfig, prompts: PromptSet, question: str, window: int, counter: TokenCounter
 ) -> Budget:
     generation = config.generation
-    usable = window if counter.exact else int(window * (1.0 - config.chunking.safety_margin))
+    usable = budget_with_margin(window, counter, config.chunking.safety_margin)
     map_fixed = prompt_tokens(map_messages(prompts, question, ""), counter) + generation.map_max_tokens
     chunk_tokens = usable - map_fixed
     if config.chunk_token_cap is not None:

