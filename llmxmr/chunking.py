@@ -6,15 +6,19 @@ least ``min_fill`` of the budget full, so chunks are both natural and large.
 
 The cost is linear in the document: the text is cut once into sentence-sized segments, each segment
 is counted once (in one batch), chunks are packed from the counts, and each packed chunk is counted
-once more to catch the rare case where tokens do not add up across segments. Chunks concatenate
-back to the input exactly; an optional overlap repeats the tail of the previous chunk in front of a
-chunk, but each character belongs to exactly one chunk's own span.
+once more to catch the rare case where tokens do not add up across segments. Segments may be
+counted by a fast local ``estimator`` (a tokenizer that lives behind HTTP would take one request per
+sentence): the estimate is then scaled by the ratio of the two counters on a sample of the text,
+and the final count of each chunk is the exact counter's. Chunks concatenate back to the input
+exactly; an optional overlap repeats whole sentences from the end of the previous chunk (as many as
+fit in ``overlap_tokens``), but each character belongs to exactly one chunk's own span.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -69,10 +73,11 @@ def chunk_text(
     budget: int,
     counter: TokenCounter,
     *,
+    estimator: TokenCounter | None = None,
     overlap_tokens: int = 0,
     min_fill: float = 0.5,
 ) -> list[Chunk]:
-    """Chunks of at most ``budget`` tokens (overlap included), in document order."""
+    """Chunks of at most ``budget`` tokens of ``counter`` (overlap included), in document order."""
     own_budget = budget - overlap_tokens
     if own_budget < 1:
         raise ContextTooSmallError(
@@ -80,9 +85,39 @@ def chunk_text(
         )
     if not text:
         return []
-    segments = _segments(text, own_budget, counter)
+    scale = 1.0
+    if estimator is not None:
+        scale = _ratio(text[:CALIBRATION_CHARS], counter, estimator)
+        counter_for_segments = _Scaled(estimator, scale)
+    else:
+        counter_for_segments = counter
+    segments = _segments(text, own_budget, counter_for_segments)
     groups = _pack(segments, own_budget, min_fill)
     return _verified(text, segments, groups, budget, counter, overlap_tokens, min_fill)
+
+
+# Characters of the document whose token counts calibrate an estimator against the exact counter.
+CALIBRATION_CHARS = 20_000
+# Re-packing rounds for chunks whose whole count exceeds their segments' sum (each round splits them).
+MAX_REPACK_ROUNDS = 8
+
+
+def _ratio(sample: str, counter: TokenCounter, estimator: TokenCounter) -> float:
+    exact, estimate = counter.count_batch([sample])[0], estimator.count_batch([sample])[0]
+    return exact / estimate if estimate else 1.0
+
+
+class _Scaled:
+    """An estimator's counts scaled to another tokenizer's (rounded up, so budgets stay safe)."""
+
+    def __init__(self, estimator: TokenCounter, scale: float) -> None:
+        self._estimator = estimator
+        self._scale = scale
+        self.name = f"{estimator.name}*{scale:.3f}"
+        self.exact = False
+
+    def count_batch(self, texts: Sequence[str]) -> list[int]:
+        return [math.ceil(n * self._scale) for n in self._estimator.count_batch(texts)]
 
 
 def _boundaries(text: str) -> list[tuple[int, Level]]:
@@ -211,24 +246,35 @@ def _verified(
     overlap_tokens: int,
     min_fill: float,
 ) -> list[Chunk]:
-    """Count each chunk whole; re-pack the rare ones whose segment counts under-estimated them."""
-    while True:
+    """Count each chunk whole; re-pack the rare ones whose segment counts under-estimated them.
+    Only re-packed chunks are counted again, and every round makes them strictly smaller."""
+    chunks = _with_overlap(text, segments, groups, overlap_tokens)
+    actual = counter.count_batch([chunk.text for chunk in chunks])
+    for _ in range(MAX_REPACK_ROUNDS):
+        over = [i for i, (group, tokens) in enumerate(zip(groups, actual)) if tokens > budget and len(group) > 1]
+        if not over:
+            break
+        new_groups: list[range] = []
+        new_actual: list[int | None] = []
+        for i, (group, tokens) in enumerate(zip(groups, actual)):
+            parts = _repacked(segments, group, tokens, budget, overlap_tokens, min_fill) if i in over else [group]
+            new_groups.extend(parts)
+            new_actual.extend([tokens] if i not in over else [None] * len(parts))
+        groups = new_groups
         chunks = _with_overlap(text, segments, groups, overlap_tokens)
-        actual = counter.count_batch([chunk.text for chunk in chunks])
-        if all(tokens <= budget or len(group) == 1 for group, tokens in zip(groups, actual)):
-            return [chunk.model_copy(update={"tokens": tokens}) for chunk, tokens in zip(chunks, actual)]
-        groups = [
-            part
-            for group, tokens in zip(groups, actual)
-            for part in _repacked(segments, group, tokens, budget, overlap_tokens, min_fill)
-        ]
+        todo = [i for i, tokens in enumerate(new_actual) if tokens is None]
+        for i, tokens in zip(todo, counter.count_batch([chunks[i].text for i in todo])):
+            new_actual[i] = tokens
+        actual = [tokens or 0 for tokens in new_actual]
+    return [chunk.model_copy(update={"tokens": tokens}) for chunk, tokens in zip(chunks, actual)]
 
 
 def _repacked(
     segments: list[_Segment], group: range, tokens: int, budget: int, overlap_tokens: int, min_fill: float
 ) -> list[range]:
-    if tokens <= budget or len(group) == 1:
-        return [group]
-    smaller = max(1, int((budget - overlap_tokens) * budget / tokens * 0.95))
-    sub = _pack(segments[group.start : group.stop], smaller, min_fill)
+    """A group over budget, packed again with a budget scaled down by how far over it was, and
+    always below the group's own segment sum, so that it splits."""
+    segment_sum = sum(segments[i].tokens for i in group)
+    smaller = min(int((budget - overlap_tokens) * budget / tokens * 0.95), segment_sum - 1)
+    sub = _pack(segments[group.start : group.stop], max(1, smaller), min_fill)
     return [range(group.start + part.start, group.start + part.stop) for part in sub]

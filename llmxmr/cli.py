@@ -3,7 +3,7 @@ one line and an exit code (2 for usage errors, 1 for failures, 130 on Ctrl-C).""
 
 from __future__ import annotations
 
-import json
+import os
 import shlex
 import sys
 import traceback
@@ -21,6 +21,10 @@ from .pipeline import MapReducePipeline, PipelineResult
 from .prompts import TASK_FAMILIES
 
 
+# Set (as the tests do) to let unexpected errors raise with their traceback instead of one line.
+RAISE_ERRORS_VARIABLE = "LLMXMR_RAISE_ERRORS"
+
+
 def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """One line on stderr for any error; the traceback only with -v."""
 
@@ -35,6 +39,8 @@ def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             click.echo("interrupted", err=True)
             sys.exit(130)
         except Exception as exc:  # a bug: still one line, with the way to see more
+            if os.environ.get(RAISE_ERRORS_VARIABLE):
+                raise
             _fail(f"unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", 1, verbose)
 
     return wrapper
@@ -104,8 +110,7 @@ def run(
         },
     )
     document = read_document(input_path)
-    show_progress = not no_progress and not as_json
-    result = MapReducePipeline(config, progress=show_progress).run(document, question)
+    result = MapReducePipeline(config, progress=not no_progress).run(document, question)
     if trace_path:
         Path(trace_path).write_text(result.model_dump_json(indent=2), encoding="utf-8")
     if as_json:
@@ -118,8 +123,9 @@ def run(
 def _summary(result: PipelineResult) -> str:
     totals = result.trace.totals
     failed = f", {len(result.failed_calls)} failed" if result.failed_calls else ""
+    reasks = f" ({totals.requests} requests)" if totals.requests != totals.calls else ""
     return (
-        f"confidence {result.confidence:g}/5 · {len(result.chunks)} chunks · {totals.calls} calls{failed} · "
+        f"confidence {result.confidence:g}/5 · {len(result.chunks)} chunks · {totals.calls} calls{reasks}{failed} · "
         f"{totals.prompt_tokens + totals.completion_tokens:,} tokens · {totals.wall_time_s:.1f} s · {result.model}"
     )
 

@@ -83,8 +83,7 @@ class PipelineConfig(_Section):
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"])
-            source = f" in {path}" if path else ""
-            raise ConfigError(f"invalid setting {where}{source}: {first['msg']}") from exc
+            raise ConfigError(f"invalid setting {where}{_source(where, path, overrides)}: {first['msg']}") from exc
 
     @property
     def uses_embedded_model(self) -> bool:
@@ -95,6 +94,16 @@ class PipelineConfig(_Section):
         if self.chunking.chunk_tokens is not None:
             return self.chunking.chunk_tokens
         return self.embedded.chunk_tokens if self.uses_embedded_model else None
+
+
+def _source(dotted: str, path: str | Path | None, overrides: dict[str, Any]) -> str:
+    """Where a bad value came from, as far as can be told: a flag, the environment, or the file."""
+    if overrides.get(dotted) is not None:
+        return " (from the command line)"
+    variable = next((v for v, keys in ENVIRONMENT.items() if ".".join(keys) == dotted), None)
+    if variable and os.environ.get(variable):
+        return f" (from {variable})"
+    return f" in {path}" if path else ""
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

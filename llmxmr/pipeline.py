@@ -27,7 +27,7 @@ from .stages import collapse, reduce
 from .stages.map import map_messages, retrieval_rejection
 from .stages.partials import Partial, render_partial
 from .structured import call_structured
-from .tokens import HFTokenizerCounter, TiktokenCounter, TokenCounter
+from .tokens import HFTokenizerCounter, ServerTokenCounter, TiktokenCounter, TokenCounter
 from .trace import CallRecord, CallStage, Trace
 
 T = TypeVar("T")
@@ -60,7 +60,8 @@ class PipelineResult(BaseModel):
 class MapReducePipeline:
     """``MapReducePipeline(config).run(document, question)``; ``await pipeline.arun(...)`` in async
     code. Without a ``client``, each run opens the one the config names (a server, or the embedded
-    model) and closes it at the end; a given client is left open for the caller to reuse."""
+    model) and closes it at the end. A given client is left open for the caller to reuse across
+    ``arun`` calls in one event loop (``run`` starts a new loop each time)."""
 
     def __init__(
         self, config: PipelineConfig | None = None, *, client: LLMClient | None = None, progress: bool = False
@@ -108,14 +109,16 @@ class _Run:
                 document,
                 budget.chunk_tokens,
                 counter,
+                # A tokenizer behind HTTP checks whole chunks; sentences are estimated locally.
+                estimator=TiktokenCounter() if isinstance(counter, ServerTokenCounter) else None,
                 overlap_tokens=self.config.chunking.overlap_tokens,
                 min_fill=self.config.chunking.min_fill,
             )
             partials = await self._map(chunks, question)
-            found = bool(partials)
-            if found:
+            if partials:
                 partials = await self._collapse(partials, question, budget, counter)
-            final = await self._reduce(partials, question) if partials else reduce.nothing_found()
+            found = bool(partials)
+            final = await self._reduce(partials, question) if found else reduce.nothing_found()
         finally:
             self.bar.close()
             self.trace.wall_time_s = time.perf_counter() - started
@@ -216,8 +219,9 @@ class _Run:
     async def _collapse(
         self, partials: list[Partial], question: str, budget: Budget, counter: TokenCounter
     ) -> list[Partial]:
-        while partials:
-            sizes = [n + PARTIAL_HEADER_TOKENS for n in counter.count_batch([render_partial(p) for p in partials])]
+        while len(partials) > 1:
+            rendered = [render_partial(p) for p in partials]
+            sizes = [n + PARTIAL_HEADER_TOKENS for n in await asyncio.to_thread(counter.count_batch, rendered)]
             if sum(sizes) <= budget.reduce_tokens:
                 return partials
             groups = collapse.group_to_fit(sizes, budget.collapse_tokens)

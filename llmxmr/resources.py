@@ -7,8 +7,9 @@ from pathlib import Path
 
 
 def data_dir(name: str) -> Path:
-    """``prompts`` or ``configs``: inside the installed package, else at the top of the checkout."""
-    installed = Path(str(resources.files("llmxmr"))) / name
+    """``prompts`` or ``configs``: in the installed package's ``data/``, else at the top of the
+    source checkout."""
+    installed = Path(str(resources.files("llmxmr"))) / "data" / name
     if installed.is_dir():
         return installed
     return Path(__file__).resolve().parent.parent / name

@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 import random
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 
 INITIAL_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 8.0
 MAX_RETRY_AFTER_S = 120.0
 JITTER = 0.25  # up to a quarter of each delay is random, so clients that failed together spread out
 
-# Only these can succeed when sent again: timeouts, rate limits and server-side failures.
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-
-
 def is_retryable_status(status: int) -> bool:
-    return status in RETRYABLE_STATUS or 500 <= status < 600
+    """Only these can succeed when sent again: timeouts, rate limits and server-side failures."""
+    return status in (408, 429) or 500 <= status < 600
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header given in seconds; None if absent or not a number."""
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header, given as seconds or as an HTTP date; None if
+    absent or unreadable."""
     if value is None:
         return None
     try:
         seconds = float(value.strip())
     except ValueError:
-        return None
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+        return max(seconds, 0.0)
     return seconds if seconds >= 0 else None
 
 

@@ -8,7 +8,6 @@ declare a status first, small models declare "no information" and then quote the
 
 from __future__ import annotations
 
-import json
 from functools import cache
 from typing import Any
 
@@ -102,9 +101,3 @@ def json_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema()
     schema["required"] = list(schema["properties"])
     return schema
-
-
-@cache
-def json_schema_text(model: type[BaseModel]) -> str:
-    """Byte-identical schema text for every call of a run (servers cache compiled grammars by it)."""
-    return json.dumps(json_schema(model), sort_keys=True, separators=(",", ":"))

@@ -33,10 +33,6 @@ class TokenCounter(Protocol):
     def count_batch(self, texts: Sequence[str]) -> list[int]: ...
 
 
-def count(counter: TokenCounter, text: str) -> int:
-    return counter.count_batch([text])[0]
-
-
 def budget_with_margin(tokens: int, counter: TokenCounter, margin: float) -> int:
     """The part of a token budget an inexact counter may fill."""
     return tokens if counter.exact else int(tokens * (1.0 - margin))
@@ -82,31 +78,53 @@ class HFTokenizerCounter:
 
 
 class ServerTokenCounter:
-    """The served model's own tokenizer, through the server's tokenize endpoint (one text a request)."""
+    """The served model's own tokenizer, through the server's tokenize endpoint.
+
+    Servers that take a list (SGLang) get texts in batches; others one text a request, which is why
+    the chunker only asks it to check whole chunks (see ``chunking.chunk_text``'s ``estimator``)."""
 
     exact = True
+    BATCH = 256
 
-    def __init__(self, base_url: str, path: str, field: str, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        path: str,
+        field: str,
+        api_key: str | None = None,
+        *,
+        extra: dict[str, object] | None = None,
+        batches: bool = False,
+    ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(base_url=base_url, headers=headers, timeout=60.0)
         self._path = path
         self._field = field
+        self._extra = extra or {}
+        self._batches = batches
         self.name = f"server:{base_url.rstrip('/')}{path}"
 
     def count_batch(self, texts: Sequence[str]) -> list[int]:
-        return [self._count_one(text) for text in texts]
+        if not self._batches:
+            return [self._count(text)[0] for text in texts]
+        counts: list[int] = []
+        for start in range(0, len(texts), self.BATCH):
+            counts.extend(self._count(list(texts[start : start + self.BATCH])))
+        return counts
 
-    def _count_one(self, text: str) -> int:
+    def _count(self, payload: str | list[str]) -> list[int]:
         try:
-            response = self._client.post(self._path, json={self._field: text})
+            response = self._client.post(self._path, json={self._field: payload, **self._extra})
             response.raise_for_status()
             body = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             raise LlmxmrError(f"token counting failed at {self.name}: {exc}") from exc
         if "count" in body:
-            count_value = body["count"]
-            return count_value[0] if isinstance(count_value, list) else int(count_value)
-        return len(body["tokens"])
+            found = body["count"]
+        else:
+            tokens = body["tokens"]
+            found = [len(t) for t in tokens] if isinstance(payload, list) else len(tokens)
+        return [int(n) for n in found] if isinstance(found, list) else [int(found)]
 
     def close(self) -> None:
         self._client.close()

@@ -27,7 +27,8 @@ class CallRecord(BaseModel):
 
 
 class Totals(BaseModel):
-    calls: int
+    calls: int  # logical calls: one per chunk mapped, group collapsed, reduce
+    requests: int  # replies asked of the model: calls plus re-asks after invalid replies
     failed_calls: int
     prompt_tokens: int
     completion_tokens: int
@@ -43,7 +44,8 @@ class Trace(BaseModel):
     @property
     def totals(self) -> Totals:
         return Totals(
-            calls=sum(record.attempts for record in self.calls),
+            calls=len(self.calls),
+            requests=sum(record.attempts for record in self.calls),
             failed_calls=sum(1 for record in self.calls if record.error),
             prompt_tokens=sum(record.prompt_tokens for record in self.calls),
             completion_tokens=sum(record.completion_tokens for record in self.calls),

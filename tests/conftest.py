@@ -24,9 +24,10 @@ class WordCounter:
         return [len(_CJK.sub(" x ", text).split()) for text in texts]
 
 
-@pytest.fixture
-def word_counter() -> WordCounter:
-    return WordCounter()
+@pytest.fixture(autouse=True)
+def _bugs_raise(monkeypatch):
+    """Unexpected errors in the CLI raise in tests instead of becoming one line."""
+    monkeypatch.setenv("LLMXMR_RAISE_ERRORS", "1")
 
 
 def partial_reply(answer: str | None, confidence: float = 4.0, info: str = "info", rationale: str = "why") -> str:

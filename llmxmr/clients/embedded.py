@@ -79,8 +79,8 @@ class EmbeddedLlamaClient:
         async with self._lock:
             try:
                 completion = await asyncio.to_thread(self._llama.create_chat_completion, **kwargs)
-            except ValueError as exc:  # llama-cpp-python reports a prompt over n_ctx this way
-                raise LLMCallError(f"{self.describe()}: {exc}") from exc
+            except Exception as exc:  # llama.cpp's failures (a prompt over n_ctx, a bad grammar...)
+                raise LLMCallError(f"{self.describe()}: {type(exc).__name__}: {exc}") from exc
         choice = completion["choices"][0]
         usage = completion.get("usage") or {}
         return ChatReply(

@@ -9,7 +9,7 @@ from the ``owned_by`` field of ``/v1/models``.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
@@ -29,6 +29,9 @@ class ServerKind:
     schema_wire: Literal["json_schema", "json_object"]
     tokenize_path: str | None = None  # relative to the server root, not to /v1
     tokenize_field: str = "prompt"
+    # Count text as it sits inside a prompt: without the BOS token the endpoint adds by default.
+    tokenize_extra: dict[str, Any] = field(default_factory=dict)
+    tokenize_batches: bool = False  # the endpoint takes a list of texts
     props_path: str | None = None  # llama.cpp's llama-server reports n_ctx there
 
     def response_format(self, name: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -39,8 +42,10 @@ class ServerKind:
 
 GENERIC = ServerKind("openai-compatible", "json_schema")
 SERVER_KINDS = {
-    "sglang": ServerKind("sglang", "json_schema", "/v1/tokenize", "prompt"),
-    "vllm": ServerKind("vllm", "json_schema", "/tokenize", "prompt"),
+    "sglang": ServerKind(
+        "sglang", "json_schema", "/v1/tokenize", "prompt", {"add_special_tokens": False}, tokenize_batches=True
+    ),
+    "vllm": ServerKind("vllm", "json_schema", "/tokenize", "prompt", {"add_special_tokens": False}),
     "llamacpp": ServerKind("llama.cpp", "json_schema", "/tokenize", "content", props_path="/props"),
     "me": ServerKind("llama-cpp-python", "json_object", "/extras/tokenize/count", "input"),
 }
@@ -75,28 +80,32 @@ class OpenAICompatibleClient:
         self._kind: ServerKind | None = None
         self._model_card: dict[str, Any] = {}
         self._discovery = asyncio.Lock()
+        self._counter: ServerTokenCounter | None = None
 
     def describe(self) -> str:
         kind = self._kind.name if self._kind else "server"
         return f"{kind} at {self.base_url}"
-
-    async def model(self) -> str:
-        await self._discover()
-        return self._model or ""
 
     async def _discover(self) -> None:
         """Learn the model name and server kind from /v1/models, once."""
         async with self._discovery:
             if self._kind is not None:
                 return
-            page = await self._with_retries(self._openai.models.list)
-            cards = [card.model_dump() for card in page.data]
-            if not cards and not self._model:
-                raise LLMCallError(f"{self.base_url} serves no model (/v1/models is empty)")
-            chosen = next((c for c in cards if c.get("id") == self._model), cards[0] if cards else {})
-            self._model = self._model or chosen["id"]
-            self._model_card = chosen
-            self._kind = SERVER_KINDS.get(str(chosen.get("owned_by", "")), GENERIC)
+            try:
+                page = await self._with_retries(self._openai.models.list)
+                cards = [card.model_dump() for card in page.data]
+            except LLMCallError:
+                if not self._model:  # without a listing, only a named model can be used
+                    raise
+                cards = []
+            if not self._model:
+                if not cards:
+                    raise LLMCallError(f"{self.base_url} serves no model (/v1/models is empty)")
+                self._model = cards[0]["id"]
+            # The card of the model in use, if listed: its context length is the one that applies.
+            self._model_card = next((c for c in cards if c.get("id") == self._model), {})
+            owner = self._model_card.get("owned_by") or (cards[0].get("owned_by") if cards else "")
+            self._kind = SERVER_KINDS.get(str(owner), GENERIC)
 
     async def chat(self, request: ChatRequest) -> ChatReply:
         await self._discover()
@@ -152,6 +161,8 @@ class OpenAICompatibleClient:
                 if last_try:
                     raise ServerUnavailableError(self.base_url, _cause(exc)) from exc
                 delay = backoff_delay(retry)
+            except openai.APIError as exc:  # a reply the SDK cannot read: not worth repeating
+                raise LLMCallError(f"{self.describe()} sent an unreadable reply: {exc}") from exc
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last try raises or returns")
 
@@ -172,15 +183,22 @@ class OpenAICompatibleClient:
         assert self._kind is not None
         if not self._kind.tokenize_path:
             return None
-        counter = ServerTokenCounter(
-            server_root(self.base_url), self._kind.tokenize_path, self._kind.tokenize_field, self._api_key
-        )
-        try:
-            await asyncio.to_thread(counter.count_batch, ["probe"])
-        except LlmxmrError:  # no usable endpoint: the caller falls back to tiktoken
-            counter.close()
-            return None
-        return counter
+        if self._counter is None:
+            counter = ServerTokenCounter(
+                server_root(self.base_url),
+                self._kind.tokenize_path,
+                self._kind.tokenize_field,
+                self._api_key,
+                extra=self._kind.tokenize_extra,
+                batches=self._kind.tokenize_batches,
+            )
+            try:
+                await asyncio.to_thread(counter.count_batch, ["probe"])
+            except LlmxmrError:  # no usable endpoint: the caller falls back to tiktoken
+                counter.close()
+                return None
+            self._counter = counter
+        return self._counter
 
     def _get_json(self, path: str) -> dict[str, Any] | None:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -192,6 +210,8 @@ class OpenAICompatibleClient:
             return None
 
     async def aclose(self) -> None:
+        if self._counter is not None:
+            self._counter.close()
         await self._openai.close()
 
 

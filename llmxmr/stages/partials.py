@@ -17,8 +17,13 @@ class Partial(BaseModel):
 
 
 def label(chunk_indices: list[int]) -> str:
+    """"Chunk 3", "Chunks 3-5", or "Chunks 3, 5, 9" when chunks without information fell out."""
     first, last = chunk_indices[0], chunk_indices[-1]
-    return f"Chunk {first}" if first == last else f"Chunks {first}-{last}"
+    if first == last:
+        return f"Chunk {first}"
+    if last - first + 1 == len(chunk_indices):
+        return f"Chunks {first}-{last}"
+    return "Chunks " + ", ".join(str(index) for index in chunk_indices)
 
 
 def render_partial(partial: Partial) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,18 +58,21 @@ def test_pass_key_embedded(passkey_document):
 
 
 def test_cli_run_on_a_file(tmp_path):
+    """The installed console script, run from outside the checkout: what ``pip install .`` gives a
+    user, prompts and configs included."""
     document = tmp_path / "haystack.txt"
     document.write_text(haystack(repeats=120, depth=0.3), encoding="utf-8")
     trace = tmp_path / "trace.json"
+    script = Path(sys.executable).parent / "llmxmr"
     completed = subprocess.run(
         [
-            sys.executable, "-m", "llmxmr", "run",
+            str(script), "run",
             "--input", str(document),
             "--question", "What is the pass key?",
             "--task-type", "retrieval",
             "--json", "--trace", str(trace),
         ],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     result = json.loads(completed.stdout)

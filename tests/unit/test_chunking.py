@@ -82,3 +82,39 @@ def test_budget_smaller_than_overlap_is_an_error():
 
 def test_empty_text_has_no_chunks():
     assert chunk_text("", 10, COUNTER) == []
+
+
+class SuperAdditive:
+    """Counts a text as a whole at 1.5 times the sum of its parts: the worst case for packing."""
+
+    name = "super-additive"
+    exact = True
+
+    def count_batch(self, texts):
+        return [len(t.split()) * (3 if len(t.split()) > 8 else 2) // 2 for t in texts]
+
+
+def test_repacking_terminates_and_fits_with_a_non_additive_counter():
+    text = "One two three. Four five six. Seven eight nine. Ten eleven twelve. " * 50
+    counter = SuperAdditive()
+    chunks = chunk_text(text, 30, counter)
+    assert _own_text(text, chunks) == text
+    assert all(counter.count_batch([c.text])[0] <= 30 for c in chunks)
+
+
+class Doubled(WordCounter):
+    """A stand-in for a server tokenizer that counts twice as many tokens as the estimator."""
+
+    def count_batch(self, texts):
+        self.calls = getattr(self, "calls", 0) + 1
+        return [2 * n for n in super().count_batch(texts)]
+
+
+def test_estimator_counts_segments_and_the_exact_counter_checks_chunks():
+    text = "Alpha beta gamma delta. " * 2000
+    exact = Doubled()
+    chunks = chunk_text(text, 200, exact, estimator=COUNTER)
+    assert exact.calls == 2  # one calibration sample, one batch checking the chunks
+    assert _own_text(text, chunks) == text
+    assert all(exact.count_batch([c.text])[0] <= 200 for c in chunks)
+    assert all(c.tokens >= 100 for c in chunks[:-1])  # calibrated: chunks are not half empty

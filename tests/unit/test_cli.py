@@ -40,6 +40,30 @@ def test_directory(tmp_path):
     assert_one_line_error(result, 2, "is a directory")
 
 
+def test_unreadable_file(tmp_path, monkeypatch):
+    path = tmp_path / "secret.txt"
+    path.write_text("text")
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("pathlib.Path.read_bytes", refuse)
+    assert_one_line_error(invoke("run", "--input", str(path), "--question", "q"), 2, "Permission denied")
+
+
+def test_unexpected_error_is_one_line_outside_tests(tmp_path, monkeypatch):
+    path = tmp_path / "doc.txt"
+    path.write_text("text")
+    monkeypatch.delenv("LLMXMR_RAISE_ERRORS")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("llmxmr.cli.MapReducePipeline", broken)
+    result = invoke("run", "--input", str(path), "--question", "q")
+    assert_one_line_error(result, 1, "unexpected RuntimeError: a bug (run with -v for the traceback)")
+
+
 def test_binary_file(tmp_path):
     path = tmp_path / "blob.bin"
     path.write_bytes(b"\x7fELF\x00\x01\x02" * 100)

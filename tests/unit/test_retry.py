@@ -39,3 +39,11 @@ def test_retry_after_wins_and_is_capped():
 @pytest.mark.parametrize(("header", "expected"), [("2", 2.0), (" 1.5 ", 1.5), (None, None), ("soon", None), ("-1", None)])
 def test_parse_retry_after(header, expected):
     assert parse_retry_after(header) == expected
+
+
+def test_retry_after_as_http_date():
+    from datetime import datetime, timezone
+
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    assert parse_retry_after("Thu, 01 Jan 2026 12:00:30 GMT", now=now) == 30.0
+    assert parse_retry_after("Thu, 01 Jan 2026 11:00:00 GMT", now=now) == 0.0
