@@ -9,12 +9,33 @@ declare a status first, small models declare "no information" and then quote the
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 MAX_CONFIDENCE = 5.0
 NO_INFORMATION_MARK = "[NO INFORMATION]"
+
+
+def _clamp_confidence(value: object) -> object:
+    """Scores off the 0-5 scale are read as its ends: servers that constrain JSON structure do not
+    all constrain number ranges, and a model that writes 10 or 100 means "certain"."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return value  # not a number: validation says so
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return min(max(float(value), 0.0), MAX_CONFIDENCE)
+    return value
+
+
+# A 0-5 score: the schema states the range, validation clamps values off it.
+Confidence = Annotated[
+    float,
+    BeforeValidator(_clamp_confidence),
+    Field(json_schema_extra={"minimum": 0, "maximum": MAX_CONFIDENCE}),
+]
 
 
 class _Strict(BaseModel):
@@ -29,14 +50,7 @@ class PartialAnswer(_Strict):
     )
     rationale: str = Field(description="how the information leads to the answer, with any inference named")
     answer: str | None = Field(description="the answer this text supports; null when it holds no relevant information")
-    confidence: float = Field(
-        ge=0, le=MAX_CONFIDENCE, description="0 to 5: 5 only for an answer stated literally in the text"
-    )
-
-    @field_validator("confidence", mode="before")
-    @classmethod
-    def _clamped(cls, value: object) -> object:
-        return _clamp_confidence(value)
+    confidence: Confidence = Field(description="0 to 5: 5 only for an answer stated literally in the text")
 
     @field_validator("answer")
     @classmethod
@@ -63,15 +77,10 @@ class FinalAnswer(_Strict):
 
     rationale: str = Field(description="how the partial answers were weighed, conflicts included")
     answer: str = Field(description="the final answer to the question")
-    confidence: float = Field(ge=0, le=MAX_CONFIDENCE, description="0 to 5")
+    confidence: Confidence = Field(description="0 to 5")
     supporting_chunks: list[int] = Field(
         default_factory=list, description="indices of the chunks whose information the answer rests on"
     )
-
-    @field_validator("confidence", mode="before")
-    @classmethod
-    def _clamped(cls, value: object) -> object:
-        return _clamp_confidence(value)
 
     @field_validator("answer")
     @classmethod
@@ -85,14 +94,6 @@ class FinalAnswer(_Strict):
     @classmethod
     def _sorted_unique(cls, value: list[int]) -> list[int]:
         return sorted(set(value))
-
-
-def _clamp_confidence(value: object) -> object:
-    """Scores off the 0-5 scale are read as its ends: servers that constrain JSON structure do not
-    all constrain number ranges, and a model that writes 10 or 100 means "certain"."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return min(max(float(value), 0.0), MAX_CONFIDENCE)
-    return value
 
 
 @cache

@@ -63,7 +63,7 @@ def test_empty_or_marked_answer_means_no_information(answer):
     assert not output.has_information
 
 
-@pytest.mark.parametrize(("given", "read"), [(7, 5.0), (100, 5.0), (-1, 0.0), (3.5, 3.5)])
+@pytest.mark.parametrize(("given", "read"), [(7, 5.0), (100, 5.0), (-1, 0.0), (3.5, 3.5), ("7", 5.0), ("4.5", 4.5)])
 def test_confidence_off_the_scale_is_clamped(given, read):
     assert MapOutput(extracted_information="", rationale="", answer="x", confidence=given).confidence == read
     assert FinalAnswer(rationale="", answer="x", confidence=given).confidence == read
