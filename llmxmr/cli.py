@@ -3,6 +3,7 @@ one line and an exit code (2 for usage errors, 1 for failures, 130 on Ctrl-C).""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -150,3 +151,27 @@ def serve(
         return
     click.echo(f"starting SGLang; then: llmxmr run --base-url http://{host}:{port}/v1 ...", err=True)
     serving.launch(command)
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks: InfiniteBench scoring."""
+
+
+@bench.command()
+@click.option("--task", required=True, help="InfiniteBench task, e.g. passkey or longbook_qa_eng.")
+@click.option("--preds", required=True, help='Predictions JSONL: {"id", "prediction", "ground_truth"} per line.')
+@click.option("--scorer", default="official", show_default=True, help="official (InfiniteBench) or lenient (LLM x MapReduce).")
+@click.option("--model", help='Only for math_calc: "gpt4" applies InfiniteBench\'s GPT-4 rule.')
+@click.option("--json", "as_json", is_flag=True, help="Print {task, scorer, n, score} as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+@_reports_errors
+def score(task: str, preds: str, scorer: str, model: str | None, as_json: bool, verbose: bool) -> None:
+    """Score a predictions file; prints the score x100 with two decimals."""
+    from .bench.infinitebench.scorers import score_file
+
+    report = score_file(task, preds, scorer, model=model)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        click.echo(f"{report['score']:.2f}  ({report['task']}, {report['scorer']} scorer, n={report['n']})")

@@ -184,3 +184,23 @@ def test_serve_dry_run_prints_the_sglang_command():
 def test_serve_without_sglang_names_the_extra(monkeypatch):
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     assert_one_line_error(invoke("serve"), 2, "pip install 'llmxmr[sglang]'")
+
+
+def test_bench_score_prints_two_decimals_and_json(tmp_path):
+    preds = tmp_path / "preds.jsonl"
+    rows = [
+        {"id": 0, "prediction": "The pass key is 123.", "ground_truth": ["123"]},
+        {"id": 1, "prediction": "It is 999, not 456.", "ground_truth": ["456"]},
+    ]
+    preds.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = invoke("bench", "score", "--task", "passkey", "--preds", str(preds))
+    assert result.exit_code == 0 and result.output.startswith("50.00  (passkey, official scorer, n=2)")
+    result = invoke("bench", "score", "--task", "passkey", "--preds", str(preds), "--scorer", "lenient", "--json")
+    assert json.loads(result.output) == {"task": "passkey", "scorer": "lenient", "n": 2, "score": 100.0}
+
+
+def test_bench_score_unknown_task(tmp_path):
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("")
+    result = invoke("bench", "score", "--task", "poetry", "--preds", str(preds))
+    assert_one_line_error(result, 2, "unknown InfiniteBench task 'poetry'")

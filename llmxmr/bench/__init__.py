@@ -1,0 +1,1 @@
+"""Benchmarks for llmxmr: data, scoring and batch runs (InfiniteBench under ``bench.infinitebench``)."""
