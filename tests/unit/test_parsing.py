@@ -82,3 +82,18 @@ def test_final_answer_chunks_sorted_unique():
 def test_final_answer_may_not_be_empty():
     with pytest.raises(ValueError, match="the answer is empty"):
         FinalAnswer(rationale="r", answer="  ", confidence=1)
+
+
+def test_embedded_length_caps_reach_every_string_and_list():
+    from llmxmr.clients.embedded import MAX_LIST_ITEMS, capped_lengths
+    from llmxmr.schemas import json_schema
+
+    final = capped_lengths(json_schema(FinalAnswer), 300)["properties"]
+    assert final["supporting_chunks"]["maxItems"] == MAX_LIST_ITEMS and final["answer"]["maxLength"] == 300
+    capped = capped_lengths(json_schema(MapOutput), 400)
+    properties = capped["properties"]
+    assert properties["extracted_information"]["maxLength"] == 400
+    assert properties["rationale"]["maxLength"] == 400
+    assert {"type": "string", "maxLength": 400} in properties["answer"]["anyOf"]
+    assert "maxLength" not in properties["confidence"]
+    assert "maxLength" not in json_schema(MapOutput)["properties"]["rationale"]  # the original is untouched
