@@ -41,7 +41,7 @@ def _json_candidates(text: str):
     yield from _loads(stripped)
     for block in _FENCED.findall(text):
         yield from _loads(block.strip())
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(strict=False)
     for match in re.finditer(r"\{", text):
         try:
             value, _ = decoder.raw_decode(text, match.start())
@@ -52,8 +52,10 @@ def _json_candidates(text: str):
 
 
 def _loads(text: str):
+    # strict=False: raw line breaks inside strings are common (llama.cpp's JSON grammar allows
+    # them, and models copy multi-line passages) and unambiguous.
     try:
-        yield json.loads(text)
+        yield json.loads(text, strict=False)
     except json.JSONDecodeError:
         return
 

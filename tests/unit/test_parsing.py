@@ -11,6 +11,14 @@ def test_bare_json():
     assert fields == {"answer": "42", "confidence": 5}
 
 
+def test_raw_line_breaks_inside_strings():
+    assert parse_reply('{"answer": "line one\nline two", "confidence": 1}') == {
+        "answer": "line one\nline two",
+        "confidence": 1,
+    }
+    assert parse_reply('Here: {"answer": "a\nb"} done')["answer"] == "a\nb"
+
+
 def test_fenced_json_inside_prose():
     reply = 'Sure! Here it is:\n```json\n{"Extracted Information": "x", "answer": "y"}\n```\nBye.'
     assert parse_reply(reply) == {"extracted_information": "x", "answer": "y"}
