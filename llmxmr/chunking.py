@@ -108,7 +108,9 @@ def _ratio(sample: str, counter: TokenCounter, estimator: TokenCounter) -> float
 
 
 class _Scaled:
-    """An estimator's counts scaled to another tokenizer's (rounded up, so budgets stay safe)."""
+    """An estimator's counts scaled to another tokenizer's. Rounded to nearest, not up: rounding
+    each short sentence up would inflate a chunk's sum by a token a sentence, and the whole-chunk
+    check with the exact counter catches what rounding misses."""
 
     def __init__(self, estimator: TokenCounter, scale: float) -> None:
         self._estimator = estimator
@@ -117,7 +119,7 @@ class _Scaled:
         self.exact = False
 
     def count_batch(self, texts: Sequence[str]) -> list[int]:
-        return [math.ceil(n * self._scale) for n in self._estimator.count_batch(texts)]
+        return [round(n * self._scale) for n in self._estimator.count_batch(texts)]
 
 
 def _boundaries(text: str) -> list[tuple[int, Level]]:

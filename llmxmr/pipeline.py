@@ -24,7 +24,7 @@ from .errors import ConfigError, LLMCallError, UsageError
 from .prompts import ChatMessage, PromptSet, load_prompts
 from .schemas import CollapseOutput, FinalAnswer, MapOutput
 from .stages import collapse, reduce
-from .stages.map import map_messages, retrieval_rejection
+from .stages.map import checked_retrieval_answer, map_messages
 from .stages.partials import Partial, render_partial
 from .structured import call_structured
 from .tokens import HFTokenizerCounter, ServerTokenCounter, TiktokenCounter, TokenCounter
@@ -206,11 +206,12 @@ class _Run:
             if output is None:
                 return None
             if self.prompts.family == "retrieval" and output.answer:
-                record.rejected = retrieval_rejection(
+                answer, record.check = checked_retrieval_answer(
                     output.answer, output.extracted_information, question, chunk.text
                 )
-                if record.rejected:
+                if answer is None:
                     return None
+                output = output.model_copy(update={"answer": answer})
             return Partial(chunk_indices=[chunk.index], answer=output)
 
         results = await _gather(map_one(chunk) for chunk in chunks)
@@ -251,14 +252,18 @@ class _Run:
     async def _reduce(self, partials: list[Partial], question: str) -> FinalAnswer:
         self.bar.set_description("reduce")
         self.bar.total += 1
-        output, _ = await self._call(
+        output, record = await self._call(
             "reduce",
             reduce.reduce_messages(self.prompts, question, partials),
             FinalAnswer,
             collapse.merged_indices(partials),
             self.config.generation.reduce_max_tokens,
         )
-        return reduce.known_chunks(output, partials) if output else reduce.fallback(partials)
+        if output is None:
+            return reduce.fallback(partials)
+        if self.prompts.family == "retrieval":
+            output, record.check = reduce.checked_retrieval_final(output, partials)
+        return reduce.known_chunks(output, partials)
 
 
 async def _gather(awaitables: Iterable[Awaitable[T]]) -> list[T]:

@@ -21,8 +21,9 @@ class CallRecord(BaseModel):
     cached_tokens: int | None = None
     latency_s: float = 0.0
     output: dict[str, Any] | None = None
-    # Why a valid output was set aside (for example a retrieval answer absent from its chunk).
-    rejected: str | None = None
+    # What a check of the output against the text decided, when it did not simply pass (a
+    # retrieval answer absent from its chunk is set aside, or replaced by verified evidence).
+    check: str | None = None
     error: str | None = None
 
 

@@ -13,13 +13,26 @@ def map_messages(prompts: PromptSet, question: str, chunk_text: str) -> list[Cha
     return prompts.messages("map", question=question, chunk=chunk_text)
 
 
-def retrieval_rejection(answer: str, evidence: str, request: str, chunk_text: str) -> str | None:
-    """Why a retrieval answer cannot be right, or None. The requested value is written in the
-    document, and the sentence that holds it names what the request asks for (the pass key, the
-    key of a pair). So every word of the answer that carries content (any word with a digit, any
-    other word of three letters or more that is not a stopword, as in "The answer is 71432")
-    must occur in the chunk, and the answer or its evidence must share such a word with the
-    request."""
+def checked_retrieval_answer(answer: str, evidence: str, request: str, chunk_text: str) -> tuple[str | None, str | None]:
+    """The answer a retrieval map reply may contribute, and what the check decided (None: kept).
+
+    The requested value is written in the document, and the sentence that holds it names what the
+    request asks for (the pass key, the key of a pair). So a reply counts only if every content
+    word of its answer occurs in the chunk (any word with a digit; other words of three letters or
+    more that are not stopwords, so "The answer is 71432" passes on "71432") and the answer or its
+    evidence shares such a word with the request. When the answer fails but the evidence passes on
+    its own (a small model copies "The pass key is 71432." as evidence, then writes a sentence of
+    its own as the answer), the verified evidence stands in for the answer.
+    """
+    problem = _retrieval_problem(answer, evidence, request, chunk_text)
+    if problem is None:
+        return answer, None
+    if evidence.strip() and _retrieval_problem(evidence, "", request, chunk_text) is None:
+        return evidence, f"{problem}; its evidence, found in the chunk, stands in for it"
+    return None, problem
+
+
+def _retrieval_problem(answer: str, evidence: str, request: str, chunk_text: str) -> str | None:
     answer_words = _content_words(answer, keep_digits=True)
     if answer_words - set(_WORD.findall(chunk_text.casefold())) or (
         not answer_words and _normalised(answer) not in _normalised(chunk_text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..prompts import ChatMessage, PromptSet
 from ..schemas import FinalAnswer
+from .map import checked_retrieval_answer
 from .partials import Partial, render_partials
 
 NOTHING_FOUND = "No part of the document holds information relevant to the question."
@@ -20,10 +21,11 @@ def nothing_found() -> FinalAnswer:
 
 
 def fallback(partials: list[Partial]) -> FinalAnswer:
-    """When the reduce call fails: the most confident partial answer stands as the final one."""
+    """When the reduce call fails or its answer fails a check: the most confident partial answer
+    stands as the final one."""
     best = max(partials, key=lambda partial: partial.answer.confidence)
     return FinalAnswer(
-        rationale=f"The reduce call failed; this is the most confident partial answer. {best.answer.rationale}",
+        rationale=f"The most confident partial answer stands (no usable reduce reply). {best.answer.rationale}",
         answer=best.answer.answer,
         confidence=best.answer.confidence,
         supporting_chunks=best.chunk_indices,
@@ -34,3 +36,14 @@ def known_chunks(answer: FinalAnswer, partials: list[Partial]) -> FinalAnswer:
     """Keep only supporting chunk indices that the partial answers actually covered."""
     covered = {index for partial in partials for index in partial.chunk_indices}
     return answer.model_copy(update={"supporting_chunks": [i for i in answer.supporting_chunks if i in covered]})
+
+
+def checked_retrieval_final(answer: FinalAnswer, partials: list[Partial]) -> tuple[FinalAnswer, str | None]:
+    """A retrieval answer must come from the partial answers it was reduced from (which were
+    checked against their chunks and the request); one that does not gives way to the most
+    confident partial."""
+    source = "\n".join(f"{p.answer.extracted_information}\n{p.answer.answer}" for p in partials)
+    kept, problem = checked_retrieval_answer(answer.answer, "", "", source)
+    if kept is not None:
+        return answer, None
+    return fallback(partials), f"{problem} (of the partial answers); the most confident partial answer stands"

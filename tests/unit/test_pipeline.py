@@ -168,23 +168,25 @@ def test_empty_question_and_document():
 
 
 @pytest.mark.parametrize(
-    ("answer", "evidence", "rejected"),
+    ("answer", "evidence", "kept", "reason"),
     [
-        ("71432", "The pass key is 71432.", None),
-        ("The pass key is 71432.", "", None),
-        ("The answer is 71432.", "The pass key is 71432.", None),
-        ("1", "The pass key is 1.", "does not occur in the chunk"),
-        ("The pass key is the number 11.", "", "does not occur in the chunk"),
-        ("The sun is yellow.", "The sun is yellow.", "mentions what the request asks for"),
-        ("55555", "The pass key is 55555.", "does not occur in the chunk"),
+        ("71432", "The pass key is 71432.", "71432", None),
+        ("The pass key is 71432.", "", "The pass key is 71432.", None),
+        ("The answer is 71432.", "The pass key is 71432.", "The answer is 71432.", None),
+        ("1", "The pass key is 1.", None, "does not occur in the chunk"),
+        ("The pass key is the number 11.", "", None, "does not occur in the chunk"),
+        ("The sun is yellow.", "The sun is yellow.", None, "mentions what the request asks for"),
+        ("55555", "The pass key is 55555.", None, "does not occur in the chunk"),
+        ("It is a unique identifier.", "The pass key is 71432.", "The pass key is 71432.", "stands in"),
     ],
 )
-def test_retrieval_answers_are_checked_against_the_chunk_and_the_request(answer, evidence, rejected):
-    from llmxmr.stages.map import retrieval_rejection
+def test_retrieval_answers_are_checked_against_the_chunk_and_the_request(answer, evidence, kept, reason):
+    from llmxmr.stages.map import checked_retrieval_answer
 
     chunk = "The sun is yellow. The pass key is 71432. Remember it."
-    reason = retrieval_rejection(answer, evidence, "What is the pass key?", chunk)
-    assert (reason is None) if rejected is None else (rejected in reason)
+    got, why = checked_retrieval_answer(answer, evidence, "What is the pass key?", chunk)
+    assert got == kept
+    assert (why is None) if reason is None else (reason in why)
 
 
 def test_rejected_retrieval_answers_do_not_reach_the_reduce():
@@ -197,5 +199,17 @@ def test_rejected_retrieval_answers_do_not_reach_the_reduce():
     result = run(client, config(task_type="retrieval"))
     reduce_prompt = client.requests[-1].messages[-1].content
     assert "KEY-12" not in reduce_prompt and "KEY-77" in reduce_prompt
-    rejected = [c for c in result.trace.calls if c.rejected]
+    rejected = [c for c in result.trace.calls if c.check]
     assert len(rejected) == len(result.chunks) - 1
+
+
+def test_a_retrieval_reduce_answer_not_in_the_partials_gives_way():
+    def reduce_invents(request: ChatRequest) -> str:
+        if request.schema_name == "MapOutput":
+            return partial_reply("KEY-77" if "KEY-77" in chunk_of(request) else None, confidence=5, info="code KEY-77")
+        return final_reply("./secret_code")
+
+    client = new_client(responder=reduce_invents)
+    result = run(client, config(task_type="retrieval"))
+    assert result.answer == "KEY-77"
+    assert "the most confident partial answer stands" in result.trace.calls[-1].check
