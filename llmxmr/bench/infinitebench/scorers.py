@@ -186,14 +186,8 @@ def _code_debug_prefix(pred: str, label: Any) -> float:
     if pred[:2] in (f"{letter}.", f"{letter}:"):
         return 1.0
     pred = _squeeze_spaces(_blank_out(pred, _CODE_DEBUG_SEPARATORS))
-    for prefix in ("answer is:", "is:", "answer:", "correct option is:"):
-        idx = pred.find(prefix)
-        if idx == -1:
-            continue
-        after = pred[idx + len(prefix) + 1 :]
-        # A reply that ends with the prefix (after is "") starts with nothing: wrong.
-        return float(bool(after) and (after.startswith(letter) or after.startswith(fn_name)))
-    return 0.0
+    prefixes = ("answer is:", "is:", "answer:", "correct option is:")
+    return _after_prefix_starts_with(pred, prefixes, (letter, fn_name)) or 0.0
 
 
 def _code_debug_label(label: Any) -> tuple[str, str]:
@@ -283,7 +277,9 @@ def _choice_prefix(pred: str, label: Any) -> float:
 
 
 def _after_prefix_starts_with(pred: str, prefixes: Sequence[str], labels: Sequence[Any]) -> float | None:
-    """Step 3 of the En.MC rules; None when no prefix occurs (the caller goes on)."""
+    """The text after the first prefix found (prefixes tried in order; one character after it
+    skipped) must start with one of the labels; a reply that ends with the prefix is wrong. None
+    when no prefix occurs. Step 3 of the En.MC rules, and Code.Debug's prefix rule."""
     for prefix in prefixes:
         idx = pred.find(prefix)
         if idx == -1:
@@ -472,13 +468,7 @@ def _code_debug_lenient(pred: str, label: Any) -> float:
     pred = _squeeze_spaces(_blank_out(pred, _CODE_DEBUG_SEPARATORS))
     if pred.startswith(letter) or pred.startswith(fn_name):
         return 1.0
-    for prefix in ("answer is:", "Answer:", "is:", "answer:"):
-        idx = pred.find(prefix)
-        if idx == -1:
-            continue
-        after = pred[idx + len(prefix) + 1 :]
-        return float(bool(after) and (after.startswith(letter) or after.startswith(fn_name)))
-    return 0.0
+    return _after_prefix_starts_with(pred, ("answer is:", "Answer:", "is:", "answer:"), (letter, fn_name)) or 0.0
 
 
 def _dialogue_substring(pred: str, label: Any) -> float:
