@@ -250,7 +250,10 @@ def _dialogue_uppercase_token(pred: str, label: Any) -> float:
     return float(_label_list(label)[0] in words)
 
 
-def _choice_prefix(pred: str, label: Any) -> float:
+_CHOICE_PREFIXES = ("answer is:", "answer:", "answer is", "option is")
+
+
+def _choice_prefix(pred: str, label: Any, prefixes: Sequence[str] = _CHOICE_PREFIXES) -> float:
     """En.MC (label ``[option_text, letter]``): the rules of compute_scores.py, in order.
 
     ``get_score_one_longbook_choice_eng``:
@@ -270,7 +273,7 @@ def _choice_prefix(pred: str, label: Any) -> float:
     if pred in labels:
         return 1.0
     pred = _squeeze_spaces(_blank_out(pred, _CHOICE_SEPARATORS))
-    verdict = _after_prefix_starts_with(pred, ("answer is:", "answer:", "answer is", "option is"), labels)
+    verdict = _after_prefix_starts_with(pred, prefixes, labels)
     if verdict is not None:
         return verdict
     return _first_abcd_word(pred, labels)
@@ -435,22 +438,9 @@ def _choice_lenient(pred: str, label: Any) -> float:
     wins at once; a non-matching one falls through to the official steps, where "Answer:" is
     tried before the official prefixes.
     """
-    labels = _label_list(label)
-    pred = pred.strip()
-    if _last_standalone_letter(pred, "A-D") in labels:
+    if _last_standalone_letter(pred.strip(), "A-D") in _label_list(label):
         return 1.0
-    if not pred:
-        return 0.0
-    if pred[0] in "ABCD":
-        return float(pred[0] in labels)
-    if pred in labels:
-        return 1.0
-    pred = _squeeze_spaces(_blank_out(pred, _CHOICE_SEPARATORS))
-    prefixes = ("Answer:", "answer is:", "answer:", "answer is", "option is")
-    verdict = _after_prefix_starts_with(pred, prefixes, labels)
-    if verdict is not None:
-        return verdict
-    return _first_abcd_word(pred, labels)
+    return _choice_prefix(pred, label, ("Answer:", *_CHOICE_PREFIXES))
 
 
 def _code_debug_lenient(pred: str, label: Any) -> float:
