@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from .clients.base import LLMClient
 from .config import PipelineConfig
-from .errors import ContextTooSmallError
+from .errors import ConfigError, ContextTooSmallError
 from .prompts import ChatMessage, PromptSet
 from .stages.collapse import collapse_messages
 from .stages.map import map_messages
 from .stages.reduce import reduce_messages
-from .tokens import TokenCounter, budget_with_margin
+from .tokens import HFTokenizerCounter, TiktokenCounter, TokenCounter, budget_with_margin
 
 # Role markers and separators a chat template adds around each message (ChatML: about 5 tokens).
 TEMPLATE_TOKENS_PER_MESSAGE = 8
@@ -31,6 +32,35 @@ class Budget(BaseModel):
     chunk_tokens: int
     collapse_tokens: int
     reduce_tokens: int
+
+
+async def token_counter_for(config: PipelineConfig, client: LLMClient) -> TokenCounter:
+    """The counter ``llm.tokenizer`` names: the served model's own when it can be had (``auto``)."""
+    setting = config.llm.tokenizer
+    if setting == "tiktoken":
+        return TiktokenCounter()
+    if setting in ("auto", "server"):
+        counter = await client.token_counter()
+        if counter is not None:
+            return counter
+        if setting == "server":
+            raise ConfigError(
+                f"{client.describe()} has no tokenize endpoint; use --tokenizer tiktoken "
+                "or a local tokenizer directory"
+            )
+        return TiktokenCounter()
+    return HFTokenizerCounter(setting)
+
+
+async def context_window_of(config: PipelineConfig, client: LLMClient) -> int:
+    """``llm.context_window``, or what the server reports."""
+    window = config.llm.context_window or await client.context_window()
+    if window is None:
+        raise ConfigError(
+            f"the context window of {client.describe()} is unknown: set llm.context_window "
+            "in the config or pass --context-window"
+        )
+    return window
 
 
 def prompt_tokens(messages: list[ChatMessage], counter: TokenCounter) -> int:

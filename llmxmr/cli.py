@@ -155,7 +155,7 @@ def serve(
 
 @main.group()
 def bench() -> None:
-    """Benchmarks: InfiniteBench scoring."""
+    """Benchmarks: InfiniteBench runs, scoring and synthetic data."""
 
 
 @bench.command()
@@ -175,3 +175,125 @@ def score(task: str, preds: str, scorer: str, model: str | None, as_json: bool, 
         click.echo(json.dumps(report))
     else:
         click.echo(f"{report['score']:.2f}  ({report['task']}, {report['scorer']} scorer, n={report['n']})")
+
+
+@bench.command()
+@click.option("--task", "tasks", required=True, help="Comma-separated synthetic tasks: passkey, number_string, kv_retrieval, math_find.")
+@click.option("--length", required=True, help="Context length in cl100k tokens, e.g. 16k, 128k, 2000.")
+@click.option("--n", "count", default=20, show_default=True, type=click.IntRange(min=1), help="Examples per task.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", required=True, help="A .jsonl file (one task), or a directory that receives <task>.jsonl.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+@_reports_errors
+def generate(tasks: str, length: str, count: int, seed: int, out: str, verbose: bool) -> None:
+    """Generate InfiniteBench-style examples offline, in the official JSONL format."""
+    from .bench.infinitebench.generate import generate as make_examples
+    from .bench.infinitebench.generate import parse_length, write_jsonl
+
+    names = _task_list(tasks)
+    tokens = parse_length(length)
+    if out.endswith(".jsonl") and len(names) > 1:
+        raise UsageError("--out FILE.jsonl takes one task; give a directory for several")
+    for name in names:
+        path = Path(out) if out.endswith(".jsonl") else Path(out) / f"{name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(make_examples(name, tokens, count, seed), path)
+        click.echo(f"{path}: {count} {name} examples of {tokens:,} tokens (seed {seed})", err=True)
+
+
+@bench.command()
+@click.option("--task", "tasks", required=True, help="Comma-separated InfiniteBench tasks, or 'all'.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with <task>.jsonl files.")
+@click.option("--data", "data_file", type=click.Path(dir_okay=False), help="One task's JSONL file.")
+@click.option("--hf", is_flag=True, help="Download the data from the Hugging Face Hub (needs llmxmr[hf]).")
+@click.option("--hf-revision", help="Dataset commit, branch or tag for --hf (default: main, pinned at the first run).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for preds_<task>.jsonl and summary.json.")
+@click.option("--method", type=click.Choice(["mr", "direct"]), default="mr", show_default=True, help="Map-reduce, or one call with the middle cut.")
+@click.option("--limit", type=click.IntRange(min=1), help="The first N examples of each task.")
+@click.option("--examples-in-flight", type=click.IntRange(min=1), help="Examples run at once (default: 8 on a server, 1 embedded).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML settings file (over each task's own).")
+@click.option("--base-url", help="OpenAI-compatible server (default: embedded model).")
+@click.option("--api-key", help="API key for the server (or LLMXMR_API_KEY).")
+@click.option("--model", help="Model name on the server.")
+@click.option("--chunk-tokens", type=click.IntRange(min=1), help="Most document tokens per chunk.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="LLM calls in flight per example.")
+@click.option("--context-window", type=click.IntRange(min=1), help="Model context window in tokens.")
+@click.option("--tokenizer", help="auto, tiktoken, server, or a local Hugging Face tokenizer directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+@_reports_errors
+def infinitebench(
+    tasks: str,
+    data_dir: str | None,
+    data_file: str | None,
+    hf: bool,
+    hf_revision: str | None,
+    out_dir: str,
+    method: str,
+    limit: int | None,
+    examples_in_flight: int | None,
+    config_path: str | None,
+    base_url: str | None,
+    api_key: str | None,
+    model: str | None,
+    chunk_tokens: int | None,
+    concurrency: int | None,
+    context_window: int | None,
+    tokenizer: str | None,
+    as_json: bool,
+    no_progress: bool,
+    verbose: bool,
+) -> None:
+    """Run InfiniteBench tasks; predictions are written as they finish and a rerun resumes."""
+    import asyncio
+
+    from .bench.infinitebench import data
+    from .bench.infinitebench.runner import BatchRun, format_table
+    from .bench.infinitebench.scorers import TASKS
+
+    names = list(TASKS) if tasks.strip() == "all" else _task_list(tasks)
+    if sum(map(bool, (data_dir, data_file, hf))) != 1:
+        raise UsageError("give exactly one of --data-dir, --data or --hf")
+    if data_file and len(names) > 1:
+        raise UsageError("--data holds one task's examples; use --data-dir for several tasks")
+    if hf:
+        source = data.DataSource(hf_revision=data.pinned_revision(out_dir, hf_revision))
+    else:
+        source = data.DataSource(data_dir=data_dir, data_file=data_file)
+    runner = BatchRun(
+        out_dir,
+        method=method,  # type: ignore[arg-type]
+        config_path=config_path,
+        overrides={
+            "llm.base_url": base_url,
+            "llm.api_key": api_key,
+            "llm.model": model,
+            "llm.concurrency": concurrency,
+            "llm.context_window": context_window,
+            "llm.tokenizer": tokenizer,
+            "chunking.chunk_tokens": chunk_tokens,
+        },
+        examples_in_flight=examples_in_flight,
+        progress=not no_progress,
+    )
+    try:
+        reports = asyncio.run(runner.run(names, lambda task: data.read_examples(source.path_for(task), limit)))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: finished predictions are in {out_dir}; rerun the same command to resume", err=True)
+        sys.exit(130)
+    summary = {"method": method, "data": source.model_dump(exclude_none=True), "tasks": [r.model_dump() for r in reports]}
+    Path(out_dir, "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    click.echo(json.dumps(summary, indent=2) if as_json else format_table(reports))
+    failed = sum(r.failed_examples for r in reports)
+    if failed:
+        raise LlmxmrError(f"{failed} example(s) failed and have no prediction; rerun the same command to retry them")
+
+
+def _task_list(tasks: str) -> list[str]:
+    from .bench.infinitebench.scorers import check_task
+
+    names = [check_task(name.strip()) for name in tasks.split(",") if name.strip()]
+    if not names:
+        raise UsageError("--task names no task")
+    return list(dict.fromkeys(names))

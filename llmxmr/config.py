@@ -1,12 +1,15 @@
 """Settings: types here, values in ``configs/default.yaml``.
 
-Precedence, lowest first: ``configs/default.yaml`` < the user's YAML (``--config``) < environment
+Precedence, lowest first: ``configs/default.yaml`` < a preset (the settings a harness gives one of
+its tasks, e.g. ``configs/infinitebench/passkey.yaml``) < the user's YAML (``--config``) < environment
 (``LLMXMR_BASE_URL``, ``LLMXMR_API_KEY``, ``LLMXMR_MODEL``) < explicit arguments (CLI flags).
 """
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,10 +71,15 @@ class PipelineConfig(_Section):
     generation: GenerationSettings
 
     @classmethod
-    def load(cls, path: str | Path | None = None, **overrides: Any) -> PipelineConfig:
-        """Defaults, then the YAML file at ``path``, then the environment, then ``overrides``
-        (dotted keys such as ``llm.base_url`` or ``chunking.chunk_tokens``; None means unset)."""
+    def load(
+        cls, path: str | Path | None = None, *, preset: Mapping[str, Any] | None = None, **overrides: Any
+    ) -> PipelineConfig:
+        """Defaults, then ``preset``, then the YAML file at ``path``, then the environment, then
+        ``overrides`` (dotted keys such as ``llm.base_url`` or ``chunking.chunk_tokens``; None
+        means unset)."""
         values = _read_yaml(data_dir("configs") / "default.yaml")
+        if preset:
+            _merge(values, copy.deepcopy(dict(preset)), "the task's preset")
         if path is not None:
             _merge(values, _read_yaml(Path(path)), str(path))
         for variable, (section, key) in ENVIRONMENT.items():

@@ -15,19 +15,19 @@ from typing import TypeVar
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from .budget import PARTIAL_HEADER_TOKENS, Budget, plan_budget
+from .budget import PARTIAL_HEADER_TOKENS, Budget, context_window_of, plan_budget, token_counter_for
 from .chunking import Chunk, chunk_text
 from .clients import make_client
 from .clients.base import LLMClient
 from .config import PipelineConfig
-from .errors import ConfigError, LLMCallError, UsageError
+from .errors import LLMCallError, UsageError
 from .prompts import ChatMessage, PromptSet, load_prompts
 from .schemas import CollapseOutput, FinalAnswer, MapOutput
 from .stages import collapse, reduce
 from .stages.map import checked_retrieval_answer, map_messages
 from .stages.partials import Partial, render_partial
 from .structured import call_structured
-from .tokens import HFTokenizerCounter, ServerTokenCounter, TiktokenCounter, TokenCounter
+from .tokens import ServerTokenCounter, TiktokenCounter, TokenCounter
 from .trace import CallRecord, CallStage, Trace
 
 T = TypeVar("T")
@@ -102,7 +102,7 @@ class _Run:
     async def execute(self, document: str, question: str) -> PipelineResult:
         started = time.perf_counter()
         try:
-            counter = await self._token_counter()
+            counter = await token_counter_for(self.config, self.client)
             budget = await self._budget(question, counter)
             chunks = await asyncio.to_thread(
                 chunk_text,
@@ -136,29 +136,8 @@ class _Run:
             trace=self.trace,
         )
 
-    async def _token_counter(self) -> TokenCounter:
-        setting = self.config.llm.tokenizer
-        if setting == "tiktoken":
-            return TiktokenCounter()
-        if setting in ("auto", "server"):
-            counter = await self.client.token_counter()
-            if counter is not None:
-                return counter
-            if setting == "server":
-                raise ConfigError(
-                    f"{self.client.describe()} has no tokenize endpoint; use --tokenizer tiktoken "
-                    "or a local tokenizer directory"
-                )
-            return TiktokenCounter()
-        return HFTokenizerCounter(setting)
-
     async def _budget(self, question: str, counter: TokenCounter) -> Budget:
-        window = self.config.llm.context_window or await self.client.context_window()
-        if window is None:
-            raise ConfigError(
-                f"the context window of {self.client.describe()} is unknown: set llm.context_window "
-                "in the config or pass --context-window"
-            )
+        window = await context_window_of(self.config, self.client)
         return plan_budget(self.config, self.prompts, question, window, counter)
 
     async def _call(
@@ -214,7 +193,7 @@ class _Run:
                 output = output.model_copy(update={"answer": answer})
             return Partial(chunk_indices=[chunk.index], answer=output)
 
-        results = await _gather(map_one(chunk) for chunk in chunks)
+        results = await gather_or_cancel(map_one(chunk) for chunk in chunks)
         return [p for p in results if p is not None and p.answer.has_information]
 
     async def _collapse(
@@ -231,7 +210,7 @@ class _Run:
             self.bar.set_description("collapse")
             self.bar.total += sum(1 for group in groups if len(group) > 1)
             self.bar.refresh()
-            merged = await _gather(self._collapse_group([partials[i] for i in g], question) for g in groups)
+            merged = await gather_or_cancel(self._collapse_group([partials[i] for i in g], question) for g in groups)
             partials = [p for p in merged if p.answer.has_information]
         return partials
 
@@ -266,7 +245,7 @@ class _Run:
         return reduce.known_chunks(output, partials)
 
 
-async def _gather(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+async def gather_or_cancel(awaitables: Iterable[Awaitable[T]]) -> list[T]:
     """Run all, in order; if one raises, cancel the rest before re-raising (no orphan calls)."""
     tasks = [asyncio.ensure_future(a) for a in awaitables]
     try:

@@ -52,7 +52,7 @@ async def call_structured(
             )
             record.attempts += 1
             reply = await client.chat(request)
-            _add_usage(record, reply)
+            add_usage(record, reply)
             output, problem = _validated(reply.text, reply.finish_reason, output_type)
             if output is not None:
                 record.output = output.model_dump(mode="json")
@@ -70,7 +70,8 @@ async def call_structured(
     return None, record
 
 
-def _add_usage(record: CallRecord, reply: ChatReply) -> None:
+def add_usage(record: CallRecord, reply: ChatReply) -> None:
+    """Adds what one reply cost to its call's record."""
     record.prompt_tokens += reply.prompt_tokens
     record.completion_tokens += reply.completion_tokens
     record.transport_retries += reply.transport_retries

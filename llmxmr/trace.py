@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, computed_field
 
-CallStage = Literal["map", "collapse", "reduce"]
+# "direct": the one call of the baseline without map-reduce (``llmxmr.direct``).
+CallStage = Literal["map", "collapse", "reduce", "direct"]
 
 
 class CallRecord(BaseModel):

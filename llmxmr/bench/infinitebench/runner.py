@@ -1,0 +1,233 @@
+"""Batch runs over InfiniteBench tasks: predictions written as they finish, resumable, scored.
+
+Each task's predictions go to ``<out>/preds_<task>.jsonl`` in the official format (``id``,
+``prediction``, ``ground_truth``) plus what the example cost. A line is appended and flushed to
+disk the moment its example finishes, so a killed run loses at most the examples in flight; a
+rerun skips every id already written (a half-written last line is cut off first). Several
+examples run at once, each with its own concurrent chunk calls, all through one client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from tqdm import tqdm
+
+from ...clients import make_client
+from ...clients.base import LLMClient
+from ...config import PipelineConfig
+from ...direct import answer_directly
+from ...errors import LlmxmrError, ServerUnavailableError, UsageError
+from ...pipeline import MapReducePipeline, gather_or_cancel
+from ...trace import Trace
+from .scorers import SCORERS, score_predictions
+from .tasks import Example, direct_messages, ground_truth, question_for, task_config
+
+Method = Literal["mr", "direct"]
+
+
+class Prediction(BaseModel):
+    """One line of ``preds_<task>.jsonl``: the official three fields, then the example's cost."""
+
+    id: int | str
+    prediction: str
+    ground_truth: Any
+    method: Method
+    model: str
+    found: bool
+    calls: int
+    failed_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    wall_time_s: float
+
+
+class TaskReport(BaseModel):
+    task: str
+    method: Method
+    n: int
+    scores: dict[str, float]  # scorer -> score x100, over every prediction in the file
+    calls: int
+    failed_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    example_time_s: float  # summed over examples (they overlap when run concurrently)
+    run_time_s: float  # this invocation's wall time for the task
+    new: int  # examples run by this invocation (the rest were resumed from the file)
+    failed_examples: int  # examples that raised and have no prediction (a rerun retries them)
+
+
+class BatchRun:
+    """``await BatchRun(...).run(tasks, examples_for)``: every task in turn, examples concurrently."""
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        *,
+        method: Method = "mr",
+        config_path: str | None = None,
+        overrides: dict[str, Any] | None = None,
+        examples_in_flight: int | None = None,
+        client: LLMClient | None = None,
+        progress: bool = True,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.method = method
+        self._config_path = config_path
+        self._overrides = overrides or {}
+        self._examples_in_flight = examples_in_flight
+        self._client = client
+        self._progress = progress
+        self._log = log or (lambda line: tqdm.write(line, file=sys.stderr))
+
+    def config_for(self, task: str) -> PipelineConfig:
+        return PipelineConfig.load(self._config_path, preset=task_config(task).pipeline, **self._overrides)
+
+    async def run(self, tasks: Sequence[str], examples_for: Callable[[str], list[Example]]) -> list[TaskReport]:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        configs = {task: self.config_for(task) for task in tasks}
+        client = self._client or make_client(configs[tasks[0]])
+        try:
+            return [await self._run_task(task, configs[task], client, examples_for(task)) for task in tasks]
+        finally:
+            if self._client is None:
+                await client.aclose()
+
+    async def _run_task(
+        self, task: str, config: PipelineConfig, client: LLMClient, examples: list[Example]
+    ) -> TaskReport:
+        path = self.out_dir / f"preds_{task}.jsonl"
+        done = {str(p.id) for p in read_finished(path, self.method)}
+        todo = [example for example in examples if str(example.id) not in done]
+        in_flight = self._examples_in_flight or (1 if config.uses_embedded_model else 8)
+        semaphore = asyncio.Semaphore(in_flight)
+        failures = 0
+        started = time.perf_counter()
+        bar = tqdm(total=len(todo), desc=task, unit="example", file=sys.stderr, disable=not self._progress)
+
+        async def run_one(example: Example, sink: Any) -> None:
+            nonlocal failures
+            async with semaphore:
+                try:
+                    prediction = await self._predict(task, config, client, example)
+                except ServerUnavailableError:
+                    raise
+                except LlmxmrError as exc:
+                    failures += 1
+                    self._log(f"{task} example {example.id} failed: {exc}")
+                    return
+                finally:
+                    bar.update(1)
+            append_line(sink, prediction.model_dump_json())
+
+        try:
+            with path.open("a", encoding="utf-8") as sink:
+                await gather_or_cancel(run_one(example, sink) for example in todo)
+        finally:
+            bar.close()
+        return self._report(task, path, len(todo) - failures, failures, time.perf_counter() - started)
+
+    async def _predict(self, task: str, config: PipelineConfig, client: LLMClient, example: Example) -> Prediction:
+        label = ground_truth(task, example)
+        if self.method == "direct":
+            direct = await answer_directly(
+                client,
+                config,
+                lambda context: direct_messages(task, example, context),
+                example.context,
+                task_config(task).direct_max_tokens,
+            )
+            return _prediction(example, label, "direct", direct.answer, direct.model, True, direct.trace)
+        result = await MapReducePipeline(config, client=client).arun(example.context, question_for(task, example))
+        return _prediction(example, label, "mr", result.answer, result.model, result.found, result.trace)
+
+    def _report(self, task: str, path: Path, new: int, failures: int, run_time_s: float) -> TaskReport:
+        finished = read_finished(path, self.method)
+        rows = [p.model_dump() for p in finished]
+        return TaskReport(
+            task=task,
+            method=self.method,
+            n=len(finished),
+            scores={scorer: score_predictions(task, rows, scorer) for scorer in SCORERS} if rows else {},
+            calls=sum(p.calls for p in finished),
+            failed_calls=sum(p.failed_calls for p in finished),
+            prompt_tokens=sum(p.prompt_tokens for p in finished),
+            completion_tokens=sum(p.completion_tokens for p in finished),
+            example_time_s=round(sum(p.wall_time_s for p in finished), 3),
+            run_time_s=round(run_time_s, 3),
+            new=new,
+            failed_examples=failures,
+        )
+
+
+def _prediction(
+    example: Example, label: Any, method: Method, answer: str, model: str, found: bool, trace: Trace
+) -> Prediction:
+    totals = trace.totals
+    return Prediction(
+        id=example.id,
+        prediction=answer,
+        ground_truth=label,
+        method=method,
+        model=model,
+        found=found,
+        calls=totals.calls,
+        failed_calls=totals.failed_calls,
+        prompt_tokens=totals.prompt_tokens,
+        completion_tokens=totals.completion_tokens,
+        wall_time_s=totals.wall_time_s,
+    )
+
+
+def read_finished(path: Path, method: Method) -> list[Prediction]:
+    """The predictions already in ``path``. A last line without its newline is the remains of a
+    killed write: it is cut off so the next append starts on a fresh line."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(len(complete))
+    finished = []
+    for number, line in enumerate(complete.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            prediction = Prediction.model_validate_json(line)
+        except ValueError as exc:
+            raise UsageError(f"{path}:{number} is not a prediction written by llmxmr; use another --out") from exc
+        if prediction.method != method:
+            raise UsageError(f"{path} holds --method {prediction.method} predictions; use another --out")
+        finished.append(prediction)
+    return finished
+
+
+def append_line(sink: Any, line: str) -> None:
+    """One whole line, on disk before the next example is counted as done."""
+    sink.write(line + "\n")
+    sink.flush()
+    os.fsync(sink.fileno())
+
+
+def format_table(reports: list[TaskReport]) -> str:
+    """The summary table: one row per task."""
+    header = f"{'task':<22}{'method':>7}{'n':>6}{'official':>10}{'lenient':>9}{'calls':>8}{'prompt tok':>12}{'compl tok':>11}{'s/example':>11}"
+    rows = [header, "-" * len(header)]
+    for r in reports:
+        per_example = r.example_time_s / r.n if r.n else 0.0
+        official = f"{r.scores['official']:.2f}" if r.scores else "-"
+        lenient = f"{r.scores['lenient']:.2f}" if r.scores else "-"
+        rows.append(
+            f"{r.task:<22}{r.method:>7}{r.n:>6}{official:>10}{lenient:>9}{r.calls:>8}"
+            f"{r.prompt_tokens:>12,}{r.completion_tokens:>11,}{per_example:>11.1f}"
+        )
+    return "\n".join(rows)

@@ -1,0 +1,262 @@
+"""The InfiniteBench harness: questions per task, data loading, the direct baseline, batch runs
+that resume, all with the scripted fake client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pytest
+
+from llmxmr.bench.infinitebench.data import read_examples
+from llmxmr.bench.infinitebench.runner import BatchRun, format_table, read_finished
+from llmxmr.bench.infinitebench.scorers import TASKS
+from llmxmr.bench.infinitebench.tasks import Example, direct_messages, ground_truth, question_for, task_config
+from llmxmr.clients.base import ChatRequest
+from llmxmr.clients.fake import ScriptedClient
+from llmxmr.config import PipelineConfig
+from llmxmr.direct import cut_middle
+from llmxmr.errors import ServerUnavailableError, UsageError
+from tests.conftest import WordCounter, final_reply, partial_reply
+
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
+OPTIONS = ["Alice", "Bob", "Carol", "Dave"]
+
+# One example per task, shaped like the official files.
+EXAMPLES = {
+    "passkey": Example(id=0, context="ctx", input="What is the pass key?", answer=["71432"]),
+    "number_string": Example(id=0, context="ctx", input="What is the sequence of digits?", answer=["1123456789"]),
+    "kv_retrieval": Example(
+        id=0, context="ctx", input='\nKey: "a1b2"\nThe value associated with the specified key is: ', answer=["c3d4"]
+    ),
+    "longbook_sum_eng": Example(id=0, context="ctx", input="", answer=["A summary."]),
+    "longbook_qa_eng": Example(id=0, context="ctx", input="Who owns the farm?", answer=["Mr. Jones"]),
+    "longbook_choice_eng": Example(id=0, context="ctx", input="Who wins?", answer=["Carol"], options=OPTIONS),
+    "longbook_qa_chn": Example(id=0, context="ctx", input="谁是主角？", answer=["小明"]),
+    "longdialogue_qa_eng": Example(id=0, context="ctx", input="", answer=["JOHN"]),
+    "code_debug": Example(id=0, context="ctx", input="", answer=["func_b"], options=["func_a", "func_b", "func_c", "func_d"]),
+    "code_run": Example(id=0, context="ctx", input="What is the return value of func_7(-3)?", answer=[12]),
+    "math_find": Example(
+        id=0,
+        context="[3, 1, 2]",
+        input="You should answer with only one number, no other words. The largest number of the list is: ",
+        answer=[3],
+    ),
+    "math_calc": Example(id=0, context="1 + 2 - 1", input="", answer=[[3, 2]]),
+}
+
+
+def test_every_task_has_an_example_a_config_and_both_prompts():
+    assert set(EXAMPLES) == set(TASKS)
+    for task, example in EXAMPLES.items():
+        config = PipelineConfig.load(preset=task_config(task).pipeline)
+        assert config.task_type in ("qa", "choice", "retrieval", "code", "math", "summary", "zh")
+        question = question_for(task, example)
+        assert question and "$" not in question.replace("$$MASK$$", "")
+        messages = direct_messages(task, example, "THE DOCUMENT")
+        assert [m.role for m in messages] == ["system", "user"]
+        assert messages[1].content.count("THE DOCUMENT") == 1
+
+
+def test_multiple_choice_question_lists_lettered_options():
+    question = question_for("longbook_choice_eng", EXAMPLES["longbook_choice_eng"])
+    assert "Who wins?" in question
+    assert "A. Alice\nB. Bob\nC. Carol\nD. Dave" in question
+    direct = direct_messages("longbook_choice_eng", EXAMPLES["longbook_choice_eng"], "DOC")[1].content
+    assert direct.index("DOC") < direct.index("Question: Who wins?") < direct.index("A. Alice")
+
+
+def test_code_run_question_names_the_call_and_the_function():
+    question = question_for("code_run", EXAMPLES["code_run"])
+    assert "func_7(-3)" in question and "named func_7." in question
+
+
+def test_math_find_question_names_the_target():
+    assert "What is the largest number in the list" in question_for("math_find", EXAMPLES["math_find"])
+    direct = direct_messages("math_find", EXAMPLES["math_find"], "[3, 1, 2]")[1].content
+    assert direct.startswith("What is the largest number in the following list?\n\n[3, 1, 2]\n\nYou should answer")
+
+
+def test_dialogue_question_keeps_the_mask_token():
+    assert question_for("longdialogue_qa_eng", EXAMPLES["longdialogue_qa_eng"]).count('"$$MASK$$"') == 2
+
+
+def test_kv_question_carries_the_key():
+    assert 'Key: "a1b2"' in question_for("kv_retrieval", EXAMPLES["kv_retrieval"])
+
+
+def test_ground_truth_for_multiple_choice_is_text_and_letter():
+    assert ground_truth("longbook_choice_eng", EXAMPLES["longbook_choice_eng"]) == ["Carol", "C"]
+    assert ground_truth("code_debug", EXAMPLES["code_debug"]) == ["func_b", "B"]
+    already = Example(id=1, context="c", answer=["Bob", "B"], options=OPTIONS)
+    assert ground_truth("longbook_choice_eng", already) == ["Bob", "B"]
+    assert ground_truth("math_calc", EXAMPLES["math_calc"]) == [[3, 2]]
+
+
+def test_bad_examples_are_one_line_errors():
+    with pytest.raises(UsageError, match="not one of its options"):
+        ground_truth("longbook_choice_eng", Example(id=3, context="c", answer=["Zed"], options=OPTIONS))
+    with pytest.raises(UsageError, match="expected 4 options"):
+        question_for("code_debug", Example(id=3, context="c", answer=["x"], options=["x"]))
+    with pytest.raises(UsageError, match="no function call"):
+        question_for("code_run", Example(id=3, context="c", input="what now?", answer=[1]))
+    with pytest.raises(UsageError, match="unknown InfiniteBench task"):
+        task_config("passkeys")
+
+
+def test_read_examples_wraps_bare_answers_and_numbers_missing_ids(tmp_path):
+    path = tmp_path / "passkey.jsonl"
+    path.write_text(
+        json.dumps({"context": "a", "input": "q", "answer": "123"})
+        + "\n\n"
+        + json.dumps({"id": 7, "context": "b", "input": "q", "answer": [5], "options": []})
+        + "\n"
+    )
+    first, second = read_examples(path)
+    assert (first.id, first.answer) == (0, ["123"])
+    assert (second.id, second.answer) == (7, [5])
+    assert len(read_examples(path, limit=1)) == 1
+
+
+def test_read_examples_names_the_bad_line(tmp_path):
+    path = tmp_path / "passkey.jsonl"
+    path.write_text(json.dumps({"context": "a", "answer": ["1"]}) + "\n{oops\n")
+    with pytest.raises(UsageError, match=r"passkey.jsonl:2: not a JSON object"):
+        read_examples(path)
+    path.write_text(json.dumps({"input": "q", "answer": ["1"]}) + "\n")
+    with pytest.raises(UsageError, match=r":1: field 'context'"):
+        read_examples(path)
+
+
+def test_cut_middle_keeps_both_ends_within_budget():
+    text = " ".join(f"w{i}" for i in range(1000))
+    kept, tokens = cut_middle(text, 1000, 100, WordCounter())
+    assert tokens <= 100 and tokens >= 90
+    assert kept.startswith("w0 w1 ") and kept.endswith(" w998 w999")
+    assert "w500" not in kept
+    assert cut_middle(text, 1000, 1000, WordCounter()) == (text, 1000)
+
+
+# ---- batch runs -----------------------------------------------------------------------------
+
+
+def passkey_example(identifier: int, key: str, depth: int, lines: int = 120) -> Example:
+    context = FILLER * depth + f"The pass key is {key}. Remember it. {key} is the pass key.\n" + FILLER * (lines - depth)
+    return Example(id=identifier, context=context, input="What is the pass key?", answer=[key])
+
+
+def reader(request: ChatRequest) -> str:
+    """A perfect reader: finds the key in a chunk, and keeps the most confident partial."""
+    text = request.messages[-1].content
+    if request.schema_name is None:  # the direct baseline asks for free text
+        keys = re.findall(r"The pass key is (\d+)", text)
+        return keys[0] if keys else "I do not know."
+    if request.schema_name == "MapOutput":
+        keys = re.findall(r"The pass key is (\d+)", text.rsplit("<document_part>", 1)[1])
+        if not keys:
+            return partial_reply(None, 0.0, info="", rationale="")
+        return partial_reply(keys[0], 5.0, info=f"The pass key is {keys[0]}.")
+    keys = re.findall(r'"answer": "(\d+)"', text)
+    return final_reply(keys[0] if keys else "none")
+
+
+def run_batch(tmp_path, examples, *, method="mr", client=None, in_flight=2, **overrides):
+    client = client or ScriptedClient(responder=reader, counter=WordCounter())
+    runner = BatchRun(
+        tmp_path / "out",
+        method=method,
+        overrides={"chunking.chunk_tokens": 300, **overrides},
+        examples_in_flight=in_flight,
+        client=client,
+        progress=False,
+        log=lambda line: None,
+    )
+    reports = asyncio.run(runner.run(["passkey"], lambda task: examples))
+    return reports[0], client
+
+
+def test_batch_run_writes_official_predictions_and_scores_them(tmp_path):
+    examples = [passkey_example(i, f"{10000 + i * 1111}", depth=i * 40) for i in range(4)]
+    report, client = run_batch(tmp_path, examples)
+    lines = (tmp_path / "out" / "preds_passkey.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert sorted(row["id"] for row in rows) == [0, 1, 2, 3]
+    assert all(row["prediction"] == row["ground_truth"][0] for row in rows)
+    assert report.n == 4 and report.scores == {"official": 100.0, "lenient": 100.0}
+    assert report.calls == sum(row["calls"] for row in rows) == len(client.requests)
+    assert report.new == 4 and report.failed_examples == 0
+    assert "passkey" in format_table([report]) and "100.00" in format_table([report])
+
+
+def test_rerun_skips_finished_examples_and_cuts_a_half_written_line(tmp_path):
+    examples = [passkey_example(i, f"{20000 + i}", depth=10 * i) for i in range(3)]
+    run_batch(tmp_path, examples[:2])
+    path = tmp_path / "out" / "preds_passkey.jsonl"
+    with path.open("a") as sink:
+        sink.write('{"id": 2, "predic')  # a write killed half-way
+    report, client = run_batch(tmp_path, examples)
+    assert report.new == 1 and report.n == 3
+    contents = [r.messages[-1].content for r in client.requests]
+    assert any("20002" in c for c in contents) and not any("20000" in c or "20001" in c for c in contents)
+    ids = [json.loads(line)["id"] for line in path.read_text().splitlines()]
+    assert sorted(ids) == [0, 1, 2]
+    again, client = run_batch(tmp_path, examples)
+    assert again.new == 0 and client.requests == []
+
+
+def test_a_failing_example_is_reported_not_written(tmp_path):
+    examples = [passkey_example(0, "11111", 5), passkey_example(1, "22222", 5, lines=10)]
+
+    def flaky(request: ChatRequest) -> str:
+        if "22222" in request.messages[-1].content:
+            raise UsageError("a bad example")
+        return reader(request)
+
+    report, _ = run_batch(tmp_path, examples, client=ScriptedClient(responder=flaky, counter=WordCounter()))
+    assert report.n == 1 and report.failed_examples == 1
+    assert [p.id for p in read_finished(tmp_path / "out" / "preds_passkey.jsonl", "mr")] == [0]
+
+
+def test_an_unreachable_server_stops_the_batch(tmp_path):
+    down = ServerUnavailableError("http://127.0.0.1:9/v1", "connection refused")
+    client = ScriptedClient([down], responder=reader, counter=WordCounter())
+    with pytest.raises(ServerUnavailableError):
+        run_batch(tmp_path, [passkey_example(0, "11111", 5), passkey_example(1, "22222", 5)], client=client, in_flight=1)
+    assert not (tmp_path / "out" / "preds_passkey.jsonl").read_text()
+
+
+def test_an_out_dir_of_the_other_method_is_refused(tmp_path):
+    run_batch(tmp_path, [passkey_example(0, "11111", 5)])
+    with pytest.raises(UsageError, match="holds --method mr predictions"):
+        run_batch(tmp_path, [passkey_example(0, "11111", 5)], method="direct")
+
+
+def test_direct_cuts_the_middle_and_uses_the_task_reply_length(tmp_path):
+    # 1,000 filler lines of 18 words: far over the 2,000-token window, key in the middle.
+    examples = [
+        passkey_example(0, "33333", depth=2, lines=1000),
+        passkey_example(1, "44444", depth=500, lines=1000),
+    ]
+    client = ScriptedClient(responder=reader, counter=WordCounter(), window=2000)
+    report, client = run_batch(tmp_path, examples, method="direct", client=client, in_flight=1)
+    assert len(client.requests) == 2 and report.calls == 2
+    assert {r.max_tokens for r in client.requests} == {task_config("passkey").direct_max_tokens}
+    for request in client.requests:
+        assert request.json_schema is None
+        user = request.messages[-1].content
+        assert user.startswith("There is an important info hidden") and user.endswith("What is the pass key?")
+        assert WordCounter().count_batch([user])[0] < 2000
+    rows = read_finished(tmp_path / "out" / "preds_passkey.jsonl", "direct")
+    predictions = {p.id: p.prediction for p in rows}
+    assert predictions == {0: "33333", 1: "I do not know."}  # the middle needle was cut out
+    assert report.scores["official"] == 50.0
+
+
+def test_task_settings_sit_under_the_users_config(tmp_path):
+    preset = task_config("longbook_sum_eng").pipeline
+    assert PipelineConfig.load(preset=preset).generation.reduce_max_tokens == 1536
+    user = tmp_path / "mine.yaml"
+    user.write_text("generation:\n  reduce_max_tokens: 999\n")
+    config = PipelineConfig.load(user, preset=preset)
+    assert config.generation.reduce_max_tokens == 999 and config.task_type == "summary"
