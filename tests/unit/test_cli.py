@@ -204,3 +204,56 @@ def test_bench_score_unknown_task(tmp_path):
     preds.write_text("")
     result = invoke("bench", "score", "--task", "poetry", "--preds", str(preds))
     assert_one_line_error(result, 2, "unknown InfiniteBench task 'poetry'")
+
+
+def _passkey_file(tmp_path, keys: list[str]):
+    path = tmp_path / "data" / "passkey.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    lines = [
+        json.dumps({"id": i, "context": f"Filler. The pass key is {key}. More filler.", "input": "What is the pass key?", "answer": [key], "options": []})
+        for i, key in enumerate(keys)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path.parent
+
+
+def test_bench_infinitebench_runs_scores_and_resumes(tmp_path):
+    from tests.conftest import final_reply, partial_reply
+    from tests.fake_server import completion, fake_server, models
+
+    data_dir = _passkey_file(tmp_path, ["12345", "67890"])
+    out = tmp_path / "out"
+    replies = [
+        completion(partial_reply("12345", 5, info="The pass key is 12345.")),
+        completion(final_reply("12345")),
+        completion(partial_reply("67890", 5, info="The pass key is 67890.")),
+        completion(final_reply("99999")),  # wrong: the reduce must come from the partials
+    ]
+    scripts = {"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": replies}
+    with fake_server(scripts) as server:
+        args = ["bench", "infinitebench", "--task", "passkey", "--data-dir", str(data_dir), "--out", str(out)]
+        args += ["--base-url", server.base_url, "--tokenizer", "tiktoken", "--examples-in-flight", "1", "--no-progress"]
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        assert "passkey" in result.output and "100.00" in result.output
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["data"] == {"data_dir": str(data_dir.resolve())}
+        (report,) = summary["tasks"]
+        assert (report["n"], report["calls"], report["scores"]["official"]) == (2, 4, 100.0)
+        served = len(server.requests)
+        again = invoke(*args, "--json")
+        assert again.exit_code == 0, again.output
+        assert json.loads(again.output)["tasks"][0]["new"] == 0
+        assert server.requests[served:] == []  # nothing is asked again on resume
+
+
+def test_bench_infinitebench_needs_exactly_one_data_source(tmp_path):
+    result = invoke("bench", "infinitebench", "--task", "passkey", "--out", str(tmp_path / "o"))
+    assert_one_line_error(result, 2, "exactly one of --data-dir, --data or --hf")
+    data_dir = _passkey_file(tmp_path, ["1"])
+    result = invoke("bench", "infinitebench", "--task", "passkey,kv_retrieval", "--data", str(data_dir / "passkey.jsonl"), "--out", str(tmp_path / "o"))
+    assert_one_line_error(result, 2, "--data holds one task's examples")
+    result = invoke("bench", "infinitebench", "--task", "kv_retrieval", "--data-dir", str(data_dir), "--out", str(tmp_path / "o"))
+    assert_one_line_error(result, 2, "no kv_retrieval.jsonl in")
+    result = invoke("bench", "infinitebench", "--task", "passkeys", "--data-dir", str(data_dir), "--out", str(tmp_path / "o"))
+    assert_one_line_error(result, 2, "unknown InfiniteBench task")
