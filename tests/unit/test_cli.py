@@ -257,3 +257,20 @@ def test_bench_infinitebench_needs_exactly_one_data_source(tmp_path):
     assert_one_line_error(result, 2, "no kv_retrieval.jsonl in")
     result = invoke("bench", "infinitebench", "--task", "passkeys", "--data-dir", str(data_dir), "--out", str(tmp_path / "o"))
     assert_one_line_error(result, 2, "unknown InfiniteBench task")
+
+
+def test_bench_generate_writes_official_jsonl(tmp_path):
+    out = tmp_path / "data"
+    result = invoke("bench", "generate", "--task", "passkey,math_find", "--length", "2k", "--n", "3", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    for task in ("passkey", "math_find"):
+        rows = [json.loads(line) for line in (out / f"{task}.jsonl").read_text().splitlines()]
+        assert [row["id"] for row in rows] == [0, 1, 2]
+        assert all(set(row) == {"id", "context", "input", "answer", "options"} for row in rows)
+    single = tmp_path / "one.jsonl"
+    assert invoke("bench", "generate", "--task", "kv_retrieval", "--length", "2k", "--n", "1", "--out", str(single)).exit_code == 0
+    assert len(single.read_text().splitlines()) == 1
+    result = invoke("bench", "generate", "--task", "passkey,kv_retrieval", "--length", "2k", "--out", str(tmp_path / "x.jsonl"))
+    assert_one_line_error(result, 2, "takes one task")
+    assert_one_line_error(invoke("bench", "generate", "--task", "code_run", "--length", "2k", "--out", str(out)), 2, "code_run")
+    assert_one_line_error(invoke("bench", "generate", "--task", "passkey", "--length", "lots", "--out", str(out)), 2, "lots")

@@ -260,3 +260,16 @@ def test_task_settings_sit_under_the_users_config(tmp_path):
     user.write_text("generation:\n  reduce_max_tokens: 999\n")
     config = PipelineConfig.load(user, preset=preset)
     assert config.generation.reduce_max_tokens == 999 and config.task_type == "summary"
+
+
+def test_a_hub_run_pins_the_dataset_commit_it_started_with(tmp_path, monkeypatch):
+    from llmxmr.bench.infinitebench import data
+
+    resolved = []
+    monkeypatch.setattr(data, "resolve_hf_revision", lambda revision: resolved.append(revision) or "c0ffee")
+    assert data.pinned_revision(tmp_path, None) == "c0ffee" and resolved == ["main"]
+    assert data.pinned_revision(tmp_path, None) == "c0ffee" and resolved == ["main"]  # resumed: not resolved again
+    assert data.pinned_revision(tmp_path, "c0ffee") == "c0ffee"
+    with pytest.raises(UsageError, match="holds predictions for .*@c0ffee"):
+        data.pinned_revision(tmp_path, "v2")
+    assert data.DataSource(hf_revision="c0ffee").model_dump(exclude_none=True) == {"hf_revision": "c0ffee"}

@@ -1,7 +1,9 @@
-"""InfiniteBench (Zhang et al., 2024; github.com/OpenBMB/InfiniteBench): its 12 tasks and their scorers."""
+"""InfiniteBench (Zhang et al., 2024; github.com/OpenBMB/InfiniteBench): its 12 tasks, their scorers,
+synthetic data, and batch runs (``runner``)."""
 
 from __future__ import annotations
 
+from .generate import SYNTHETIC_TASKS, generate, parse_length, write_jsonl
 from .scorers import (
     SCORERS,
     TASKS,
@@ -15,11 +17,15 @@ from .scorers import (
 
 __all__ = [
     "SCORERS",
+    "SYNTHETIC_TASKS",
     "TASKS",
     "check_scorer",
     "check_task",
+    "generate",
     "load_predictions",
+    "parse_length",
     "score_example",
     "score_file",
     "score_predictions",
+    "write_jsonl",
 ]

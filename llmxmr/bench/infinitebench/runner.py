@@ -219,8 +219,12 @@ def append_line(sink: Any, line: str) -> None:
 
 
 def format_table(reports: list[TaskReport]) -> str:
-    """The summary table: one row per task."""
-    header = f"{'task':<22}{'method':>7}{'n':>6}{'official':>10}{'lenient':>9}{'calls':>8}{'prompt tok':>12}{'compl tok':>11}{'s/example':>11}"
+    """The summary table: one row per task. Scores, calls, tokens and seconds per example cover
+    every prediction in the file; wall time is this invocation's."""
+    header = (
+        f"{'task':<22}{'method':>7}{'n':>6}{'official':>10}{'lenient':>9}{'calls':>8}"
+        f"{'prompt tok':>12}{'compl tok':>11}{'s/example':>11}{'wall s':>9}"
+    )
     rows = [header, "-" * len(header)]
     for r in reports:
         per_example = r.example_time_s / r.n if r.n else 0.0
@@ -228,6 +232,6 @@ def format_table(reports: list[TaskReport]) -> str:
         lenient = f"{r.scores['lenient']:.2f}" if r.scores else "-"
         rows.append(
             f"{r.task:<22}{r.method:>7}{r.n:>6}{official:>10}{lenient:>9}{r.calls:>8}"
-            f"{r.prompt_tokens:>12,}{r.completion_tokens:>11,}{per_example:>11.1f}"
+            f"{r.prompt_tokens:>12,}{r.completion_tokens:>11,}{per_example:>11.1f}{r.run_time_s:>9.1f}"
         )
     return "\n".join(rows)
