@@ -8,6 +8,7 @@ import os
 import shlex
 import sys
 import traceback
+from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
 from typing import Any, Callable
@@ -54,6 +55,53 @@ def _fail(message: str, code: int, verbose: bool) -> None:
     sys.exit(code)
 
 
+# Flags every command that calls an LLM takes, and the settings they override.
+_LLM_FLAGS = {
+    "base_url": "llm.base_url",
+    "api_key": "llm.api_key",
+    "model": "llm.model",
+    "concurrency": "llm.concurrency",
+    "context_window": "llm.context_window",
+    "tokenizer": "llm.tokenizer",
+    "chunk_tokens": "chunking.chunk_tokens",
+}
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The --config file and the setting flags of one command line."""
+
+    config_path: str | None
+    overrides: dict[str, Any]
+
+    def load(self, preset: dict[str, Any] | None = None, **more: Any) -> PipelineConfig:
+        return PipelineConfig.load(self.config_path, preset=preset, **self.overrides, **more)
+
+
+def _llm_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Adds the server and settings flags; the command receives them as ``settings``."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        overrides = {dotted: kwargs.pop(name) for name, dotted in _LLM_FLAGS.items()}
+        kwargs["settings"] = _Settings(kwargs.pop("config_path"), overrides)
+        return command(*args, **kwargs)
+
+    options = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML settings file."),
+        click.option("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:30000/v1 (default: embedded model)."),
+        click.option("--api-key", help="API key for the server (or LLMXMR_API_KEY)."),
+        click.option("--model", help="Model name on the server (default: the first it lists)."),
+        click.option("--chunk-tokens", type=click.IntRange(min=1), help="Most document tokens per chunk."),
+        click.option("--concurrency", type=click.IntRange(min=1), help="LLM calls in flight at once (per document)."),
+        click.option("--context-window", type=click.IntRange(min=1), help="Model context window in tokens."),
+        click.option("--tokenizer", help="auto, tiktoken, server, or a local Hugging Face tokenizer directory."),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="llmxmr")
 def main() -> None:
@@ -63,15 +111,8 @@ def main() -> None:
 @main.command()
 @click.option("--input", "input_path", required=True, help="Document file, or - for standard input.")
 @click.option("--question", required=True, help="The question to answer about the document.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML settings file.")
-@click.option("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:30000/v1 (default: embedded model).")
-@click.option("--api-key", help="API key for the server (or LLMXMR_API_KEY).")
-@click.option("--model", help="Model name on the server (default: the first it lists).")
+@_llm_options
 @click.option("--task-type", type=click.Choice(TASK_FAMILIES), help="Task family, which picks the prompts.")
-@click.option("--chunk-tokens", type=click.IntRange(min=1), help="Most document tokens per chunk.")
-@click.option("--concurrency", type=click.IntRange(min=1), help="LLM calls in flight at once.")
-@click.option("--context-window", type=click.IntRange(min=1), help="Model context window in tokens.")
-@click.option("--tokenizer", help="auto, tiktoken, server, or a local Hugging Face tokenizer directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Write every call to this JSON file.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -80,15 +121,8 @@ def main() -> None:
 def run(
     input_path: str,
     question: str,
-    config_path: str | None,
-    base_url: str | None,
-    api_key: str | None,
-    model: str | None,
+    settings: _Settings,
     task_type: str | None,
-    chunk_tokens: int | None,
-    concurrency: int | None,
-    context_window: int | None,
-    tokenizer: str | None,
     as_json: bool,
     trace_path: str | None,
     no_progress: bool,
@@ -97,19 +131,7 @@ def run(
     """Answer QUESTION about the document in --input."""
     if not question.strip():
         raise UsageError("--question is empty")
-    config = PipelineConfig.load(
-        config_path,
-        task_type=task_type,
-        **{
-            "llm.base_url": base_url,
-            "llm.api_key": api_key,
-            "llm.model": model,
-            "llm.concurrency": concurrency,
-            "llm.context_window": context_window,
-            "llm.tokenizer": tokenizer,
-            "chunking.chunk_tokens": chunk_tokens,
-        },
-    )
+    config = settings.load(task_type=task_type)
     document = read_document(input_path)
     result = MapReducePipeline(config, progress=not no_progress).run(document, question)
     if trace_path:
@@ -211,14 +233,7 @@ def generate(tasks: str, length: str, count: int, seed: int, out: str, verbose: 
 @click.option("--method", type=click.Choice(["mr", "direct"]), default="mr", show_default=True, help="Map-reduce, or one call with the middle cut.")
 @click.option("--limit", type=click.IntRange(min=1), help="The first N examples of each task.")
 @click.option("--examples-in-flight", type=click.IntRange(min=1), help="Examples run at once (default: 8 on a server, 1 embedded).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML settings file (over each task's own).")
-@click.option("--base-url", help="OpenAI-compatible server (default: embedded model).")
-@click.option("--api-key", help="API key for the server (or LLMXMR_API_KEY).")
-@click.option("--model", help="Model name on the server.")
-@click.option("--chunk-tokens", type=click.IntRange(min=1), help="Most document tokens per chunk.")
-@click.option("--concurrency", type=click.IntRange(min=1), help="LLM calls in flight per example.")
-@click.option("--context-window", type=click.IntRange(min=1), help="Model context window in tokens.")
-@click.option("--tokenizer", help="auto, tiktoken, server, or a local Hugging Face tokenizer directory.")
+@_llm_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
@@ -233,14 +248,7 @@ def infinitebench(
     method: str,
     limit: int | None,
     examples_in_flight: int | None,
-    config_path: str | None,
-    base_url: str | None,
-    api_key: str | None,
-    model: str | None,
-    chunk_tokens: int | None,
-    concurrency: int | None,
-    context_window: int | None,
-    tokenizer: str | None,
+    settings: _Settings,
     as_json: bool,
     no_progress: bool,
     verbose: bool,
@@ -264,16 +272,8 @@ def infinitebench(
     runner = BatchRun(
         out_dir,
         method=method,  # type: ignore[arg-type]
-        config_path=config_path,
-        overrides={
-            "llm.base_url": base_url,
-            "llm.api_key": api_key,
-            "llm.model": model,
-            "llm.concurrency": concurrency,
-            "llm.context_window": context_window,
-            "llm.tokenizer": tokenizer,
-            "chunking.chunk_tokens": chunk_tokens,
-        },
+        config_path=settings.config_path,
+        overrides=settings.overrides,
         examples_in_flight=examples_in_flight,
         progress=not no_progress,
     )
