@@ -297,3 +297,120 @@ def _task_list(tasks: str) -> list[str]:
     if not names:
         raise UsageError("--task names no task")
     return list(dict.fromkeys(names))
+
+
+@bench.command()
+@click.option("--haystack", type=click.Path(exists=True), help="A folder of .txt files (read in name order) or one text file.")
+@click.option("--lengths", default="2k:16k:4", show_default=True, help="Context lengths in tokens: a list (2k,8k,32k) or min:max:count.")
+@click.option("--depths", default="0:100:5", show_default=True, help="Needle depths in percent: a list (0,50,100) or min:max:count.")
+@click.option("--depth-spacing", type=click.Choice(["linear", "sigmoid"]), default="linear", show_default=True, help="How a depth range is spaced.")
+@click.option("--needle", help="Your own needle sentence (default: the San Francisco sandwich).")
+@click.option("--question", help="The question that --needle answers.")
+@click.option("--answer", "answers", multiple=True, help="A string the answer must contain (repeatable); each must occur in --needle.")
+@click.option("--ruler-keys", type=click.IntRange(min=1), help="RULER-style needles: keys asked for (multi-query).")
+@click.option("--ruler-values", type=click.IntRange(min=1), help="RULER-style: values per asked key (multi-value).")
+@click.option("--ruler-distractors", type=click.IntRange(min=0), help="RULER-style: needles of keys not asked for.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the RULER-style keys and values.")
+@click.option("--method", type=click.Choice(["mr", "direct"]), default="mr", show_default=True, help="Map-reduce, or one call with the middle cut.")
+@click.option("--judge", is_flag=True, help="Also grade each answer 1-10 with the model, as the reference test does; the heatmap shows that grade.")
+@click.option("--buffer", default=200, show_default=True, type=click.IntRange(min=0), help="Tokens of each length left for the prompt and reply, as in the reference test.")
+@click.option("--cells-in-flight", type=click.IntRange(min=1), help="Cells run at once (default: 4 on a server, 1 embedded).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder: cells/, run.json, heatmap.png, grid.csv, summary.json.")
+@click.option("--plot-only", "plot_dir", type=click.Path(file_okay=False, exists=True), help="Redraw the heatmap, CSV and summary of a run folder; run nothing.")
+@_llm_options
+@click.option("--task-type", type=click.Choice(TASK_FAMILIES), default="retrieval", show_default=True, help="Prompt family for --method mr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+@_reports_errors
+def niah(
+    haystack: str | None,
+    lengths: str,
+    depths: str,
+    depth_spacing: str,
+    needle: str | None,
+    question: str | None,
+    answers: tuple[str, ...],
+    ruler_keys: int | None,
+    ruler_values: int | None,
+    ruler_distractors: int | None,
+    seed: int,
+    method: str,
+    judge: bool,
+    buffer: int,
+    cells_in_flight: int | None,
+    out_dir: str | None,
+    plot_dir: str | None,
+    settings: _Settings,
+    task_type: str,
+    as_json: bool,
+    no_progress: bool,
+    verbose: bool,
+) -> None:
+    """Needle in a haystack: one run per (length, depth) cell, resumable, drawn as a heatmap."""
+    import asyncio
+    import time
+
+    from .bench.niah import haystack as haystacks
+    from .bench.niah import needles as needle_sets
+    from .bench.niah.runner import NiahRun, RunSettings, load_cells, read_settings
+
+    if plot_dir:
+        run_settings = read_settings(Path(plot_dir))
+        _report_niah(Path(plot_dir), load_cells(plot_dir), run_settings, None, as_json)
+        return
+    if not haystack or not out_dir:
+        raise UsageError("give --haystack and --out (or --plot-only DIR to redraw a run)")
+    ruler = (ruler_keys, ruler_values, ruler_distractors)
+    if needle or question or answers:
+        if any(v is not None for v in ruler):
+            raise UsageError("give either --needle/--question/--answer or --ruler-* options, not both")
+        if not (needle and question and answers):
+            raise UsageError("a custom needle needs --needle, --question and at least one --answer")
+        needle_set = needle_sets.custom_needle(needle, question, list(answers))
+    elif any(v is not None for v in ruler):
+        needle_set = needle_sets.ruler_needles(ruler_keys or 1, ruler_values or 1, ruler_distractors or 0, seed)
+    else:
+        needle_set = needle_sets.CLASSIC
+    grid_lengths = haystacks.parse_lengths(lengths)
+    grid_depths = haystacks.parse_depths(depths, depth_spacing)
+    run_settings = RunSettings(
+        haystack=str(Path(haystack).resolve()),
+        needles=needle_set,
+        method=method,  # type: ignore[arg-type]
+        judge=judge,
+        buffer=buffer,
+        task_type=task_type,
+    )
+    runner = NiahRun(
+        run_settings,
+        out_dir,
+        settings.load(task_type=task_type),
+        cells_in_flight=cells_in_flight,
+        progress=not no_progress,
+    )
+    started = time.perf_counter()
+    try:
+        cells = asyncio.run(runner.run(grid_lengths, grid_depths))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: finished cells are in {out_dir}; rerun the same command to resume", err=True)
+        sys.exit(130)
+    _report_niah(Path(out_dir), cells, run_settings, time.perf_counter() - started, as_json)
+    if runner.failed_cells:
+        raise LlmxmrError(f"{runner.failed_cells} cell(s) failed; rerun the same command to retry them")
+
+
+def _report_niah(out_dir: Path, cells: list[Any], settings: Any, wall_time_s: float | None, as_json: bool) -> None:
+    from .bench.niah.plot import draw_heatmap, score_grid, summarize, summary_line, write_csv
+
+    if not cells:
+        raise UsageError(f"no finished cells in {out_dir}")
+    grid = score_grid(cells)
+    summary = summarize(cells, settings.max_score)
+    write_csv(grid, out_dir / "grid.csv")
+    payload = {"summary": summary.model_dump(), "settings": settings.model_dump(), "grid": grid.model_dump()}
+    (out_dir / "summary.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    title = f"{cells[0].model} · {settings.method} · {settings.needles.kind} needle"
+    draw_heatmap(grid, out_dir / "heatmap.png", title, settings.max_score)
+    click.echo(json.dumps(payload, indent=2) if as_json else summary_line(summary, wall_time_s))
+    click.echo(f"heatmap: {out_dir / 'heatmap.png'} · grid: {out_dir / 'grid.csv'}", err=True)

@@ -62,6 +62,12 @@ def _placeholders(text: str) -> set[str]:
     return names
 
 
+def prompt_file(relative: str) -> str:
+    """A prompt file under ``prompts/`` other than a family's stages (harness prompts such as
+    ``infinitebench/direct/passkey.md``), stripped."""
+    return _read(data_dir("prompts") / relative)
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8").strip()

@@ -6,8 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, computed_field
 
-# "direct": the one call of the baseline without map-reduce (``llmxmr.direct``).
-CallStage = Literal["map", "collapse", "reduce", "direct"]
+# "direct": the one call of the baseline without map-reduce (``llmxmr.direct``); "judge": a
+# benchmark's grading call.
+CallStage = Literal["map", "collapse", "reduce", "direct", "judge"]
 
 
 class CallRecord(BaseModel):

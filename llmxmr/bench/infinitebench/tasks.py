@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...errors import ConfigError, UsageError
-from ...prompts import ChatMessage
+from ...prompts import ChatMessage, prompt_file
 from ...resources import data_dir
 from .scorers import check_task
 
@@ -120,9 +120,4 @@ def _template(kind: str, task: str) -> Template:
 
 
 def _read_prompt(kind: str, name: str) -> str:
-    path = data_dir("prompts") / "infinitebench" / kind / f"{name}.md"
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read prompt file {path}: {exc.strerror}") from exc
-
+    return prompt_file(f"infinitebench/{kind}/{name}.md")

@@ -1,0 +1,262 @@
+"""Needle-in-a-haystack runs: one pipeline run per (length, depth) cell, written as it finishes.
+
+Each finished cell is one JSON file, ``<out>/cells/len_<tokens>_depth_<percent>.json``, written to
+a temporary name and renamed, so a killed run leaves whole files only; a rerun skips the cells
+whose file exists. ``<out>/run.json`` holds the settings that make cells comparable (needles,
+haystack, method, scoring); a rerun with other settings is refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from string import Template
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from tqdm import tqdm
+
+from ...clients import make_client
+from ...clients.base import LLMClient
+from ...config import PipelineConfig
+from ...direct import answer_directly
+from ...errors import LlmxmrError, ServerUnavailableError, UsageError
+from ...pipeline import MapReducePipeline, gather_or_cancel
+from ...prompts import ChatMessage, prompt_file
+from ...structured import call_structured
+from ...trace import Trace
+from .haystack import Placement, build_context, load_haystack
+from .needles import NeedleSet, recall
+
+Method = Literal["mr", "direct"]
+# What the direct baseline may answer: the reference test's answers are a sentence or two.
+DIRECT_MAX_TOKENS = 128
+JUDGE_MAX_TOKENS = 32
+
+
+class RunSettings(BaseModel):
+    """What makes two cells comparable; stored in ``run.json``."""
+
+    haystack: str
+    needles: NeedleSet
+    method: Method
+    judge: bool
+    buffer: int
+    task_type: str
+
+    @property
+    def max_score(self) -> float:
+        return 10.0 if self.judge else 1.0
+
+
+class CellResult(BaseModel):
+    """One cell: what was asked where, what came back, its score and cost."""
+
+    model: str
+    method: Method
+    context_length: int  # requested, tokens
+    context_tokens: int  # the haystack with its needles, as built (length minus the buffer)
+    depth_percent: float
+    placements: list[Placement]
+    question: str
+    expected: list[str]
+    response: str
+    found: bool
+    recall: float  # fraction of expected strings in the response
+    judge_score: float | None = None  # 1-10 with --judge
+    score: float  # judge_score with --judge, else recall
+    duration_s: float
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class JudgeVerdict(BaseModel):
+    score: int = Field(ge=1, le=10)
+
+
+def cell_name(length: int, depth: float) -> str:
+    return f"len_{length}_depth_{depth:g}"
+
+
+class NiahRun:
+    """``await NiahRun(settings, out_dir, config).run(lengths, depths)``."""
+
+    def __init__(
+        self,
+        settings: RunSettings,
+        out_dir: str | Path,
+        config: PipelineConfig,
+        *,
+        cells_in_flight: int | None = None,
+        client: LLMClient | None = None,
+        progress: bool = True,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.out_dir = Path(out_dir)
+        self.config = config
+        self._cells_in_flight = cells_in_flight or (1 if config.uses_embedded_model else 4)
+        self._client = client
+        self._progress = progress
+        self._log = log or (lambda line: tqdm.write(line, file=sys.stderr))
+        self.failed_cells = 0
+
+    async def run(self, lengths: list[int], depths: list[float]) -> list[CellResult]:
+        """Runs every unfinished cell; returns all finished cells of the run folder."""
+        cells_dir = self.out_dir / "cells"
+        cells_dir.mkdir(parents=True, exist_ok=True)
+        check_settings(self.out_dir, self.settings)
+        todo = [(n, d) for n in lengths for d in depths if not (cells_dir / f"{cell_name(n, d)}.json").exists()]
+        if todo:
+            haystack = await asyncio.to_thread(load_haystack, self.settings.haystack, max(lengths))
+            client = self._client or make_client(self.config)
+            try:
+                await self._run_cells(todo, haystack, client, cells_dir)
+            finally:
+                if self._client is None:
+                    await client.aclose()
+        return load_cells(self.out_dir)
+
+    async def _run_cells(
+        self, todo: list[tuple[int, float]], haystack: list[int], client: LLMClient, cells_dir: Path
+    ) -> None:
+        semaphore = asyncio.Semaphore(self._cells_in_flight)
+        bar = tqdm(total=len(todo), desc="niah", unit="cell", file=sys.stderr, disable=not self._progress)
+
+        async def run_one(length: int, depth: float) -> None:
+            async with semaphore:
+                try:
+                    result = await self._cell(haystack, length, depth, client)
+                except ServerUnavailableError:
+                    raise
+                except LlmxmrError as exc:
+                    self.failed_cells += 1
+                    self._log(f"cell {cell_name(length, depth)} failed: {exc}")
+                    return
+                finally:
+                    bar.update(1)
+            write_atomically(cells_dir / f"{cell_name(length, depth)}.json", result.model_dump_json(indent=2))
+
+        try:
+            await gather_or_cancel(run_one(n, d) for n, d in todo)
+        finally:
+            bar.close()
+
+    async def _cell(self, haystack: list[int], length: int, depth: float, client: LLMClient) -> CellResult:
+        needles = self.settings.needles
+        context = await asyncio.to_thread(build_context, haystack, needles.needles, length, depth, self.settings.buffer)
+        started = time.perf_counter()
+        if self.settings.method == "direct":
+            direct = await answer_directly(
+                client, self.config, lambda text: direct_messages(text, needles.question), context.text, DIRECT_MAX_TOKENS
+            )
+            response, found, model, trace = direct.answer, True, direct.model, direct.trace
+        else:
+            result = await MapReducePipeline(self.config, client=client).arun(context.text, needles.question)
+            response, found, model, trace = result.answer, result.found, result.model, result.trace
+        judge_score = await self._judge(client, response, trace) if self.settings.judge else None
+        string_recall = recall(response, needles.expected)
+        totals = trace.totals
+        return CellResult(
+            model=model,
+            method=self.settings.method,
+            context_length=length,
+            context_tokens=context.tokens,
+            depth_percent=depth,
+            placements=context.placements,
+            question=needles.question,
+            expected=needles.expected,
+            response=response,
+            found=found,
+            recall=string_recall,
+            judge_score=judge_score,
+            score=judge_score if judge_score is not None else string_recall,
+            duration_s=round(time.perf_counter() - started, 3),
+            calls=totals.calls,
+            prompt_tokens=totals.prompt_tokens,
+            completion_tokens=totals.completion_tokens,
+        )
+
+    async def _judge(self, client: LLMClient, response: str, trace: Trace) -> float:
+        """The reference test's 1-10 accuracy grade, asked of the same model as a JSON object.
+        An answer that is empty scores 1 without a call; a judge call that fails raises."""
+        if not response.strip():
+            return 1.0
+        verdict, record = await call_structured(
+            client,
+            judge_messages(self.settings.needles, response),
+            JudgeVerdict,
+            stage="judge",
+            chunk_indices=[],
+            max_tokens=JUDGE_MAX_TOKENS,
+            temperature=0.0,
+            attempts=self.config.generation.validation_attempts,
+        )
+        trace.calls.append(record)
+        if verdict is None:
+            raise LlmxmrError(f"the judge gave no score: {record.error}")
+        return float(verdict.score)
+
+
+def direct_messages(context: str, question: str) -> list[ChatMessage]:
+    """The reference test's prompt (its OpenAI provider): the haystack, then the question."""
+    user = Template(prompt_file("niah/direct.md")).substitute(context=context, question=question)
+    return [
+        ChatMessage(role="system", content=prompt_file("niah/direct_system.md")),
+        ChatMessage(role="user", content=user),
+    ]
+
+
+def judge_messages(needles: NeedleSet, response: str) -> list[ChatMessage]:
+    reference = " ".join(needle.strip() for needle in needles.needles)
+    user = Template(prompt_file("niah/judge.md")).substitute(
+        question=needles.question, reference=reference, answer=response.strip()
+    )
+    return [ChatMessage(role="user", content=user)]
+
+
+def check_settings(out_dir: Path, settings: RunSettings) -> None:
+    """Records the settings on the first run; refuses a rerun whose cells would not compare."""
+    path = out_dir / "run.json"
+    if not path.exists():
+        write_atomically(path, settings.model_dump_json(indent=2))
+        return
+    recorded = read_settings(out_dir)
+    if recorded != settings:
+        differing = [name for name in RunSettings.model_fields if getattr(recorded, name) != getattr(settings, name)]
+        raise UsageError(f"{out_dir} holds a run with other {', '.join(differing)}; use another --out")
+
+
+def read_settings(out_dir: Path) -> RunSettings:
+    path = Path(out_dir) / "run.json"
+    try:
+        return RunSettings.model_validate_json(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"no needle-in-a-haystack run in {out_dir} ({exc.strerror})") from exc
+    except ValueError as exc:
+        raise UsageError(f"{path} is not a run written by llmxmr") from exc
+
+
+def load_cells(out_dir: str | Path) -> list[CellResult]:
+    cells = []
+    for path in sorted((Path(out_dir) / "cells").glob("*.json")):
+        try:
+            cells.append(CellResult.model_validate_json(path.read_text(encoding="utf-8")))
+        except ValueError as exc:
+            raise UsageError(f"{path} is not a cell written by llmxmr") from exc
+    return cells
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Whole file or none: written beside, flushed to disk, renamed over."""
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", encoding="utf-8") as sink:
+        sink.write(text)
+        sink.flush()
+        os.fsync(sink.fileno())
+    os.replace(partial, path)

@@ -1,0 +1,159 @@
+"""Needle-in-a-haystack runs with the scripted fake client: cells, resume, judge, outputs, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from llmxmr.bench.niah.needles import CLASSIC, ruler_needles
+from llmxmr.bench.niah.plot import score_grid, summarize
+from llmxmr.bench.niah.runner import NiahRun, RunSettings, load_cells
+from llmxmr.cli import main
+from llmxmr.clients.base import ChatRequest
+from llmxmr.clients.fake import ScriptedClient
+from llmxmr.config import PipelineConfig
+from llmxmr.errors import UsageError
+from tests.conftest import WordCounter, final_reply, partial_reply
+
+
+@pytest.fixture
+def haystack(tmp_path):
+    folder = tmp_path / "essays"
+    folder.mkdir()
+    for name in ("b.txt", "a.txt"):
+        (folder / name).write_text(" ".join(f"Essay {name} sentence {i} is about startups." for i in range(200)))
+    return folder
+
+
+def reader(request: ChatRequest) -> str:
+    """Finds the needle's sentence in its chunk; the reduce keeps the first answer it is given."""
+    text = request.messages[-1].content
+    if request.schema_name == "JudgeVerdict":
+        return json.dumps({"score": 7})
+    if request.schema_name is None:  # direct
+        return "Eat a sandwich in Dolores Park." if "Dolores Park" in text else "I cannot tell."
+    if request.schema_name == "MapOutput":
+        part = text.rsplit("<document_part>", 1)[1]
+        match = re.search(r"The best thing to do in San Francisco is ([^.]+)\.", part)
+        if match is None:
+            return partial_reply(None, 0.0, info="", rationale="")
+        return partial_reply(match.group(1), 5.0, info=match.group(0))
+    answers = re.findall(r'"answer": "([^"]+)"', text)
+    return final_reply(answers[0] if answers else "nothing")
+
+
+def run(tmp_path, haystack, *, lengths=(400, 800), depths=(0.0, 50.0, 100.0), client=None, **settings):
+    values = {"haystack": str(haystack), "needles": CLASSIC, "method": "mr", "judge": False, "buffer": 50, "task_type": "retrieval"}
+    values.update(settings)
+    client = client or ScriptedClient(responder=reader, counter=WordCounter())
+    config = PipelineConfig.load(task_type=values["task_type"], **{"chunking.chunk_tokens": 150})
+    runner = NiahRun(RunSettings(**values), tmp_path / "out", config, client=client, progress=False, log=lambda _: None)
+    cells = asyncio.run(runner.run(list(lengths), list(depths)))
+    return cells, client, runner
+
+
+def test_every_cell_is_run_scored_and_written(tmp_path, haystack):
+    cells, client, _ = run(tmp_path, haystack)
+    assert len(cells) == 6 and len(list((tmp_path / "out" / "cells").glob("*.json"))) == 6
+    assert all(cell.score == 1.0 and cell.recall == 1.0 for cell in cells)
+    assert {(c.context_length, c.depth_percent) for c in cells} == {(n, d) for n in (400, 800) for d in (0, 50, 100)}
+    assert sum(c.calls for c in cells) == len(client.requests)
+    deepest = next(c for c in cells if c.context_length == 800 and c.depth_percent == 100)
+    assert deepest.placements[0].token_offset > 700
+
+
+def test_rerun_runs_only_missing_cells(tmp_path, haystack):
+    run(tmp_path, haystack)
+    _, client, _ = run(tmp_path, haystack)
+    assert client.requests == []
+    cells_dir = tmp_path / "out" / "cells"
+    (cells_dir / "len_800_depth_50.json").unlink()
+    (cells_dir / "len_400_depth_0.json").rename(cells_dir / "len_400_depth_0.json.partial")  # killed mid-write
+    cells, client, _ = run(tmp_path, haystack)
+    assert len(cells) == 6
+    assert sum(r.schema_name == "FinalAnswer" for r in client.requests) == 2  # one reduce per cell rerun
+
+
+def test_other_settings_are_refused(tmp_path, haystack):
+    run(tmp_path, haystack)
+    with pytest.raises(UsageError, match="other needles"):
+        run(tmp_path, haystack, needles=ruler_needles(1, 2, 1, seed=3))
+    with pytest.raises(UsageError, match="other method"):
+        run(tmp_path, haystack, method="direct")
+
+
+def test_judge_scores_one_to_ten(tmp_path, haystack):
+    cells, client, _ = run(tmp_path, haystack, lengths=(400,), depths=(50.0,), judge=True)
+    (cell,) = cells
+    assert (cell.judge_score, cell.score, cell.recall) == (7.0, 7.0, 1.0)
+    assert client.requests[-1].schema_name == "JudgeVerdict"
+    assert "Dolores Park" in client.requests[-1].messages[-1].content  # the reference is the needle
+    assert summarize(cells, 10.0).max_score == 10.0
+
+
+def test_failed_cells_are_counted_and_not_written(tmp_path, haystack):
+    def broken(request: ChatRequest) -> str:
+        raise UsageError("bad cell")
+
+    cells, _, runner = run(tmp_path, haystack, lengths=(400,), depths=(0.0,), client=ScriptedClient(responder=broken))
+    assert cells == [] and runner.failed_cells == 1
+
+
+def test_direct_method_sees_the_needle_only_when_it_survives_the_cut(tmp_path, haystack):
+    client = ScriptedClient(responder=reader, counter=WordCounter(), window=600)
+    cells, client, _ = run(tmp_path, haystack, lengths=(2000,), depths=(0.0, 50.0, 100.0), method="direct", client=client)
+    scores = {c.depth_percent: c.score for c in cells}
+    assert scores == {0.0: 1.0, 50.0: 0.0, 100.0: 1.0}
+    assert all(r.schema_name is None for r in client.requests)
+
+
+def test_grid_means_and_missing_cells():
+    from llmxmr.bench.niah.runner import CellResult
+
+    def cell(length, depth, score):
+        return CellResult(
+            model="m", method="mr", context_length=length, context_tokens=length, depth_percent=depth, placements=[],
+            question="q", expected=["x"], response="r", found=True, recall=score, score=score, duration_s=1.0,
+            calls=2, prompt_tokens=10, completion_tokens=1,
+        )
+
+    grid = score_grid([cell(1000, 0, 1.0), cell(1000, 0, 0.0), cell(2000, 50, 1.0)])
+    assert grid.lengths == [1000, 2000] and grid.depths == [0, 50]
+    assert grid.scores == [[0.5, None], [None, 1.0]]
+
+
+def test_cli_writes_heatmap_csv_summary_and_redraws(tmp_path, haystack, monkeypatch):
+    client = ScriptedClient(responder=reader, counter=WordCounter())
+    monkeypatch.setattr("llmxmr.bench.niah.runner.make_client", lambda config: client)
+    out = tmp_path / "run"
+    args = ["bench", "niah", "--haystack", str(haystack), "--lengths", "400,800", "--depths", "0:100:3", "--buffer", "50"]
+    args += ["--chunk-tokens", "150", "--out", str(out), "--no-progress"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "mean score 1.000 of 1 · 6 cells" in result.output
+    assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    rows = list(csv.reader((out / "grid.csv").open()))
+    assert rows == [["depth_percent", "400", "800"], ["0", "1.0000", "1.0000"], ["50", "1.0000", "1.0000"], ["100", "1.0000", "1.0000"]]
+    (out / "heatmap.png").unlink()
+    again = CliRunner().invoke(main, ["bench", "niah", "--plot-only", str(out), "--json"], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["summary"]["cells"] == 6 and (out / "heatmap.png").exists()
+    assert len(load_cells(out)) == 6
+
+
+def test_cli_needle_options_are_checked(tmp_path, haystack):
+    def invoke(*extra):
+        args = ["bench", "niah", "--haystack", str(haystack), "--out", str(tmp_path / "o"), *extra]
+        return CliRunner().invoke(main, args, catch_exceptions=False)
+
+    result = invoke("--needle", "The code is 42.", "--question", "What is the code?")
+    assert result.exit_code == 2 and "at least one --answer" in result.output
+    result = invoke("--needle", "The code is 42.", "--question", "q", "--answer", "42", "--ruler-keys", "2")
+    assert result.exit_code == 2 and "not both" in result.output
+    result = CliRunner().invoke(main, ["bench", "niah", "--out", str(tmp_path / "o")], catch_exceptions=False)
+    assert result.exit_code == 2 and "--haystack" in result.output
