@@ -265,6 +265,8 @@ def infinitebench(
         raise UsageError("give exactly one of --data-dir, --data or --hf")
     if data_file and len(names) > 1:
         raise UsageError("--data holds one task's examples; use --data-dir for several tasks")
+    if hf_revision and not hf:
+        raise UsageError("--hf-revision goes with --hf")
     if hf:
         source = data.DataSource(hf_revision=data.pinned_revision(out_dir, hf_revision))
     else:
@@ -278,7 +280,8 @@ def infinitebench(
         progress=not no_progress,
     )
     try:
-        reports = asyncio.run(runner.run(names, lambda task: data.read_examples(source.path_for(task), limit)))
+        files = {task: source.path_for(task) for task in names}
+        reports = asyncio.run(runner.run(names, files, limit))
     except KeyboardInterrupt:
         click.echo(f"interrupted: finished predictions are in {out_dir}; rerun the same command to resume", err=True)
         sys.exit(130)
@@ -318,7 +321,7 @@ def _task_list(tasks: str) -> list[str]:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder: cells/, run.json, heatmap.png, grid.csv, summary.json.")
 @click.option("--plot-only", "plot_dir", type=click.Path(file_okay=False, exists=True), help="Redraw the heatmap, CSV and summary of a run folder; run nothing.")
 @_llm_options
-@click.option("--task-type", type=click.Choice(TASK_FAMILIES), default="retrieval", show_default=True, help="Prompt family for --method mr.")
+@click.option("--task-type", type=click.Choice(TASK_FAMILIES), help="Prompt family for --method mr (default: retrieval).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
@@ -342,7 +345,7 @@ def niah(
     out_dir: str | None,
     plot_dir: str | None,
     settings: _Settings,
-    task_type: str,
+    task_type: str | None,
     as_json: bool,
     no_progress: bool,
     verbose: bool,
@@ -356,8 +359,7 @@ def niah(
     from .bench.niah.runner import NiahRun, RunSettings, load_cells, read_settings
 
     if plot_dir:
-        run_settings = read_settings(Path(plot_dir))
-        _report_niah(Path(plot_dir), load_cells(plot_dir), run_settings, None, as_json)
+        _report_niah(Path(plot_dir), load_cells(plot_dir), read_settings(Path(plot_dir)), None, as_json)
         return
     if not haystack or not out_dir:
         raise UsageError("give --haystack and --out (or --plot-only DIR to redraw a run)")
@@ -374,18 +376,21 @@ def niah(
         needle_set = needle_sets.CLASSIC
     grid_lengths = haystacks.parse_lengths(lengths)
     grid_depths = haystacks.parse_depths(depths, depth_spacing)
+    # The needle is written literally in the haystack: retrieval prompts and checks fit, unless
+    # --config or --task-type say otherwise.
+    config = settings.load(preset={"task_type": "retrieval"}, task_type=task_type)
     run_settings = RunSettings(
         haystack=str(Path(haystack).resolve()),
         needles=needle_set,
         method=method,  # type: ignore[arg-type]
         judge=judge,
         buffer=buffer,
-        task_type=task_type,
+        task_type=config.task_type,
     )
     runner = NiahRun(
         run_settings,
         out_dir,
-        settings.load(task_type=task_type),
+        config,
         cells_in_flight=cells_in_flight,
         progress=not no_progress,
     )
@@ -408,7 +413,15 @@ def _report_niah(out_dir: Path, cells: list[Any], settings: Any, wall_time_s: fl
     grid = score_grid(cells)
     summary = summarize(cells, settings.max_score)
     write_csv(grid, out_dir / "grid.csv")
-    payload = {"summary": summary.model_dump(), "settings": settings.model_dump(), "grid": grid.model_dump()}
+    previous = out_dir / "summary.json"
+    if wall_time_s is None and previous.exists():  # redrawn: keep the run's own wall time
+        wall_time_s = json.loads(previous.read_text(encoding="utf-8")).get("wall_time_s")
+    payload = {
+        "summary": summary.model_dump(),
+        "wall_time_s": wall_time_s,
+        "settings": settings.model_dump(),
+        "grid": grid.model_dump(),
+    }
     (out_dir / "summary.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     title = f"{cells[0].model} · {settings.method} · {settings.needles.kind} needle"
     draw_heatmap(grid, out_dir / "heatmap.png", title, settings.max_score)

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from .budget import MIN_CHUNK_TOKENS, context_window_of, prompt_tokens, token_counter_for
 from .clients.base import ChatRequest, LLMClient
 from .config import PipelineConfig
-from .errors import ContextTooSmallError, LLMCallError, UsageError
+from .errors import ContextTooSmallError, UsageError
 from .prompts import ChatMessage
 from .structured import add_usage
 from .tokens import TokenCounter, budget_with_margin
@@ -68,19 +68,12 @@ async def answer_directly(
         )
     document_tokens = counter.count_batch([document])[0]
     kept, kept_tokens = cut_middle(document, document_tokens, room, counter)
-    record = CallRecord(stage="direct", chunk_indices=[])
-    try:
-        record.attempts = 1
-        reply = await client.chat(
-            ChatRequest(messages=build_messages(kept), max_tokens=max_tokens, temperature=config.llm.temperature)
-        )
-        add_usage(record, reply)
-        record.output = {"text": reply.text, "finish_reason": reply.finish_reason}
-    except LLMCallError as exc:
-        record.error = str(exc)
-        raise
-    finally:
-        record.latency_s = round(time.perf_counter() - started, 4)
+    reply = await client.chat(
+        ChatRequest(messages=build_messages(kept), max_tokens=max_tokens, temperature=config.llm.temperature)
+    )
+    record = CallRecord(stage="direct", chunk_indices=[], attempts=1, output={"text": reply.text, "finish_reason": reply.finish_reason})
+    add_usage(record, reply)
+    record.latency_s = round(time.perf_counter() - started, 4)
     trace = Trace(calls=[record], wall_time_s=time.perf_counter() - started)
     return DirectResult(
         answer=reply.text.strip(),

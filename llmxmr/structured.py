@@ -63,8 +63,10 @@ async def call_structured(
                 ChatMessage(role="user", content=f"{problem} Reply again with only the corrected JSON object."),
             ]
         record.error = f"no valid {output_type.__name__} after {attempts} attempt(s): {problem}"
+        record.error_kind = "invalid"
     except LLMCallError as exc:
         record.error = str(exc)
+        record.error_kind = "transport"
     finally:
         record.latency_s = round(time.perf_counter() - started, 4)
     return None, record

@@ -27,6 +27,9 @@ class CallRecord(BaseModel):
     # retrieval answer absent from its chunk is set aside, or replaced by verified evidence).
     check: str | None = None
     error: str | None = None
+    # "transport": the server could not be made to answer (retrying later may help); "invalid":
+    # it answered, but never with a valid reply (the model's failure, part of its score).
+    error_kind: Literal["transport", "invalid"] | None = None
 
 
 class Totals(BaseModel):

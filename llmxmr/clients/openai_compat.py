@@ -84,7 +84,8 @@ class OpenAICompatibleClient:
 
     def describe(self) -> str:
         kind = self._kind.name if self._kind else "server"
-        return f"{kind} at {self.base_url}"
+        model = f" ({self._model})" if self._model else ""
+        return f"{kind} at {self.base_url}{model}"
 
     async def _discover(self) -> None:
         """Learn the model name and server kind from /v1/models, once."""

@@ -17,7 +17,7 @@ from llmxmr.clients.base import ChatRequest
 from llmxmr.clients.fake import ScriptedClient
 from llmxmr.config import PipelineConfig
 from llmxmr.direct import cut_middle
-from llmxmr.errors import ServerUnavailableError, UsageError
+from llmxmr.errors import LLMCallError, ServerUnavailableError, UsageError
 from tests.conftest import WordCounter, final_reply, partial_reply
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
@@ -163,6 +163,8 @@ def reader(request: ChatRequest) -> str:
 
 def run_batch(tmp_path, examples, *, method="mr", client=None, in_flight=2, **overrides):
     client = client or ScriptedClient(responder=reader, counter=WordCounter())
+    data = tmp_path / "passkey.jsonl"
+    data.write_text("".join(example.model_dump_json() + "\n" for example in examples))
     runner = BatchRun(
         tmp_path / "out",
         method=method,
@@ -172,7 +174,7 @@ def run_batch(tmp_path, examples, *, method="mr", client=None, in_flight=2, **ov
         progress=False,
         log=lambda line: None,
     )
-    reports = asyncio.run(runner.run(["passkey"], lambda task: examples))
+    reports = asyncio.run(runner.run(["passkey"], {"passkey": data}))
     return reports[0], client
 
 
@@ -191,10 +193,11 @@ def test_batch_run_writes_official_predictions_and_scores_them(tmp_path):
 
 def test_rerun_skips_finished_examples_and_cuts_a_half_written_line(tmp_path):
     examples = [passkey_example(i, f"{20000 + i}", depth=10 * i) for i in range(3)]
-    run_batch(tmp_path, examples[:2])
+    run_batch(tmp_path, examples)
     path = tmp_path / "out" / "preds_passkey.jsonl"
-    with path.open("a") as sink:
-        sink.write('{"id": 2, "predic')  # a write killed half-way
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line)["id"] != 2]
+    path.write_text("".join(kept) + '{"id": 2, "predic')  # the last write was killed half-way
     report, client = run_batch(tmp_path, examples)
     assert report.new == 1 and report.n == 3
     contents = [r.messages[-1].content for r in client.requests]
@@ -205,17 +208,53 @@ def test_rerun_skips_finished_examples_and_cuts_a_half_written_line(tmp_path):
     assert again.new == 0 and client.requests == []
 
 
-def test_a_failing_example_is_reported_not_written(tmp_path):
+def test_an_example_that_lost_a_call_is_not_written_and_is_retried(tmp_path):
     examples = [passkey_example(0, "11111", 5), passkey_example(1, "22222", 5, lines=10)]
 
     def flaky(request: ChatRequest) -> str:
         if "22222" in request.messages[-1].content:
-            raise UsageError("a bad example")
+            raise LLMCallError("503 after 4 retries")
         return reader(request)
 
     report, _ = run_batch(tmp_path, examples, client=ScriptedClient(responder=flaky, counter=WordCounter()))
     assert report.n == 1 and report.failed_examples == 1
-    assert [p.id for p in read_finished(tmp_path / "out" / "preds_passkey.jsonl", "mr")] == [0]
+    path = tmp_path / "out" / "preds_passkey.jsonl"
+    assert [p.id for p in read_finished(path, "mr")] == [0]
+    report, client = run_batch(tmp_path, examples)  # the server is back
+    assert report.n == 2 and report.new == 1 and report.scores["official"] == 100.0
+
+
+def test_an_invalid_reply_is_the_models_failure_and_is_written(tmp_path):
+    def babbler(request: ChatRequest) -> str:
+        return "not json" if request.schema_name == "MapOutput" else reader(request)
+
+    report, _ = run_batch(tmp_path, [passkey_example(0, "11111", 5)], client=ScriptedClient(responder=babbler))
+    assert report.n == 1 and report.failed_calls > 0 and report.scores["official"] == 0.0
+
+
+def test_examples_run_concurrently(tmp_path):
+    client = ScriptedClient(responder=reader, counter=WordCounter(), delay_s=0.02)
+    examples = [passkey_example(i, f"{30000 + i}", depth=3, lines=10) for i in range(4)]
+    run_batch(tmp_path, examples, client=client, in_flight=3, **{"llm.concurrency": 1})
+    assert client.max_in_flight == 3  # one call per example at a time, three examples at once
+
+
+def test_results_of_another_model_are_refused(tmp_path):
+    examples = [passkey_example(0, "11111", 5), passkey_example(1, "22222", 5)]
+    run_batch(tmp_path, examples)
+    path = tmp_path / "out" / "preds_passkey.jsonl"
+    path.write_text(path.read_text().splitlines(keepends=True)[0])  # one example left to run
+    other = ScriptedClient(responder=reader, counter=WordCounter())
+    other.describe = lambda: "another model"
+    with pytest.raises(UsageError, match="holds results of scripted fake client, not another model"):
+        run_batch(tmp_path, examples, client=other)
+    assert len(path.read_text().splitlines()) == 1
+
+
+def test_other_data_under_the_same_task_is_refused(tmp_path):
+    run_batch(tmp_path, [passkey_example(0, "11111", 5)])
+    with pytest.raises(UsageError, match="is not the passkey data this folder's results came from"):
+        run_batch(tmp_path, [passkey_example(0, "99999", 5)])
 
 
 def test_an_unreachable_server_stops_the_batch(tmp_path):
@@ -270,6 +309,7 @@ def test_a_hub_run_pins_the_dataset_commit_it_started_with(tmp_path, monkeypatch
     assert data.pinned_revision(tmp_path, None) == "c0ffee" and resolved == ["main"]
     assert data.pinned_revision(tmp_path, None) == "c0ffee" and resolved == ["main"]  # resumed: not resolved again
     assert data.pinned_revision(tmp_path, "c0ffee") == "c0ffee"
+    assert data.pinned_revision(tmp_path, "main") == "c0ffee" and resolved == ["main"]  # the same command again
     with pytest.raises(UsageError, match="holds predictions for .*@c0ffee"):
         data.pinned_revision(tmp_path, "v2")
     assert data.DataSource(hf_revision="c0ffee").model_dump(exclude_none=True) == {"hf_revision": "c0ffee"}

@@ -17,7 +17,7 @@ from llmxmr.cli import main
 from llmxmr.clients.base import ChatRequest
 from llmxmr.clients.fake import ScriptedClient
 from llmxmr.config import PipelineConfig
-from llmxmr.errors import UsageError
+from llmxmr.errors import LLMCallError, UsageError
 from tests.conftest import WordCounter, final_reply, partial_reply
 
 
@@ -65,6 +65,7 @@ def test_every_cell_is_run_scored_and_written(tmp_path, haystack):
     assert sum(c.calls for c in cells) == len(client.requests)
     deepest = next(c for c in cells if c.context_length == 800 and c.depth_percent == 100)
     assert deepest.placements[0].token_offset > 700
+    assert deepest.needles == CLASSIC.needles and deepest.kept_tokens == deepest.context_tokens
 
 
 def test_rerun_runs_only_missing_cells(tmp_path, haystack):
@@ -96,12 +97,14 @@ def test_judge_scores_one_to_ten(tmp_path, haystack):
     assert summarize(cells, 10.0).max_score == 10.0
 
 
-def test_failed_cells_are_counted_and_not_written(tmp_path, haystack):
+def test_a_cell_that_lost_a_call_is_not_written_and_is_retried(tmp_path, haystack):
     def broken(request: ChatRequest) -> str:
-        raise UsageError("bad cell")
+        raise LLMCallError("502 after 4 retries")
 
     cells, _, runner = run(tmp_path, haystack, lengths=(400,), depths=(0.0,), client=ScriptedClient(responder=broken))
     assert cells == [] and runner.failed_cells == 1
+    cells, _, runner = run(tmp_path, haystack, lengths=(400,), depths=(0.0,))
+    assert len(cells) == 1 and runner.failed_cells == 0 and cells[0].score == 1.0
 
 
 def test_direct_method_sees_the_needle_only_when_it_survives_the_cut(tmp_path, haystack):
@@ -109,6 +112,7 @@ def test_direct_method_sees_the_needle_only_when_it_survives_the_cut(tmp_path, h
     cells, client, _ = run(tmp_path, haystack, lengths=(2000,), depths=(0.0, 50.0, 100.0), method="direct", client=client)
     scores = {c.depth_percent: c.score for c in cells}
     assert scores == {0.0: 1.0, 50.0: 0.0, 100.0: 1.0}
+    assert all(c.kept_tokens < c.context_tokens for c in cells)
     assert all(r.schema_name is None for r in client.requests)
 
 
@@ -117,9 +121,10 @@ def test_grid_means_and_missing_cells():
 
     def cell(length, depth, score):
         return CellResult(
-            model="m", method="mr", context_length=length, context_tokens=length, depth_percent=depth, placements=[],
-            question="q", expected=["x"], response="r", found=True, recall=score, score=score, duration_s=1.0,
-            calls=2, prompt_tokens=10, completion_tokens=1,
+            model="m", method="mr", context_length=length, context_tokens=length, kept_tokens=length,
+            depth_percent=depth, needles=["x"], placements=[], question="q", expected=["x"], response="r",
+            found=True, recall=score, score=score, duration_s=1.0, calls=2, failed_calls=0, prompt_tokens=10,
+            completion_tokens=1,
         )
 
     grid = score_grid([cell(1000, 0, 1.0), cell(1000, 0, 0.0), cell(2000, 50, 1.0)])
@@ -144,6 +149,23 @@ def test_cli_writes_heatmap_csv_summary_and_redraws(tmp_path, haystack, monkeypa
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["summary"]["cells"] == 6 and (out / "heatmap.png").exists()
     assert len(load_cells(out)) == 6
+
+
+def test_cli_task_type_comes_from_config_unless_the_flag_says_otherwise(tmp_path, haystack, monkeypatch):
+    client = ScriptedClient(responder=reader, counter=WordCounter())
+    monkeypatch.setattr("llmxmr.bench.niah.runner.make_client", lambda config: client)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("task_type: qa\n")
+
+    def task_type(out, *extra):
+        args = ["bench", "niah", "--haystack", str(haystack), "--lengths", "400", "--depths", "50", "--buffer", "50"]
+        result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / out), "--no-progress", *extra], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return json.loads((tmp_path / out / "run.json").read_text())["task_type"]
+
+    assert task_type("a") == "retrieval"
+    assert task_type("b", "--config", str(mine)) == "qa"
+    assert task_type("c", "--config", str(mine), "--task-type", "math") == "math"
 
 
 def test_cli_needle_options_are_checked(tmp_path, haystack):

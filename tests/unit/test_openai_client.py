@@ -85,7 +85,7 @@ def test_retries_5xx_and_429_honouring_retry_after():
 def test_no_retry_on_client_errors(status):
     scripts = {"/v1/models": [models("sglang")], "/v1/chat/completions": [Answer(status, {"error": {"message": "nope"}})]}
     with fake_server(scripts) as server:
-        with pytest.raises(LLMCallError, match=f"sglang at {server.base_url} answered HTTP {status}: nope"):
+        with pytest.raises(LLMCallError, match=f"sglang at {server.base_url} \\(test-model\\) answered HTTP {status}: nope"):
             use(server.base_url, lambda c: c.chat(REQUEST))
     assert sum(1 for path, _ in server.requests if path == "/v1/chat/completions") == 1
 

@@ -70,17 +70,19 @@ def download_task_file(task: str, revision: str) -> Path:
 
 
 def pinned_revision(out_dir: str | Path, requested: str | None) -> str:
-    """The dataset commit for a run in ``out_dir``: the one recorded by an earlier run there, or
+    """The dataset commit for a run in ``out_dir``: the one an earlier run there resolved (when
+    ``requested`` is unset, or names that commit or the branch or tag it came from), or
     ``requested`` (default ``main``) resolved to a commit now and recorded."""
     record = Path(out_dir) / REVISION_FILE
-    recorded = record.read_text(encoding="utf-8").strip() if record.exists() else None
-    if recorded and (requested is None or requested == recorded):
-        return recorded
-    if recorded:
-        raise UsageError(f"{out_dir} holds predictions for {HF_DATASET}@{recorded}; use another --out")
-    commit = resolve_hf_revision(requested or "main")
+    if record.exists():
+        name, commit = record.read_text(encoding="utf-8").split()
+        if requested in (None, name, commit):
+            return commit
+        raise UsageError(f"{out_dir} holds predictions for {HF_DATASET}@{commit} ({name}); use another --out")
+    name = requested or "main"
+    commit = resolve_hf_revision(name)
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(commit + "\n", encoding="utf-8")
+    record.write_text(f"{name} {commit}\n", encoding="utf-8")
     return commit
 
 

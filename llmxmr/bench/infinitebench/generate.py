@@ -266,14 +266,14 @@ def _math_value_range(target: str, rng: random.Random) -> tuple[int, int]:
 
 
 def _median(values: list[int]) -> int | float:
-    """The middle value, or the mean of the two middle ones: an int when it is a whole number, so
-    that the official scorer compares it as an integer answer."""
+    """The middle value (an int), or the mean of the two middle ones (a float, whole or not), as
+    InfiniteBench computes it. A float label is what lets the official scorer accept both "50"
+    and "50.0"; an int label would refuse "50.0"."""
     ordered = sorted(values)
     middle = len(ordered) // 2
     if len(ordered) % 2:
         return ordered[middle]
-    total = ordered[middle - 1] + ordered[middle]
-    return total // 2 if total % 2 == 0 else total / 2
+    return (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def _math_find_answer(target: str, values: list[int], length: int) -> int | float:

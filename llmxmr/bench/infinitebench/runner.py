@@ -9,13 +9,12 @@ examples run at once, each with its own concurrent chunk calls, all through one 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any
 
 from pydantic import BaseModel
 from tqdm import tqdm
@@ -24,13 +23,16 @@ from ...clients import make_client
 from ...clients.base import LLMClient
 from ...config import PipelineConfig
 from ...direct import answer_directly
-from ...errors import LlmxmrError, ServerUnavailableError, UsageError
-from ...pipeline import MapReducePipeline, gather_or_cancel
+from ...errors import UsageError
+from ...pipeline import MapReducePipeline
 from ...trace import Trace
+from .._batch import Method, check_same_model, default_in_flight, pin_source, require_complete, run_each
+from .data import read_examples
 from .scorers import SCORERS, score_predictions
 from .tasks import Example, direct_messages, ground_truth, question_for, task_config
 
-Method = Literal["mr", "direct"]
+# Records the SHA-256 of each task's data file, so a resumed run reads the same examples.
+SOURCES_FILE = "sources.json"
 
 
 class Prediction(BaseModel):
@@ -91,12 +93,17 @@ class BatchRun:
     def config_for(self, task: str) -> PipelineConfig:
         return PipelineConfig.load(self._config_path, preset=task_config(task).pipeline, **self._overrides)
 
-    async def run(self, tasks: Sequence[str], examples_for: Callable[[str], list[Example]]) -> list[TaskReport]:
+    async def run(self, tasks: Sequence[str], files: dict[str, Path], limit: int | None = None) -> list[TaskReport]:
+        """Runs the first ``limit`` examples of ``files[task]`` for each task, in turn."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         configs = {task: self.config_for(task) for task in tasks}
+        for task in tasks:  # every data file is checked before hours are spent on the first task
+            pin_source(self.out_dir / SOURCES_FILE, task, files[task])
         client = self._client or make_client(configs[tasks[0]])
         try:
-            return [await self._run_task(task, configs[task], client, examples_for(task)) for task in tasks]
+            return [
+                await self._run_task(task, configs[task], client, read_examples(files[task], limit)) for task in tasks
+            ]
         finally:
             if self._client is None:
                 await client.aclose()
@@ -105,35 +112,29 @@ class BatchRun:
         self, task: str, config: PipelineConfig, client: LLMClient, examples: list[Example]
     ) -> TaskReport:
         path = self.out_dir / f"preds_{task}.jsonl"
-        done = {str(p.id) for p in read_finished(path, self.method)}
-        todo = [example for example in examples if str(example.id) not in done]
-        in_flight = self._examples_in_flight or (1 if config.uses_embedded_model else 8)
-        semaphore = asyncio.Semaphore(in_flight)
-        failures = 0
+        finished = read_finished(path, self.method)
+        done = {str(p.id) for p in finished}
         started = time.perf_counter()
-        bar = tqdm(total=len(todo), desc=task, unit="example", file=sys.stderr, disable=not self._progress)
 
-        async def run_one(example: Example, sink: Any) -> None:
-            nonlocal failures
-            async with semaphore:
-                try:
-                    prediction = await self._predict(task, config, client, example)
-                except ServerUnavailableError:
-                    raise
-                except LlmxmrError as exc:
-                    failures += 1
-                    self._log(f"{task} example {example.id} failed: {exc}")
-                    return
-                finally:
-                    bar.update(1)
-            append_line(sink, prediction.model_dump_json())
+        async def predict(example: Example) -> Prediction:
+            prediction = await self._predict(task, config, client, example)
+            check_same_model((p.model for p in finished), prediction.model, path)
+            return prediction
 
-        try:
-            with path.open("a", encoding="utf-8") as sink:
-                await gather_or_cancel(run_one(example, sink) for example in todo)
-        finally:
-            bar.close()
-        return self._report(task, path, len(todo) - failures, failures, time.perf_counter() - started)
+        with path.open("a", encoding="utf-8") as sink:
+            failures = await run_each(
+                [example for example in examples if str(example.id) not in done],
+                predict,
+                lambda example, prediction: append_line(sink, prediction.model_dump_json()),
+                in_flight=self._examples_in_flight or default_in_flight(config.uses_embedded_model, 8),
+                label=lambda example: f"{task} example {example.id}",
+                desc=task,
+                unit="example",
+                progress=self._progress,
+                log=self._log,
+            )
+        new = len(read_finished(path, self.method)) - len(finished)
+        return self._report(task, path, new, failures, time.perf_counter() - started)
 
     async def _predict(self, task: str, config: PipelineConfig, client: LLMClient, example: Example) -> Prediction:
         label = ground_truth(task, example)
@@ -147,6 +148,7 @@ class BatchRun:
             )
             return _prediction(example, label, "direct", direct.answer, direct.model, True, direct.trace)
         result = await MapReducePipeline(config, client=client).arun(example.context, question_for(task, example))
+        require_complete(result.trace)
         return _prediction(example, label, "mr", result.answer, result.model, result.found, result.trace)
 
     def _report(self, task: str, path: Path, new: int, failures: int, run_time_s: float) -> TaskReport:
@@ -211,7 +213,7 @@ def read_finished(path: Path, method: Method) -> list[Prediction]:
     return finished
 
 
-def append_line(sink: Any, line: str) -> None:
+def append_line(sink: IO[str], line: str) -> None:
     """One whole line, on disk before the next example is counted as done."""
     sink.write(line + "\n")
     sink.flush()

@@ -2,7 +2,9 @@
 
 For every task: a question for map-reduce (``prompts/infinitebench/question/<task>.md``: the
 benchmark's instruction without the document, which goes to the chunks), InfiniteBench's own
-GPT-4 prompt for the direct baseline (``prompts/infinitebench/direct/<task>.md``), and settings
+GPT-4 prompt for the direct baseline (``prompts/infinitebench/direct/<task>.md``; for Math.Calc
+its GPT-4 template, without the calculator system prompt and worked example that its GPT-4 run
+added, which are specific to that model), and settings
 (``configs/infinitebench/<task>.yaml``: the prompt family, output lengths). Both prompts are built
 from an example's ``input`` and ``options`` the way InfiniteBench's ``src/eval_utils.py``
 ``create_prompt`` builds them: options as "A. ..." lines, the function call of Code.Run, the
@@ -65,8 +67,11 @@ def task_config(task: str) -> TaskConfig:
 
 
 def question_for(task: str, example: Example) -> str:
-    """The map-reduce question: the task's instruction with the example's input and options."""
-    return _template("question", task).substitute(_variables(task, example, context="")).strip()
+    """The map-reduce question: the task's instruction with the example's input and options (the
+    input stripped: Retrieve.KV's starts with a newline meant to follow the document)."""
+    values = _variables(task, example, context="")
+    values["input"] = values["input"].strip()
+    return _template("question", task).substitute(values).strip()
 
 
 def direct_messages(task: str, example: Example, context: str) -> list[ChatMessage]:

@@ -43,7 +43,7 @@ from ...errors import UsageError
 from ...tokens import OFFLINE_CL100K
 from ..infinitebench.generate import parse_length
 
-# The reference's sentence break: the token ids of "." (one token in cl100k_base).
+# The reference's sentence break: ".", whose token ids (one token in cl100k_base) end a sentence.
 _SENTENCE_END = "."
 
 # The reference's logistic for sigmoid-spaced depths: L / (1 + exp(-k (x - x0))).

@@ -9,13 +9,11 @@ haystack, method, scoring); a rerun with other settings is refused rather than m
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from string import Template
-from typing import Literal
 
 from pydantic import BaseModel, Field
 from tqdm import tqdm
@@ -24,15 +22,14 @@ from ...clients import make_client
 from ...clients.base import LLMClient
 from ...config import PipelineConfig
 from ...direct import answer_directly
-from ...errors import LlmxmrError, ServerUnavailableError, UsageError
-from ...pipeline import MapReducePipeline, gather_or_cancel
+from ...errors import LlmxmrError, UsageError
+from ...pipeline import MapReducePipeline
 from ...prompts import ChatMessage, prompt_file
 from ...structured import call_structured
 from ...trace import Trace
+from .._batch import Method, check_same_model, default_in_flight, require_complete, run_each, write_atomically
 from .haystack import Placement, build_context, load_haystack
 from .needles import NeedleSet, recall
-
-Method = Literal["mr", "direct"]
 # What the direct baseline may answer: the reference test's answers are a sentence or two.
 DIRECT_MAX_TOKENS = 128
 JUDGE_MAX_TOKENS = 32
@@ -60,7 +57,9 @@ class CellResult(BaseModel):
     method: Method
     context_length: int  # requested, tokens
     context_tokens: int  # the haystack with its needles, as built (length minus the buffer)
+    kept_tokens: int  # what the model read: context_tokens, or less where --method direct cut the middle
     depth_percent: float
+    needles: list[str]
     placements: list[Placement]
     question: str
     expected: list[str]
@@ -71,6 +70,7 @@ class CellResult(BaseModel):
     score: float  # judge_score with --judge, else recall
     duration_s: float
     calls: int
+    failed_calls: int  # calls the model never answered validly (transport failures are retried)
     prompt_tokens: int
     completion_tokens: int
 
@@ -100,7 +100,7 @@ class NiahRun:
         self.settings = settings
         self.out_dir = Path(out_dir)
         self.config = config
-        self._cells_in_flight = cells_in_flight or (1 if config.uses_embedded_model else 4)
+        self._cells_in_flight = cells_in_flight or default_in_flight(config.uses_embedded_model, 4)
         self._client = client
         self._progress = progress
         self._log = log or (lambda line: tqdm.write(line, file=sys.stderr))
@@ -125,27 +125,24 @@ class NiahRun:
     async def _run_cells(
         self, todo: list[tuple[int, float]], haystack: list[int], client: LLMClient, cells_dir: Path
     ) -> None:
-        semaphore = asyncio.Semaphore(self._cells_in_flight)
-        bar = tqdm(total=len(todo), desc="niah", unit="cell", file=sys.stderr, disable=not self._progress)
+        recorded = [cell.model for cell in load_cells(self.out_dir)]
 
-        async def run_one(length: int, depth: float) -> None:
-            async with semaphore:
-                try:
-                    result = await self._cell(haystack, length, depth, client)
-                except ServerUnavailableError:
-                    raise
-                except LlmxmrError as exc:
-                    self.failed_cells += 1
-                    self._log(f"cell {cell_name(length, depth)} failed: {exc}")
-                    return
-                finally:
-                    bar.update(1)
-            write_atomically(cells_dir / f"{cell_name(length, depth)}.json", result.model_dump_json(indent=2))
+        async def run_cell(cell: tuple[int, float]) -> CellResult:
+            result = await self._cell(haystack, *cell, client)
+            check_same_model(recorded, result.model, self.out_dir)
+            return result
 
-        try:
-            await gather_or_cancel(run_one(n, d) for n, d in todo)
-        finally:
-            bar.close()
+        self.failed_cells = await run_each(
+            todo,
+            run_cell,
+            lambda cell, result: write_atomically(cells_dir / f"{cell_name(*cell)}.json", result.model_dump_json(indent=2)),
+            in_flight=self._cells_in_flight,
+            label=lambda cell: f"cell {cell_name(*cell)}",
+            desc="niah",
+            unit="cell",
+            progress=self._progress,
+            log=self._log,
+        )
 
     async def _cell(self, haystack: list[int], length: int, depth: float, client: LLMClient) -> CellResult:
         needles = self.settings.needles
@@ -156,9 +153,12 @@ class NiahRun:
                 client, self.config, lambda text: direct_messages(text, needles.question), context.text, DIRECT_MAX_TOKENS
             )
             response, found, model, trace = direct.answer, True, direct.model, direct.trace
+            kept_tokens = direct.kept_tokens
         else:
             result = await MapReducePipeline(self.config, client=client).arun(context.text, needles.question)
             response, found, model, trace = result.answer, result.found, result.model, result.trace
+            kept_tokens = context.tokens
+        require_complete(trace)
         judge_score = await self._judge(client, response, trace) if self.settings.judge else None
         string_recall = recall(response, needles.expected)
         totals = trace.totals
@@ -167,7 +167,9 @@ class NiahRun:
             method=self.settings.method,
             context_length=length,
             context_tokens=context.tokens,
+            kept_tokens=kept_tokens,
             depth_percent=depth,
+            needles=needles.needles,
             placements=context.placements,
             question=needles.question,
             expected=needles.expected,
@@ -178,6 +180,7 @@ class NiahRun:
             score=judge_score if judge_score is not None else string_recall,
             duration_s=round(time.perf_counter() - started, 3),
             calls=totals.calls,
+            failed_calls=totals.failed_calls,
             prompt_tokens=totals.prompt_tokens,
             completion_tokens=totals.completion_tokens,
         )
@@ -250,13 +253,3 @@ def load_cells(out_dir: str | Path) -> list[CellResult]:
         except ValueError as exc:
             raise UsageError(f"{path} is not a cell written by llmxmr") from exc
     return cells
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Whole file or none: written beside, flushed to disk, renamed over."""
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("w", encoding="utf-8") as sink:
-        sink.write(text)
-        sink.flush()
-        os.fsync(sink.fileno())
-    os.replace(partial, path)

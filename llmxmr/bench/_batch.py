@@ -1,0 +1,131 @@
+"""What the batch harnesses (InfiniteBench, needle in a haystack) share: items run concurrently,
+each result saved the moment it is done, failures counted rather than fatal, and the rules that
+keep resumed results trustworthy.
+
+A result is saved only when it is complete: an item whose run lost an LLM call to the transport
+(the server could not be made to answer, even after retries) is not saved, so the next run
+retries it. A call the model answered, but never validly, is the model's failure and part of its
+score: that result is saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from tqdm import tqdm
+
+from ..errors import LlmxmrError, ServerUnavailableError, UsageError
+from ..pipeline import gather_or_cancel
+from ..trace import Trace
+
+Method = Literal["mr", "direct"]
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class IncompleteResult(LlmxmrError):
+    """An item's run lost calls to the transport; it is not saved, so a rerun retries it."""
+
+
+class MixedResults(UsageError):
+    """Results of another model are in the folder: fatal, since every item would hit it."""
+
+
+def require_complete(trace: Trace) -> None:
+    lost = [record for record in trace.calls if record.error_kind == "transport"]
+    if lost:
+        raise IncompleteResult(f"{len(lost)} LLM call(s) failed: {lost[0].error}")
+
+
+async def run_each(
+    items: Iterable[Item],
+    work: Callable[[Item], Awaitable[Result]],
+    save: Callable[[Item, Result], None],
+    *,
+    in_flight: int,
+    label: Callable[[Item], str],
+    desc: str,
+    unit: str,
+    progress: bool,
+    log: Callable[[str], None],
+) -> int:
+    """Runs ``work`` on every item, at most ``in_flight`` at once, and ``save``s each result as it
+    comes (one at a time, off the event loop). Returns how many items failed; an unreachable
+    server or results of another model stop everything, since every item would fail the same way."""
+    items = list(items)
+    semaphore = asyncio.Semaphore(in_flight)
+    saving = asyncio.Lock()
+    failures = 0
+    bar = tqdm(total=len(items), desc=desc, unit=unit, file=sys.stderr, disable=not progress)
+
+    async def one(item: Item) -> None:
+        nonlocal failures
+        async with semaphore:
+            try:
+                result = await work(item)
+            except (ServerUnavailableError, MixedResults):
+                raise
+            except LlmxmrError as exc:
+                failures += 1
+                log(f"{label(item)} failed: {exc}")
+                return
+            finally:
+                bar.update(1)
+        async with saving:
+            await asyncio.to_thread(save, item, result)
+
+    try:
+        await gather_or_cancel(one(item) for item in items)
+    finally:
+        bar.close()
+    return failures
+
+
+def default_in_flight(uses_embedded_model: bool, on_server: int) -> int:
+    """The embedded model answers one call at a time: more items in flight only delay each one."""
+    return 1 if uses_embedded_model else on_server
+
+
+def check_same_model(recorded: Iterable[str], model: str, where: Path) -> None:
+    """Refuses to add results of one model to a folder that holds another's."""
+    others = sorted(set(recorded) - {model})
+    if others:
+        raise MixedResults(f"{where} holds results of {others[0]}, not {model}; use another --out")
+
+
+def pin_source(record: Path, key: str, source: Path) -> None:
+    """Records the SHA-256 of the data file behind ``key`` the first time; afterwards refuses a
+    file with other contents (regenerated data, another length), whose results would not mix."""
+    digest = file_sha256(source)
+    pins = json.loads(record.read_text(encoding="utf-8")) if record.exists() else {}
+    pinned = pins.get(key, {}).get("sha256")
+    if pinned is None:
+        pins[key] = {"path": str(source), "sha256": digest}
+        write_atomically(record, json.dumps(pins, indent=2) + "\n")
+    elif pinned != digest:
+        raise UsageError(f"{source} is not the {key} data this folder's results came from; use another --out")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Whole file or none: written beside, flushed to disk, renamed over."""
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", encoding="utf-8") as sink:
+        sink.write(text)
+        sink.flush()
+        os.fsync(sink.fileno())
+    os.replace(partial, path)
