@@ -64,6 +64,7 @@ _LLM_FLAGS = {
     "context_window": "llm.context_window",
     "tokenizer": "llm.tokenizer",
     "chunk_tokens": "chunking.chunk_tokens",
+    "cache": "llm.cache",
 }
 
 
@@ -96,6 +97,7 @@ def _llm_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--concurrency", type=click.IntRange(min=1), help="LLM calls in flight at once (per document)."),
         click.option("--context-window", type=click.IntRange(min=1), help="Model context window in tokens."),
         click.option("--tokenizer", help="auto, tiktoken, server, or a local Hugging Face tokenizer directory."),
+        click.option("--cache", type=click.Path(dir_okay=False), help="SQLite file of LLM replies: reruns reuse them."),
     ]
     for option in reversed(options):
         wrapper = option(wrapper)
@@ -147,6 +149,7 @@ def _summary(result: PipelineResult) -> str:
     totals = result.trace.totals
     failed = f", {len(result.failed_calls)} failed" if result.failed_calls else ""
     reasks = f" ({totals.requests} requests)" if totals.requests != totals.calls else ""
+    reasks += f" ({totals.cache_hits} from cache)" if totals.cache_hits else ""
     return (
         f"confidence {result.confidence:g}/5 · {len(result.chunks)} chunks · {totals.calls} calls{reasks}{failed} · "
         f"{totals.prompt_tokens + totals.completion_tokens:,} tokens · {totals.wall_time_s:.1f} s · {result.model}"

@@ -37,6 +37,8 @@ class LLMSettings(_Section):
     temperature: float = Field(ge=0)
     context_window: int | None = Field(ge=1)
     tokenizer: str
+    cache: str | None
+    cache_sampled: bool
 
 
 class EmbeddedSettings(_Section):

@@ -77,6 +77,7 @@ def add_usage(record: CallRecord, reply: ChatReply) -> None:
     record.prompt_tokens += reply.prompt_tokens
     record.completion_tokens += reply.completion_tokens
     record.transport_retries += reply.transport_retries
+    record.cache_hits += reply.from_cache
     if reply.cached_tokens is not None:
         record.cached_tokens = (record.cached_tokens or 0) + reply.cached_tokens
 

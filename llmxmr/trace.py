@@ -21,6 +21,7 @@ class CallRecord(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int | None = None
+    cache_hits: int = 0  # replies the reply cache gave (--cache) instead of the model
     latency_s: float = 0.0
     output: dict[str, Any] | None = None
     # What a check of the output against the text decided, when it did not simply pass (a
@@ -39,6 +40,7 @@ class Totals(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    cache_hits: int
     wall_time_s: float
 
 
@@ -56,5 +58,6 @@ class Trace(BaseModel):
             prompt_tokens=sum(record.prompt_tokens for record in self.calls),
             completion_tokens=sum(record.completion_tokens for record in self.calls),
             cached_tokens=sum(record.cached_tokens or 0 for record in self.calls),
+            cache_hits=sum(record.cache_hits for record in self.calls),
             wall_time_s=round(self.wall_time_s, 3),
         )

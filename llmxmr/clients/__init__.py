@@ -8,7 +8,25 @@ from .base import ChatReply, ChatRequest, LLMClient
 
 
 def make_client(config: PipelineConfig) -> LLMClient:
-    """The server the config names, or the embedded model when it names none."""
+    """The server the config names, or the embedded model when it names none; behind the reply
+    cache when ``llm.cache`` names one."""
+    client = _model_client(config)
+    if config.llm.cache is None:
+        return client
+    from .cache import CachedClient
+
+    return CachedClient(client, config.llm.cache, _identity(config), sampled=config.llm.cache_sampled)
+
+
+def _identity(config: PipelineConfig) -> str:
+    """What names the model for the cache: the server and model name, or the embedded GGUF."""
+    if config.llm.base_url:
+        return f"{config.llm.base_url.rstrip('/')} {config.llm.model or '(first listed model)'}"
+    embedded = config.embedded  # the string cap changes the grammar, hence the replies
+    return f"embedded {embedded.model_path or '(default model)'} max_string_chars={embedded.max_string_chars}"
+
+
+def _model_client(config: PipelineConfig) -> LLMClient:
     llm = config.llm
     if llm.base_url:
         from .openai_compat import OpenAICompatibleClient

@@ -27,6 +27,7 @@ class ChatReply(BaseModel):
     completion_tokens: int = 0
     cached_tokens: int | None = None
     transport_retries: int = 0
+    from_cache: bool = False  # answered by the reply cache, at no cost
 
 
 @runtime_checkable

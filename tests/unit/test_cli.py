@@ -274,3 +274,23 @@ def test_bench_generate_writes_official_jsonl(tmp_path):
     assert_one_line_error(result, 2, "takes one task")
     assert_one_line_error(invoke("bench", "generate", "--task", "code_run", "--length", "2k", "--out", str(out)), 2, "code_run")
     assert_one_line_error(invoke("bench", "generate", "--task", "passkey", "--length", "lots", "--out", str(out)), 2, "lots")
+
+
+def test_run_with_a_cache_twice_asks_the_server_once(tmp_path):
+    from tests.conftest import final_reply, partial_reply
+    from tests.fake_server import completion, fake_server, models
+
+    document = tmp_path / "doc.txt"
+    document.write_text("The pass key is 12345. Filler follows.")
+    replies = [completion(partial_reply("12345", 5, info="The pass key is 12345.")), completion(final_reply("12345"))]
+    scripts = {"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": replies}
+    with fake_server(scripts) as server:
+        args = ["run", "--input", str(document), "--question", "What is the pass key?", "--task-type", "retrieval"]
+        args += ["--base-url", server.base_url, "--tokenizer", "tiktoken", "--cache", str(tmp_path / "replies.sqlite")]
+        first = invoke(*args, "--no-progress")
+        chats = sum(path == "/v1/chat/completions" for path, _ in server.requests)
+        second = invoke(*args, "--no-progress")
+        assert first.exit_code == second.exit_code == 0, second.output
+        assert first.stdout == second.stdout == "12345\n"
+        assert chats == 2 and sum(path == "/v1/chat/completions" for path, _ in server.requests) == chats
+        assert "(2 from cache)" in second.stderr

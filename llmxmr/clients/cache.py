@@ -1,0 +1,88 @@
+"""An on-disk cache of LLM replies (SQLite), in front of any client: ``--cache PATH``.
+
+A request is looked up by a key over everything that decides the reply: the model's identity,
+the messages, the reply length, the temperature and the JSON schema. A hit answers without a call;
+a miss asks the client and stores the reply at once (committed, so a killed run keeps what it
+paid for). Rerunning or resuming a run with the same settings therefore makes no new calls for
+finished work. A sampled reply (temperature > 0) is a draw, not the answer: such requests bypass
+the cache unless ``llm.cache_sampled`` asks for them to be cached too.
+
+Hits report no token usage (nothing was spent) and count as ``cache_hits`` in the trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..tokens import TokenCounter
+from .base import ChatReply, ChatRequest, LLMClient
+
+# Bumped when the key or the stored reply changes meaning, so old entries are never misread.
+_KEY_VERSION = 1
+
+
+def request_key(identity: str, request: ChatRequest) -> str:
+    payload = {"v": _KEY_VERSION, "model": identity, **request.model_dump(mode="json")}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class CachedClient:
+    """``CachedClient(client, path, identity)``: ``identity`` names the model (server URL and
+    model name, or the embedded model's file) so that two models never share replies."""
+
+    def __init__(self, inner: LLMClient, path: str | Path, identity: str, *, sampled: bool = False) -> None:
+        self._inner = inner
+        self._identity = identity
+        self._sampled = sampled
+        self._lock = threading.Lock()
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL)")
+            self._db.commit()
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot open the reply cache {path}: {exc}") from exc
+
+    async def chat(self, request: ChatRequest) -> ChatReply:
+        if request.temperature > 0 and not self._sampled:
+            return await self._inner.chat(request)
+        key = request_key(self._identity, request)
+        stored = await asyncio.to_thread(self._get, key)
+        if stored is not None:
+            return ChatReply(text=stored.text, finish_reason=stored.finish_reason, from_cache=True)
+        reply = await self._inner.chat(request)
+        await asyncio.to_thread(self._put, key, reply)
+        return reply
+
+    def _get(self, key: str) -> ChatReply | None:
+        with self._lock:
+            row = self._db.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
+        return ChatReply.model_validate_json(row[0]) if row else None
+
+    def _put(self, key: str, reply: ChatReply) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?)", (key, reply.model_dump_json()))
+            self._db.commit()
+
+    async def context_window(self) -> int | None:
+        return await self._inner.context_window()
+
+    async def token_counter(self) -> TokenCounter | None:
+        return await self._inner.token_counter()
+
+    def describe(self) -> str:
+        return self._inner.describe()
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            with self._lock:
+                self._db.close()

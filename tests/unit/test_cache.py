@@ -1,0 +1,107 @@
+"""The reply cache: hits make no call, misses are stored at once, keys separate what differs."""
+
+from __future__ import annotations
+
+import asyncio
+import pytest
+
+from llmxmr.clients import make_client
+from llmxmr.clients.base import ChatReply, ChatRequest
+from llmxmr.clients.cache import CachedClient
+from llmxmr.clients.fake import ScriptedClient
+from llmxmr.config import PipelineConfig
+from llmxmr.errors import ConfigError
+from llmxmr.pipeline import MapReducePipeline
+from llmxmr.prompts import ChatMessage
+from tests.conftest import WordCounter, final_reply, partial_reply
+
+
+def request(text: str = "hello", temperature: float = 0.0) -> ChatRequest:
+    return ChatRequest(messages=[ChatMessage(role="user", content=text)], max_tokens=16, temperature=temperature)
+
+
+def ask(client, *requests):
+    async def go():
+        return [await client.chat(r) for r in requests]
+
+    return asyncio.run(go())
+
+
+def counting_client() -> ScriptedClient:
+    return ScriptedClient(responder=lambda r: ChatReply(text=f"reply {len(r.messages[0].content)}", prompt_tokens=7, completion_tokens=3))
+
+
+def test_a_repeated_request_is_answered_from_disk(tmp_path):
+    inner = counting_client()
+    client = CachedClient(inner, tmp_path / "cache.sqlite", "model-a")
+    first, second, other = ask(client, request(), request(), request("hello there"))
+    assert len(inner.requests) == 2
+    assert (first.text, first.from_cache, first.prompt_tokens) == ("reply 5", False, 7)
+    assert (second.text, second.from_cache, second.prompt_tokens, second.completion_tokens) == ("reply 5", True, 0, 0)
+    assert other.from_cache is False
+
+
+def test_entries_survive_a_new_process_and_stay_per_model(tmp_path):
+    path = tmp_path / "cache.sqlite"
+    ask(CachedClient(counting_client(), path, "model-a"), request())
+    again = counting_client()
+    (reply,) = ask(CachedClient(again, path, "model-a"), request())
+    assert reply.from_cache and again.requests == []
+    other_model = counting_client()
+    (reply,) = ask(CachedClient(other_model, path, "model-b"), request())
+    assert not reply.from_cache and len(other_model.requests) == 1
+
+
+def test_sampled_requests_bypass_the_cache_unless_asked(tmp_path):
+    inner = counting_client()
+    ask(CachedClient(inner, tmp_path / "c.sqlite", "m"), request(temperature=0.7), request(temperature=0.7))
+    assert len(inner.requests) == 2
+    inner = counting_client()
+    ask(CachedClient(inner, tmp_path / "d.sqlite", "m", sampled=True), request(temperature=0.7), request(temperature=0.7))
+    assert len(inner.requests) == 1
+
+
+def test_a_failed_call_is_not_cached(tmp_path):
+    inner = ScriptedClient([RuntimeError("boom")], responder=lambda r: "fine")
+    client = CachedClient(inner, tmp_path / "c.sqlite", "m")
+    with pytest.raises(RuntimeError):
+        ask(client, request())
+    (reply,) = ask(client, request())
+    assert reply.text == "fine" and not reply.from_cache
+
+
+def test_a_rerun_with_the_cache_makes_no_calls(tmp_path):
+    def reader(r: ChatRequest) -> str:
+        if r.schema_name == "MapOutput":
+            found = "71432" in r.messages[-1].content.rsplit("<document_part>", 1)[1]
+            return partial_reply("71432" if found else None, 5.0 if found else 0.0, info="The pass key is 71432." if found else "")
+        return final_reply("71432")
+
+    document = "Filler text here. " * 400 + "The pass key is 71432. " + "More filler. " * 400
+    config = PipelineConfig.load(task_type="retrieval", **{"chunking.chunk_tokens": 300, "llm.cache": str(tmp_path / "c.sqlite")})
+    results = []
+    for _ in range(2):
+        inner = ScriptedClient(responder=reader, counter=WordCounter())
+        client = CachedClient(inner, config.llm.cache, "m")
+        results.append((MapReducePipeline(config, client=client).run(document, "What is the pass key?"), inner))
+        asyncio.run(client.aclose())
+    (first, first_inner), (second, second_inner) = results
+    assert len(first_inner.requests) == first.trace.totals.calls > 3
+    assert second_inner.requests == [] and second.answer == first.answer == "71432"
+    assert second.trace.totals.cache_hits == second.trace.totals.calls
+    assert second.trace.totals.prompt_tokens == 0
+
+
+def test_make_client_wraps_when_configured(tmp_path):
+    config = PipelineConfig.load(**{"llm.base_url": "http://127.0.0.1:9/v1", "llm.cache": str(tmp_path / "c.sqlite")})
+    assert isinstance(make_client(config), CachedClient)
+    assert not isinstance(make_client(PipelineConfig.load(**{"llm.base_url": "http://127.0.0.1:9/v1"})), CachedClient)
+
+
+def test_an_unusable_cache_path_is_a_config_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="cannot open the reply cache"):
+        CachedClient(counting_client(), tmp_path / "file" / "cache.sqlite", "m")
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(ConfigError, match="junk.sqlite"):
+        CachedClient(counting_client(), tmp_path / "junk.sqlite", "m")
