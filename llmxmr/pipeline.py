@@ -193,7 +193,11 @@ class _Run:
                 output = output.model_copy(update={"answer": answer})
             return Partial(chunk_indices=[chunk.index], answer=output)
 
-        results = await gather_or_cancel(map_one(chunk) for chunk in chunks)
+        # The first call runs alone: it puts the prompt prefix every map call shares into the
+        # server's prefix cache (SGLang's radix cache, llama.cpp's slot cache), so the calls that
+        # follow reuse it instead of all computing it at once.
+        results = [await map_one(chunks[0])] if chunks else []
+        results += await gather_or_cancel(map_one(chunk) for chunk in chunks[1:])
         return [p for p in results if p is not None and p.answer.has_information]
 
     async def _collapse(

@@ -51,6 +51,18 @@ SERVER_KINDS = {
 }
 
 
+def _cached_tokens(completion: Any, details: Any) -> int | None:
+    """Prompt tokens the server took from its prefix cache: the OpenAI field (SGLang with
+    --enable-cache-report, vLLM), else llama.cpp's ``timings.cache_n``."""
+    cached = getattr(details, "cached_tokens", None) if details else None
+    if cached is not None:
+        return int(cached)
+    timings = (completion.model_extra or {}).get("timings")
+    if isinstance(timings, dict) and isinstance(timings.get("cache_n"), int):
+        return timings["cache_n"]
+    return None
+
+
 def server_root(base_url: str) -> str:
     """The server's root URL: the base URL without its trailing ``/v1``."""
     root = base_url.rstrip("/")
@@ -139,7 +151,7 @@ class OpenAICompatibleClient:
             finish_reason=choice.finish_reason,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
-            cached_tokens=getattr(details, "cached_tokens", None) if details else None,
+            cached_tokens=_cached_tokens(completion, details),
             transport_retries=retries - 1,
         )
 

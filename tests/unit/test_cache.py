@@ -77,7 +77,8 @@ def test_a_rerun_with_the_cache_makes_no_calls(tmp_path):
             return partial_reply("71432" if found else None, 5.0 if found else 0.0, info="The pass key is 71432." if found else "")
         return final_reply("71432")
 
-    document = "Filler text here. " * 400 + "The pass key is 71432. " + "More filler. " * 400
+    filler = [f"Filler sentence number {i}." for i in range(600)]  # every chunk differs
+    document = " ".join(filler[:300] + ["The pass key is 71432."] + filler[300:])
     config = PipelineConfig.load(task_type="retrieval", **{"chunking.chunk_tokens": 300, "llm.cache": str(tmp_path / "c.sqlite")})
     results = []
     for _ in range(2):

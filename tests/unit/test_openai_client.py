@@ -33,6 +33,15 @@ def use(base_url: str, coroutine_factory, **kwargs):
     return asyncio.run(go())
 
 
+def test_llama_cpp_reports_cached_tokens_in_its_timings():
+    answer = completion('{"answer": null}')
+    answer.body["timings"] = {"cache_n": 812, "prompt_n": 40}
+    scripts = {"/v1/models": [models("llamacpp")], "/v1/chat/completions": [answer]}
+    with fake_server(scripts) as server:
+        reply = use(server.base_url, lambda client: client.chat(REQUEST))
+    assert reply.cached_tokens == 812
+
+
 def test_sglang_schema_window_usage_and_cached_tokens():
     scripts = {
         "/v1/models": [models("sglang", max_model_len=32768)],

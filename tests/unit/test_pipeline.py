@@ -154,6 +154,20 @@ def test_concurrency_limit_is_respected():
     assert client.max_in_flight == 3
 
 
+def test_the_first_map_call_runs_alone_to_warm_the_prefix_cache():
+    client = new_client(delay_s=0.01)
+    starts: list[tuple[int, int]] = []  # (request number, calls in flight when it started)
+
+    def watching(request: ChatRequest) -> str:
+        starts.append((len(client.requests), client.in_flight))
+        return responder(request)
+
+    client._responder = watching
+    run(client, config(**{"llm.concurrency": 8, "chunking.chunk_tokens": 100}))
+    assert starts[0] == (1, 1)
+    assert client.max_in_flight == 8  # then the rest fan out
+
+
 def test_window_too_small_for_the_prompt():
     client = new_client(window=600)
     with pytest.raises(ContextTooSmallError, match="too small"):
