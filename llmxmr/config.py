@@ -67,6 +67,7 @@ class GenerationSettings(_Section):
 class PipelineConfig(_Section):
     task_type: TaskFamily
     on_chunk_error: Literal["skip", "fail"]
+    scheduler: Literal["streaming", "barrier"]
     llm: LLMSettings
     embedded: EmbeddedSettings
     chunking: ChunkingSettings

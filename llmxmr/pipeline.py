@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Awaitable, Iterable
-from typing import TypeVar
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from tqdm import tqdm
@@ -22,6 +22,7 @@ from .clients.base import LLMClient
 from .config import PipelineConfig
 from .errors import LLMCallError, UsageError
 from .prompts import ChatMessage, PromptSet, load_prompts
+from .scheduling import PrioritySemaphore, gather_or_cancel, in_order
 from .schemas import CollapseOutput, FinalAnswer, MapOutput
 from .stages import collapse, reduce
 from .stages.map import checked_retrieval_answer, map_messages
@@ -96,7 +97,8 @@ class _Run:
         self.prompts: PromptSet = load_prompts(config.task_type)
         self.trace = Trace()
         self.failed: list[CallRecord] = []
-        self.semaphore = asyncio.Semaphore(config.llm.concurrency)
+        self.semaphore = PrioritySemaphore(config.llm.concurrency)
+        self.tasks: list[asyncio.Future[Any]] = []
         self.bar = tqdm(total=0, desc="map", unit="call", file=sys.stderr, disable=not progress, leave=False)
 
     async def execute(self, document: str, question: str) -> PipelineResult:
@@ -114,11 +116,17 @@ class _Run:
                 overlap_tokens=self.config.chunking.overlap_tokens,
                 min_fill=self.config.chunking.min_fill,
             )
-            partials = await self._map(chunks, question)
-            if partials:
-                partials = await self._collapse(partials, question, budget, counter)
+            maps = self._start_maps(chunks, question)
+            if self.config.scheduler == "streaming":
+                partials = await self._collapse_streaming(maps, question, budget, counter)
+            else:
+                partials = [p async for batch in in_order(maps) for p in batch if _informative(p)]
+                partials = await self._collapse_in_rounds(partials, question, budget, counter)
             found = bool(partials)
             final = await self._reduce(partials, question) if found else reduce.nothing_found()
+        except BaseException:
+            await self._cancel_all()
+            raise
         finally:
             self.bar.close()
             self.trace.wall_time_s = time.perf_counter() - started
@@ -148,8 +156,9 @@ class _Run:
         chunk_indices: list[int],
         max_tokens: int,
     ) -> tuple[Output | None, CallRecord]:
-        """One structured call under the run's concurrency limit, recorded in the trace."""
-        async with self.semaphore:
+        """One structured call under the run's concurrency limit, recorded in the trace. Calls of
+        later stages go first: they shorten the run's tail, and maps wait for nothing but slots."""
+        async with self.semaphore.slot(_STAGE_PRIORITY[stage]):
             output, record = await call_structured(
                 self.client,
                 messages,
@@ -170,57 +179,140 @@ class _Run:
                 )
         return output, record
 
-    async def _map(self, chunks: list[Chunk], question: str) -> list[Partial]:
+    def _spawn(self, awaitable: Awaitable[T]) -> asyncio.Future[T]:
+        task = asyncio.ensure_future(awaitable)
+        self.tasks.append(task)
+        return task
+
+    async def _cancel_all(self) -> None:
+        """On failure or cancellation: no call of this run outlives it."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def _start_maps(self, chunks: list[Chunk], question: str) -> list[asyncio.Future[Partial | None]]:
+        """One task per chunk, in order. The first call runs alone: it puts the prompt prefix
+        every map call shares into the server's prefix cache (SGLang's radix cache, llama.cpp's
+        slot cache), so the calls that follow reuse it instead of all computing it at once."""
         self.bar.total += len(chunks)
         self.bar.refresh()
+        warm = asyncio.Event()
 
         async def map_one(chunk: Chunk) -> Partial | None:
-            output, record = await self._call(
-                "map",
-                map_messages(self.prompts, question, chunk.text),
-                MapOutput,
-                [chunk.index],
-                self.config.generation.map_max_tokens,
+            if chunk.index > 0:
+                await warm.wait()
+            try:
+                return await self._map_chunk(chunk, question)
+            finally:
+                warm.set()
+
+        return [self._spawn(map_one(chunk)) for chunk in chunks]
+
+    async def _map_chunk(self, chunk: Chunk, question: str) -> Partial | None:
+        output, record = await self._call(
+            "map",
+            map_messages(self.prompts, question, chunk.text),
+            MapOutput,
+            [chunk.index],
+            self.config.generation.map_max_tokens,
+        )
+        if output is None:
+            return None
+        if self.prompts.family == "retrieval" and output.answer:
+            answer, record.check = checked_retrieval_answer(
+                output.answer, output.extracted_information, question, chunk.text
             )
-            if output is None:
+            if answer is None:
                 return None
-            if self.prompts.family == "retrieval" and output.answer:
-                answer, record.check = checked_retrieval_answer(
-                    output.answer, output.extracted_information, question, chunk.text
-                )
-                if answer is None:
-                    return None
-                output = output.model_copy(update={"answer": answer})
-            return Partial(chunk_indices=[chunk.index], answer=output)
+            output = output.model_copy(update={"answer": answer})
+        return Partial(chunk_indices=[chunk.index], answer=output)
 
-        # The first call runs alone: it puts the prompt prefix every map call shares into the
-        # server's prefix cache (SGLang's radix cache, llama.cpp's slot cache), so the calls that
-        # follow reuse it instead of all computing it at once.
-        results = [await map_one(chunks[0])] if chunks else []
-        results += await gather_or_cancel(map_one(chunk) for chunk in chunks[1:])
-        return [p for p in results if p is not None and p.answer.has_information]
+    async def _sizes(self, partials: list[Partial], counter: TokenCounter) -> list[int]:
+        rendered = [render_partial(p) for p in partials]
+        return [n + PARTIAL_HEADER_TOKENS for n in await asyncio.to_thread(counter.count_batch, rendered)]
 
-    async def _collapse(
+    async def _collapse_in_rounds(
         self, partials: list[Partial], question: str, budget: Budget, counter: TokenCounter
     ) -> list[Partial]:
+        """The barrier scheduler: each round waits for all of the previous one."""
         while len(partials) > 1:
-            rendered = [render_partial(p) for p in partials]
-            sizes = [n + PARTIAL_HEADER_TOKENS for n in await asyncio.to_thread(counter.count_batch, rendered)]
+            sizes = await self._sizes(partials, counter)
             if sum(sizes) <= budget.reduce_tokens:
                 return partials
-            groups = collapse.group_to_fit(sizes, budget.collapse_tokens)
-            if all(len(group) == 1 for group in groups):  # never stall: merge neighbours in pairs
-                groups = [range(i, min(i + 2, len(partials))) for i in range(0, len(partials), 2)]
-            self.bar.set_description("collapse")
-            self.bar.total += sum(1 for group in groups if len(group) > 1)
-            self.bar.refresh()
-            merged = await gather_or_cancel(self._collapse_group([partials[i] for i in g], question) for g in groups)
-            partials = [p for p in merged if p.answer.has_information]
+            groups = [[partials[i] for i in g] for g in collapse.group_to_fit(sizes, budget.collapse_tokens)]
+            if all(len(group) == 1 for group in groups):
+                groups = collapse.pairs(partials)
+            merged = await gather_or_cancel(self._collapse_group(group, question) for group in groups)
+            partials = [p for p in merged if _informative(p)]
         return partials
+
+    async def _collapse_streaming(
+        self,
+        level: list[asyncio.Future[Partial | None]],
+        question: str,
+        budget: Budget,
+        counter: TokenCounter,
+    ) -> list[Partial]:
+        """The streaming scheduler: the same groups as ``_collapse_in_rounds``, each started as
+        soon as its members are done and the round is known to be needed."""
+        while True:
+            partials, outputs = await self._stream_round(level, question, budget, counter)
+            if outputs is None:
+                return partials
+            level = outputs
+
+    async def _stream_round(
+        self,
+        inputs: list[asyncio.Future[Partial | None]],
+        question: str,
+        budget: Budget,
+        counter: TokenCounter,
+    ) -> tuple[list[Partial], list[asyncio.Future[Partial | None]] | None]:
+        """One collapse round over ``inputs`` as they finish, in order. Greedy grouping closes a
+        group as soon as the next partial would not fit it. A round is needed once the partials
+        seen so far exceed the reduce budget; until then closed groups wait. Returns the round's
+        partials and, if it collapsed, the futures of its groups (the next round's inputs)."""
+        partials: list[Partial] = []
+        groups: list[list[Partial]] = []
+        outputs: list[asyncio.Future[Partial | None]] = []
+        group: list[Partial] = []
+        group_size = total = 0
+        needed = False
+
+        def launch(ready: list[list[Partial]]) -> None:
+            for members in ready:
+                outputs.append(self._spawn(self._collapse_group(members, question)))
+
+        async for batch in in_order(inputs):
+            arrived = [p for p in batch if _informative(p)]
+            for partial, size in zip(arrived, await self._sizes(arrived, counter) if arrived else []):
+                partials.append(partial)
+                total += size
+                if group and group_size + size > budget.collapse_tokens:
+                    groups.append(group)
+                    if needed:
+                        launch([group])
+                    group, group_size = [], 0
+                group.append(partial)
+                group_size += size
+                if not needed and total > budget.reduce_tokens and len(partials) > 1:
+                    needed = True
+                    launch(groups)
+        if not needed:
+            return partials, None
+        groups.append(group)
+        if all(len(members) == 1 for members in groups):  # singletons cost no call: regroup them
+            outputs.clear()
+            launch(collapse.pairs(partials))
+        else:
+            launch([group])
+        return partials, outputs
 
     async def _collapse_group(self, group: list[Partial], question: str) -> Partial:
         if len(group) == 1:
             return group[0]
+        self.bar.set_description("collapse")
+        self.bar.total += 1
         output, _ = await self._call(
             "collapse",
             collapse.collapse_messages(self.prompts, question, group),
@@ -249,13 +341,9 @@ class _Run:
         return reduce.known_chunks(output, partials)
 
 
-async def gather_or_cancel(awaitables: Iterable[Awaitable[T]]) -> list[T]:
-    """Run all, in order; if one raises, cancel the rest before re-raising (no orphan calls)."""
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+# Lower goes first at the concurrency limit: a run's later stages before its remaining maps.
+_STAGE_PRIORITY: dict[str, int] = {"reduce": 0, "collapse": 1, "direct": 1, "judge": 1, "map": 2}
+
+
+def _informative(partial: Partial | None) -> bool:
+    return partial is not None and partial.answer.has_information

@@ -22,7 +22,7 @@ from typing import Literal, TypeVar
 from tqdm import tqdm
 
 from ..errors import LlmxmrError, ServerUnavailableError, UsageError
-from ..pipeline import gather_or_cancel
+from ..scheduling import gather_or_cancel
 from ..trace import Trace
 
 Method = Literal["mr", "direct"]

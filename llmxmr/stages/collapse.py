@@ -26,6 +26,12 @@ def group_to_fit(sizes: list[int], budget: int) -> list[range]:
     return groups
 
 
+def pairs(partials: list[Partial]) -> list[list[Partial]]:
+    """Neighbours in pairs: the grouping when every partial is too large to share a group (each
+    alone over half the budget), so that collapsing still makes progress."""
+    return [partials[i : i + 2] for i in range(0, len(partials), 2)]
+
+
 def merged_indices(group: list[Partial]) -> list[int]:
     return sorted({index for partial in group for index in partial.chunk_indices})
 

@@ -1,0 +1,93 @@
+"""Async building blocks of the call scheduler: a semaphore that lets later stages jump the queue,
+and ordered consumption of results that finish in any order."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class PrioritySemaphore:
+    """A semaphore whose waiters are served lowest ``priority`` first, then first come.
+
+    Every map call of a long document is queued at the start; with a plain FIFO semaphore a
+    collapse call that becomes possible early would wait behind all of them, and the run's tail
+    would start only when the maps are done."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    async def acquire(self, priority: int = 0) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._order), waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # granted, then cancelled: pass the slot on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, waiter = heapq.heappop(self._waiters)
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes straight to the waiter
+                return
+        self._free += 1
+
+    def slot(self, priority: int = 0) -> _Slot:
+        return _Slot(self, priority)
+
+
+class _Slot:
+    def __init__(self, semaphore: PrioritySemaphore, priority: int) -> None:
+        self._semaphore = semaphore
+        self._priority = priority
+
+    async def __aenter__(self) -> None:
+        await self._semaphore.acquire(self._priority)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._semaphore.release()
+
+
+async def in_order(futures: Sequence[asyncio.Future[T]]) -> AsyncIterator[list[T]]:
+    """Yields the results in the order of ``futures``, in batches of those already finished, as
+    soon as each batch's turn comes; raises as soon as any of them fails, even one further on."""
+    position = 0
+    pending = set(futures)
+    while position < len(futures):
+        if not futures[position].done():
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                if not future.cancelled() and future.exception() is not None:
+                    raise future.exception()  # type: ignore[misc]
+        batch = []
+        while position < len(futures) and futures[position].done():
+            batch.append(futures[position].result())
+            position += 1
+        pending -= set(futures[position - len(batch) : position])
+        if batch:
+            yield batch
+
+
+async def gather_or_cancel(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+    """Run all, in order; if one raises, cancel the rest before re-raising (no orphan calls)."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

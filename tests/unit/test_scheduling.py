@@ -1,0 +1,168 @@
+"""The streaming scheduler: the barrier version's groups and answers, started earlier; and its
+building blocks (priority semaphore, ordered consumption)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+
+import pytest
+
+from llmxmr import MapReducePipeline, PipelineConfig
+from llmxmr.clients.base import ChatReply, ChatRequest
+from llmxmr.clients.fake import ScriptedClient
+from llmxmr.errors import LLMCallError
+from llmxmr.scheduling import PrioritySemaphore, in_order
+
+from ..conftest import WordCounter, final_reply, partial_reply
+
+SECTIONS = [f"Section {i} says the letter is {chr(65 + i % 26)} and nothing else matters here. " * 12 for i in range(24)]
+DOCUMENT = "\n\n".join(SECTIONS)
+
+
+def answers_in(request: ChatRequest) -> list[str]:
+    return re.findall(r"^Answer: (.+)$", request.messages[-1].content, flags=re.M)
+
+
+def respond(request: ChatRequest) -> str:
+    """Deterministic in the request: map answers its letters (none for every third section), a
+    collapse or reduce joins its partials' answers in order, so the final answer spells out the
+    whole grouping."""
+    text = request.messages[-1].content
+    if request.schema_name == "MapOutput":
+        sections = [int(n) for n in re.findall(r"Section (\d+) says", text.rsplit("<document_part>", 1)[1])]
+        kept = sorted({n for n in sections if n % 3})
+        if not kept:
+            return partial_reply(None, 0.0, info="", rationale="")
+        return partial_reply("".join(chr(65 + n % 26) for n in kept), 4.0, info="letters " * 20)
+    joined = "(" + "+".join(answers_in(request)) + ")"
+    if request.schema_name == "CollapseOutput":
+        return partial_reply(joined, 3.0, info="merged " * (12 * len(answers_in(request))))  # grows: rounds
+    return final_reply(joined)
+
+
+class JitteryClient(ScriptedClient):
+    """Replies after a random delay, so calls finish in a shuffled order."""
+
+    def __init__(self, seed: int, events: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(responder=respond, counter=WordCounter())
+        self._rng = random.Random(seed)
+        self.events = events if events is not None else []
+
+    async def chat(self, request: ChatRequest) -> ChatReply:
+        self.events.append(("start", request.schema_name or ""))
+        await asyncio.sleep(self._rng.uniform(0, 0.01))
+        reply = await super().chat(request)
+        self.events.append(("end", request.schema_name or ""))
+        return reply
+
+
+def run(scheduler: str, client: ScriptedClient, **overrides):
+    values = {"scheduler": scheduler, "chunking.chunk_tokens": 120, "llm.concurrency": 4, "llm.context_window": 700}
+    values.update({"generation.map_max_tokens": 64, "generation.collapse_max_tokens": 64, "generation.reduce_max_tokens": 64})
+    values.update(overrides)
+    return MapReducePipeline(PipelineConfig.load(**values), client=client).run(DOCUMENT, "Which letters?")
+
+
+def collapse_groups(client: ScriptedClient) -> list[tuple[str, ...]]:
+    return sorted(tuple(answers_in(r)) for r in client.requests if r.schema_name == "CollapseOutput")
+
+
+@pytest.mark.parametrize(("seed", "window", "rounds"), [(0, 700, 2), (1, 700, 2), (2, 700, 2), (3, 4000, 0)])
+def test_streaming_gives_the_barrier_versions_groups_and_answer(seed, window, rounds):
+    barrier_client, streaming_client = JitteryClient(seed), JitteryClient(seed + 100)
+    barrier = run("barrier", barrier_client, **{"llm.context_window": window})
+    streaming = run("streaming", streaming_client, **{"llm.context_window": window})
+    assert barrier.answer.startswith("(" * (rounds + 1) + "B")
+    assert streaming.answer == barrier.answer
+    assert collapse_groups(streaming_client) == collapse_groups(barrier_client)
+
+
+def test_a_collapse_starts_before_waiting_maps():
+    events: list[tuple[str, str]] = []
+    run("streaming", JitteryClient(5, events), **{"llm.concurrency": 2})
+    first_collapse = events.index(("start", "CollapseOutput"))
+    # Every map was queued from the start; the collapse jumped that queue.
+    assert ("start", "MapOutput") in events[first_collapse:]
+    barrier_events: list[tuple[str, str]] = []
+    run("barrier", JitteryClient(5, barrier_events), **{"llm.concurrency": 2})
+    assert barrier_events.index(("start", "CollapseOutput")) > max(
+        i for i, event in enumerate(barrier_events) if event == ("end", "MapOutput")
+    )
+
+
+def test_a_failure_cancels_every_call_of_the_run():
+    client = JitteryClient(3)
+    client.enqueue(LLMCallError("boom"))  # the first (warm-up) map call fails
+
+    with pytest.raises(LLMCallError):
+        run("streaming", client, on_chunk_error="fail")
+    assert client.in_flight == 0
+    assert not any(r.schema_name == "CollapseOutput" for r in client.requests)
+
+
+def test_priority_semaphore_serves_lower_priority_first_then_in_order():
+    async def scenario() -> list[str]:
+        semaphore = PrioritySemaphore(1)
+        order: list[str] = []
+        await semaphore.acquire()
+
+        async def take(name: str, priority: int) -> None:
+            async with semaphore.slot(priority):
+                order.append(name)
+
+        tasks = [asyncio.ensure_future(take(n, p)) for n, p in [("map1", 2), ("map2", 2), ("collapse", 1), ("reduce", 0)]]
+        await asyncio.sleep(0)
+        semaphore.release()
+        await asyncio.gather(*tasks)
+        return order
+
+    assert asyncio.run(scenario()) == ["reduce", "collapse", "map1", "map2"]
+
+
+def test_a_cancelled_waiter_does_not_lose_a_slot():
+    async def scenario() -> int:
+        semaphore = PrioritySemaphore(1)
+        await semaphore.acquire()
+        waiter = asyncio.ensure_future(semaphore.acquire())
+        await asyncio.sleep(0)
+        semaphore.release()  # granted to the waiter...
+        waiter.cancel()  # ...which is cancelled before it runs
+        await asyncio.gather(waiter, return_exceptions=True)
+        await asyncio.wait_for(semaphore.acquire(), 1)  # the slot came back
+        return semaphore._free
+
+    assert asyncio.run(scenario()) == 0
+
+
+def test_in_order_yields_in_order_and_fails_early():
+    async def scenario() -> tuple[list[list[int]], bool]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(3)]
+        seen: list[list[int]] = []
+
+        async def consume() -> None:
+            async for batch in in_order(futures):
+                seen.append(batch)
+
+        consumer = asyncio.ensure_future(consume())
+        futures[2].set_result(2)
+        futures[1].set_result(1)
+        await asyncio.sleep(0)
+        assert seen == []  # the first is not done: nothing may be yielded yet
+        futures[0].set_result(0)
+        await consumer
+
+        failing = [loop.create_future() for _ in range(2)]
+        failing[1].set_exception(ValueError("late one failed"))
+        try:
+            async for _ in in_order(failing):
+                pass
+        except ValueError:
+            return seen, not failing[0].done()
+        return seen, False
+
+    seen, raised_before_the_first_finished = asyncio.run(scenario())
+    assert seen == [[0, 1, 2]]
+    assert raised_before_the_first_finished
