@@ -7,10 +7,24 @@ import re
 from ..prompts import ChatMessage, PromptSet
 
 
+# The tags the map prompts put around a chunk. A document that contains them (this README does)
+# must not be able to close the quoted part early and speak as the prompt: inside a chunk they
+# get a zero-width space after "<", which keeps them readable and makes them different tags.
+DOCUMENT_TAGS = ("<document_part>", "</document_part>")
+_ZERO_WIDTH_SPACE = "\u200b"
+
+
+def quote_as_data(chunk_text: str) -> str:
+    """The chunk as the prompt quotes it: its copies of the delimiting tags defused."""
+    for tag in DOCUMENT_TAGS:
+        chunk_text = chunk_text.replace(tag, tag[0] + _ZERO_WIDTH_SPACE + tag[1:])
+    return chunk_text
+
+
 def map_messages(prompts: PromptSet, question: str, chunk_text: str) -> list[ChatMessage]:
     """System message, then instructions and question, then the chunk: a prefix shared by all
     map calls of a run."""
-    return prompts.messages("map", question=question, chunk=chunk_text)
+    return prompts.messages("map", question=question, chunk=quote_as_data(chunk_text))
 
 
 def checked_retrieval_answer(answer: str, evidence: str, request: str, chunk_text: str) -> tuple[str | None, str | None]:
