@@ -36,13 +36,29 @@ class MissingExtraError(UsageError):
         )
 
 
-class ServerUnavailableError(LlmxmrError):
+class ServerError(LlmxmrError):
+    """The server cannot serve this run at all: every call would fail the same way, so the run
+    (and a batch) stops instead of recording each call as failed."""
+
+
+class ServerUnavailableError(ServerError):
     """The LLM server could not be reached."""
 
     def __init__(self, base_url: str, cause: str) -> None:
         super().__init__(
             f"cannot reach the LLM server at {base_url} ({cause}); start one with "
             "'llmxmr serve' (SGLang) or leave --base-url unset to use the embedded model"
+        )
+        self.base_url = base_url
+
+
+class ServerRefusedError(ServerError):
+    """The server refused us, not the request: a bad or missing API key (401, 403)."""
+
+    def __init__(self, base_url: str, status: int, message: str) -> None:
+        super().__init__(
+            f"the LLM server at {base_url} refused the request (HTTP {status}: {message}); "
+            "check --api-key or LLMXMR_API_KEY"
         )
         self.base_url = base_url
 

@@ -21,7 +21,7 @@ from typing import Literal, TypeVar
 
 from tqdm import tqdm
 
-from ..errors import LlmxmrError, ServerUnavailableError, UsageError
+from ..errors import LlmxmrError, ServerError, UsageError
 from ..scheduling import gather_or_cancel
 from ..trace import Trace
 
@@ -70,7 +70,7 @@ async def run_each(
         async with semaphore:
             try:
                 result = await work(item)
-            except (ServerUnavailableError, MixedResults):
+            except (ServerError, MixedResults):
                 raise
             except LlmxmrError as exc:
                 failures += 1

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import httpx
 import openai
 
-from ..errors import LLMCallError, LlmxmrError, ServerUnavailableError
+from ..errors import LLMCallError, LlmxmrError, ServerRefusedError, ServerUnavailableError
 from ..retry import backoff_delay, is_retryable_status, parse_retry_after
 from ..tokens import ServerTokenCounter, TokenCounter
 from .base import ChatReply, ChatRequest
@@ -161,6 +161,8 @@ class OpenAICompatibleClient:
             try:
                 return await call()
             except openai.APIStatusError as exc:
+                if exc.status_code in (401, 403):
+                    raise ServerRefusedError(self.base_url, exc.status_code, _message(exc)) from exc
                 if last_try or not is_retryable_status(exc.status_code):
                     raise LLMCallError(
                         f"{self.describe()} answered HTTP {exc.status_code}: {_message(exc)}"

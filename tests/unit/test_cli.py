@@ -294,3 +294,35 @@ def test_run_with_a_cache_twice_asks_the_server_once(tmp_path):
         assert first.stdout == second.stdout == "12345\n"
         assert chats == 2 and sum(path == "/v1/chat/completions" for path, _ in server.requests) == chats
         assert "(2 from cache)" in second.stderr
+
+
+SECRET = "sk-llmxmr-test-0123456789abcdef"
+
+
+def test_the_api_key_appears_nowhere_but_the_authorization_header(tmp_path, monkeypatch):
+    """Results, traces, --json, summaries, prediction files, errors and tracebacks (-v) are all
+    searched for the key, from the flag and from the environment."""
+    from tests.conftest import final_reply, partial_reply
+    from tests.fake_server import Answer, completion, fake_server, models
+
+    monkeypatch.delenv("LLMXMR_RAISE_ERRORS")
+    document = tmp_path / "doc.txt"
+    document.write_text("The pass key is 12345. Filler follows.")
+    data_dir = _passkey_file(tmp_path, ["12345"])
+    replies = [completion(partial_reply("12345", 5, info="The pass key is 12345.")), completion(final_reply("12345"))]
+    outputs = []
+    with fake_server({"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": replies * 2}) as server:
+        common = ["--base-url", server.base_url, "--tokenizer", "tiktoken", "--no-progress"]
+        outputs.append(invoke("run", "--input", str(document), "--question", "What is the pass key?", "--api-key", SECRET, "--json", "--trace", str(tmp_path / "trace.json"), *common))
+        monkeypatch.setenv("LLMXMR_API_KEY", SECRET)
+        outputs.append(invoke("bench", "infinitebench", "--task", "passkey", "--data-dir", str(data_dir), "--out", str(tmp_path / "ib"), "--json", *common))
+        assert set(server.authorizations) == {f"Bearer {SECRET}"}
+    refusing = {"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": [Answer(401, {"error": {"message": "bad key"}})]}
+    with fake_server(refusing) as server:
+        outputs.append(invoke("run", "--input", str(document), "--question", "q", "--base-url", server.base_url, "-v", "--no-progress"))
+    outputs.append(invoke("run", "--input", str(document), "--question", "q", "--base-url", "http://127.0.0.1:9/v1", "-v"))
+    assert [r.exit_code for r in outputs] == [0, 0, 1, 1]
+    assert "refused the request (HTTP 401: bad key)" in outputs[2].output
+    texts = [r.output for r in outputs] + [p.read_text() for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".txt")]
+    assert all(SECRET not in text for text in texts)
+    assert all(SECRET[-8:] not in text for text in texts)

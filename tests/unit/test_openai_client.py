@@ -8,7 +8,7 @@ import pytest
 
 from llmxmr.clients.base import ChatRequest
 from llmxmr.clients.openai_compat import OpenAICompatibleClient
-from llmxmr.errors import LLMCallError
+from llmxmr.errors import LLMCallError, ServerRefusedError
 from llmxmr.prompts import ChatMessage
 from llmxmr.schemas import MapOutput, json_schema
 
@@ -90,11 +90,20 @@ def test_retries_5xx_and_429_honouring_retry_after():
     assert reply.text == "ok" and reply.transport_retries == 2
 
 
-@pytest.mark.parametrize("status", [400, 401, 404])
+@pytest.mark.parametrize("status", [400, 404])
 def test_no_retry_on_client_errors(status):
     scripts = {"/v1/models": [models("sglang")], "/v1/chat/completions": [Answer(status, {"error": {"message": "nope"}})]}
     with fake_server(scripts) as server:
         with pytest.raises(LLMCallError, match=f"sglang at {server.base_url} \\(test-model\\) answered HTTP {status}: nope"):
+            use(server.base_url, lambda c: c.chat(REQUEST))
+    assert sum(1 for path, _ in server.requests if path == "/v1/chat/completions") == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_stops_the_run_without_retry(status):
+    scripts = {"/v1/models": [models("sglang")], "/v1/chat/completions": [Answer(status, {"error": {"message": "bad key"}})]}
+    with fake_server(scripts) as server:
+        with pytest.raises(ServerRefusedError, match=f"refused the request \\(HTTP {status}: bad key\\); check --api-key"):
             use(server.base_url, lambda c: c.chat(REQUEST))
     assert sum(1 for path, _ in server.requests if path == "/v1/chat/completions") == 1
 

@@ -62,7 +62,7 @@ def download_task_file(task: str, revision: str) -> Path:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as exc:
-        raise MissingExtraError("--hf needs huggingface_hub: pip install 'llmxmr[hf]'") from exc
+        raise MissingExtraError("huggingface_hub", "hf", "--hf") from exc
     try:
         return Path(hf_hub_download(HF_DATASET, f"{task}.jsonl", repo_type="dataset", revision=revision))
     except Exception as exc:  # network, missing file or revision: one line, whatever the cause
@@ -92,7 +92,7 @@ def resolve_hf_revision(revision: str) -> str:
     try:
         from huggingface_hub import HfApi
     except ImportError as exc:
-        raise MissingExtraError("--hf needs huggingface_hub: pip install 'llmxmr[hf]'") from exc
+        raise MissingExtraError("huggingface_hub", "hf", "--hf") from exc
     try:
         sha = HfApi().dataset_info(HF_DATASET, revision=revision).sha
     except Exception as exc:

@@ -88,7 +88,7 @@ def draw_heatmap(grid: Grid, path: Path, title: str, max_score: float) -> None:
         import matplotlib.pyplot as plt
         from matplotlib.colors import LinearSegmentedColormap
     except ImportError as exc:
-        raise MissingExtraError("the heatmap needs matplotlib: pip install 'llmxmr[bench]'") from exc
+        raise MissingExtraError("matplotlib", "bench", "the heatmap") from exc
     values = [[float("nan") if s is None else s for s in row] for row in grid.scores]
     figure, axes = plt.subplots(figsize=(max(6.0, 0.9 * len(grid.lengths) + 3), max(4.0, 0.45 * len(grid.depths) + 2)))
     image = axes.imshow(
