@@ -134,7 +134,7 @@ def run(
     if not question.strip():
         raise UsageError("--question is empty")
     config = settings.load(task_type=task_type)
-    document = read_document(input_path)
+    document = read_document(input_path, max_bytes=int(config.max_document_mb * 2**20))
     result = MapReducePipeline(config, progress=not no_progress).run(document, question)
     if trace_path:
         Path(trace_path).write_text(result.model_dump_json(indent=2), encoding="utf-8")

@@ -68,6 +68,7 @@ class PipelineConfig(_Section):
     task_type: TaskFamily
     on_chunk_error: Literal["skip", "fail"]
     scheduler: Literal["streaming", "barrier"]
+    max_document_mb: float = Field(gt=0)
     llm: LLMSettings
     embedded: EmbeddedSettings
     chunking: ChunkingSettings

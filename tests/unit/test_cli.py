@@ -326,3 +326,15 @@ def test_the_api_key_appears_nowhere_but_the_authorization_header(tmp_path, monk
     texts = [r.output for r in outputs] + [p.read_text() for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".txt")]
     assert all(SECRET not in text for text in texts)
     assert all(SECRET[-8:] not in text for text in texts)
+
+
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path):
+    huge = tmp_path / "huge.txt"
+    with huge.open("wb") as handle:  # 1 GB, sparse: nothing is written, nothing could be read
+        handle.truncate(2**30)
+    result = invoke("run", "--input", str(huge), "--question", "q")
+    assert_one_line_error(result, 2, "is 1,024 MB, over the 256 MB limit")
+    small_limit = tmp_path / "limit.yaml"
+    small_limit.write_text("max_document_mb: 0.001\n")
+    result = invoke("run", "--input", "-", "--question", "q", "--config", str(small_limit), input=b"word " * 1000)
+    assert_one_line_error(result, 2, "standard input is more than 1 KB, over the 1 KB limit")
