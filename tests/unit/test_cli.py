@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import json
 import socket
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -44,10 +45,14 @@ def test_unreadable_file(tmp_path, monkeypatch):
     path = tmp_path / "secret.txt"
     path.write_text("text")
 
-    def refuse(self):
-        raise PermissionError(13, "Permission denied")
+    real_open = Path.open
 
-    monkeypatch.setattr("pathlib.Path.read_bytes", refuse)
+    def refuse(self, *args, **kwargs):
+        if self.name == "secret.txt":
+            raise PermissionError(13, "Permission denied")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr("pathlib.Path.open", refuse)
     assert_one_line_error(invoke("run", "--input", str(path), "--question", "q"), 2, "Permission denied")
 
 
