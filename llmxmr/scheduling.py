@@ -63,22 +63,34 @@ class _Slot:
 
 async def in_order(futures: Sequence[asyncio.Future[T]]) -> AsyncIterator[list[T]]:
     """Yields the results in the order of ``futures``, in batches of those already finished, as
-    soon as each batch's turn comes; raises as soon as any of them fails, even one further on."""
-    position = 0
-    pending = set(futures)
-    while position < len(futures):
-        if not futures[position].done():
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for future in done:
-                if not future.cancelled() and future.exception() is not None:
-                    raise future.exception()  # type: ignore[misc]
-        batch = []
-        while position < len(futures) and futures[position].done():
-            batch.append(futures[position].result())
-            position += 1
-        pending -= set(futures[position - len(batch) : position])
-        if batch:
-            yield batch
+    soon as each batch's turn comes; raises as soon as any of them fails, even one further on.
+
+    Linear in the number of futures: each gets one done-callback, and only the next one in line
+    is awaited (waiting on all pending futures at every step would be quadratic)."""
+    failed: asyncio.Future[asyncio.Future[T]] = asyncio.get_running_loop().create_future()
+
+    def watch(future: asyncio.Future[T]) -> None:
+        if not failed.done() and not future.cancelled() and future.exception() is not None:
+            failed.set_result(future)
+
+    for future in futures:
+        future.add_done_callback(watch)
+    try:
+        position = 0
+        while position < len(futures):
+            if not futures[position].done():
+                await asyncio.wait((futures[position], failed), return_when=asyncio.FIRST_COMPLETED)
+            if failed.done():
+                failed.result().result()  # raises the failure
+            batch = []
+            while position < len(futures) and futures[position].done():
+                batch.append(futures[position].result())
+                position += 1
+            if batch:
+                yield batch
+    finally:
+        for future in futures:
+            future.remove_done_callback(watch)
 
 
 async def gather_or_cancel(awaitables: Iterable[Awaitable[T]]) -> list[T]:

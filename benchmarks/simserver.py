@@ -1,0 +1,413 @@
+"""A simulated OpenAI-compatible server for the benchmarks: sampled latency, limited slots, schema-valid
+replies, no model.
+
+    python benchmarks/simserver.py [--port 0] [--latency fixed:0.05|lognormal:0.05,0.5] [--slots 64]
+                                   [--seed 0] [--info-rate 0.2] [--reply-tokens 200]
+                                   [--max-model-len 32768] [--log FILE]
+
+It runs in its own process (``start_server`` launches it), so its CPU is not the pipeline's. A plain
+``asyncio`` HTTP/1.1 server with keep-alive (no dependencies beyond the standard library):
+
+* ``GET /v1/models``: one model, ``owned_by: "sglang"``, ``max_model_len`` (``--max-model-len``).
+* ``POST /v1/chat/completions``: waits for one of ``--slots`` service slots (the others queue, as
+  requests wait for a real server's batch), holds it for the sampled latency, then answers with a
+  reply valid for the schema the request names in ``response_format`` (title or name):
+  ``MapOutput`` carries an answer for ``--info-rate`` of the prompts (decided by a hash of the
+  last message, so the same chunk always gets the same verdict) and ``null`` otherwise;
+  ``CollapseOutput`` always carries one (a merge of informative partials); ``FinalAnswer`` has
+  ``supporting_chunks: []``. ``usage`` is approximate: characters // 4.
+* ``GET /sim/stats``: requests served, most requests in service and waiting at once (since the
+  start, or since the last ``POST /sim/reset``, which restarts those two maxima).
+* anything else: 404 (so the client's tokenize probe falls back to tiktoken).
+
+Latency: ``fixed:S`` is S seconds for every request; ``lognormal:M,SIGMA`` is M * exp(SIGMA * z) with
+z standard normal, drawn from a generator seeded by ``--seed`` and a hash of the request's messages
+(so a rerun applies the same latencies to the same prompts). The latency applied is reported three
+ways: the ``x-sim-latency-s`` response header, the reply id (``simcmpl-<latency>-<n>``), and a tag
+``[sim latency_s=...]`` at the end of the reply's ``rationale``, which reaches the pipeline's trace
+(``CallRecord.output``); ``latency_of`` reads it back.
+
+``--log FILE`` appends one JSON line per completion: the messages received, the schema name, the
+reply text and the latency.
+
+``--port 0`` picks a free port; the first line on stdout is always ``listening on <base_url>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import random
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MODEL = "sim-model"
+LATENCY_TAG = re.compile(r"\[sim latency_s=([0-9.]+)\]")
+# fmt: off
+_WORDS = [
+    "the", "harbour", "ledger", "names", "a", "tenant", "who", "paid", "rent", "for", "the",
+    "northern", "estate", "before", "the", "winter", "storms", "closed", "the", "road", "and", "the",
+    "steward", "wrote", "every", "payment", "into", "the", "book", "with", "the", "date", "and", "the",
+    "name", "of", "the", "witness", "who", "signed", "beside", "it",
+]
+# fmt: on
+
+
+@dataclass(frozen=True)
+class Latency:
+    kind: str  # "fixed" or "lognormal"
+    median_s: float
+    sigma: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> Latency:
+        """``fixed:0.05`` or ``lognormal:0.05,0.5`` (median seconds, sigma)."""
+        kind, _, params = text.partition(":")
+        try:
+            values = [float(v) for v in params.split(",")] if params else []
+        except ValueError:
+            values = []
+        if kind == "fixed" and len(values) == 1 and values[0] >= 0:
+            return cls("fixed", values[0])
+        if kind == "lognormal" and len(values) == 2 and values[0] > 0 and values[1] >= 0:
+            return cls("lognormal", values[0], values[1])
+        raise ValueError(f"bad latency {text!r}: use fixed:SECONDS or lognormal:MEDIAN,SIGMA")
+
+    def sample(self, seed: int, key: bytes) -> float:
+        if self.kind == "fixed":
+            return self.median_s
+        rng = random.Random(hashlib.sha256(seed.to_bytes(8, "little", signed=True) + key).digest())
+        return self.median_s * math.exp(self.sigma * rng.gauss(0.0, 1.0))
+
+    def __str__(self) -> str:
+        return f"fixed:{self.median_s:g}" if self.kind == "fixed" else f"lognormal:{self.median_s:g},{self.sigma:g}"
+
+
+def latency_of(output: dict[str, Any] | None) -> float | None:
+    """The latency the server applied to a call, read back from the call's recorded output."""
+    found = LATENCY_TAG.search(str((output or {}).get("rationale", "")))
+    return float(found.group(1)) if found else None
+
+
+def _filler(seed: bytes, characters: int) -> str:
+    """Deterministic prose of about ``characters`` characters."""
+    start = seed[0] % len(_WORDS)
+    words: list[str] = []
+    length = 0
+    i = start
+    while length < characters:
+        word = _WORDS[i % len(_WORDS)]
+        words.append(word)
+        length += len(word) + 1
+        i += 1
+    return " ".join(words)
+
+
+class SimServer:
+    def __init__(
+        self,
+        latency: Latency,
+        slots: int,
+        seed: int,
+        info_rate: float,
+        reply_tokens: int,
+        max_model_len: int,
+        log: Path | None,
+    ) -> None:
+        self.latency = latency
+        self.slots = asyncio.Semaphore(slots)
+        self.slot_count = slots
+        self.seed = seed
+        self.info_rate = info_rate
+        self.reply_tokens = reply_tokens
+        self.max_model_len = max_model_len
+        self.log = log.open("a", encoding="utf-8") if log else None
+        self.served = 0
+        self.in_service = self.waiting = 0
+        self.max_in_service = self.max_waiting = 0
+        self.busy_s = 0.0
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request_line = await reader.readline()
+                if not request_line.strip():
+                    break
+                method, target, version = request_line.decode("latin-1").split(maxsplit=2)
+                headers: dict[str, str] = {}
+                while True:
+                    line = await reader.readline()
+                    if line in (b"\r\n", b"\n", b""):
+                        break
+                    name, _, value = line.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                body = await self._body(reader, headers)
+                status, payload, extra = await self.route(method, target.split("?")[0], body)
+                keep_alive = headers.get("connection", "").lower() != "close" and version.strip() == "HTTP/1.1"
+                data = json.dumps(payload).encode()
+                head = [
+                    f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}",
+                    "Content-Type: application/json",
+                    f"Content-Length: {len(data)}",
+                    f"Connection: {'keep-alive' if keep_alive else 'close'}",
+                    *(f"{k}: {v}" for k, v in extra.items()),
+                ]
+                writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
+                await writer.drain()
+                if not keep_alive:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    @staticmethod
+    async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+        if "content-length" in headers:
+            return await reader.readexactly(int(headers["content-length"]))
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int((await reader.readline()).split(b";")[0].strip(), 16)
+                if size == 0:
+                    while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(parts)
+                parts.append(await reader.readexactly(size))
+                await reader.readline()
+        return b""
+
+    async def route(self, method: str, path: str, body: bytes) -> tuple[int, Any, dict[str, str]]:
+        if method == "GET" and path == "/v1/models":
+            card = {
+                "id": MODEL,
+                "object": "model",
+                "created": 0,
+                "owned_by": "sglang",
+                "max_model_len": self.max_model_len,
+            }
+            return 200, {"object": "list", "data": [card]}, {}
+        if method == "POST" and path == "/v1/chat/completions":
+            try:
+                request = json.loads(body)
+            except ValueError:
+                return 400, {"error": {"message": "the body is not JSON"}}, {}
+            return await self.complete(request)
+        if method == "GET" and path == "/sim/stats":
+            return 200, self.stats(), {}
+        if method == "POST" and path == "/sim/reset":
+            self.max_in_service, self.max_waiting = self.in_service, self.waiting
+            return 200, self.stats(), {}
+        return 404, {"error": {"message": f"no route {method} {path}"}}, {}
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "served": self.served,
+            "in_service": self.in_service,
+            "waiting": self.waiting,
+            "max_in_service": self.max_in_service,
+            "max_waiting": self.max_waiting,
+            "busy_s": round(self.busy_s, 4),
+            "latency": str(self.latency),
+            "slots": self.slot_count,
+        }
+
+    # -- completions --------------------------------------------------------------------------
+
+    async def complete(self, request: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        messages = request.get("messages") or []
+        key = json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()
+        latency = self.latency.sample(self.seed, hashlib.sha256(key).digest())
+        schema = _schema_name(request.get("response_format"))
+        self.waiting += 1
+        self.max_waiting = max(self.max_waiting, self.waiting)
+        async with self.slots:
+            self.waiting -= 1
+            self.in_service += 1
+            self.max_in_service = max(self.max_in_service, self.in_service)
+            try:
+                await asyncio.sleep(latency)
+            finally:
+                self.in_service -= 1
+        self.served += 1
+        self.busy_s += latency
+        last = str(messages[-1].get("content", "")) if messages else ""
+        text = json.dumps(self.reply(schema, last, latency), ensure_ascii=False)
+        prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
+        completion_tokens = max(1, len(text) // 4)
+        if self.log:
+            self.log.write(
+                json.dumps(
+                    {"schema": schema, "messages": messages, "reply": text, "latency_s": latency}, ensure_ascii=False
+                )
+                + "\n"
+            )
+            self.log.flush()
+        body = {
+            "id": f"simcmpl-{latency:.6f}-{self.served}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.get("model", MODEL),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {
+                "prompt_tokens": prompt_chars // 4,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_chars // 4 + completion_tokens,
+            },
+        }
+        return 200, body, {"x-sim-latency-s": f"{latency:.6f}"}
+
+    def reply(self, schema: str, last_message: str, latency: float) -> dict[str, Any]:
+        digest = hashlib.sha256(last_message.encode()).digest()
+        tag = f"[sim latency_s={latency:.6f}]"
+        if schema == "FinalAnswer":
+            return {
+                "rationale": f"{_filler(digest, self.reply_tokens * 2)} {tag}",
+                "answer": f"final answer {digest[:4].hex()}",
+                "confidence": 4.0,
+                "supporting_chunks": [],
+            }
+        informative = schema == "CollapseOutput" or int.from_bytes(digest[:8], "big") / 2**64 < self.info_rate
+        if not informative:
+            return {"extracted_information": "", "rationale": tag, "answer": None, "confidence": 0}
+        # About reply_tokens tokens of text at ~4 characters a token, 2/3 information, 1/3 rationale.
+        return {
+            "extracted_information": _filler(digest, self.reply_tokens * 8 // 3),
+            "rationale": f"{_filler(digest[1:], self.reply_tokens * 4 // 3)} {tag}",
+            "answer": f"answer {digest[:4].hex()}",
+            "confidence": 4.0,
+        }
+
+
+def _schema_name(response_format: Any) -> str:
+    """The schema's name (``json_schema`` form) or title (``json_object`` + ``schema`` form)."""
+    if not isinstance(response_format, dict):
+        return "MapOutput"
+    wrapped = response_format.get("json_schema")
+    if isinstance(wrapped, dict):
+        return str(wrapped.get("name") or (wrapped.get("schema") or {}).get("title") or "MapOutput")
+    schema = response_format.get("schema")
+    if isinstance(schema, dict):
+        return str(schema.get("title") or "MapOutput")
+    return "MapOutput"
+
+
+async def serve(args: argparse.Namespace) -> None:
+    sim = SimServer(
+        Latency.parse(args.latency),
+        args.slots,
+        args.seed,
+        args.info_rate,
+        args.reply_tokens,
+        args.max_model_len,
+        args.log,
+    )
+    server = await asyncio.start_server(sim.handle, args.host, args.port, limit=2**22, backlog=4096)
+    port = server.sockets[0].getsockname()[1]
+    print(f"listening on http://{args.host}:{port}/v1", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port (printed on stdout)")
+    parser.add_argument("--latency", default="fixed:0.05", help="fixed:SECONDS or lognormal:MEDIAN,SIGMA")
+    parser.add_argument("--slots", type=int, default=64, help="requests in service at once; the rest wait")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--info-rate", type=float, default=0.2, help="share of map prompts answered with information")
+    parser.add_argument("--reply-tokens", type=int, default=200, help="approximate tokens of an informative reply")
+    parser.add_argument("--max-model-len", type=int, default=32768)
+    parser.add_argument("--log", type=Path, default=None, help="append each completion's messages and reply (JSONL)")
+    args = parser.parse_args(argv)
+    Latency.parse(args.latency)  # fail early on a bad spec
+    if args.slots < 1:
+        parser.error("--slots must be at least 1")
+    return args
+
+
+@contextlib.contextmanager
+def start_server(
+    *,
+    latency: str = "fixed:0.05",
+    slots: int = 64,
+    seed: int = 0,
+    info_rate: float = 0.2,
+    reply_tokens: int = 200,
+    max_model_len: int = 32768,
+    log: Path | None = None,
+    startup_timeout_s: float = 30.0,
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Launch the simulated server in a subprocess on a free port; yields ``(base_url, process)``
+    once ``/v1/models`` answers, and stops the process on exit."""
+    import httpx
+
+    command = [
+        sys.executable, str(Path(__file__).resolve()), "--port", "0", "--latency", latency, "--slots", str(slots),
+        "--seed", str(seed), "--info-rate", str(info_rate), "--reply-tokens", str(reply_tokens),
+        "--max-model-len", str(max_model_len),
+    ]  # fmt: skip
+    if log is not None:
+        command += ["--log", str(log)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline().strip()  # blocks until the server is bound (or has died)
+        if not first.startswith("listening on "):
+            raise RuntimeError(f"the simulated server did not start (exit code {process.poll()}): {first!r}")
+        base_url = first.removeprefix("listening on ")
+        deadline = time.monotonic() + startup_timeout_s
+        while True:
+            try:
+                if httpx.get(f"{base_url}/models", timeout=2.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the simulated server at {base_url} does not answer /v1/models")
+            time.sleep(0.05)
+        yield base_url, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def server_stats(base_url: str, *, reset: bool = False) -> dict[str, Any]:
+    """The server's ``/sim/stats``; with ``reset``, then restarts its maxima (``/sim/reset``)."""
+    import httpx
+
+    root = base_url.rstrip("/").removesuffix("/v1")
+    if reset:
+        return httpx.post(f"{root}/sim/reset", timeout=5.0).json()
+    return httpx.get(f"{root}/sim/stats", timeout=5.0).json()
+
+
+def main() -> None:
+    args = parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()
