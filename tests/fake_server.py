@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Union
 
 
 @dataclass
@@ -38,17 +38,22 @@ def completion(content: str, *, prompt_tokens: int = 10, completion_tokens: int 
     )
 
 
+# A script is a list of answers given in turn (the last one repeats), or a function of the
+# request body.
+Script = Union[list[Answer], Callable[[Any], Answer]]
+
+
 @dataclass
 class FakeServer:
-    """``scripts[path]`` is a list of answers given in turn (the last one repeats)."""
-
-    scripts: dict[str, list[Answer]]
+    scripts: dict[str, Script]
     requests: list[tuple[str, Any]] = field(default_factory=list)
     authorizations: list[str] = field(default_factory=list)
     base_url: str = ""
 
-    def answer(self, path: str) -> Answer:
+    def answer(self, path: str, body: Any) -> Answer:
         script = self.scripts.get(path)
+        if callable(script):
+            return script(body)
         if not script:
             return Answer(404, {"error": {"message": f"no route {path}"}})
         return script.pop(0) if len(script) > 1 else script[0]
@@ -59,7 +64,7 @@ def models(owned_by: str, **card: Any) -> Answer:
 
 
 @contextmanager
-def fake_server(scripts: dict[str, list[Answer]]) -> Iterator[FakeServer]:
+def fake_server(scripts: dict[str, Script]) -> Iterator[FakeServer]:
     server = FakeServer(scripts)
 
     class Handler(BaseHTTPRequestHandler):
@@ -68,7 +73,7 @@ def fake_server(scripts: dict[str, list[Answer]]) -> Iterator[FakeServer]:
             raw = self.rfile.read(length) if length else b""
             server.requests.append((self.path, json.loads(raw) if raw else None))
             server.authorizations.append(self.headers.get("Authorization", ""))
-            answer = server.answer(self.path)
+            answer = server.answer(self.path, json.loads(raw) if raw else None)
             payload = json.dumps(answer.body).encode()
             self.send_response(answer.status)
             self.send_header("Content-Type", "application/json")
