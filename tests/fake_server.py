@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,9 +15,16 @@ from typing import Any, Union
 
 @dataclass
 class Answer:
+    """One reply. Faults: ``delay_s`` before answering (past a client's timeout: a hang), ``raw``
+    bytes sent as the body instead of JSON (non-JSON, truncated JSON), ``reset`` to close the
+    connection after half the body has been sent."""
+
     status: int = 200
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    raw: bytes | None = None
+    reset: bool = False
 
 
 def completion(content: str, *, prompt_tokens: int = 10, completion_tokens: int = 5, cached: int | None = None) -> Answer:
@@ -49,6 +58,9 @@ class FakeServer:
     requests: list[tuple[str, Any]] = field(default_factory=list)
     authorizations: list[str] = field(default_factory=list)
     base_url: str = ""
+    in_flight: int = 0
+    max_in_flight: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, path: str, body: Any) -> Answer:
         script = self.scripts.get(path)
@@ -73,14 +85,30 @@ def fake_server(scripts: dict[str, Script]) -> Iterator[FakeServer]:
             raw = self.rfile.read(length) if length else b""
             server.requests.append((self.path, json.loads(raw) if raw else None))
             server.authorizations.append(self.headers.get("Authorization", ""))
-            answer = server.answer(self.path, json.loads(raw) if raw else None)
-            payload = json.dumps(answer.body).encode()
+            with server._lock:
+                server.in_flight += 1
+                server.max_in_flight = max(server.max_in_flight, server.in_flight)
+            try:
+                self._send(server.answer(self.path, json.loads(raw) if raw else None))
+            finally:
+                with server._lock:
+                    server.in_flight -= 1
+
+        def _send(self, answer: Answer) -> None:
+            time.sleep(answer.delay_s)
+            payload = answer.raw if answer.raw is not None else json.dumps(answer.body).encode()
             self.send_response(answer.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             for name, value in answer.headers.items():
                 self.send_header(name, value)
             self.end_headers()
+            if answer.reset:
+                self.wfile.write(payload[: len(payload) // 2])
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return
             self.wfile.write(payload)
 
         do_GET = do_POST = _reply
@@ -89,6 +117,7 @@ def fake_server(scripts: dict[str, Script]) -> Iterator[FakeServer]:
             pass
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]  # clients that hang up
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     server.base_url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"

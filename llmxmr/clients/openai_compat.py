@@ -176,7 +176,8 @@ class OpenAICompatibleClient:
                 if last_try:
                     raise ServerUnavailableError(self.base_url, _cause(exc)) from exc
                 delay = backoff_delay(retry)
-            except openai.APIError as exc:  # a reply the SDK cannot read: not worth repeating
+            except (openai.APIError, ValueError) as exc:  # a body that is not the JSON it should be
+                # (an HTML error page, a cut-off reply): not worth repeating
                 raise LLMCallError(f"{self.describe()} sent an unreadable reply: {exc}") from exc
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last try raises or returns")

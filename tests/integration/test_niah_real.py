@@ -1,0 +1,39 @@
+"""A small needle-in-a-haystack grid end to end against the real llama.cpp server."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from llmxmr.cli import main
+
+from .conftest import FILLER, PASS_KEY, SERVER_N_CTX
+
+
+def test_small_grid_over_http_then_resume(llama_server, tmp_path):
+    haystack = tmp_path / "filler.txt"
+    haystack.write_text(FILLER * 400, encoding="utf-8")
+    out = tmp_path / "grid"
+    args = [
+        "bench", "niah", "--haystack", str(haystack), "--lengths", "1k,3k", "--depths", "0,100",
+        "--needle", f"The pass key is {PASS_KEY}. Remember it. {PASS_KEY} is the pass key.",
+        "--question", "What is the pass key?", "--answer", PASS_KEY,
+        "--base-url", llama_server, "--context-window", str(SERVER_N_CTX), "--chunk-tokens", "2048",
+        "--out", str(out), "--no-progress", "--json",
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)["summary"]
+    assert summary["cells"] == 4 and summary["calls"] >= 8  # a map and a reduce per cell at least
+    cells = [json.loads(path.read_text()) for path in sorted((out / "cells").glob("*.json"))]
+    assert {(c["context_length"], c["depth_percent"]) for c in cells} == {(1024, 0), (1024, 100), (3072, 0), (3072, 100)}
+    assert all(c["model"].startswith("llama-cpp-python") or c["model"] for c in cells)
+    assert summary["mean_score"] >= 0.75, [c["response"] for c in cells]
+    assert (out / "heatmap.png").stat().st_size > 0 and (out / "grid.csv").exists()
+
+    stamps = {path.name: path.stat().st_mtime_ns for path in (out / "cells").glob("*.json")}
+    again = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert {path.name: path.stat().st_mtime_ns for path in (out / "cells").glob("*.json")} == stamps
+    assert json.loads(again.stdout)["summary"] == summary
