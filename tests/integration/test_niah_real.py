@@ -16,7 +16,7 @@ def test_small_grid_over_http_then_resume(llama_server, tmp_path):
     haystack.write_text(FILLER * 400, encoding="utf-8")
     out = tmp_path / "grid"
     args = [
-        "bench", "niah", "--haystack", str(haystack), "--lengths", "1k,3k", "--depths", "0,100",
+        "bench", "niah", "--haystack", str(haystack), "--lengths", "2k,3k", "--depths", "25,75",
         "--needle", f"The pass key is {PASS_KEY}. Remember it. {PASS_KEY} is the pass key.",
         "--question", "What is the pass key?", "--answer", PASS_KEY,
         "--base-url", llama_server, "--context-window", str(SERVER_N_CTX), "--chunk-tokens", "2048",
@@ -27,8 +27,8 @@ def test_small_grid_over_http_then_resume(llama_server, tmp_path):
     summary = json.loads(result.stdout)["summary"]
     assert summary["cells"] == 4 and summary["calls"] >= 8  # a map and a reduce per cell at least
     cells = [json.loads(path.read_text()) for path in sorted((out / "cells").glob("*.json"))]
-    assert {(c["context_length"], c["depth_percent"]) for c in cells} == {(1024, 0), (1024, 100), (3072, 0), (3072, 100)}
-    assert all(c["model"].startswith("llama-cpp-python") or c["model"] for c in cells)
+    assert {(c["context_length"], c["depth_percent"]) for c in cells} == {(2048, 25), (2048, 75), (3072, 25), (3072, 75)}
+    assert all(c["model"].startswith("llama-cpp-python at ") for c in cells)
     assert summary["mean_score"] >= 0.75, [c["response"] for c in cells]
     assert (out / "heatmap.png").stat().st_size > 0 and (out / "grid.csv").exists()
 
