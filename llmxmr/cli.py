@@ -148,6 +148,7 @@ def run(
 def _summary(result: PipelineResult) -> str:
     totals = result.trace.totals
     failed = f", {len(result.failed_calls)} failed" if result.failed_calls else ""
+    failed += f" ({len(result.unread_chunks)} of {len(result.chunks)} chunks unread)" if result.unread_chunks else ""
     reasks = f" ({totals.requests} requests)" if totals.requests != totals.calls else ""
     reasks += f" ({totals.cache_hits} from cache)" if totals.cache_hits else ""
     return (

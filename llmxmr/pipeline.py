@@ -54,6 +54,9 @@ class PipelineResult(BaseModel):
     found: bool
     model: str
     chunks: list[ChunkSpan]
+    # Chunks whose map call failed for good: their text was not read. The confidence is scaled by
+    # the share of chunks that were read, since the answer may sit in the ones that were not.
+    unread_chunks: list[int]
     failed_calls: list[CallRecord]
     trace: Trace
 
@@ -130,16 +133,18 @@ class _Run:
         finally:
             self.bar.close()
             self.trace.wall_time_s = time.perf_counter() - started
+        unread = sorted(i for record in self.failed if record.stage == "map" for i in record.chunk_indices)
         return PipelineResult(
             question=question,
             task_type=self.config.task_type,
             answer=final.answer,
             rationale=final.rationale,
-            confidence=final.confidence,
+            confidence=round(final.confidence * (1 - len(unread) / len(chunks)), 3) if unread else final.confidence,
             supporting_chunks=final.supporting_chunks,
             found=found,
             model=self.client.describe(),
             chunks=[ChunkSpan(index=c.index, start=c.start, end=c.end, tokens=c.tokens) for c in chunks],
+            unread_chunks=unread,
             failed_calls=self.failed,
             trace=self.trace,
         )

@@ -83,3 +83,83 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     assert len(resumed) == len({i for i, _ in resumed}) == EXAMPLES
     assert sorted(resumed) == sorted(predictions(tmp_path / "whole"))
     assert all(prediction == str(10000 + i) for i, prediction in resumed)
+
+
+def test_ctrl_c_stops_cleanly_keeps_finished_work_and_says_how_to_resume(tmp_path):
+    import signal
+
+    data = tmp_path / "data"
+    write_data(data)
+    out = tmp_path / "out"
+    preds = out / "preds_passkey.jsonl"
+    scripts = {"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": respond}
+    with fake_server(scripts) as server:
+        process = subprocess.Popen(command(server.base_url, data, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        while process.poll() is None and (not preds.exists() or preds.read_text().count("\n") < 5):
+            time.sleep(0.005)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        requests_at_exit = len(server.requests)
+        time.sleep(0.3)
+        assert len(server.requests) == requests_at_exit  # no call outlives the process
+        assert process.returncode == 130, stderr.decode()
+        assert "rerun the same command to resume" in stderr.decode()
+        assert "Traceback" not in stderr.decode()
+        kept = predictions(out)
+        assert 5 <= len(kept) < EXAMPLES
+        finished = subprocess.run(command(server.base_url, data, out), capture_output=True, timeout=300)
+        assert finished.returncode == 0, finished.stderr.decode()
+    assert sorted(predictions(out)) == [(i, str(10000 + i)) for i in range(EXAMPLES)]
+
+
+def respond_niah(body: dict) -> Answer:
+    time.sleep(0.02)
+    text = body["messages"][-1]["content"]
+    if body["response_format"]["json_schema"]["name"] == "MapOutput":
+        if "XYZZY" in text.rsplit("<document_part>", 1)[1]:
+            return completion(partial_reply("XYZZY", 5.0, info="The magic word is XYZZY."))
+        return completion(partial_reply(None, 0.0, info="", rationale=""))
+    return completion(final_reply("XYZZY" if "XYZZY" in text else "none"))
+
+
+def niah_command(base_url: str, haystack: Path, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "llmxmr", "bench", "niah", "--haystack", str(haystack), "--lengths", "300:900:4",
+        "--depths", "0:100:6", "--buffer", "50", "--needle", "The magic word is XYZZY.", "--question",
+        "What is the magic word?", "--answer", "XYZZY", "--base-url", base_url, "--tokenizer", "tiktoken",
+        "--chunk-tokens", "100", "--cells-in-flight", "3", "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+
+
+def cells(out: Path) -> dict[str, tuple]:
+    found = {}
+    for path in (out / "cells").glob("*.json"):
+        cell = json.loads(path.read_text())  # whole files only: each parses
+        found[path.name] = (cell["context_length"], cell["depth_percent"], cell["response"], cell["score"])
+    return found
+
+
+def test_sigkill_during_a_niah_grid_loses_no_cell(tmp_path):
+    haystack = tmp_path / "hay.txt"
+    haystack.write_text(" ".join(f"Sentence number {i} is plain filler." for i in range(400)))
+    rng = random.Random(1)
+    with fake_server({"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": respond_niah}) as server:
+        whole = subprocess.run(niah_command(server.base_url, haystack, tmp_path / "whole"), capture_output=True, timeout=300)
+        assert whole.returncode == 0, whole.stderr.decode()
+        out = tmp_path / "killed"
+        kills = 0
+        while kills < 4:
+            target = len(list((out / "cells").glob("*.json"))) + rng.randint(2, 5) if (out / "cells").exists() else 2
+            process = subprocess.Popen(niah_command(server.base_url, haystack, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while process.poll() is None and (not (out / "cells").exists() or len(list((out / "cells").glob("*.json"))) < target):
+                time.sleep(0.005)
+            if process.poll() is not None:
+                break
+            time.sleep(rng.uniform(0, 0.05))
+            process.kill()
+            process.wait()
+            kills += 1
+        finished = subprocess.run(niah_command(server.base_url, haystack, out), capture_output=True, timeout=300)
+        assert finished.returncode == 0, finished.stderr.decode()
+    assert kills >= 2
+    assert len(cells(out)) == 24 and cells(out) == cells(tmp_path / "whole")

@@ -123,6 +123,11 @@ def test_a_chunk_that_keeps_failing_is_recorded_and_the_run_goes_on():
     assert result.failed_calls[0].chunk_indices == [0]
     assert "no valid MapOutput after 3 attempt(s)" in result.failed_calls[0].error
     assert result.answer == "KEY-77"
+    assert result.unread_chunks == [0]
+    reference = run(new_client(), config(**{"llm.concurrency": 1}))
+    assert not reference.unread_chunks
+    expected = reference.confidence * (1 - 1 / len(result.chunks))
+    assert result.confidence == pytest.approx(expected, abs=1e-3) and result.confidence < reference.confidence
 
 
 def test_on_chunk_error_fail_stops_the_run():
