@@ -65,6 +65,7 @@ _LLM_FLAGS = {
     "tokenizer": "llm.tokenizer",
     "chunk_tokens": "chunking.chunk_tokens",
     "cache": "llm.cache",
+    "on_chunk_error": "on_chunk_error",
 }
 
 
@@ -98,6 +99,11 @@ def _llm_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--context-window", type=click.IntRange(min=1), help="Model context window in tokens."),
         click.option("--tokenizer", help="auto, tiktoken, server, or a local Hugging Face tokenizer directory."),
         click.option("--cache", type=click.Path(dir_okay=False), help="SQLite file of LLM replies: reruns reuse them."),
+        click.option(
+            "--on-chunk-error",
+            type=click.Choice(["skip", "fail"]),
+            help="A chunk whose call keeps failing: skip it (recorded, confidence scaled) or stop the run.",
+        ),
     ]
     for option in reversed(options):
         wrapper = option(wrapper)

@@ -60,6 +60,8 @@ class FakeServer:
     base_url: str = ""
     in_flight: int = 0
     max_in_flight: int = 0
+    open_connections: int = 0
+    max_open_connections: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, path: str, body: Any) -> Answer:
@@ -80,6 +82,19 @@ def fake_server(scripts: dict[str, Script]) -> Iterator[FakeServer]:
     server = FakeServer(scripts)
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as real servers: clients reuse connections
+
+        def setup(self) -> None:
+            super().setup()
+            with server._lock:
+                server.open_connections += 1
+                server.max_open_connections = max(server.max_open_connections, server.open_connections)
+
+        def finish(self) -> None:
+            with server._lock:
+                server.open_connections -= 1
+            super().finish()
+
         def _reply(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""

@@ -162,4 +162,34 @@ def test_a_pipeline_under_faults_never_repeats_a_call_that_succeeded_nor_exceeds
     assert len(result.chunks) > 10 and not result.failed_calls
     assert all(times == 1 for times in answered.values())
     assert len(answered) == len(result.chunks)  # every map prompt answered exactly once
-    assert server.max_in_flight <= 3
+    assert server.max_in_flight <= 3 and server.max_open_connections <= 3
+
+
+def test_a_chunk_that_keeps_failing_is_skipped_or_stops_the_run_from_the_command_line(tmp_path):
+    from click.testing import CliRunner
+
+    from llmxmr.cli import main
+
+    def respond(body: dict) -> Answer:
+        part = body["messages"][-1]["content"].rsplit("<document_part>", 1)[-1]
+        if "POISON" in part:
+            return Answer(503, {"error": {"message": "overloaded"}})
+        if body["response_format"]["json_schema"]["name"] == "MapOutput":
+            found = "12345" in part
+            return completion(partial_reply("12345" if found else None, 5.0 if found else 0.0, info="The pass key is 12345." if found else ""))
+        return completion(final_reply("12345"))
+
+    document = tmp_path / "doc.txt"
+    filler = [f"Filler sentence {i}." for i in range(400)]
+    document.write_text(" ".join([*filler[:300], "The pass key is 12345.", *filler[300:]]) + "\n\n" + "POISON here. " * 20)
+    with fake_server({"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": respond}) as server:
+        args = ["run", "--input", str(document), "--question", "What is the pass key?", "--task-type", "retrieval"]
+        args += ["--base-url", server.base_url, "--tokenizer", "tiktoken", "--chunk-tokens", "200", "--no-progress"]
+        skipped = CliRunner().invoke(main, [*args, "--json"], catch_exceptions=False)
+        assert skipped.exit_code == 0, skipped.output
+        result = json.loads(skipped.stdout)
+        assert result["answer"] == "12345" and result["unread_chunks"] == [len(result["chunks"]) - 1]
+        assert result["confidence"] < 4.5 and "HTTP 503: overloaded" in result["failed_calls"][0]["error"]
+        stopped = CliRunner().invoke(main, [*args, "--on-chunk-error", "fail"], catch_exceptions=False)
+    assert stopped.exit_code == 1
+    assert re.search(rf"error: map call for chunk\(s\) \[\d+\] failed: .*{re.escape(server.base_url)}.*HTTP 503: overloaded", stopped.output)
