@@ -64,4 +64,8 @@ class ServerRefusedError(ServerError):
 
 
 class LLMCallError(LlmxmrError):
-    """An LLM call failed for good (after the retries that could help)."""
+    """An LLM call failed for good (after the retries that could help, counted here)."""
+
+    def __init__(self, message: str, transport_retries: int = 0) -> None:
+        super().__init__(message)
+        self.transport_retries = transport_retries

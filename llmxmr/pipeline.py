@@ -203,15 +203,23 @@ class _Run:
         self.bar.refresh()
         warm = asyncio.Event()
 
-        async def map_one(chunk: Chunk) -> Partial | None:
-            if chunk.index > 0:
-                await warm.wait()
+        async def first(chunk: Chunk) -> Partial | None:
             try:
                 return await self._map_chunk(chunk, question)
             finally:
                 warm.set()
 
-        return [self._spawn(map_one(chunk)) for chunk in chunks]
+        async def later(chunk: Chunk) -> Partial | None:
+            try:  # a first call that hangs (retries, reasks) must not hold the whole run
+                await asyncio.wait_for(warm.wait(), WARM_UP_WAIT_S)
+            except asyncio.TimeoutError:
+                pass
+            if warming.done() and not warming.cancelled() and warming.exception() is not None:
+                return None  # the run is failing (a refused key, on_chunk_error: fail): send nothing more
+            return await self._map_chunk(chunk, question)
+
+        warming = self._spawn(first(chunks[0])) if chunks else None
+        return ([warming] if warming else []) + [self._spawn(later(chunk)) for chunk in chunks[1:]]
 
     async def _map_chunk(self, chunk: Chunk, question: str) -> Partial | None:
         output, record = await self._call(
@@ -346,6 +354,9 @@ class _Run:
         return reduce.known_chunks(output, partials)
 
 
+# How long the other map calls wait for the first one (which warms the server's prefix cache)
+# before they go anyway.
+WARM_UP_WAIT_S = 30.0
 # Lower goes first at the concurrency limit: a run's later stages before its remaining maps.
 _STAGE_PRIORITY: dict[str, int] = {"reduce": 0, "collapse": 1, "direct": 1, "judge": 1, "map": 2}
 

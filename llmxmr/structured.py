@@ -67,6 +67,7 @@ async def call_structured(
     except LLMCallError as exc:
         record.error = str(exc)
         record.error_kind = "transport"
+        record.transport_retries += exc.transport_retries
     finally:
         record.latency_s = round(time.perf_counter() - started, 4)
     return None, record

@@ -165,20 +165,22 @@ class OpenAICompatibleClient:
                     raise ServerRefusedError(self.base_url, exc.status_code, _message(exc)) from exc
                 if last_try or not is_retryable_status(exc.status_code):
                     raise LLMCallError(
-                        f"{self.describe()} answered HTTP {exc.status_code}: {_message(exc)}"
+                        f"{self.describe()} answered HTTP {exc.status_code}: {_message(exc)}", retry
                     ) from exc
                 delay = backoff_delay(retry, parse_retry_after(exc.response.headers.get("retry-after")))
             except openai.APITimeoutError as exc:
                 if last_try:
-                    raise LLMCallError(f"{self.describe()} timed out") from exc
+                    raise LLMCallError(f"{self.describe()} timed out", retry) from exc
                 delay = backoff_delay(retry)
             except openai.APIConnectionError as exc:
-                if last_try:
+                if last_try and _never_connected(exc):
                     raise ServerUnavailableError(self.base_url, _cause(exc)) from exc
+                if last_try:  # it was reached, but dropped this request: this call's failure
+                    raise LLMCallError(f"{self.describe()} dropped the connection: {_cause(exc)}", retry) from exc
                 delay = backoff_delay(retry)
             except (openai.APIError, ValueError) as exc:  # a body that is not the JSON it should be
                 # (an HTML error page, a cut-off reply): not worth repeating
-                raise LLMCallError(f"{self.describe()} sent an unreadable reply: {exc}") from exc
+                raise LLMCallError(f"{self.describe()} sent an unreadable reply: {exc}", retry) from exc
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last try raises or returns")
 
@@ -238,6 +240,13 @@ def _message(exc: openai.APIStatusError) -> str:
         if isinstance(inner, dict) and inner.get("message"):
             return str(inner["message"])[:300]
     return str(exc.message)[:300]
+
+
+def _never_connected(exc: openai.APIConnectionError) -> bool:
+    """Whether no connection could be opened at all (the server is down or the URL wrong), as
+    opposed to one that was dropped mid-request. Checked by class name: the SDK wraps the
+    ``ConnectError`` of whichever httpx it bundles (``httpx`` or ``httpx2``)."""
+    return any(cls.__name__ == "ConnectError" for cls in type(exc.__cause__).__mro__)
 
 
 def _cause(exc: openai.APIConnectionError) -> str:

@@ -8,17 +8,17 @@ from ..prompts import ChatMessage, PromptSet
 
 
 # The tags the map prompts put around a chunk. A document that contains them (this README does)
-# must not be able to close the quoted part early and speak as the prompt: inside a chunk they
-# get a zero-width space after "<", which keeps them readable and makes them different tags.
+# must not be able to close the quoted part early and speak as the prompt: inside a chunk, every
+# spelling of them (any case, spaces inside the brackets) gets a zero-width space after "<",
+# which keeps it readable and makes it another tag.
 DOCUMENT_TAGS = ("<document_part>", "</document_part>")
+_TAG_IN_TEXT = re.compile(r"<(\s*/?\s*document_part\s*)>", re.IGNORECASE)
 _ZERO_WIDTH_SPACE = "\u200b"
 
 
 def quote_as_data(chunk_text: str) -> str:
     """The chunk as the prompt quotes it: its copies of the delimiting tags defused."""
-    for tag in DOCUMENT_TAGS:
-        chunk_text = chunk_text.replace(tag, tag[0] + _ZERO_WIDTH_SPACE + tag[1:])
-    return chunk_text
+    return _TAG_IN_TEXT.sub(lambda m: f"<{_ZERO_WIDTH_SPACE}{m.group(1)}>", chunk_text)
 
 
 def map_messages(prompts: PromptSet, question: str, chunk_text: str) -> list[ChatMessage]:

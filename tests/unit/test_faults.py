@@ -76,11 +76,17 @@ def test_a_hang_past_the_timeout_is_retried_then_reported():
         assert chat_requests(server) == 3  # the first try and two retries
 
 
-def test_a_server_that_keeps_resetting_is_reported_as_unreachable():
+def test_a_request_that_keeps_being_dropped_fails_alone():
+    """The server was reached: this call failed, not the run (unlike a refused connection)."""
     with fake_server({"/v1/models": MODELS, "/v1/chat/completions": [Answer(200, None, reset=True)]}) as server:
-        with pytest.raises(ServerUnavailableError, match=re.escape(server.base_url)):
+        with pytest.raises(LLMCallError, match=re.escape(server.base_url) + ".*dropped the connection") as failure:
             chat(server.base_url)
-        assert chat_requests(server) == 3
+        assert chat_requests(server) == 3 and failure.value.transport_retries == 2
+
+
+def test_a_refused_connection_is_reported_as_unreachable():
+    with pytest.raises(ServerUnavailableError, match=r"cannot reach the LLM server at http://127\.0\.0\.1:9/v1"):
+        chat("http://127.0.0.1:9/v1")
 
 
 @pytest.mark.parametrize(

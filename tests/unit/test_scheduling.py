@@ -12,7 +12,7 @@ import pytest
 from llmxmr import MapReducePipeline, PipelineConfig
 from llmxmr.clients.base import ChatReply, ChatRequest
 from llmxmr.clients.fake import ScriptedClient
-from llmxmr.errors import LLMCallError
+from llmxmr.errors import LLMCallError, ServerRefusedError
 from llmxmr.scheduling import PrioritySemaphore, in_order
 
 from ..conftest import WordCounter, final_reply, partial_reply
@@ -25,27 +25,36 @@ def answers_in(request: ChatRequest) -> list[str]:
     return re.findall(r"^Answer: (.+)$", request.messages[-1].content, flags=re.M)
 
 
-def respond(request: ChatRequest) -> str:
-    """Deterministic in the request: map answers its letters (none for every third section), a
-    collapse or reduce joins its partials' answers in order, so the final answer spells out the
-    whole grouping."""
-    text = request.messages[-1].content
-    if request.schema_name == "MapOutput":
-        sections = [int(n) for n in re.findall(r"Section (\d+) says", text.rsplit("<document_part>", 1)[1])]
-        kept = sorted({n for n in sections if n % 3})
-        if not kept:
-            return partial_reply(None, 0.0, info="", rationale="")
-        return partial_reply("".join(chr(65 + n % 26) for n in kept), 4.0, info="letters " * 20)
-    joined = "(" + "+".join(answers_in(request)) + ")"
-    if request.schema_name == "CollapseOutput":
-        return partial_reply(joined, 3.0, info="merged " * (12 * len(answers_in(request))))  # grows: rounds
-    return final_reply(joined)
+def responder(keep=lambda n: n % 3 != 0, info_words: int = 20, collapse_informs: bool = True):
+    """Deterministic in the request: map answers the letters of the sections it keeps, a collapse
+    or reduce joins its partials' answers in order, so the final answer spells out the whole
+    grouping. ``info_words`` sets how large partials are; a collapse may report no information."""
+
+    def respond(request: ChatRequest) -> str:
+        text = request.messages[-1].content
+        if request.schema_name == "MapOutput":
+            sections = [int(n) for n in re.findall(r"Section (\d+) says", text.rsplit("<document_part>", 1)[1])]
+            kept = sorted({n for n in sections if keep(n)})
+            if not kept:
+                return partial_reply(None, 0.0, info="", rationale="")
+            return partial_reply("".join(chr(65 + n % 26) for n in kept), 4.0, info="letters " * info_words)
+        joined = "(" + "+".join(answers_in(request)) + ")"
+        if request.schema_name == "CollapseOutput":
+            if not collapse_informs:
+                return partial_reply(None, 0.0, info="", rationale="")
+            return partial_reply(joined, 3.0, info="merged " * (12 * len(answers_in(request))))  # grows: rounds
+        return final_reply(joined)
+
+    return respond
+
+
+respond = responder()
 
 
 class JitteryClient(ScriptedClient):
     """Replies after a random delay, so calls finish in a shuffled order."""
 
-    def __init__(self, seed: int, events: list[tuple[str, str]] | None = None) -> None:
+    def __init__(self, seed: int, events: list[tuple[str, str]] | None = None, respond=respond) -> None:
         super().__init__(responder=respond, counter=WordCounter())
         self._rng = random.Random(seed)
         self.events = events if events is not None else []
@@ -92,14 +101,64 @@ def test_a_collapse_starts_before_waiting_maps():
     )
 
 
-def test_a_failure_cancels_every_call_of_the_run():
-    client = JitteryClient(3)
-    client.enqueue(LLMCallError("boom"))  # the first (warm-up) map call fails
+@pytest.mark.parametrize(
+    ("case", "respond", "window"),
+    [
+        ("pairs: every partial too big to share a group", responder(info_words=600), 1200),
+        ("one informative partial", responder(keep=lambda n: n == 7), 700),
+        ("no informative partial", responder(keep=lambda n: False), 700),
+        ("collapses that find nothing", responder(collapse_informs=False), 700),
+    ],
+)
+def test_streaming_matches_the_barrier_in_edge_cases(case, respond, window):
+    barrier_client, streaming_client = JitteryClient(7, respond=respond), JitteryClient(8, respond=respond)
+    barrier = run("barrier", barrier_client, **{"llm.context_window": window})
+    streaming = run("streaming", streaming_client, **{"llm.context_window": window})
+    assert (streaming.answer, streaming.found) == (barrier.answer, barrier.found)
+    assert collapse_groups(streaming_client) == collapse_groups(barrier_client)
+    if case.startswith("pairs"):  # each partial alone is over half the budget: only the pair rule merges
+        informative = sum(1 for r in barrier_client.requests if r.schema_name == "MapOutput") * 2 // 3
+        assert sum(len(group) == 2 for group in collapse_groups(barrier_client)) >= informative // 2
 
-    with pytest.raises(LLMCallError):
-        run("streaming", client, on_chunk_error="fail")
-    assert client.in_flight == 0
-    assert not any(r.schema_name == "CollapseOutput" for r in client.requests)
+
+class FailingClient(JitteryClient):
+    def __init__(self, seed: int, fail_at: int, error: Exception) -> None:
+        super().__init__(seed)
+        self._fail_at, self._error = fail_at, error
+        self.started = 0
+        self.active = 0  # calls begun and neither finished nor cancelled
+
+    async def chat(self, request: ChatRequest) -> ChatReply:
+        self.started += 1
+        if self.started == self._fail_at:
+            raise self._error
+        self.active += 1
+        try:
+            return await super().chat(request)
+        finally:
+            self.active -= 1
+
+
+def test_a_failure_cancels_every_call_of_the_run():
+    client = FailingClient(3, fail_at=6, error=LLMCallError("boom"))  # a later map, others in flight
+    values = {"chunking.chunk_tokens": 120, "llm.concurrency": 4, "llm.context_window": 700}
+    values.update({"generation.map_max_tokens": 64, "generation.collapse_max_tokens": 64, "generation.reduce_max_tokens": 64})
+    config = PipelineConfig.load(on_chunk_error="fail", **values)
+
+    async def scenario() -> int:
+        with pytest.raises(LLMCallError):
+            await MapReducePipeline(config, client=client).arun(DOCUMENT, "Which letters?")
+        return client.active  # before the event loop could clean anything up itself
+
+    assert asyncio.run(scenario()) == 0
+    assert client.started < 12 and not any(r.schema_name == "CollapseOutput" for r in client.requests)
+
+
+def test_a_fatal_first_call_sends_nothing_more():
+    client = FailingClient(3, fail_at=1, error=ServerRefusedError("http://x/v1", 401, "bad key"))
+    with pytest.raises(ServerRefusedError):
+        run("streaming", client)
+    assert client.started == 1
 
 
 def test_priority_semaphore_serves_lower_priority_first_then_in_order():
