@@ -56,6 +56,7 @@ Script = Union[list[Answer], Callable[[Any], Answer]]
 class FakeServer:
     scripts: dict[str, Script]
     requests: list[tuple[str, Any]] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each request
     authorizations: list[str] = field(default_factory=list)
     base_url: str = ""
     in_flight: int = 0
@@ -70,7 +71,8 @@ class FakeServer:
             return script(body)
         if not script:
             return Answer(404, {"error": {"message": f"no route {path}"}})
-        return script.pop(0) if len(script) > 1 else script[0]
+        with self._lock:  # handler threads take turns
+            return script.pop(0) if len(script) > 1 else script[0]
 
 
 def models(owned_by: str, **card: Any) -> Answer:
@@ -98,6 +100,7 @@ def fake_server(scripts: dict[str, Script]) -> Iterator[FakeServer]:
         def _reply(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
+            server.arrivals.append(time.monotonic())
             server.requests.append((self.path, json.loads(raw) if raw else None))
             server.authorizations.append(self.headers.get("Authorization", ""))
             with server._lock:

@@ -19,11 +19,9 @@ def make_client(config: PipelineConfig) -> LLMClient:
 
 
 def _identity(config: PipelineConfig) -> str:
-    """What names the model for the cache: the server and model name, or the embedded GGUF."""
-    if config.llm.base_url:
-        return f"{config.llm.base_url.rstrip('/')} {config.llm.model or '(first listed model)'}"
-    embedded = config.embedded  # the string cap changes the grammar, hence the replies
-    return f"embedded {embedded.model_path or '(default model)'} max_string_chars={embedded.max_string_chars}"
+    """What changes the replies besides the model the client names: the embedded model's string
+    cap changes its grammar."""
+    return "" if config.llm.base_url else f"max_string_chars={config.embedded.max_string_chars}"
 
 
 def _model_client(config: PipelineConfig) -> LLMClient:

@@ -7,7 +7,10 @@ paid for). Rerunning or resuming a run with the same settings therefore makes no
 finished work. A sampled reply (temperature > 0) is a draw, not the answer: such requests bypass
 the cache unless ``llm.cache_sampled`` asks for them to be cached too.
 
-Hits report no token usage (nothing was spent) and count as ``cache_hits`` in the trace.
+Hits report no token usage (nothing was spent) and count as ``cache_hits`` in the trace. What
+the model said is kept as it said it, valid or not: at temperature 0 it would say it again. The
+cache only ever saves calls: if the file cannot be read or written (locked by another process,
+disk full), the call goes to the model and a warning says so once.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import asyncio
 import hashlib
 import json
 import sqlite3
+import sys
 import threading
 from pathlib import Path
 
@@ -33,13 +37,18 @@ def request_key(identity: str, request: ChatRequest) -> str:
 
 
 class CachedClient:
-    """``CachedClient(client, path, identity)``: ``identity`` names the model (server URL and
-    model name, or the embedded model's file) so that two models never share replies."""
+    """``CachedClient(client, path, identity)``: the key names the model as the client describes
+    it once it has found it (server kind, URL and model name; the embedded GGUF), plus
+    ``identity`` for what that does not show (settings that change the replies), so that two
+    models never share replies."""
 
-    def __init__(self, inner: LLMClient, path: str | Path, identity: str, *, sampled: bool = False) -> None:
+    def __init__(self, inner: LLMClient, path: str | Path, identity: str = "", *, sampled: bool = False) -> None:
         self._inner = inner
-        self._identity = identity
+        self._settings = identity
+        self._identity: str | None = None
+        self._discovery = asyncio.Lock()
         self._sampled = sampled
+        self._warned = False
         self._lock = threading.Lock()
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +62,7 @@ class CachedClient:
     async def chat(self, request: ChatRequest) -> ChatReply:
         if request.temperature > 0 and not self._sampled:
             return await self._inner.chat(request)
-        key = request_key(self._identity, request)
+        key = request_key(await self._model_identity(), request)
         stored = await asyncio.to_thread(self._get, key)
         if stored is not None:
             return ChatReply(text=stored.text, finish_reason=stored.finish_reason, from_cache=True)
@@ -61,15 +70,36 @@ class CachedClient:
         await asyncio.to_thread(self._put, key, reply)
         return reply
 
+    async def _model_identity(self) -> str:
+        """The model as the client names it after asking the server which one it serves (the
+        context-window probe does that), so a server that swaps models misses the cache."""
+        async with self._discovery:
+            if self._identity is None:
+                await self._inner.context_window()
+                self._identity = f"{self._inner.describe()} {self._settings}".strip()
+        return self._identity
+
     def _get(self, key: str) -> ChatReply | None:
-        with self._lock:
-            row = self._db.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
+        try:
+            with self._lock:
+                row = self._db.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            self._warn(exc)
+            return None
         return ChatReply.model_validate_json(row[0]) if row else None
 
     def _put(self, key: str, reply: ChatReply) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?)", (key, reply.model_dump_json()))
-            self._db.commit()
+        try:
+            with self._lock:
+                self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?)", (key, reply.model_dump_json()))
+                self._db.commit()
+        except sqlite3.Error as exc:
+            self._warn(exc)
+
+    def _warn(self, exc: sqlite3.Error) -> None:
+        if not self._warned:
+            self._warned = True
+            print(f"warning: the reply cache is not usable ({exc}); calls go to the model", file=sys.stderr)
 
     async def context_window(self) -> int | None:
         return await self._inner.context_window()

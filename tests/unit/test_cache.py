@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import pytest
 
 from llmxmr.clients import make_client
@@ -106,3 +107,56 @@ def test_an_unusable_cache_path_is_a_config_error(tmp_path):
     (tmp_path / "junk.sqlite").write_bytes(b"not a database" * 100)
     with pytest.raises(ConfigError, match="junk.sqlite"):
         CachedClient(counting_client(), tmp_path / "junk.sqlite", "m")
+
+
+def test_everything_that_shapes_the_reply_is_in_the_key():
+    from llmxmr.clients.cache import request_key
+    from llmxmr.schemas import MapOutput, json_schema
+
+    base = request()
+    variants = [
+        base.model_copy(update={"max_tokens": 17}),
+        base.model_copy(update={"temperature": 0.5}),
+        base.model_copy(update={"schema_name": "MapOutput", "json_schema": json_schema(MapOutput)}),
+        base.model_copy(update={"messages": [ChatMessage(role="system", content="hello")]}),
+    ]
+    keys = {request_key("m", r) for r in [base, *variants]} | {request_key("n", base)}
+    assert len(keys) == len(variants) + 2
+
+
+def test_a_server_that_swaps_its_model_misses_the_cache(tmp_path):
+    from llmxmr.clients.openai_compat import OpenAICompatibleClient
+    from tests.fake_server import completion, fake_server, models
+
+    async def ask_once(base_url):
+        client = CachedClient(OpenAICompatibleClient(base_url), tmp_path / "c.sqlite")
+        try:
+            return (await client.chat(request())).from_cache
+        finally:
+            await client.aclose()
+
+    swapped = models("vllm")
+    swapped.body["data"][0]["id"] = "another-model"
+    scripts = {"/v1/models": [models("vllm")], "/v1/chat/completions": [completion("fresh")]}
+    with fake_server(scripts) as server:
+        seen = [asyncio.run(ask_once(server.base_url)) for _ in range(2)]
+        scripts["/v1/models"] = [swapped]  # the same URL now serves another model
+        seen.append(asyncio.run(ask_once(server.base_url)))
+    assert seen == [False, True, False]
+
+
+def test_an_unusable_cache_file_costs_calls_not_the_run(tmp_path, capsys):
+    inner = counting_client()
+    client = CachedClient(inner, tmp_path / "c.sqlite", "m")
+
+    class Broken:
+        def execute(self, *args):
+            raise sqlite3.OperationalError("database is locked")
+
+        def close(self):
+            pass
+
+    client._db = Broken()
+    replies = ask(client, request(), request())
+    assert [r.text for r in replies] == ["reply 5", "reply 5"] and len(inner.requests) == 2
+    assert capsys.readouterr().err.count("the reply cache is not usable (database is locked)") == 1

@@ -141,17 +141,21 @@ def test_length_and_schema_faults_are_asked_again_with_the_reason():
 
 
 def test_a_pipeline_under_faults_never_repeats_a_call_that_succeeded_nor_exceeds_its_concurrency():
-    """Every third chat request fails once (500, reset, or a hang), the rest are slow: each map
-    prompt is answered once, the server never sees more requests at once than the limit."""
+    """Every third chat request fails (500 or a reset), the rest are slow: each map prompt is
+    answered once, the server never sees more requests at once than the limit."""
+    import threading
+
     answered: dict[str, int] = {}
     count = {"n": 0}
+    lock = threading.Lock()
 
     def respond(body: dict) -> Answer:
-        count["n"] += 1
         text = body["messages"][-1]["content"]
-        if count["n"] % 3 == 0:
-            return [Answer(500, {"error": {"message": "boom"}}), Answer(200, None, reset=True)][count["n"] % 2]
-        answered[text] = answered.get(text, 0) + 1
+        with lock:
+            count["n"] += 1
+            if count["n"] % 3 == 0:
+                return [Answer(500, {"error": {"message": "boom"}}), Answer(200, None, reset=True)][count["n"] % 2]
+            answered[text] = answered.get(text, 0) + 1
         if body["response_format"]["json_schema"]["name"] == "MapOutput":
             answer = completion(partial_reply(None, 0.0, info="", rationale=""))
         else:
