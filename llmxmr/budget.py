@@ -63,6 +63,13 @@ async def context_window_of(config: PipelineConfig, client: LLMClient) -> int:
     return window
 
 
+async def concurrency_of(config: PipelineConfig, client: LLMClient) -> int:
+    """``llm.concurrency``, or ``llm.concurrency_per_worker`` for each server behind the client."""
+    if config.llm.concurrency is not None:
+        return config.llm.concurrency
+    return config.llm.concurrency_per_worker * await client.worker_count()
+
+
 def prompt_tokens(messages: list[ChatMessage], counter: TokenCounter) -> int:
     counts = counter.count_batch([message.content for message in messages])
     return sum(counts) + TEMPLATE_TOKENS_PER_MESSAGE * (len(messages) + 1)

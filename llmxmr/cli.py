@@ -15,10 +15,12 @@ from typing import Any, Callable
 
 import click
 
+from . import gateway as gateways
 from . import serve as serving
 from .config import PipelineConfig
 from .documents import read_document
 from .errors import LlmxmrError, UsageError
+from .grounding import Citation
 from .pipeline import MapReducePipeline, PipelineResult
 from .prompts import TASK_FAMILIES
 
@@ -66,6 +68,7 @@ _LLM_FLAGS = {
     "chunk_tokens": "chunking.chunk_tokens",
     "cache": "llm.cache",
     "on_chunk_error": "on_chunk_error",
+    "grounding": "grounding.mode",
 }
 
 
@@ -104,6 +107,11 @@ def _llm_options(command: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Choice(["skip", "fail"]),
             help="A chunk whose call keeps failing: skip it (recorded, confidence scaled) or stop the run.",
         ),
+        click.option(
+            "--grounding",
+            type=click.Choice(["off", "cap", "strict"]),
+            help="Answers whose quotes are not in the text: trusted (off), capped or dropped (cap; default), dropped (strict).",
+        ),
     ]
     for option in reversed(options):
         wrapper = option(wrapper)
@@ -122,6 +130,7 @@ def main() -> None:
 @_llm_options
 @click.option("--task-type", type=click.Choice(TASK_FAMILIES), help="Task family, which picks the prompts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@click.option("--no-citations", is_flag=True, help="Print the answer without the quotes it rests on.")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Write every call to this JSON file.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
@@ -132,6 +141,7 @@ def run(
     settings: _Settings,
     task_type: str | None,
     as_json: bool,
+    no_citations: bool,
     trace_path: str | None,
     no_progress: bool,
     verbose: bool,
@@ -148,7 +158,17 @@ def run(
         click.echo(result.model_dump_json(indent=2, exclude={"trace": {"calls"}}))
     else:
         click.echo(result.answer if result.found else f"(not found) {result.rationale}")
+        if result.citations and not no_citations:
+            click.echo(_citations(result.citations))
         click.echo(_summary(result), err=True)
+
+
+def _citations(citations: list[Citation]) -> str:
+    lines = ["", "Citations:"]
+    for number, citation in enumerate(citations, 1):
+        quote = " ".join(citation.quote.split())
+        lines.append(f'  [{number}] chunk {citation.chunk}, line {citation.line}, chars {citation.start}-{citation.end}: "{quote}"')
+    return "\n".join(lines)
 
 
 def _summary(result: PipelineResult) -> str:
@@ -168,21 +188,78 @@ def _summary(result: PipelineResult) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=30000, show_default=True, type=int)
 @click.option("--context-length", type=int, help="Override the model's context length.")
+@click.option("--dp", "dp_size", default=1, show_default=True, type=click.IntRange(min=1), help="Replicas of the model on this node (SGLang's --dp-size).")
 @click.option("--dry-run", is_flag=True, help="Print the command instead of running it.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 @_reports_errors
 def serve(
-    model_path: str, host: str, port: int, context_length: int | None, dry_run: bool, verbose: bool, extra: tuple[str, ...]
+    model_path: str,
+    host: str,
+    port: int,
+    context_length: int | None,
+    dp_size: int,
+    dry_run: bool,
+    verbose: bool,
+    extra: tuple[str, ...],
 ) -> None:
     """Start an SGLang server for llmxmr (MiniCPM3-4B by default). Arguments after the options go
-    to sglang.launch_server unchanged."""
-    command = serving.sglang_command(model_path, host, port, context_length, extra)
+    to sglang.launch_server unchanged. Several servers or nodes go behind 'llmxmr gateway'."""
+    command = serving.sglang_command(model_path, host, port, context_length, extra, dp_size)
     if dry_run:
         click.echo(shlex.join(command))
         return
     click.echo(f"starting SGLang; then: llmxmr run --base-url http://{host}:{port}/v1 ...", err=True)
     serving.launch(command)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--workers", required=True, help="Comma-separated worker URLs, e.g. http://10.0.0.1:30000,http://10.0.0.2:30000.")
+@click.option("--host", default=gateways.LOOPBACK, show_default=True, help="Address to listen on; the gateway has no authentication.")
+@click.option("--port", default=gateways.DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--policy", type=click.Choice(gateways.POLICIES), help="How smg picks a worker (default: power_of_two; round_robin for one worker).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Port of smg's Prometheus metrics on 127.0.0.1 (default: a free one).")
+@click.option("--startup-timeout", default=gateways.STARTUP_TIMEOUT_S, show_default=True, type=click.FloatRange(min=1), help="Seconds to wait for every worker to register.")
+@click.option("--dry-run", is_flag=True, help="Print the command instead of running it.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+@_reports_errors
+def gateway(
+    workers: str,
+    host: str,
+    port: int,
+    policy: str | None,
+    metrics_port: int | None,
+    startup_timeout: float,
+    dry_run: bool,
+    verbose: bool,
+    extra: tuple[str, ...],
+) -> None:
+    """Start the smg gateway in front of several SGLang servers (or other OpenAI-compatible ones),
+    wait until each is registered, and print the URL for 'llmxmr run --base-url'. Ctrl-C stops
+    it. Arguments after the options go to 'smg launch' unchanged."""
+    worker_urls = gateways.parse_workers(workers)
+    plan = gateways.GatewayPlan(
+        workers=worker_urls,
+        metrics_port=metrics_port or gateways.free_port(),
+        host=host,
+        port=port,
+        policy=policy or gateways.default_policy(len(worker_urls)),
+        startup_timeout_s=startup_timeout,
+        extra=extra,
+    )
+    if dry_run:
+        click.echo(shlex.join(plan.command()))
+        return
+    click.echo(f"starting smg in front of {len(plan.workers)} worker(s)...", err=True)
+
+    def announce(base_url: str) -> None:
+        # The URL last: a script that waits for it finds everything else written.
+        click.echo(f"gateway ready; then: llmxmr run --base-url {base_url} ... (Ctrl-C stops the gateway)", err=True)
+        click.echo(base_url)
+
+    gateways.run_gateway(plan, announce)
+    click.echo("gateway stopped", err=True)
 
 
 @main.group()

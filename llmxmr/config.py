@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from .errors import ConfigError
+from .grounding import GroundingMode
 from .prompts import TaskFamily
 from .resources import data_dir
 
@@ -31,7 +32,8 @@ class LLMSettings(_Section):
     base_url: str | None
     api_key: SecretStr | None
     model: str | None
-    concurrency: int = Field(ge=1)
+    concurrency: int | None = Field(ge=1)
+    concurrency_per_worker: int = Field(ge=1)
     timeout_s: float = Field(gt=0)
     max_retries: int = Field(ge=0)
     temperature: float = Field(ge=0)
@@ -64,6 +66,12 @@ class GenerationSettings(_Section):
     validation_attempts: int = Field(ge=1)
 
 
+class GroundingSettings(_Section):
+    mode: GroundingMode
+    fuzzy_threshold: float = Field(ge=50, le=100)
+    unsupported_confidence: float = Field(ge=0, le=5)
+
+
 class PipelineConfig(_Section):
     task_type: TaskFamily
     on_chunk_error: Literal["skip", "fail"]
@@ -72,6 +80,7 @@ class PipelineConfig(_Section):
     llm: LLMSettings
     embedded: EmbeddedSettings
     chunking: ChunkingSettings
+    grounding: GroundingSettings
     generation: GenerationSettings
 
     @classmethod

@@ -63,6 +63,10 @@ class ServerRefusedError(ServerError):
         self.base_url = base_url
 
 
+class GatewayError(LlmxmrError):
+    """The smg gateway could not be started, or stopped on its own."""
+
+
 class LLMCallError(LlmxmrError):
     """An LLM call failed for good (after the retries that could help, counted here)."""
 

@@ -21,11 +21,12 @@ from .clients import make_client
 from .clients.base import LLMClient
 from .config import PipelineConfig
 from .errors import LLMCallError, UsageError
+from .grounding import Citation, DocumentIndex, quotes_evidence
 from .prompts import ChatMessage, PromptSet, load_prompts
 from .scheduling import PrioritySemaphore, gather_or_cancel, in_order
 from .schemas import CollapseOutput, FinalAnswer, MapOutput
 from .stages import collapse, reduce
-from .stages.map import checked_retrieval_answer, map_messages
+from .stages.map import ground_map_reply, map_messages
 from .stages.partials import Partial, render_partial
 from .structured import call_structured
 from .tokens import ServerTokenCounter, TiktokenCounter, TokenCounter
@@ -51,6 +52,10 @@ class PipelineResult(BaseModel):
     rationale: str
     confidence: float
     supporting_chunks: list[int]
+    # The document's own words the answer rests on: quotes from the model, found in the text.
+    citations: list[Citation]
+    # False when no part of the document gave an answer backed by the text: ``answer`` is then
+    # empty and ``rationale`` says why, rather than a guess.
     found: bool
     model: str
     chunks: list[ChunkSpan]
@@ -106,6 +111,7 @@ class _Run:
 
     async def execute(self, document: str, question: str) -> PipelineResult:
         started = time.perf_counter()
+        self.document = DocumentIndex(document)
         try:
             counter = await token_counter_for(self.config, self.client)
             budget = await self._budget(question, counter)
@@ -125,8 +131,8 @@ class _Run:
             else:
                 partials = [p async for batch in in_order(maps) for p in batch if _informative(p)]
                 partials = await self._collapse_in_rounds(partials, question, budget, counter)
-            found = bool(partials)
-            final = await self._reduce(partials, question) if found else reduce.nothing_found()
+            found = reduce.supported(partials)
+            final = await self._reduce(partials, question) if found else reduce.nothing_found(len(partials))
         except BaseException:
             await self._cancel_all()
             raise
@@ -141,6 +147,7 @@ class _Run:
             rationale=final.rationale,
             confidence=round(final.confidence * (1 - len(unread) / len(chunks)), 3) if unread else final.confidence,
             supporting_chunks=final.supporting_chunks,
+            citations=reduce.citations_for(final, partials) if found else [],
             found=found,
             model=self.client.describe(),
             chunks=[ChunkSpan(index=c.index, start=c.start, end=c.end, tokens=c.tokens) for c in chunks],
@@ -173,6 +180,7 @@ class _Run:
                 max_tokens=max_tokens,
                 temperature=self.config.llm.temperature,
                 attempts=self.config.generation.validation_attempts,
+                omit_fields=() if quotes_evidence(self.prompts.family) else ("evidence",),
             )
         self.trace.calls.append(record)
         self.bar.update(1)
@@ -231,14 +239,11 @@ class _Run:
         )
         if output is None:
             return None
-        if self.prompts.family == "retrieval" and output.answer:
-            answer, record.check = checked_retrieval_answer(
-                output.answer, output.extracted_information, question, chunk.text
-            )
-            if answer is None:
-                return None
-            output = output.model_copy(update={"answer": answer})
-        return Partial(chunk_indices=[chunk.index], answer=output)
+        grounded = ground_map_reply(
+            output, chunk, self.document, question, self.prompts.family, self.config.grounding
+        )
+        record.check = grounded.check
+        return grounded.partial
 
     async def _sizes(self, partials: list[Partial], counter: TokenCounter) -> list[int]:
         rendered = [render_partial(p) for p in partials]
@@ -326,7 +331,7 @@ class _Run:
             return group[0]
         self.bar.set_description("collapse")
         self.bar.total += 1
-        output, _ = await self._call(
+        output, record = await self._call(
             "collapse",
             collapse.collapse_messages(self.prompts, question, group),
             CollapseOutput,
@@ -335,7 +340,8 @@ class _Run:
         )
         if output is None:
             return collapse.fallback(group)
-        return Partial(chunk_indices=collapse.merged_indices(group), answer=output)
+        partial, record.check = collapse.ground_collapse_reply(output, group, self.prompts.family, self.config.grounding)
+        return partial
 
     async def _reduce(self, partials: list[Partial], question: str) -> FinalAnswer:
         self.bar.set_description("reduce")

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 MAX_CONFIDENCE = 5.0
+MAX_QUOTES = 3
 NO_INFORMATION_MARK = "[NO INFORMATION]"
 
 
@@ -27,6 +28,16 @@ def _clamp_confidence(value: object) -> object:
             return value  # not a number: validation says so
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return min(max(float(value), 0.0), MAX_CONFIDENCE)
+    return value
+
+
+def _first_quotes(value: object) -> object:
+    """Quotes past the first ``MAX_QUOTES`` are dropped rather than failing the reply: the answer
+    rests on the first ones, and not every server enforces ``maxItems``."""
+    if isinstance(value, str):
+        value = [value] if value.strip() else []
+    if isinstance(value, list):
+        return [quote for quote in value if not isinstance(quote, str) or quote.strip()][:MAX_QUOTES]
     return value
 
 
@@ -47,6 +58,13 @@ class PartialAnswer(_Strict):
 
     extracted_information: str = Field(
         description="the facts from the text that bear on the question, as close to the text as possible"
+    )
+    # Checked by code against the document (``llmxmr.grounding``); families that do not quote
+    # (summaries) leave it out of the schema they send.
+    evidence: Annotated[list[str], BeforeValidator(_first_quotes)] = Field(
+        default_factory=list,
+        description=f"up to {MAX_QUOTES} short quotes copied word for word from the text that support the answer",
+        json_schema_extra={"maxItems": MAX_QUOTES},
     )
     rationale: str = Field(description="how the information leads to the answer, with any inference named")
     answer: str | None = Field(description="the answer this text supports; null when it holds no relevant information")
@@ -97,8 +115,10 @@ class FinalAnswer(_Strict):
 
 
 @cache
-def json_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The schema sent for constrained decoding: all fields required, in declaration order."""
+def json_schema(model: type[BaseModel], without: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The schema sent for constrained decoding: all fields required, in declaration order, less
+    the fields named in ``without`` (their defaults apply)."""
     schema = model.model_json_schema()
+    schema["properties"] = {name: spec for name, spec in schema["properties"].items() if name not in without}
     schema["required"] = list(schema["properties"])
     return schema

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from .clients.base import ChatReply, ChatRequest, LLMClient
+from .clients.base import SERVER_PRIORITY, ChatReply, ChatRequest, LLMClient
 from .errors import LLMCallError
 from .parsing import parse_reply
 from .prompts import ChatMessage
@@ -33,11 +33,13 @@ async def call_structured(
     max_tokens: int,
     temperature: float,
     attempts: int,
+    omit_fields: tuple[str, ...] = (),
 ) -> tuple[Output | None, CallRecord]:
     """The validated output, or None with the reason in ``record.error`` when the call failed.
 
     A failed call (bad replies, or an LLM error that retries could not fix) is this call's problem
-    and is only recorded; an unreachable server concerns the whole run and propagates."""
+    and is only recorded; an unreachable server concerns the whole run and propagates. Fields in
+    ``omit_fields`` are left out of the schema sent (they keep their defaults)."""
     record = CallRecord(stage=stage, chunk_indices=chunk_indices)
     conversation = list(messages)
     started = time.perf_counter()
@@ -48,7 +50,8 @@ async def call_structured(
                 max_tokens=max_tokens,
                 temperature=temperature,
                 schema_name=output_type.__name__,
-                json_schema=json_schema(output_type),
+                json_schema=json_schema(output_type, omit_fields),
+                priority=SERVER_PRIORITY[stage],
             )
             record.attempts += 1
             reply = await client.chat(request)

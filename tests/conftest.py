@@ -30,9 +30,19 @@ def _bugs_raise(monkeypatch):
     monkeypatch.setenv("LLMXMR_RAISE_ERRORS", "1")
 
 
-def partial_reply(answer: str | None, confidence: float = 4.0, info: str = "info", rationale: str = "why") -> str:
+def partial_reply(
+    answer: str | None,
+    confidence: float = 4.0,
+    info: str = "info",
+    rationale: str = "why",
+    evidence: list[str] | None = None,
+) -> str:
+    """A map or collapse reply. Its evidence, unless given, is ``info`` quoted when there is an
+    answer: tests whose ``info`` is in the document get a verified answer."""
+    if evidence is None:
+        evidence = [info] if answer is not None else []
     return json.dumps(
-        {"extracted_information": info, "rationale": rationale, "answer": answer, "confidence": confidence}
+        {"extracted_information": info, "evidence": evidence, "rationale": rationale, "answer": answer, "confidence": confidence}
     )
 
 

@@ -1,4 +1,7 @@
-"""A local OpenAI-compatible HTTP server for client tests: scripted answers, recorded requests."""
+"""A local OpenAI-compatible HTTP server for client tests: scripted answers, recorded requests.
+
+With ``worker_routes()`` among its scripts it also passes for an SGLang worker behind the smg
+gateway, and ``kill()`` makes it vanish as a killed process would."""
 
 from __future__ import annotations
 
@@ -64,6 +67,12 @@ class FakeServer:
     open_connections: int = 0
     max_open_connections: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _sockets: set[socket.socket] = field(default_factory=set)
+    _kill: Callable[[], None] = lambda: None
+
+    def kill(self) -> None:
+        """Stops listening and cuts every open connection, requests in flight included."""
+        self._kill()
 
     def answer(self, path: str, body: Any) -> Answer:
         script = self.scripts.get(path)
@@ -79,6 +88,18 @@ def models(owned_by: str, **card: Any) -> Answer:
     return Answer(body={"object": "list", "data": [{"id": "test-model", "object": "model", "owned_by": owned_by, **card}]})
 
 
+def worker_routes(context_length: int = 8192) -> dict[str, Script]:
+    """What the smg gateway asks an SGLang worker before it registers it (health, model, server
+    and model info); add a /v1/chat/completions script to make a worker."""
+    info = {"model_path": "test-model", "served_model_name": "test-model", "context_length": context_length}
+    return {
+        "/health": [Answer(body={})],
+        "/v1/models": [models("sglang", max_model_len=context_length)],
+        "/server_info": [Answer(body=info)],
+        "/model_info": [Answer(body={**info, "is_generation": True})],
+    }
+
+
 @contextmanager
 def fake_server(scripts: dict[str, Script]) -> Iterator[FakeServer]:
     server = FakeServer(scripts)
@@ -89,11 +110,13 @@ def fake_server(scripts: dict[str, Script]) -> Iterator[FakeServer]:
         def setup(self) -> None:
             super().setup()
             with server._lock:
+                server._sockets.add(self.connection)
                 server.open_connections += 1
                 server.max_open_connections = max(server.max_open_connections, server.open_connections)
 
         def finish(self) -> None:
             with server._lock:
+                server._sockets.discard(self.connection)
                 server.open_connections -= 1
             super().finish()
 
@@ -138,6 +161,21 @@ def fake_server(scripts: dict[str, Script]) -> Iterator[FakeServer]:
     httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]  # clients that hang up
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
+
+    def kill() -> None:
+        # At once, as the kernel does for a dead process: new connections are refused (Linux stops
+        # listening on a shut-down socket) and the open ones are cut, requests in flight included.
+        with server._lock:
+            open_sockets = [httpd.socket, *server._sockets]
+        for sock in open_sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        httpd.shutdown()
+        httpd.server_close()
+
+    server._kill = kill
     server.base_url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     try:
         yield server

@@ -9,6 +9,12 @@ from pydantic import BaseModel, ConfigDict
 from ..prompts import ChatMessage
 from ..tokens import TokenCounter
 
+# SGLang's request priority for each stage's calls: with --enable-priority-scheduling a server runs
+# larger values first, so a run's collapse and reduce go ahead of maps still waiting (its own or
+# other runs'). The steps stay below SGLang's preemption threshold (a difference of more than 10
+# by default) so that they reorder the waiting queue but never evict a map already running.
+SERVER_PRIORITY: dict[str, int] = {"map": 0, "direct": 0, "judge": 0, "collapse": 1, "reduce": 2}
+
 
 class ChatRequest(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -18,6 +24,7 @@ class ChatRequest(BaseModel):
     temperature: float = 0.0
     schema_name: str | None = None
     json_schema: dict[str, Any] | None = None
+    priority: int | None = None  # sent only to servers that take SGLang's field (see SERVER_PRIORITY)
 
 
 class ChatReply(BaseModel):
@@ -42,6 +49,10 @@ class LLMClient(Protocol):
 
     async def token_counter(self) -> TokenCounter | None:
         """A counter of the served model's own tokens, when there is one."""
+        ...
+
+    async def worker_count(self) -> int:
+        """How many servers answer behind this client: a gateway's healthy workers, else 1."""
         ...
 
     def describe(self) -> str: ...

@@ -32,7 +32,9 @@ _KEY_VERSION = 1
 
 
 def request_key(identity: str, request: ChatRequest) -> str:
-    payload = {"v": _KEY_VERSION, "model": identity, **request.model_dump(mode="json")}
+    # The priority orders the server's queue and does not change the reply: it stays out of the
+    # key, which is then the same as before the field existed.
+    payload = {"v": _KEY_VERSION, "model": identity, **request.model_dump(mode="json", exclude={"priority"})}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -106,6 +108,9 @@ class CachedClient:
 
     async def token_counter(self) -> TokenCounter | None:
         return await self._inner.token_counter()
+
+    async def worker_count(self) -> int:
+        return await self._inner.worker_count()
 
     def describe(self) -> str:
         return self._inner.describe()

@@ -110,6 +110,9 @@ class EmbeddedLlamaClient:
     async def token_counter(self) -> LlamaTokenCounter:
         return LlamaTokenCounter(self._llama, self._path.name)
 
+    async def worker_count(self) -> int:
+        return 1
+
     async def aclose(self) -> None:
         self._llama.close()
 

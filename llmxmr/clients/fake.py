@@ -63,6 +63,9 @@ class ScriptedClient:
     async def token_counter(self) -> TokenCounter | None:
         return self._counter
 
+    async def worker_count(self) -> int:
+        return 1
+
     def describe(self) -> str:
         return "scripted fake client"
 

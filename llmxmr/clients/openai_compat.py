@@ -2,14 +2,16 @@
 
 The wire protocol is the ``openai`` package's; its own retries are off so that the retry policy
 (``llmxmr.retry``) is ours, tested, and counted in the trace. What differs between servers (how a
-JSON schema is sent, where the context length and the tokenizer are) is a ``ServerKind``, recognised
-from the ``owned_by`` field of ``/v1/models``.
+JSON schema is sent, where the context length and the tokenizer are, whether SGLang's request
+``priority`` applies) is a ``ServerKind``, recognised from the ``owned_by`` field of ``/v1/models``.
+A server of no known kind is asked for ``/workers``: the smg gateway lists its workers there, with
+the context length each serves, since its own ``/v1/models`` has none.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import httpx
@@ -33,6 +35,10 @@ class ServerKind:
     tokenize_extra: dict[str, Any] = field(default_factory=dict)
     tokenize_batches: bool = False  # the endpoint takes a list of texts
     props_path: str | None = None  # llama.cpp's llama-server reports n_ctx there
+    # Takes SGLang's ``priority`` field (larger values run first with --enable-priority-scheduling).
+    # Others are not sent it: vLLM rejects a non-zero priority unless started with
+    # --scheduling-policy priority, and runs smaller values first; OpenAI rejects unknown fields.
+    priority: bool = False
 
     def response_format(self, name: str, schema: dict[str, Any]) -> dict[str, Any]:
         if self.schema_wire == "json_object":  # llama-cpp-python's server takes only this form
@@ -43,12 +49,45 @@ class ServerKind:
 GENERIC = ServerKind("openai-compatible", "json_schema")
 SERVER_KINDS = {
     "sglang": ServerKind(
-        "sglang", "json_schema", "/v1/tokenize", "prompt", {"add_special_tokens": False}, tokenize_batches=True
+        "sglang", "json_schema", "/v1/tokenize", "prompt", {"add_special_tokens": False}, tokenize_batches=True,
+        priority=True,
     ),
     "vllm": ServerKind("vllm", "json_schema", "/tokenize", "prompt", {"add_special_tokens": False}),
     "llamacpp": ServerKind("llama.cpp", "json_schema", "/tokenize", "content", props_path="/props"),
     "me": ServerKind("llama-cpp-python", "json_object", "/extras/tokenize/count", "input"),
 }
+# smg forwards request bodies as they are; its /v1/tokenize uses tokenizers of its own, not the
+# workers', so there is no tokenize endpoint to use through it.
+GATEWAY = ServerKind("smg gateway", "json_schema")
+
+
+@dataclass(frozen=True)
+class ListedWorker:
+    """One worker as the smg gateway lists it at ``GET /workers``."""
+
+    url: str
+    healthy: bool
+    runtime: str  # the engine smg found behind the URL: sglang, vllm, ...
+    models: dict[str, int | None]  # model id -> context length
+
+
+def listed_workers(payload: Any) -> list[ListedWorker] | None:
+    """smg's ``/workers`` answer as workers, or None if ``payload`` is not such an answer."""
+    entries = payload.get("workers") if isinstance(payload, dict) else None
+    if not isinstance(entries, list):
+        return None
+    workers = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+            return None
+        models: dict[str, int | None] = {}
+        for model in entry.get("models") or []:
+            if isinstance(model, dict) and "id" in model:
+                length = model.get("context_length")
+                models[str(model["id"])] = length if isinstance(length, int) else None
+        healthy = entry.get("is_healthy") is True
+        workers.append(ListedWorker(entry["url"], healthy, str(entry.get("runtime_type")), models))
+    return workers
 
 
 def _cached_tokens(completion: Any, details: Any) -> int | None:
@@ -91,6 +130,7 @@ class OpenAICompatibleClient:
         )
         self._kind: ServerKind | None = None
         self._model_card: dict[str, Any] = {}
+        self._workers: list[ListedWorker] = []  # behind a gateway
         self._discovery = asyncio.Lock()
         self._counter: ServerTokenCounter | None = None
 
@@ -118,7 +158,25 @@ class OpenAICompatibleClient:
             # The card of the model in use, if listed: its context length is the one that applies.
             self._model_card = next((c for c in cards if c.get("id") == self._model), {})
             owner = self._model_card.get("owned_by") or (cards[0].get("owned_by") if cards else "")
-            self._kind = SERVER_KINDS.get(str(owner), GENERIC)
+            kind = SERVER_KINDS.get(str(owner), GENERIC)
+            if kind is GENERIC:
+                kind = await self._find_gateway() or kind
+            self._kind = kind
+
+    async def _find_gateway(self) -> ServerKind | None:
+        """The gateway kind if the server lists workers as smg does; priorities go through when
+        every worker is SGLang."""
+        workers = listed_workers(await asyncio.to_thread(self._get_json, "/workers"))
+        if workers is None:
+            return None
+        self._workers = [worker for worker in workers if self._model in worker.models]
+        only_sglang = bool(self._workers) and all(worker.runtime == "sglang" for worker in self._workers)
+        return replace(GATEWAY, priority=only_sglang)
+
+    async def worker_count(self) -> int:
+        """Healthy workers serving the model behind a gateway, else 1."""
+        await self._discover()
+        return max(1, sum(worker.healthy for worker in self._workers))
 
     async def chat(self, request: ChatRequest) -> ChatReply:
         await self._discover()
@@ -133,6 +191,8 @@ class OpenAICompatibleClient:
             kwargs["response_format"] = self._kind.response_format(
                 request.schema_name or "output", request.json_schema
             )
+        if request.priority is not None and self._kind.priority:
+            kwargs["extra_body"] = {"priority": request.priority}
         retries = 0
 
         async def create() -> Any:
@@ -186,14 +246,16 @@ class OpenAICompatibleClient:
 
     async def context_window(self) -> int | None:
         await self._discover()
-        assert self._kind is not None
+        assert self._kind is not None and self._model is not None
         if isinstance(self._model_card.get("max_model_len"), int):
             return self._model_card["max_model_len"]
         if self._kind.props_path:
             props = await asyncio.to_thread(self._get_json, self._kind.props_path)
             n_ctx = (props or {}).get("default_generation_settings", {}).get("n_ctx")
             return int(n_ctx) if n_ctx else None
-        return None
+        # Behind a gateway, a prompt must fit whichever worker it is sent to.
+        lengths = [length for worker in self._workers if (length := worker.models[self._model]) is not None]
+        return min(lengths) if lengths else None
 
     async def token_counter(self) -> TokenCounter | None:
         """The server's tokenizer, if its endpoint answers (older SGLang builds have none)."""

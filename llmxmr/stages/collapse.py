@@ -3,7 +3,10 @@ reduce prompt."""
 
 from __future__ import annotations
 
+from ..config import GroundingSettings
+from ..grounding import Citation, carried_forward, normalise
 from ..prompts import ChatMessage, PromptSet
+from ..schemas import CollapseOutput
 from .partials import Partial, render_partials
 
 
@@ -38,6 +41,51 @@ def merged_indices(group: list[Partial]) -> list[int]:
 
 def fallback(group: list[Partial]) -> Partial:
     """When a collapse call fails: keep the group's most confident partial answer (the earliest on
-    a tie), so the run goes on with the best evidence it had."""
-    best = max(group, key=lambda partial: partial.answer.confidence)
-    return Partial(chunk_indices=merged_indices(group), answer=best.answer)
+    a tie; verified ones first), so the run goes on with the best evidence it had."""
+    best = max(group, key=lambda partial: (partial.support != "unverified", partial.answer.confidence))
+    return Partial(chunk_indices=merged_indices(group), answer=best.answer, citations=best.citations, support=best.support)
+
+
+def ground_collapse_reply(
+    output: CollapseOutput, group: list[Partial], family: str, settings: GroundingSettings
+) -> tuple[Partial, str | None]:
+    """The merged partial answer with the verified quotes it carries forward, and what grounding
+    decided (for the trace). A collapse cannot verify anything new: its quotes count when they
+    repeat quotes of its inputs that were found in the text, or when its answer restates the
+    answer of a verified input (whose quotes it then carries)."""
+    indices = merged_indices(group)
+    inputs = [citation for partial in group for citation in partial.citations]
+    carried = carried_forward(output.evidence, inputs, settings.fuzzy_threshold)
+    if not carried and output.answer:
+        carried = [c for p in group if p.support != "unverified" and _restates(output.answer, p) for c in p.citations]
+    supports = {partial.support for partial in group}
+    if output.answer is None and "verified" in supports and settings.mode != "off":
+        return fallback(group), "the merged reply dropped the verified answers; the best verified input stands"
+    if settings.mode == "off" or supports == {"unchecked"}:
+        return Partial(chunk_indices=indices, answer=output, citations=_unique(carried or inputs)), None
+    if carried:
+        return Partial(chunk_indices=indices, answer=output, citations=_unique(carried), support="verified"), None
+    if "verified" in supports:
+        if settings.mode == "strict" or family == "retrieval":
+            return fallback(group), "the merged answer repeats no verified quote; the best verified input stands"
+        verified = [c for p in group if p.support == "verified" for c in p.citations]
+        return (
+            Partial(chunk_indices=indices, answer=output, citations=_unique(verified), support="verified"),
+            "no quote carried forward; the verified quotes of its inputs stand",
+        )
+    capped = output.model_copy(update={"confidence": min(output.confidence, settings.unsupported_confidence)})
+    return (
+        Partial(chunk_indices=indices, answer=capped, support="unverified"),
+        f"no input was verified: confidence capped at {settings.unsupported_confidence:g}",
+    )
+
+
+def _restates(answer: str, partial: Partial) -> bool:
+    theirs = normalise(partial.answer.answer or "").text
+    ours = normalise(answer).text
+    return bool(theirs) and (theirs in ours or ours in theirs)
+
+
+def _unique(citations: list[Citation]) -> list[Citation]:
+    spans = {(c.start, c.end): c for c in citations}
+    return [spans[span] for span in sorted(spans)]

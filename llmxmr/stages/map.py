@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
+from ..chunking import Chunk
+from ..config import GroundingSettings
+from ..grounding import Citation, DocumentIndex, locate_all, quotes_evidence
 from ..prompts import ChatMessage, PromptSet
+from ..schemas import MapOutput
+from .partials import Partial, Support
 
 
 # The tags the map prompts put around a chunk. A document that contains them (this README does)
@@ -27,6 +33,66 @@ def map_messages(prompts: PromptSet, question: str, chunk_text: str) -> list[Cha
     return prompts.messages("map", question=question, chunk=quote_as_data(chunk_text))
 
 
+@dataclass(frozen=True)
+class GroundedReply:
+    """What a map reply contributes once its quotes were looked up (None: no information), and
+    what grounding decided, for the trace (None: nothing to say)."""
+
+    partial: Partial | None
+    check: str | None
+
+
+def ground_map_reply(
+    output: MapOutput,
+    chunk: Chunk,
+    document: DocumentIndex,
+    question: str,
+    family: str,
+    settings: GroundingSettings,
+) -> GroundedReply:
+    """Looks the reply's quotes up in the text around its chunk and applies ``settings.mode``."""
+    if not output.has_information:
+        return GroundedReply(None, None)
+    assert output.answer is not None
+    if not quotes_evidence(family):
+        return GroundedReply(Partial(chunk_indices=[chunk.index], answer=output), None)
+    citations = locate_all(output.evidence, chunk, document, settings.fuzzy_threshold)
+    found = f"{len(citations)} of {len(output.evidence)} quote(s) found in the text"
+    if settings.mode == "off":
+        return GroundedReply(Partial(chunk_indices=[chunk.index], answer=output, citations=citations), None)
+    if family == "retrieval":
+        return _ground_retrieval(output, chunk, citations, question, found)
+    if citations:
+        return GroundedReply(_partial(output, chunk, citations, "verified"), found)
+    if settings.mode == "strict":
+        return GroundedReply(None, f"{found}: unsupported, counts as no information")
+    capped = output.model_copy(update={"confidence": min(output.confidence, settings.unsupported_confidence)})
+    return GroundedReply(
+        _partial(capped, chunk, [], "unverified"),
+        f"{found}: unsupported, confidence capped at {settings.unsupported_confidence:g}",
+    )
+
+
+def _partial(output: MapOutput, chunk: Chunk, citations: list[Citation], support: Support) -> Partial:
+    return Partial(chunk_indices=[chunk.index], answer=output, citations=citations, support=support)
+
+
+def _ground_retrieval(
+    output: MapOutput, chunk: Chunk, citations: list[Citation], question: str, found: str
+) -> GroundedReply:
+    """A retrieved value must be written in the quotes that were found, and they must name what
+    the request asks for; otherwise the reply counts as no information."""
+    if not citations:
+        return GroundedReply(None, f"{found}: unsupported, counts as no information")
+    quoted = "\n".join(citation.quote for citation in citations)
+    assert output.answer is not None
+    answer, problem = checked_retrieval_answer(output.answer, quoted, question, quoted)
+    if answer is None:
+        return GroundedReply(None, f"{found}, but {problem}: counts as no information")
+    supported = output.model_copy(update={"answer": answer})
+    return GroundedReply(_partial(supported, chunk, citations, "verified"), f"{found}; {problem}" if problem else found)
+
+
 def checked_retrieval_answer(answer: str, evidence: str, request: str, chunk_text: str) -> tuple[str | None, str | None]:
     """The answer a retrieval map reply may contribute, and what the check decided (None: kept).
 
@@ -42,7 +108,7 @@ def checked_retrieval_answer(answer: str, evidence: str, request: str, chunk_tex
     if problem is None:
         return answer, None
     if evidence.strip() and _retrieval_problem(evidence, "", request, chunk_text) is None:
-        return evidence, f"{problem}; its evidence, found in the chunk, stands in for it"
+        return evidence, f"{problem}; its evidence, found in the text, stands in for it"
     return None, problem
 
 

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict
 
+from ..grounding import Citation
 from ..schemas import PartialAnswer
+
+# verified: some of its quotes were found in the document; unverified: none was (it can only pass
+# with its confidence capped); unchecked: grounding is off, or the task family does not quote.
+Support = Literal["verified", "unverified", "unchecked"]
 
 
 class Partial(BaseModel):
-    """A partial answer and the chunks it speaks for (one after map, several after collapse)."""
+    """A partial answer, the chunks it speaks for (one after map, several after collapse), and
+    the quotes of the document it rests on."""
 
     model_config = ConfigDict(frozen=True)
 
     chunk_indices: list[int]
     answer: PartialAnswer
+    citations: list[Citation] = []
+    support: Support = "unchecked"
 
 
 def label(chunk_indices: list[int]) -> str:
@@ -26,11 +36,17 @@ def label(chunk_indices: list[int]) -> str:
     return "Chunks " + ", ".join(str(index) for index in chunk_indices)
 
 
+_SUPPORT_NOTE = {"verified": "; quoted from the text", "unverified": "; unverified: no quote found in the text", "unchecked": ""}
+
+
 def render_partial(partial: Partial) -> str:
+    """A partial answer as later prompts show it: with the verified quotes (the text's own words),
+    so that a collapse can carry them forward, and whether any were found."""
     answer = partial.answer
+    quotes = "".join(f'\nQuote: "{citation.quote}"' for citation in partial.citations)
     return (
-        f"### {label(partial.chunk_indices)} (confidence {answer.confidence:g})\n"
-        f"Information: {answer.extracted_information}\n"
+        f"### {label(partial.chunk_indices)} (confidence {answer.confidence:g}{_SUPPORT_NOTE[partial.support]})\n"
+        f"Information: {answer.extracted_information}{quotes}\n"
         f"Rationale: {answer.rationale}\n"
         f"Answer: {answer.answer}"
     )

@@ -2,28 +2,52 @@
 
 from __future__ import annotations
 
+from ..grounding import Citation, normalise
 from ..prompts import ChatMessage, PromptSet
 from ..schemas import FinalAnswer
 from .map import checked_retrieval_answer
 from .partials import Partial, render_partials
 
-NOTHING_FOUND = "No part of the document holds information relevant to the question."
+NOT_FOUND = "The document does not appear to contain the answer"
+NOTHING_FOUND = f"{NOT_FOUND}: no part of it holds information relevant to the question."
 
 
 def reduce_messages(prompts: PromptSet, question: str, partials: list[Partial]) -> list[ChatMessage]:
     return prompts.messages("reduce", question=question, partials=render_partials(partials))
 
 
-def nothing_found() -> FinalAnswer:
-    """The answer when every chunk reported no information: say so rather than guess. The one
-    rightly empty answer, so it is built without the validation a model's reply gets."""
-    return FinalAnswer.model_construct(rationale=NOTHING_FOUND, answer="", confidence=0.0, supporting_chunks=[])
+def nothing_found(unsupported: int = 0) -> FinalAnswer:
+    """The answer when no chunk gave a supported answer: say so rather than guess. The one rightly
+    empty answer, so it is built without the validation a model's reply gets."""
+    rationale = NOTHING_FOUND
+    if unsupported:
+        rationale = (
+            f"{NOT_FOUND}: {unsupported} partial answer(s) proposed one, but none of their quotes was "
+            "found in the text."
+        )
+    return FinalAnswer.model_construct(rationale=rationale, answer="", confidence=0.0, supporting_chunks=[])
+
+
+def supported(partials: list[Partial]) -> bool:
+    """Whether any partial answer may be the basis of a final one: not when all are unverified."""
+    return any(partial.support != "unverified" for partial in partials)
+
+
+def citations_for(answer: FinalAnswer, partials: list[Partial]) -> list[Citation]:
+    """The quotes the final answer rests on: those of the partial answers of its supporting chunks;
+    failing that, of the partial answers it restates; failing that, of all of them."""
+    chosen = [p for p in partials if set(p.chunk_indices) & set(answer.supporting_chunks) and p.citations]
+    if not chosen:
+        final = normalise(answer.answer).text
+        chosen = [p for p in partials if p.answer.answer and normalise(p.answer.answer).text in final]
+    spans = {(c.start, c.end): c for p in (chosen or partials) for c in p.citations}
+    return [spans[span] for span in sorted(spans)]
 
 
 def fallback(partials: list[Partial]) -> FinalAnswer:
     """When the reduce call fails or its answer fails a check: the most confident partial answer
     stands as the final one."""
-    best = max(partials, key=lambda partial: partial.answer.confidence)
+    best = max(partials, key=lambda partial: (partial.support != "unverified", partial.answer.confidence))
     return FinalAnswer(
         rationale=f"The most confident partial answer stands (no usable reduce reply). {best.answer.rationale}",
         answer=best.answer.answer,

@@ -13,8 +13,10 @@ from llmxmr.errors import ContextTooSmallError, LLMCallError, UsageError
 
 from ..conftest import WordCounter, final_reply, partial_reply
 
-FILLER = "The grass is green and the sky is blue today. " * 40  # 400 words
-DOCUMENT = (FILLER + "\n\n") * 3 + "The secret code is KEY-77.\n\n" + (FILLER + "\n\n") * 3
+FILLER_SENTENCE = "The grass is green and the sky is blue today."
+FILLER = f"{FILLER_SENTENCE} " * 40  # 400 words
+KEY_SENTENCE = "The secret code is KEY-77."
+DOCUMENT = (FILLER + "\n\n") * 3 + KEY_SENTENCE + "\n\n" + (FILLER + "\n\n") * 3
 
 
 def config(**overrides) -> PipelineConfig:
@@ -30,7 +32,7 @@ def chunk_of(request: ChatRequest) -> str:
 def responder(request: ChatRequest) -> str:
     if request.schema_name == "MapOutput":
         if "KEY-77" in chunk_of(request):
-            return partial_reply("KEY-77", confidence=5)
+            return partial_reply("KEY-77", confidence=5, info=KEY_SENTENCE)
         return partial_reply(None, confidence=0)
     if request.schema_name == "CollapseOutput":
         return partial_reply("merged", confidence=3)
@@ -57,7 +59,8 @@ def test_map_then_reduce_over_informative_chunks_only():
     assert len(reduces) == 1
     key_chunk = next(c.index for c in result.chunks if "KEY-77" in DOCUMENT[c.start : c.end])
     partials_text = reduces[0].messages[-1].content
-    assert f"Chunk {key_chunk} (confidence 5)" in partials_text
+    assert f"Chunk {key_chunk} (confidence 5; quoted from the text)" in partials_text
+    assert f'Quote: "{KEY_SENTENCE}"' in partials_text
     assert partials_text.count("### Chunk") == 1  # no-information chunks are dropped
     assert result.answer == "KEY-77" and result.found and result.supporting_chunks == [key_chunk]
     assert result.trace.totals.calls == len(maps) + 1
@@ -88,7 +91,7 @@ def test_nothing_found_skips_reduce():
 def test_collapse_runs_until_partials_fit_and_keeps_order():
     def every_chunk_answers(request: ChatRequest) -> str:
         if request.schema_name == "MapOutput":
-            return partial_reply("word " * 300, confidence=2)
+            return partial_reply("word " * 300, confidence=2, info=FILLER_SENTENCE)
         if request.schema_name == "CollapseOutput":
             return partial_reply("short merged answer", confidence=3)
         return final_reply("done")
@@ -141,8 +144,8 @@ def test_failed_reduce_falls_back_to_the_most_confident_partial():
     def conflicting(request: ChatRequest) -> str:
         if request.schema_name == "MapOutput":
             if "KEY-77" in chunk_of(request):
-                return partial_reply("KEY-77", confidence=5)
-            return partial_reply("GUESS", confidence=1.5)
+                return partial_reply("KEY-77", confidence=5, info=KEY_SENTENCE)
+            return partial_reply("GUESS", confidence=1.5, info=FILLER_SENTENCE)
         raise LLMCallError("reduce failed")
 
     def scripted(request: ChatRequest) -> str:
@@ -213,21 +216,23 @@ def test_retrieval_answers_are_checked_against_the_chunk_and_the_request(answer,
 def test_rejected_retrieval_answers_do_not_reach_the_reduce():
     def inventive(request: ChatRequest) -> str:
         if request.schema_name == "MapOutput":
-            return partial_reply("KEY-77" if "KEY-77" in chunk_of(request) else "KEY-12", confidence=5, info="code")
+            if "KEY-77" in chunk_of(request):
+                return partial_reply("KEY-77", confidence=5, info=KEY_SENTENCE)
+            return partial_reply("KEY-12", confidence=5, info="The secret code is KEY-12.")
         return final_reply("KEY-77")
 
     client = new_client(responder=inventive)
     result = run(client, config(task_type="retrieval"))
     reduce_prompt = client.requests[-1].messages[-1].content
     assert "KEY-12" not in reduce_prompt and "KEY-77" in reduce_prompt
-    rejected = [c for c in result.trace.calls if c.check]
+    rejected = [c for c in result.trace.calls if c.check and "counts as no information" in c.check]
     assert len(rejected) == len(result.chunks) - 1
 
 
 def test_a_retrieval_reduce_answer_not_in_the_partials_gives_way():
     def reduce_invents(request: ChatRequest) -> str:
         if request.schema_name == "MapOutput":
-            return partial_reply("KEY-77" if "KEY-77" in chunk_of(request) else None, confidence=5, info="code KEY-77")
+            return partial_reply("KEY-77" if "KEY-77" in chunk_of(request) else None, confidence=5, info=KEY_SENTENCE)
         return final_reply("./secret_code")
 
     client = new_client(responder=reduce_invents)

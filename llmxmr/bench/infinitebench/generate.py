@@ -61,6 +61,7 @@ _NUMBER_STRING_QUESTION = "What is the sequence of digits?"
 
 _KV_PREFIX = "JSON data:\n{"
 _KV_QUESTION = '\nKey: "{key}"\nThe value associated with the specified key is: '
+_KV_ASKED = re.compile(r'Key: "([^"]+)"')
 
 _MATH_MIN, _MATH_MAX = 0, 99
 # InfiniteBench's ``inputs`` dict: the text after the list, which the model completes.
@@ -123,6 +124,31 @@ def generate(
     if task == "kv_retrieval":
         return [_kv_example(i, n, rng, length, counter) for i in range(n)]
     return [_math_find_example(i, rng, length, counter) for i in range(n)]
+
+
+def without_answer(task: str, example: Example) -> Example:
+    """The same example with what answers it taken out of the context: the needle line (passkey,
+    number_string) or the asked pair (kv_retrieval). The haystack is otherwise untouched, so a
+    run on it shows what a system answers when the document holds no answer."""
+    key = str(example["answer"][0])
+    if task == "passkey":
+        removed = _PASSKEY_NEEDLE.format(key=key)
+    elif task == "number_string":
+        removed = _NUMBER_STRING_NEEDLE.format(key=key)
+    elif task == "kv_retrieval":
+        asked = _KV_ASKED.search(example["input"])
+        assert asked is not None, "a generated kv_retrieval question names its key"
+        removed = f'"{asked.group(1)}": "{key}"'
+    else:
+        raise UsageError(f"{task} has no single needle to take out")
+    context = example["context"]
+    if removed not in context:
+        raise UsageError(f"{task} example {example['id']}: its answer is not in its context")
+    if task == "kv_retrieval":  # keep the JSON valid: drop the pair with one separator
+        context = context.replace(f"{removed}, ", "").replace(f", {removed}", "").replace(removed, "")
+    else:
+        context = context.replace(removed, "")
+    return {**example, "context": context, "answer": [None]}
 
 
 def write_jsonl(examples: list[Example], path: str | Path) -> None:

@@ -1,0 +1,224 @@
+"""Running the smg gateway (SGLang's model gateway, PyPI ``smg``) in front of several workers.
+
+smg spreads requests over the workers, retries a failed request on another worker and takes dead
+workers out of the rotation. llmxmr only starts it with flags that suit map-reduce runs, waits until
+every worker is registered, and stops it together with itself: smg runs in its own process group
+(so a Ctrl-C in the terminal reaches llmxmr alone, which then stops smg in order), SIGTERM and
+SIGHUP stop it the way Ctrl-C does, and on Linux smg is also told to exit if llmxmr is killed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+
+from .clients.openai_compat import listed_workers, server_root
+from .errors import GatewayError, MissingExtraError, UsageError
+
+POLICIES = ("power_of_two", "cache_aware", "round_robin")
+DEFAULT_PORT = 30080  # not SGLang's 30000, so a worker and the gateway can share a host
+LOOPBACK = "127.0.0.1"
+STARTUP_TIMEOUT_S = 600.0  # an SGLang worker loads its model before it answers /health
+POLL_S = 0.5
+# How often smg probes a worker that is not up yet. Each failed probe logs a warning, so not
+# every second for the minutes a model takes to load.
+WORKER_CHECK_INTERVAL_S = 5
+# On SIGTERM smg keeps listening for a fixed 5 s (a load-balancer settle window), then waits up to
+# this long for requests in flight; llmxmr kills it if it is still there after both and a margin.
+SHUTDOWN_GRACE_S = 10
+STOP_TIMEOUT_S = 5 + SHUTDOWN_GRACE_S + 5
+_PR_SET_PDEATHSIG = 1  # prctl option: a signal for the child when its parent dies
+
+
+@dataclass(frozen=True)
+class GatewayPlan:
+    """Everything ``llmxmr gateway`` starts smg with."""
+
+    workers: tuple[str, ...]
+    metrics_port: int
+    host: str = LOOPBACK
+    port: int = DEFAULT_PORT
+    policy: str = "power_of_two"
+    startup_timeout_s: float = STARTUP_TIMEOUT_S
+    extra: tuple[str, ...] = ()
+
+    @property
+    def base_url(self) -> str:
+        """What to give ``llmxmr run --base-url``."""
+        return f"http://{_reachable_host(self.host)}:{self.port}/v1"
+
+    def command(self) -> list[str]:
+        """``smg launch`` with llmxmr's flags; ``extra`` comes last, so it overrides any of them."""
+        return [
+            sys.executable, "-m", "smg", "launch",
+            "--host", self.host,
+            "--port", str(self.port),
+            "--worker-urls", *self.workers,
+            "--policy", self.policy,
+            # smg's metrics server listens on every interface at port 29000 by default: a second
+            # gateway on the host would fail to start, and the metrics would be public.
+            "--prometheus-host", LOOPBACK,
+            "--prometheus-port", str(self.metrics_port),
+            # A request that fails on one worker (5xx, 429, connection refused) goes to another;
+            # this is smg's default, stated so that a change of default cannot turn it off.
+            "--retry-max-retries", "5",
+            "--worker-startup-timeout-secs", str(int(self.startup_timeout_s)),
+            "--worker-startup-check-interval", str(WORKER_CHECK_INTERVAL_S),
+            "--shutdown-grace-period-secs", str(SHUTDOWN_GRACE_S),
+            # smg logs every request at the info level; warnings (a worker down) still show.
+            "--log-level", "warn",
+            *self.extra,
+        ]  # fmt: skip
+
+
+def parse_workers(text: str) -> tuple[str, ...]:
+    """``URL[,URL...]`` as the worker roots smg expects (a trailing ``/v1`` is dropped)."""
+    urls = [server_root(part.strip()) for part in text.split(",") if part.strip()]
+    if not urls:
+        raise UsageError("--workers names no worker URL")
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise UsageError(f"worker URL {url!r} is not of the form http://HOST:PORT")
+    repeated = sorted({url for url in urls if urls.count(url) > 1})
+    if repeated:
+        raise UsageError(f"worker {repeated[0]} is listed twice in --workers")
+    return tuple(urls)
+
+
+def default_policy(workers: int) -> str:
+    """power_of_two, which smg refuses for a single worker. Measured with smg 1.13 (tests/gateway):
+    power_of_two and round_robin give each of 3 workers a third of a run's map calls, while
+    cache_aware, keyed on the prompt head that every map call shares, leaves one worker idle. That
+    head is short next to a chunk, so balance matters more than where it is cached."""
+    return "power_of_two" if workers > 1 else "round_robin"
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def run_gateway(plan: GatewayPlan, on_ready: Callable[[str], None]) -> None:
+    """Starts smg, calls ``on_ready(base_url)`` once every worker is registered, and returns when
+    Ctrl-C, SIGTERM or SIGHUP stops it. Raises ``GatewayError`` if smg exits on its own or the
+    workers do not register in time; smg never outlives this call."""
+    if importlib.util.find_spec("smg") is None:
+        raise MissingExtraError("smg", "scale", "llmxmr gateway")
+    with _signals_stop_like_ctrl_c():
+        process = _start(plan.command())
+        try:
+            wait_until_ready(process, plan)
+            on_ready(plan.base_url)
+            code = process.wait()
+        except KeyboardInterrupt:
+            return
+        finally:
+            stop(process)
+    raise GatewayError(f"smg exited with code {code}; its log is above")
+
+
+def wait_until_ready(process: subprocess.Popen[bytes], plan: GatewayPlan) -> None:
+    """Until every worker of the plan is registered and healthy behind the gateway."""
+    root = server_root(plan.base_url)
+    deadline = time.monotonic() + plan.startup_timeout_s
+    while True:
+        if process.poll() is not None:
+            raise GatewayError(f"smg exited with code {process.returncode} before it was ready; its log is above")
+        missing = sorted(set(plan.workers) - ready_workers(root))
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            raise GatewayError(
+                f"the gateway at {root} has not registered {', '.join(missing)} after "
+                f"{plan.startup_timeout_s:g} s; is each worker running and answering /health?"
+            )
+        time.sleep(POLL_S)
+
+
+def ready_workers(root: str) -> set[str]:
+    """URLs of the healthy workers the gateway at ``root`` lists (none while it is not up)."""
+    try:
+        response = httpx.get(f"{root}/workers", timeout=2.0)
+        workers = listed_workers(response.json()) if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return set()
+    return {worker.url for worker in workers or [] if worker.healthy}
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to smg's process group, then SIGKILL if it is still there after ``STOP_TIMEOUT_S``
+    or if Ctrl-C is pressed again while waiting."""
+    if process.poll() is not None:
+        return
+    _signal_group(process, signal.SIGTERM)
+    try:
+        process.wait(STOP_TIMEOUT_S)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
+
+
+def _start(command: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        command,
+        stdout=sys.__stderr__,  # smg logs to stdout: to stderr, so that llmxmr's stdout has only the URL
+        start_new_session=True,  # its own process group: the terminal's Ctrl-C reaches llmxmr only
+        preexec_fn=_exit_with_parent(),  # noqa: PLW1509  (one system call, resolved before the fork)
+    )
+
+
+def _exit_with_parent() -> Callable[[], None] | None:
+    """On Linux, what the child runs before smg starts: if llmxmr dies without stopping smg
+    (SIGKILL, a crash), the kernel then sends smg SIGTERM instead of leaving it running. The
+    function is looked up here, in the parent, so that the child only makes the system call."""
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None).prctl
+    terminate = int(signal.SIGTERM)
+    return lambda: prctl(_PR_SET_PDEATHSIG, terminate)
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)  # the group's id is smg's pid (start_new_session)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def _signals_stop_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, so they stop smg as Ctrl-C does; by default
+    they would end this process at once and leave smg running."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _reachable_host(host: str) -> str:
+    """The host a client on this machine uses: loopback for a wildcard address, IPv6 in brackets."""
+    if host in ("", "0.0.0.0"):
+        return LOOPBACK
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host

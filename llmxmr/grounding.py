@@ -1,0 +1,205 @@
+"""Grounding: the quotes a model gives as evidence, located in the document by code.
+
+A map reply carries a few short verbatim quotes from its chunk. Each is looked for in the text
+around the chunk: first exactly, after whitespace runs become one space and case is folded; then
+approximately, with rapidfuzz's ``partial_ratio`` (the best-aligned window of the text, scored 0-100
+by normalised Indel similarity) at or above ``grounding.fuzzy_threshold`` (default 90: a slip of a
+word or two in a sentence passes, a different number in the same sentence does not). A located
+quote becomes a ``Citation`` with its character span and line in the whole document; a quote that
+cannot be located is unverified.
+
+The cost is linear in the chunk: the normalised text is built in one pass, exact search is
+``str.find``, and the approximate search is bit-parallel in rapidfuzz with quotes capped at
+``MAX_QUOTE_CHARS``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache, cached_property
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+from rapidfuzz import fuzz
+
+from .chunking import Chunk
+
+GroundingMode = Literal["off", "cap", "strict"]
+# Longer quotes are cut to this before searching: a short quote is the request, and it bounds the
+# cost of approximate matching.
+MAX_QUOTE_CHARS = 300
+# A quote this short ("the", "5") would be found almost anywhere and proves nothing.
+MIN_QUOTE_CHARS = 4
+# Characters that some text holds invisibly (the map prompt defuses tags with a zero-width space);
+# a quote is compared without them.
+_INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
+_RUN = re.compile(r"\S+")
+
+
+class Citation(BaseModel):
+    """A quote found in the document: the chunk it came from, where it is, and the text there."""
+
+    model_config = ConfigDict(frozen=True)
+
+    chunk: int
+    start: int  # character offsets in the whole document
+    end: int
+    line: int  # 1-based line of ``start``
+    quote: str  # the document's own text at [start, end)
+    match: Literal["exact", "fuzzy"]
+    score: float  # 100 for an exact match, else rapidfuzz's partial_ratio
+
+
+@dataclass(frozen=True)
+class _Normalised:
+    """Text with whitespace runs collapsed to one space and case folded, and the way back: for
+    each run of non-space characters, where it starts in the normalised and in the original text."""
+
+    text: str
+    normalised_starts: list[int]
+    original_starts: list[int]
+    original_ends: list[int]
+
+    def original_span(self, start: int, end: int) -> tuple[int, int]:
+        """The original span that the normalised span [start, end) covers."""
+        first = max(bisect.bisect_right(self.normalised_starts, start) - 1, 0)
+        last = max(bisect.bisect_right(self.normalised_starts, max(end - 1, start)) - 1, 0)
+        begin = min(self.original_starts[first] + (start - self.normalised_starts[first]), self.original_ends[first])
+        finish = min(self.original_starts[last] + (end - self.normalised_starts[last]), self.original_ends[last])
+        return begin, max(finish, begin)
+
+
+def normalise(text: str, offset: int = 0) -> _Normalised:
+    """``text`` normalised for matching; spans map back to ``offset + position in text``.
+
+    Case folding that changes a word's length (German ß) keeps the mapping at word level: a span
+    inside such a word maps to the word's bounds at worst."""
+    text = _INVISIBLE.sub("", text) if _INVISIBLE.search(text) else text
+    pieces: list[str] = []
+    normalised_starts: list[int] = []
+    original_starts: list[int] = []
+    original_ends: list[int] = []
+    position = 0
+    for run in _RUN.finditer(text):
+        word = run.group().casefold()
+        if pieces:
+            position += 1  # the single space between runs
+        normalised_starts.append(position)
+        original_starts.append(offset + run.start())
+        original_ends.append(offset + run.end())
+        pieces.append(word)
+        position += len(word)
+    return _Normalised(" ".join(pieces), normalised_starts, original_starts, original_ends)
+
+
+class DocumentIndex:
+    """The whole document, for turning spans into line numbers and quotes."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    @cached_property
+    def _line_starts(self) -> list[int]:
+        return [0] + [match.end() for match in re.finditer("\n", self.text)]
+
+    def line_of(self, position: int) -> int:
+        return bisect.bisect_right(self._line_starts, position)
+
+
+def _region(chunk: Chunk, document: DocumentIndex) -> _Normalised:
+    """The chunk's text plus a quote's length on each side, normalised: a quote cut by the chunk's
+    edge is still found there."""
+    margin = MAX_QUOTE_CHARS + 16
+    start = max(chunk.overlap_start - margin, 0)
+    return normalise(document.text[start : chunk.end + margin], offset=start)
+
+
+def _locate(
+    quote: str, chunk: Chunk, region: Callable[[], _Normalised], document: DocumentIndex, threshold: float
+) -> Citation | None:
+    wanted = normalise(quote[:MAX_QUOTE_CHARS]).text
+    if len(wanted) < MIN_QUOTE_CHARS:
+        return None
+    found = _verbatim(quote.strip(), chunk, document) or _exact(wanted, region()) or _approximate(wanted, region(), threshold)
+    if found is None:
+        return None
+    (start, end), match, score = found
+    if end <= chunk.overlap_start or start >= chunk.end:  # found beside the chunk, not in it
+        return None
+    return Citation(
+        chunk=chunk.index,
+        start=start,
+        end=end,
+        line=document.line_of(start),
+        quote=document.text[start:end],
+        match=match,
+        score=score,
+    )
+
+
+def _verbatim(quote: str, chunk: Chunk, document: DocumentIndex) -> tuple[tuple[int, int], Literal["exact"], float] | None:
+    """The common case, found without normalising the chunk: the quote as it is in the text."""
+    if len(quote) > MAX_QUOTE_CHARS:
+        return None
+    at = document.text.find(quote, chunk.overlap_start, chunk.end)
+    return ((at, at + len(quote)), "exact", 100.0) if at >= 0 else None
+
+
+def _exact(wanted: str, region: _Normalised) -> tuple[tuple[int, int], Literal["exact"], float] | None:
+    at = region.text.find(wanted)
+    if at < 0:
+        return None
+    return region.original_span(at, at + len(wanted)), "exact", 100.0
+
+
+def _approximate(
+    wanted: str, region: _Normalised, threshold: float
+) -> tuple[tuple[int, int], Literal["fuzzy"], float] | None:
+    if not region.text:
+        return None
+    alignment = fuzz.partial_ratio_alignment(wanted, region.text, score_cutoff=threshold)
+    if alignment is None:
+        return None
+    span = region.original_span(alignment.dest_start, alignment.dest_end)
+    return span, "fuzzy", round(alignment.score, 1)
+
+
+def locate_all(
+    quotes: Sequence[str], chunk: Chunk, document: DocumentIndex, threshold: float
+) -> list[Citation]:
+    """The quotes of a map reply that were found in or at the edge of its chunk, each span once,
+    in document order."""
+    region = cache(lambda: _region(chunk, document))  # built only when a quote is not verbatim
+    found = {}
+    for quote in quotes:
+        citation = _locate(quote, chunk, region, document, threshold)
+        if citation is not None:
+            found.setdefault((citation.start, citation.end), citation)
+    return sorted(found.values(), key=lambda citation: citation.start)
+
+
+def carried_forward(quotes: Sequence[str], citations: Sequence[Citation], threshold: float) -> list[Citation]:
+    """The citations of a collapse's inputs that its quotes repeat (exactly or approximately):
+    a collapse can only carry forward quotes that were already verified."""
+    kept = []
+    for citation in citations:
+        cited = normalise(citation.quote).text
+        for quote in quotes:
+            wanted = normalise(quote[:MAX_QUOTE_CHARS]).text
+            if len(wanted) >= MIN_QUOTE_CHARS and (
+                wanted in cited or cited in wanted or fuzz.ratio(wanted, cited) >= threshold
+            ):
+                kept.append(citation)
+                break
+    return kept
+
+
+# Summaries rest on the whole text, not on a few sentences: their replies carry no quotes.
+_FAMILIES_WITHOUT_QUOTES = frozenset({"summary"})
+
+
+def quotes_evidence(family: str) -> bool:
+    return family not in _FAMILIES_WITHOUT_QUOTES

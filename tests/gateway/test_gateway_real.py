@@ -1,0 +1,212 @@
+"""Runs through the real smg gateway in front of fake SGLang workers: answers, fair shares of the
+map calls, a worker killed mid-run, an unreachable gateway, and clean stops."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from llmxmr import MapReducePipeline, PipelineConfig
+from llmxmr.clients.openai_compat import OpenAICompatibleClient
+
+from ..conftest import final_reply, partial_reply
+from ..fake_server import Answer, FakeServer, completion
+from ..unit.test_cli import assert_one_line_error, invoke
+from .conftest import (
+    STOP_TIMEOUT_S,
+    WORKER_CONTEXT,
+    alive,
+    running_gateway,
+    sglang_workers,
+)
+
+pytestmark = pytest.mark.gateway
+
+NEEDLE = "The magic number is 4242."
+FILLER = "The grass is green and the sky is blue today. "
+QUESTION = "What is the magic number?"
+CHUNK_TOKENS = 120
+
+
+def document(sentences: int = 800) -> str:
+    """About 60 chunks of filler with the needle in the middle."""
+    parts = [FILLER] * sentences
+    parts.insert(sentences // 2, NEEDLE + " ")
+    return "".join(parts)
+
+
+def schema_of(body: dict[str, Any]) -> str:
+    return body["response_format"]["json_schema"]["name"]
+
+
+def reply(body: dict[str, Any], delay_s: float = 0.02) -> Answer:
+    """A worker's answer: the needle from the chunk that holds it, nothing from the others."""
+    text = " ".join(message["content"] for message in body["messages"])
+    if schema_of(body) == "FinalAnswer":
+        content = final_reply("4242")
+    elif NEEDLE in text:
+        content = partial_reply("4242", 5, info=NEEDLE)
+    else:
+        content = partial_reply(None, 0, info="")
+    answer = completion(content, cached=7)
+    answer.delay_s = delay_s
+    return answer
+
+
+def maps_served(worker: FakeServer) -> int:
+    return sum(1 for path, body in list(worker.requests) if path == "/v1/chat/completions" and schema_of(body) == "MapOutput")
+
+
+def run_through(base_url: str):
+    # No context window is given: the client finds it through the gateway's /workers.
+    config = PipelineConfig.load(**{"llm.base_url": base_url, "chunking.chunk_tokens": CHUNK_TOKENS, "llm.tokenizer": "tiktoken"})
+    return MapReducePipeline(config).run(document(), QUESTION)
+
+
+def assert_every_chunk_read(result) -> None:
+    assert result.unread_chunks == [] and result.failed_calls == []
+    mapped = sorted(i for call in result.trace.calls if call.stage == "map" and call.output for i in call.chunk_indices)
+    assert mapped == list(range(len(result.chunks)))
+
+
+def run_on_three_workers(tmp_path, *options: str) -> tuple[Any, list[FakeServer], float]:
+    with sglang_workers(3, reply) as workers, running_gateway(workers, tmp_path / "gateway.log", *options) as gateway:
+        started = time.perf_counter()
+        result = run_through(gateway.base_url)
+        elapsed = time.perf_counter() - started
+    assert result.found and result.answer == "4242", result.rationale
+    assert_every_chunk_read(result)
+    assert result.model.startswith("smg gateway at ")
+    return result, workers, elapsed
+
+
+def map_shares(result, workers: list[FakeServer], label: str, elapsed: float) -> list[float]:
+    served = [maps_served(worker) for worker in workers]
+    assert sum(served) == len(result.chunks)  # no call was answered twice
+    print(f"\n{label}: {len(result.chunks)} chunks, map calls per worker {served}, {elapsed:.2f} s")
+    return [count / sum(served) for count in served]
+
+
+@pytest.mark.parametrize("policy", [None, "round_robin"], ids=["default-power_of_two", "round_robin"])
+def test_a_run_through_the_gateway_answers_and_every_worker_gets_a_fair_share(policy, tmp_path):
+    result, workers, elapsed = run_on_three_workers(tmp_path, *(["--policy", policy] if policy else []))
+    shares = map_shares(result, workers, policy or "power_of_two", elapsed)
+    # A fair share: no worker below half of an even split (1/3), none above twice that.
+    assert min(shares) >= 0.5 / 3 and max(shares) <= 2 / 3, shares
+    # What the gateway passed on: SGLang's priority (maps 0, reduce 2) and the cached-token counts.
+    chats = [body for worker in workers for path, body in worker.requests if path == "/v1/chat/completions"]
+    assert {schema_of(body): body["priority"] for body in chats} == {"MapOutput": 0, "FinalAnswer": 2}
+    assert {call.cached_tokens for call in result.trace.calls} == {7}
+
+
+def test_cache_aware_answers_but_leaves_a_worker_idle(tmp_path):
+    """Why power_of_two is the default: smg 1.13's cache_aware sends every map call of a run (they
+    share their prompt's head) to all workers but one. If a later smg spreads them, this test
+    fails and the default can be reconsidered."""
+    result, workers, elapsed = run_on_three_workers(tmp_path, "--policy", "cache_aware")
+    shares = map_shares(result, workers, "cache_aware", elapsed)
+    assert min(shares) < 0.5 / 3, shares
+
+
+def test_the_window_and_the_workers_are_found_through_the_gateway(tmp_path):
+    async def probe(base_url: str) -> tuple[int | None, int]:
+        client = OpenAICompatibleClient(base_url)
+        try:
+            return await client.context_window(), await client.worker_count()
+        finally:
+            await client.aclose()
+
+    with (
+        sglang_workers(1, reply) as small,
+        sglang_workers(2, reply, context_length=2 * WORKER_CONTEXT) as large,
+        running_gateway([*small, *large], tmp_path / "gateway.log") as gateway,
+    ):
+        assert asyncio.run(probe(gateway.base_url)) == (WORKER_CONTEXT, 3)  # the smallest window
+
+
+def test_a_worker_killed_mid_run_loses_no_chunk(tmp_path, record_property):
+    victim: list[FakeServer] = []
+    answered = itertools.count(1)
+    killed = threading.Event()
+
+    def kill() -> None:
+        victim[0].kill()
+        killed.set()
+
+    def dying_reply(body: dict[str, Any]) -> Answer:
+        # The victim dies at its fifth call, with that call and others in flight (0.3 s each).
+        if next(answered) == 5:
+            threading.Thread(target=kill).start()
+        return reply(body, delay_s=0.3)
+
+    with sglang_workers(2, reply) as survivors, sglang_workers(1, dying_reply) as doomed:
+        victim.extend(doomed)
+        with running_gateway([*survivors, *doomed], tmp_path / "gateway.log") as gateway:
+            result = run_through(gateway.base_url)
+    assert result.found and result.answer == "4242"
+    assert_every_chunk_read(result)
+    served = [maps_served(worker) for worker in (*survivors, *doomed)]
+    retries = sum(call.transport_retries for call in result.trace.calls)
+    record_property("maps_per_worker_victim_last", served)
+    record_property("client_retries", retries)
+    print(f"\nkilled worker: map calls per worker {served} (victim last), client retries {retries}")
+    assert killed.is_set() and served[-1] >= 5  # it took part, then died mid-run
+    assert sum(served) > len(result.chunks)  # the calls it died with were sent again, and answered
+
+
+def test_an_unreachable_gateway_is_one_line_naming_it(tmp_path):
+    with sglang_workers(1, reply) as workers, running_gateway(workers, tmp_path / "gateway.log") as gateway:
+        base_url = gateway.base_url
+    (tmp_path / "doc.txt").write_text(document(50))
+    result = invoke("run", "--input", str(tmp_path / "doc.txt"), "--question", QUESTION, "--base-url", base_url, "--no-progress")
+    assert_one_line_error(result, 1, f"cannot reach the LLM server at {base_url}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_the_gateway_stops_with_llmxmr_and_leaves_no_smg(signum, tmp_path):
+    with sglang_workers(1, reply) as workers, running_gateway(workers, tmp_path / "gateway.log") as gateway:
+        smg = gateway.smg_pid()
+        assert alive(smg)
+        gateway.process.send_signal(signum)
+        assert gateway.process.wait(STOP_TIMEOUT_S) == 0
+    assert not alive(smg)
+    assert "gateway stopped" in gateway.log.read_text()
+
+
+def test_smg_exits_when_llmxmr_is_killed(tmp_path):
+    """SIGKILL cannot be caught: the kernel tells smg instead (PR_SET_PDEATHSIG on Linux)."""
+    with sglang_workers(1, reply) as workers, running_gateway(workers, tmp_path / "gateway.log") as gateway:
+        smg = gateway.smg_pid()
+        os.kill(gateway.process.pid, signal.SIGKILL)
+        gateway.process.wait(STOP_TIMEOUT_S)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while alive(smg) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert not alive(smg)
+
+
+def test_two_gateways_share_a_host(tmp_path):
+    """Each gets its own metrics port (smg's default, 29000 on every interface, would collide)."""
+    with (
+        sglang_workers(2, reply) as workers,
+        running_gateway(workers, tmp_path / "one.log") as one,
+        running_gateway(workers, tmp_path / "two.log") as two,
+    ):
+        assert one.process.poll() is None and two.process.poll() is None
+        assert one.base_url != two.base_url
+
+
+def test_the_gateway_prints_only_its_url_on_stdout(tmp_path):
+    with sglang_workers(2, reply) as workers, running_gateway(workers, tmp_path / "gateway.log") as gateway:
+        # The first line is the URL, not smg's start-up banner: smg's output goes to stderr.
+        assert gateway.base_url.startswith("http://127.0.0.1:") and gateway.base_url.endswith("/v1")
+    log = gateway.log.read_text()  # complete once the gateway has stopped
+    assert f"listening  127.0.0.1:{gateway.base_url.split(':')[-1].split('/')[0]}" in log  # smg's banner
+    assert "gateway ready; then: llmxmr run --base-url " + gateway.base_url in log

@@ -1,0 +1,292 @@
+"""Grounding: quotes located in the text by code, the policies, citations and "not found"."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from rapidfuzz import fuzz
+
+from llmxmr import MapReducePipeline, PipelineConfig
+from llmxmr.chunking import Chunk
+from llmxmr.clients.base import ChatRequest
+from llmxmr.clients.fake import ScriptedClient
+from llmxmr.grounding import Citation, DocumentIndex, carried_forward, locate_all, normalise
+from llmxmr.schemas import MapOutput
+
+from ..conftest import WordCounter, final_reply, partial_reply
+
+THRESHOLD = 90.0
+
+
+def whole(text: str, index: int = 0) -> Chunk:
+    return Chunk(index=index, start=0, end=len(text), overlap_start=0, text=text, tokens=len(text.split()))
+
+
+def span(text: str, start: int, end: int, index: int = 0) -> Chunk:
+    return Chunk(index=index, start=start, end=end, overlap_start=start, text=text[start:end], tokens=1)
+
+
+def found(quote: str, text: str, chunk: Chunk | None = None, threshold: float = THRESHOLD) -> Citation | None:
+    citations = locate_all([quote], chunk or whole(text), DocumentIndex(text), threshold)
+    return citations[0] if citations else None
+
+
+# --- locating quotes --------------------------------------------------------------------------
+
+TEXT = "First line.\nThe grass is green.\nThe pass key is 71432. Remember it.\nLast line.\n"
+
+
+def test_an_exact_quote_gets_its_span_and_line():
+    citation = found("The pass key is 71432.", TEXT)
+    assert citation is not None and citation.match == "exact" and citation.score == 100
+    assert TEXT[citation.start : citation.end] == citation.quote == "The pass key is 71432."
+    assert citation.line == 3 and citation.chunk == 0
+
+
+def test_whitespace_and_case_differences_still_match_exactly():
+    text = "Intro.\n\nThe   PASS key\n  is 71432.   Remember it."
+    citation = found("the pass key is 71432.", text)
+    assert citation is not None and citation.match == "exact"
+    assert citation.quote == "The   PASS key\n  is 71432." == text[citation.start : citation.end]
+    assert citation.line == 3
+
+
+def test_a_near_miss_is_found_just_above_the_threshold_and_not_below():
+    quote = "The pass key was 71432. Remember it."  # one word changed
+    score = fuzz.partial_ratio(normalise(quote).text, normalise(TEXT).text)
+    assert 80 < score < 100
+    above = found(quote, TEXT, threshold=score - 0.5)
+    assert above is not None and above.match == "fuzzy" and above.score == pytest.approx(score, abs=0.1)
+    assert "71432" in above.quote and above.line == 3
+    assert found(quote, TEXT, threshold=score + 0.5) is None
+
+
+def test_an_invented_quote_is_not_found():
+    assert found("The pass key is 55555. Do not forget it.", TEXT) is None
+    assert found("The sky is purple and the sea is made of lemonade.", TEXT) is None
+
+
+def test_a_quote_too_short_to_prove_anything_is_not_found():
+    assert found("is", TEXT) is None and found("  ", TEXT) is None
+
+
+def test_a_quote_spanning_the_chunk_boundary_is_found_around_the_chunk():
+    cut = TEXT.index("71432") + 2  # the chunk ends inside the key
+    first, second = span(TEXT, 0, cut, 0), span(TEXT, cut, len(TEXT), 1)
+    for chunk in (first, second):
+        citation = found("The pass key is 71432. Remember it.", TEXT, chunk)
+        assert citation is not None and citation.match == "exact" and citation.chunk == chunk.index
+        assert citation.quote == "The pass key is 71432. Remember it."
+
+
+def test_a_quote_wholly_in_another_chunk_is_not_found():
+    cut = TEXT.index("Last line")
+    assert found("Last line.", TEXT, span(TEXT, 0, cut)) is None
+    assert found("First line.", TEXT, span(TEXT, cut, len(TEXT), 1)) is None
+
+
+def test_non_ascii_text_maps_back_to_the_right_span():
+    text = "前言。\n密码是 71432，请记住。\n Die STRASSE ist lang. Ende."
+    chinese = found("密码是 71432，请记住。", text)
+    assert chinese is not None and chinese.quote == "密码是 71432，请记住。" and chinese.line == 2
+    german = found("die straße ist lang.", text)  # ß folds to ss, as the text spells it
+    assert german is not None and german.match == "exact" and german.quote == "Die STRASSE ist lang."
+    zero_width = "The pass key is 714\u200b32."
+    defused = found("The pass key is 71432.", zero_width)  # the map prompt's defused tags
+    assert defused is not None and defused.match == "exact"
+
+
+def test_repeated_quotes_give_one_citation_in_document_order():
+    chunk, document = whole(TEXT), DocumentIndex(TEXT)
+    citations = locate_all(["Last line.", "The grass is green.", "the grass is GREEN."], chunk, document, THRESHOLD)
+    assert [c.quote for c in citations] == ["The grass is green.", "Last line."]
+
+
+def test_a_collapse_carries_forward_only_quotes_that_were_verified():
+    verified = found("The pass key is 71432.", TEXT)
+    assert verified is not None
+    assert carried_forward(["the pass key is 71432."], [verified], THRESHOLD) == [verified]
+    assert carried_forward(["The pass key is 71432. Remember it."], [verified], THRESHOLD) == [verified]
+    assert carried_forward(["The pass key is 99999, not 71432 at all."], [verified], THRESHOLD) == []
+
+
+def test_evidence_past_three_quotes_is_dropped_not_failed():
+    reply = MapOutput.model_validate(
+        {"extracted_information": "", "evidence": ["a", " ", "b", "c", "d"], "rationale": "", "answer": "x", "confidence": 1}
+    )
+    assert reply.evidence == ["a", "b", "c"]
+
+
+# --- the policies, end to end with the scripted client ---------------------------------------
+
+FILLER = "The weather was mild and nothing happened that day. " * 30
+KEY = "The pass key is 71432. Remember it."
+WITH_KEY = f"{FILLER}\n\n{KEY}\n\n{FILLER}"
+WITHOUT_KEY = f"{FILLER}\n\n{FILLER}"
+
+
+def chunk_of(request: ChatRequest) -> str:
+    return request.messages[-1].content.rsplit("<document_part>", 1)[1]
+
+
+def honest_or_inventive(request: ChatRequest) -> str:
+    """A model like SmolLM2: quotes the key where it is, invents one with a made-up quote where
+    it is not."""
+    if request.schema_name == "MapOutput":
+        if "71432" in chunk_of(request):
+            return partial_reply("71432", 5, info=KEY, evidence=[KEY])
+        return partial_reply("55555", 5, info="The pass key is 55555.", evidence=["The pass key is 55555."])
+    answers = re.findall(r"^Answer: (.+)$", request.messages[-1].content, flags=re.M)
+    if request.schema_name == "CollapseOutput":
+        return partial_reply(answers[0], 5, info=KEY, evidence=[KEY])
+    return final_reply(answers[0], 5, [])
+
+
+def run(document: str, responder=honest_or_inventive, **settings):
+    values = {"chunking.chunk_tokens": 120, "task_type": "retrieval"}
+    values.update(settings)
+    client = ScriptedClient(responder=responder, counter=WordCounter())
+    result = MapReducePipeline(PipelineConfig.load(**values), client=client).run(document, "What is the pass key?")
+    return result, client
+
+
+@pytest.mark.parametrize("mode", ["cap", "strict"])
+def test_retrieval_answers_without_a_found_quote_count_as_no_information(mode):
+    result, client = run(WITHOUT_KEY, **{"grounding.mode": mode})
+    assert not result.found and result.answer == "" and result.citations == []
+    assert result.rationale.startswith("The document does not appear to contain the answer")
+    assert all(r.schema_name == "MapOutput" for r in client.requests)  # no reduce on a guess
+    checks = [c.check for c in result.trace.calls]
+    assert all("0 of 1 quote(s) found in the text: unsupported, counts as no information" == c for c in checks)
+
+
+def test_with_grounding_off_the_invented_key_is_the_answer():
+    result, _ = run(WITHOUT_KEY, **{"grounding.mode": "off"})
+    assert result.found and result.answer == "55555"  # invented, and nothing checked it
+    assert result.citations == []
+
+
+def test_the_real_key_is_found_and_cited():
+    result, client = run(WITH_KEY)
+    assert result.found and result.answer == "71432"
+    (citation,) = result.citations
+    assert citation.quote == KEY and WITH_KEY[citation.start : citation.end] == KEY
+    assert citation.line == WITH_KEY[: citation.start].count("\n") + 1
+    assert citation.chunk in result.supporting_chunks or result.supporting_chunks == []
+    reduce_prompt = client.requests[-1].messages[-1].content
+    assert "55555" not in reduce_prompt and f'Quote: "{KEY}"' in reduce_prompt
+
+
+def test_a_right_answer_with_an_unfound_quote_is_still_set_aside_for_retrieval():
+    def sloppy(request: ChatRequest) -> str:
+        if request.schema_name == "MapOutput" and "71432" in chunk_of(request):
+            return partial_reply("71432", 5, info="key", evidence=["The secret number was given as 71432 in the memo."])
+        return partial_reply(None, 0, info="")
+
+    result, _ = run(WITH_KEY, sloppy)
+    assert not result.found
+
+
+def qa_responder(request: ChatRequest) -> str:
+    """Every chunk answers; only the chunk with the key quotes the text."""
+    if request.schema_name == "MapOutput":
+        if "71432" in chunk_of(request):
+            return partial_reply("It is 71432.", 4, info=KEY, evidence=[KEY])
+        return partial_reply("Probably 12345.", 4, info="a guess", evidence=["The key is probably 12345."])
+    if request.schema_name == "CollapseOutput":
+        return partial_reply("It is 71432.", 4, info="merged", evidence=[])
+    return final_reply("It is 71432.", 4, [])
+
+
+def test_cap_keeps_unsupported_qa_answers_with_their_confidence_capped():
+    result, client = run(WITH_KEY, qa_responder, task_type="qa", **{"grounding.unsupported_confidence": 1.5})
+    assert result.found and result.answer == "It is 71432."
+    maps = [c for c in result.trace.calls if c.stage == "map"]
+    capped = [c for c in maps if c.check and "confidence capped at 1.5" in c.check]
+    assert len(capped) == len(maps) - 1
+    reduce_prompt = client.requests[-1].messages[-1].content
+    assert "(confidence 1.5; unverified: no quote found in the text)" in reduce_prompt
+    assert "(confidence 4; quoted from the text)" in reduce_prompt
+    assert [c.quote for c in result.citations] == [KEY]
+
+
+def test_strict_drops_unsupported_qa_answers():
+    result, client = run(WITH_KEY, qa_responder, task_type="qa", **{"grounding.mode": "strict"})
+    assert result.found and [c.quote for c in result.citations] == [KEY]
+    reduce_prompt = client.requests[-1].messages[-1].content
+    assert "12345" not in reduce_prompt and reduce_prompt.count("### Chunk") == 1
+
+
+def test_cap_with_no_supported_answer_anywhere_says_not_found():
+    result, client = run(WITHOUT_KEY, qa_responder, task_type="qa")
+    assert not result.found and result.answer == "" and result.confidence == 0
+    assert "proposed one, but none of their quotes was found in the text" in result.rationale
+    assert not any(r.schema_name == "FinalAnswer" for r in client.requests)
+
+
+def test_summaries_neither_quote_nor_get_checked():
+    def summariser(request: ChatRequest) -> str:
+        assert request.json_schema is not None
+        if request.schema_name != "FinalAnswer":
+            assert "evidence" not in request.json_schema["properties"]
+            return partial_reply("A mild day.", 3, evidence=[])
+        return final_reply("Nothing happened.", 3)
+
+    result, _ = run(WITHOUT_KEY, summariser, task_type="summary")
+    assert result.found and result.answer == "Nothing happened." and result.citations == []
+    assert all(c.check is None for c in result.trace.calls)
+
+
+def test_the_quoting_families_send_the_evidence_field():
+    result, client = run(WITH_KEY, qa_responder, task_type="qa")
+    maps = [r for r in client.requests if r.schema_name == "MapOutput"]
+    assert all(r.json_schema and r.json_schema["required"][1] == "evidence" for r in maps)
+    assert result.found
+
+
+def test_a_collapse_that_drops_the_verified_answer_gives_way_to_it():
+    def forgetful(request: ChatRequest) -> str:
+        if request.schema_name == "MapOutput":
+            if "71432" in chunk_of(request):  # long enough that three do not fit one reduce prompt
+                return partial_reply("71432", 5, info=f"{KEY} " * 12, evidence=[KEY])
+            return partial_reply(None, 0, info="")
+        if request.schema_name == "CollapseOutput":
+            return partial_reply(None, 0, info="")
+        return final_reply("71432", 5)
+
+    document = "\n\n".join([FILLER, KEY, FILLER, KEY.replace("Remember", "Keep"), FILLER, KEY, FILLER])
+    small = {"generation.map_max_tokens": 64, "generation.collapse_max_tokens": 64, "generation.reduce_max_tokens": 64}
+    result, client = run(document, forgetful, **{"llm.context_window": 520, **small})
+    collapses = [c for c in result.trace.calls if c.stage == "collapse"]
+    assert collapses and "dropped the verified answers" in collapses[0].check
+    assert result.found and result.answer == "71432"
+
+
+def test_citations_appear_in_the_cli_output_and_json(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from llmxmr.cli import main
+
+    document = tmp_path / "doc.txt"
+    document.write_text(WITH_KEY)
+    monkeypatch.setattr(
+        "llmxmr.pipeline.make_client", lambda config: ScriptedClient(responder=honest_or_inventive, counter=WordCounter())
+    )
+    base = ["run", "--input", str(document), "--question", "What is the pass key?", "--task-type", "retrieval"]
+    base += ["--chunk-tokens", "120", "--no-progress"]
+    text = CliRunner().invoke(main, base)
+    assert text.exit_code == 0, text.output
+    line = WITH_KEY[: WITH_KEY.index(KEY)].count("\n") + 1
+    assert text.stdout.splitlines()[0] == "71432"
+    assert f'line {line}, chars {WITH_KEY.index(KEY)}-{WITH_KEY.index(KEY) + len(KEY)}: "{KEY}"' in text.stdout
+    hidden = CliRunner().invoke(main, [*base, "--no-citations"])
+    assert hidden.stdout.strip() == "71432"
+    payload = json.loads(CliRunner().invoke(main, [*base, "--json"]).stdout)
+    assert payload["citations"] == [
+        {"chunk": payload["citations"][0]["chunk"], "start": WITH_KEY.index(KEY), "end": WITH_KEY.index(KEY) + len(KEY),
+         "line": line, "quote": KEY, "match": "exact", "score": 100.0}
+    ]
+    unchecked = CliRunner().invoke(main, [*base, "--grounding", "off"])
+    assert unchecked.exit_code == 0 and unchecked.stdout.splitlines()[0] == "55555"  # the flag took effect
