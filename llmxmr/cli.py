@@ -98,7 +98,11 @@ def _llm_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--api-key", help="API key for the server (or LLMXMR_API_KEY)."),
         click.option("--model", help="Model name on the server (default: the first it lists)."),
         click.option("--chunk-tokens", type=click.IntRange(min=1), help="Most document tokens per chunk."),
-        click.option("--concurrency", type=click.IntRange(min=1), help="LLM calls in flight at once (per document)."),
+        click.option(
+            "--concurrency",
+            type=click.IntRange(min=1),
+            help="LLM calls in flight at once, shared by a batch's documents (default: 64 per server or gateway worker).",
+        ),
         click.option("--context-window", type=click.IntRange(min=1), help="Model context window in tokens."),
         click.option("--tokenizer", help="auto, tiktoken, server, or a local Hugging Face tokenizer directory."),
         click.option("--cache", type=click.Path(dir_okay=False), help="SQLite file of LLM replies: reruns reuse them."),
@@ -181,6 +185,46 @@ def _summary(result: PipelineResult) -> str:
         f"confidence {result.confidence:g}/5 · {len(result.chunks)} chunks · {totals.calls} calls{reasks}{failed} · "
         f"{totals.prompt_tokens + totals.completion_tokens:,} tokens · {totals.wall_time_s:.1f} s · {result.model}"
     )
+
+
+@main.command()
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False), help='JSONL: {"id", "question", "document" | "path"} per line.')
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for results.jsonl and summary.json.")
+@click.option("--documents-in-flight", type=click.IntRange(min=1), help="Documents open at once (default: twice the concurrency; 1 embedded).")
+@_llm_options
+@click.option("--task-type", type=click.Choice(TASK_FAMILIES), help="Task family, which picks the prompts.")
+@click.option("--json", "as_json", is_flag=True, help="Print the totals as JSON instead of a table.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+@_reports_errors
+def batch(
+    input_path: str,
+    out_dir: str,
+    documents_in_flight: int | None,
+    settings: _Settings,
+    task_type: str | None,
+    as_json: bool,
+    no_progress: bool,
+    verbose: bool,
+) -> None:
+    """Answer a question about each document of a JSONL file. Results are written as documents
+    finish; the same command resumes, skipping ids already answered."""
+    import asyncio
+
+    from . import batch as batches
+
+    items = batches.read_items(Path(input_path))
+    config = settings.load(task_type=task_type)
+    try:
+        report = asyncio.run(
+            batches.run_batch(items, out_dir, config, documents_in_flight=documents_in_flight, progress=not no_progress)
+        )
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: finished results are in {out_dir}; rerun the same command to resume", err=True)
+        sys.exit(130)
+    click.echo(report.model_dump_json(indent=2) if as_json else batches.format_report(report))
+    if report.failures:
+        raise LlmxmrError(f"{report.failures} document(s) failed and have no result; rerun the same command to retry them")
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

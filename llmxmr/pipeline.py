@@ -1,6 +1,6 @@
 """MapReducePipeline: chunk, map concurrently, collapse until the partials fit, reduce.
 
-``arun`` is the core (async, one semaphore bounds the calls in flight); ``run`` wraps it for
+``arun`` is the core (async, a call budget bounds the calls in flight); ``run`` wraps it for
 synchronous callers.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from .budget import PARTIAL_HEADER_TOKENS, Budget, context_window_of, plan_budget, token_counter_for
+from .budget import PARTIAL_HEADER_TOKENS, Budget, concurrency_of, context_window_of, plan_budget, token_counter_for
 from .chunking import Chunk, chunk_text
 from .clients import make_client
 from .clients.base import LLMClient
@@ -23,7 +23,7 @@ from .config import PipelineConfig
 from .errors import LLMCallError, UsageError
 from .grounding import Citation, DocumentIndex, quotes_evidence
 from .prompts import ChatMessage, PromptSet, load_prompts
-from .scheduling import PrioritySemaphore, gather_or_cancel, in_order
+from .scheduling import CallBudget, gather_or_cancel, in_order
 from .schemas import CollapseOutput, FinalAnswer, MapOutput
 from .stages import collapse, reduce
 from .stages.map import ground_map_reply, map_messages
@@ -70,13 +70,23 @@ class MapReducePipeline:
     """``MapReducePipeline(config).run(document, question)``; ``await pipeline.arun(...)`` in async
     code. Without a ``client``, each run opens the one the config names (a server, or the embedded
     model) and closes it at the end. A given client is left open for the caller to reuse across
-    ``arun`` calls in one event loop (``run`` starts a new loop each time)."""
+    ``arun`` calls in one event loop (``run`` starts a new loop each time).
+
+    Without a ``budget``, each run may have ``llm.concurrency`` calls in flight (by default
+    ``llm.concurrency_per_worker`` for each server behind the client). Runs given one budget share
+    its calls: that is how a batch of documents keeps one limit for the whole server."""
 
     def __init__(
-        self, config: PipelineConfig | None = None, *, client: LLMClient | None = None, progress: bool = False
+        self,
+        config: PipelineConfig | None = None,
+        *,
+        client: LLMClient | None = None,
+        budget: CallBudget | None = None,
+        progress: bool = False,
     ) -> None:
         self.config = config or PipelineConfig.load()
         self._client = client
+        self._calls = budget
         self._progress = progress
 
     def run(self, document: str, question: str) -> PipelineResult:
@@ -90,22 +100,25 @@ class MapReducePipeline:
             raise UsageError("the document is empty")
         client = self._client or make_client(self.config)
         try:
-            return await _Run(self.config, client, self._progress).execute(document, question)
+            calls = self._calls or CallBudget(await concurrency_of(self.config, client))
+            return await _Run(self.config, client, calls, self._progress).execute(document, question)
         finally:
             if self._client is None:
                 await client.aclose()
 
 
 class _Run:
-    """The state of one run: its client, prompts, budget, semaphore, trace and progress bar."""
+    """The state of one run: its client, prompts, call budget and place in it, trace and progress
+    bar."""
 
-    def __init__(self, config: PipelineConfig, client: LLMClient, progress: bool) -> None:
+    def __init__(self, config: PipelineConfig, client: LLMClient, calls: CallBudget, progress: bool) -> None:
         self.config = config
         self.client = client
         self.prompts: PromptSet = load_prompts(config.task_type)
         self.trace = Trace()
         self.failed: list[CallRecord] = []
-        self.semaphore = PrioritySemaphore(config.llm.concurrency)
+        self.calls = calls
+        self.place = calls.join()
         self.tasks: list[asyncio.Future[Any]] = []
         self.bar = tqdm(total=0, desc="map", unit="call", file=sys.stderr, disable=not progress, leave=False)
 
@@ -168,9 +181,9 @@ class _Run:
         chunk_indices: list[int],
         max_tokens: int,
     ) -> tuple[Output | None, CallRecord]:
-        """One structured call under the run's concurrency limit, recorded in the trace. Calls of
-        later stages go first: they shorten the run's tail, and maps wait for nothing but slots."""
-        async with self.semaphore.slot(_STAGE_PRIORITY[stage]):
+        """One structured call within the call budget, recorded in the trace. Calls of later stages
+        go first: they shorten the run's tail, and maps wait for nothing but slots."""
+        async with self.calls.slot(_STAGE_PRIORITY[stage], self.place):
             output, record = await call_structured(
                 self.client,
                 messages,

@@ -1,5 +1,6 @@
 """Async building blocks of the call scheduler: a semaphore that lets later stages jump the queue,
-and ordered consumption of results that finish in any order."""
+the call budget that runs share through it, and ordered consumption of results that finish in any
+order."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
+# Waiters are served smallest first; tuples compare item by item.
+Priority = tuple[int, ...]
 
 
 class PrioritySemaphore:
@@ -21,10 +24,10 @@ class PrioritySemaphore:
 
     def __init__(self, slots: int) -> None:
         self._free = slots
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[Priority, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
 
-    async def acquire(self, priority: int = 0) -> None:
+    async def acquire(self, priority: Priority = ()) -> None:
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return
@@ -45,12 +48,12 @@ class PrioritySemaphore:
                 return
         self._free += 1
 
-    def slot(self, priority: int = 0) -> _Slot:
+    def slot(self, priority: Priority = ()) -> _Slot:
         return _Slot(self, priority)
 
 
 class _Slot:
-    def __init__(self, semaphore: PrioritySemaphore, priority: int) -> None:
+    def __init__(self, semaphore: PrioritySemaphore, priority: Priority) -> None:
         self._semaphore = semaphore
         self._priority = priority
 
@@ -59,6 +62,26 @@ class _Slot:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._semaphore.release()
+
+
+class CallBudget:
+    """The LLM calls in flight that every run holding it shares: a batch of documents draws on one
+    budget, not one per document. At the limit a waiting call goes first by its stage (a run's
+    later stages before maps), then by when its run joined: earlier documents' maps before later
+    ones', so documents finish one after another and are written as they finish, instead of all
+    of them waiting for the last map of the batch."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self._semaphore = PrioritySemaphore(slots)
+        self._joined = itertools.count()
+
+    def join(self) -> int:
+        """A run's place in line."""
+        return next(self._joined)
+
+    def slot(self, stage_rank: int, run: int) -> _Slot:
+        return self._semaphore.slot((stage_rank, run))
 
 
 async def in_order(futures: Sequence[asyncio.Future[T]]) -> AsyncIterator[list[T]]:

@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import IO, Literal, TypeVar
 
 from tqdm import tqdm
 
@@ -55,10 +55,12 @@ async def run_each(
     unit: str,
     progress: bool,
     log: Callable[[str], None],
+    postfix: Callable[[], str] | None = None,
 ) -> int:
     """Runs ``work`` on every item, at most ``in_flight`` at once, and ``save``s each result as it
     comes (one at a time, off the event loop). Returns how many items failed; an unreachable
-    server or results of another model stop everything, since every item would fail the same way."""
+    server or results of another model stop everything, since every item would fail the same way.
+    ``postfix`` is shown beside the progress bar, refreshed as each item ends."""
     items = list(items)
     semaphore = asyncio.Semaphore(in_flight)
     saving = asyncio.Lock()
@@ -77,6 +79,8 @@ async def run_each(
                 log(f"{label(item)} failed: {exc}")
                 return
             finally:
+                if postfix is not None:
+                    bar.set_postfix_str(postfix(), refresh=False)
                 bar.update(1)
         async with saving:
             await asyncio.to_thread(save, item, result)
@@ -86,6 +90,28 @@ async def run_each(
     finally:
         bar.close()
     return failures
+
+
+def finished_lines(path: Path) -> list[tuple[int, str]]:
+    """The lines (numbered from 1) of a results file written with ``append_line``. A last line
+    without its newline is the remains of a killed write: it is cut off, so that the next append
+    starts on a fresh line."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(len(complete))
+    lines = enumerate(complete.decode("utf-8").splitlines(), 1)
+    return [(number, line) for number, line in lines if line.strip()]
+
+
+def append_line(sink: IO[str], line: str) -> None:
+    """One whole line, on disk before the next item is counted as done."""
+    sink.write(line + "\n")
+    sink.flush()
+    os.fsync(sink.fileno())
 
 
 def default_in_flight(uses_embedded_model: bool, on_server: int) -> int:

@@ -17,7 +17,8 @@ def clean_environment(monkeypatch):
 def test_defaults_come_from_the_packaged_yaml():
     config = PipelineConfig.load()
     assert (data_dir("configs") / "default.yaml").is_file()
-    assert config.task_type == "qa" and config.llm.base_url is None and config.llm.concurrency == 64
+    assert config.task_type == "qa" and config.llm.base_url is None and config.llm.concurrency is None
+    assert config.llm.concurrency_per_worker == 64  # each server or gateway worker
     assert config.uses_embedded_model and config.chunk_token_cap == config.embedded.chunk_tokens
 
 

@@ -170,7 +170,7 @@ def test_priority_semaphore_serves_lower_priority_first_then_in_order():
         await semaphore.acquire()
 
         async def take(name: str, priority: int) -> None:
-            async with semaphore.slot(priority):
+            async with semaphore.slot((priority,)):
                 order.append(name)
 
         tasks = [asyncio.ensure_future(take(n, p)) for n, p in [("map1", 2), ("map2", 2), ("collapse", 1), ("reduce", 0)]]

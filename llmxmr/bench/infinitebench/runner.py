@@ -4,17 +4,17 @@ Each task's predictions go to ``<out>/preds_<task>.jsonl`` in the official forma
 ``prediction``, ``ground_truth``) plus what the example cost. A line is appended and flushed to
 disk the moment its example finishes, so a killed run loses at most the examples in flight; a
 rerun skips every id already written (a half-written last line is cut off first). Several
-examples run at once, each with its own concurrent chunk calls, all through one client.
+examples run at once through one client, their chunk calls within one budget of
+``llm.concurrency`` calls in flight for the task (``llmxmr.batch``'s engine, shared).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from pydantic import BaseModel
 from tqdm import tqdm
@@ -23,10 +23,21 @@ from ...clients import make_client
 from ...clients.base import LLMClient
 from ...config import PipelineConfig
 from ...direct import answer_directly
+from ...budget import concurrency_of
 from ...errors import UsageError
 from ...pipeline import MapReducePipeline
+from ...scheduling import CallBudget
 from ...trace import Trace
-from .._batch import Method, check_same_model, default_in_flight, pin_source, require_complete, run_each
+from .._batch import (
+    Method,
+    append_line,
+    check_same_model,
+    default_in_flight,
+    finished_lines,
+    pin_source,
+    require_complete,
+    run_each,
+)
 from .data import read_examples
 from .scorers import SCORERS, score_predictions
 from .tasks import Example, direct_messages, ground_truth, question_for, task_config
@@ -114,16 +125,20 @@ class BatchRun:
         path = self.out_dir / f"preds_{task}.jsonl"
         finished = read_finished(path, self.method)
         done = {str(p.id) for p in finished}
+        todo = [example for example in examples if str(example.id) not in done]
         started = time.perf_counter()
+        if not todo:  # resumed and complete: the server is not asked anything
+            return self._report(task, path, 0, 0, 0.0)
+        calls = CallBudget(await concurrency_of(config, client))
 
         async def predict(example: Example) -> Prediction:
-            prediction = await self._predict(task, config, client, example)
+            prediction = await self._predict(task, config, client, calls, example)
             check_same_model((p.model for p in finished), prediction.model, path)
             return prediction
 
         with path.open("a", encoding="utf-8") as sink:
             failures = await run_each(
-                [example for example in examples if str(example.id) not in done],
+                todo,
                 predict,
                 lambda example, prediction: append_line(sink, prediction.model_dump_json()),
                 in_flight=self._examples_in_flight or default_in_flight(config.uses_embedded_model, 8),
@@ -136,7 +151,9 @@ class BatchRun:
         new = len(read_finished(path, self.method)) - len(finished)
         return self._report(task, path, new, failures, time.perf_counter() - started)
 
-    async def _predict(self, task: str, config: PipelineConfig, client: LLMClient, example: Example) -> Prediction:
+    async def _predict(
+        self, task: str, config: PipelineConfig, client: LLMClient, calls: CallBudget, example: Example
+    ) -> Prediction:
         label = ground_truth(task, example)
         if self.method == "direct":
             direct = await answer_directly(
@@ -147,7 +164,8 @@ class BatchRun:
                 task_config(task).direct_max_tokens,
             )
             return _prediction(example, label, "direct", direct.answer, direct.model, True, direct.trace)
-        result = await MapReducePipeline(config, client=client).arun(example.context, question_for(task, example))
+        pipeline = MapReducePipeline(config, client=client, budget=calls)
+        result = await pipeline.arun(example.context, question_for(task, example))
         require_complete(result.trace)
         return _prediction(example, label, "mr", result.answer, result.model, result.found, result.trace)
 
@@ -190,19 +208,9 @@ def _prediction(
 
 
 def read_finished(path: Path, method: Method) -> list[Prediction]:
-    """The predictions already in ``path``. A last line without its newline is the remains of a
-    killed write: it is cut off so the next append starts on a fresh line."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) != len(data):
-        with path.open("r+b") as handle:
-            handle.truncate(len(complete))
+    """The predictions already in ``path`` (a half-written last line is cut off)."""
     finished = []
-    for number, line in enumerate(complete.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, line in finished_lines(path):
         try:
             prediction = Prediction.model_validate_json(line)
         except ValueError as exc:
@@ -211,13 +219,6 @@ def read_finished(path: Path, method: Method) -> list[Prediction]:
             raise UsageError(f"{path} holds --method {prediction.method} predictions; use another --out")
         finished.append(prediction)
     return finished
-
-
-def append_line(sink: IO[str], line: str) -> None:
-    """One whole line, on disk before the next example is counted as done."""
-    sink.write(line + "\n")
-    sink.flush()
-    os.fsync(sink.fileno())
 
 
 def format_table(reports: list[TaskReport]) -> str:

@@ -1,0 +1,285 @@
+"""Batches of documents: ``llmxmr batch --input FILE.jsonl --out DIR``.
+
+Every line of the input is ``{"id", "question", "document" | "path"}``. All documents draw on one
+budget of ``llm.concurrency`` calls in flight (not one budget per document), and a waiting call
+goes first by stage, then by its document's place in the batch, so documents finish one after
+another. Each result is appended to ``<out>/results.jsonl`` (and flushed to disk) the moment its
+document is done; a rerun skips the ids already there. The engine is the one the InfiniteBench
+harness runs on (``llmxmr.bench._batch``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from tqdm import tqdm
+
+from .bench._batch import append_line, check_same_model, finished_lines, require_complete, run_each, write_atomically
+from .budget import concurrency_of
+from .clients import make_client
+from .clients.base import LLMClient
+from .config import PipelineConfig
+from .documents import read_document
+from .errors import UsageError
+from .grounding import Citation
+from .pipeline import MapReducePipeline, PipelineResult
+from .scheduling import CallBudget
+
+RESULTS_FILE = "results.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+class BatchItem(BaseModel):
+    """One input line: the question and the document, given inline or as a file path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | int
+    question: str
+    document: str | None = None
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BatchItem:
+        if (self.document is None) == (self.path is None):
+            raise ValueError('give exactly one of "document" and "path"')
+        if not self.question.strip():
+            raise ValueError("the question is empty")
+        return self
+
+    @property
+    def key(self) -> str:
+        return str(self.id)
+
+
+class BatchResult(BaseModel):
+    """One output line: the answer for one document and what it cost."""
+
+    id: str | int
+    question: str
+    answer: str
+    found: bool
+    confidence: float
+    rationale: str
+    supporting_chunks: list[int]
+    citations: list[Citation]
+    chunks: int
+    unread_chunks: list[int]
+    model: str
+    calls: int
+    failed_calls: int
+    cache_hits: int
+    prompt_tokens: int
+    completion_tokens: int
+    wall_time_s: float
+
+
+class BatchReport(BaseModel):
+    """The batch's totals over every result in the folder; ``new`` and ``run_time_s`` are this
+    invocation's."""
+
+    documents: int
+    new: int
+    failures: int  # documents of this invocation without a result (a rerun retries them)
+    found: int
+    calls: int
+    failed_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    document_time_s: float  # summed over documents (they overlap)
+    run_time_s: float
+    concurrency: int | None  # this invocation's call budget; None when it had nothing to do
+
+
+def read_items(path: Path) -> list[BatchItem]:
+    """The input lines, checked: every problem is one line naming the file and line number."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+    items: list[BatchItem] = []
+    seen: set[str] = set()
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = BatchItem.model_validate_json(line)
+        except ValidationError as exc:
+            raise UsageError(f"{path}:{number}: {_first_problem(exc)}") from exc
+        if item.key in seen:
+            raise UsageError(f"{path}:{number}: id {item.key!r} appears twice")
+        seen.add(item.key)
+        if item.path is not None and not Path(item.path).is_absolute():
+            item = item.model_copy(update={"path": str(path.parent / item.path)})  # relative to the input file
+        items.append(item)
+    if not items:
+        raise UsageError(f"{path} holds no documents")
+    return items
+
+
+def _first_problem(error: ValidationError) -> str:
+    problem = error.errors()[0]
+    where = ".".join(str(part) for part in problem["loc"])
+    return f"{where}: {problem['msg']}" if where else problem["msg"]
+
+
+def read_results(path: Path) -> list[BatchResult]:
+    results = []
+    for number, line in finished_lines(path):
+        try:
+            results.append(BatchResult.model_validate_json(line))
+        except ValueError as exc:
+            raise UsageError(f"{path}:{number} is not a result written by llmxmr batch; use another --out") from exc
+    return results
+
+
+async def run_batch(
+    items: Sequence[BatchItem],
+    out_dir: str | Path,
+    config: PipelineConfig,
+    *,
+    client: LLMClient | None = None,
+    documents_in_flight: int | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> BatchReport:
+    """Answers every item not yet in ``<out_dir>/results.jsonl`` and returns the totals. Without a
+    ``client``, the one the config names is opened and closed here."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / RESULTS_FILE
+    finished = read_results(path)
+    _check_same_questions(items, finished, path)
+    done = {str(result.id) for result in finished}
+    todo = [item for item in items if item.key not in done]
+    started = time.perf_counter()
+    if not todo:  # resumed and complete: no client is opened, the server is not asked anything
+        return _finish(out, finished, len(done), 0, 0.0, None)
+    own_client = client is None
+    client = client or make_client(config)
+    try:
+        calls = CallBudget(await concurrency_of(config, client))
+        # The budget orders calls, the documents in flight bound memory: beyond the budget they
+        # would only wait for slots, so a few more than it is enough to keep it full.
+        in_flight = documents_in_flight or (1 if config.uses_embedded_model else calls.slots * 2)
+        bar_postfix = _CallCounter()
+
+        async def answer(item: BatchItem) -> BatchResult:
+            document = item.document
+            if document is None:  # read when its turn comes: a batch never holds every document at once
+                document = await asyncio.to_thread(read_document, item.path or "", int(config.max_document_mb * 2**20))
+            result = await MapReducePipeline(config, client=client, budget=calls).arun(document, item.question)
+            require_complete(result.trace)
+            check_same_model((r.model for r in finished), result.model, path)
+            bar_postfix.add(result)
+            return _result_line(item, result)
+
+        with path.open("a", encoding="utf-8") as sink:
+            failures = await run_each(
+                todo,
+                answer,
+                lambda item, result: append_line(sink, result.model_dump_json()),
+                in_flight=in_flight,
+                label=lambda item: f"document {item.key}",
+                desc="documents",
+                unit="doc",
+                progress=progress,
+                log=log or (lambda line: tqdm.write(line, file=sys.stderr)),
+                postfix=bar_postfix.text,
+            )
+    finally:
+        if own_client:
+            await client.aclose()
+    return _finish(out, read_results(path), len(done), failures, time.perf_counter() - started, calls.slots)
+
+
+def _finish(
+    out: Path, results: list[BatchResult], resumed: int, failures: int, run_time_s: float, slots: int | None
+) -> BatchReport:
+    report = _report(results, resumed, failures, run_time_s, slots)
+    write_atomically(out / SUMMARY_FILE, report.model_dump_json(indent=2) + "\n")
+    return report
+
+
+class _CallCounter:
+    """Calls and tokens of the documents finished so far, for the progress bar."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.tokens = 0
+
+    def add(self, result: PipelineResult) -> None:
+        totals = result.trace.totals
+        self.calls += totals.calls
+        self.tokens += totals.prompt_tokens + totals.completion_tokens
+
+    def text(self) -> str:
+        return f"{self.calls:,} calls, {self.tokens:,} tokens"
+
+
+def _check_same_questions(items: Sequence[BatchItem], finished: list[BatchResult], path: Path) -> None:
+    """A result is reused only for the question it answers: an input edited since is refused."""
+    asked = {item.key: item.question.strip() for item in items}
+    for result in finished:
+        question = asked.get(str(result.id))
+        if question is not None and question != result.question:
+            raise UsageError(f"{path} answers another question for id {result.id!r}; use another --out")
+
+
+def _result_line(item: BatchItem, result: PipelineResult) -> BatchResult:
+    totals = result.trace.totals
+    return BatchResult(
+        id=item.id,
+        question=result.question,
+        answer=result.answer,
+        found=result.found,
+        confidence=result.confidence,
+        rationale=result.rationale,
+        supporting_chunks=result.supporting_chunks,
+        citations=result.citations,
+        chunks=len(result.chunks),
+        unread_chunks=result.unread_chunks,
+        model=result.model,
+        calls=totals.calls,
+        failed_calls=totals.failed_calls,
+        cache_hits=totals.cache_hits,
+        prompt_tokens=totals.prompt_tokens,
+        completion_tokens=totals.completion_tokens,
+        wall_time_s=round(totals.wall_time_s, 3),
+    )
+
+
+def _report(
+    results: list[BatchResult], resumed: int, failures: int, run_time_s: float, concurrency: int | None
+) -> BatchReport:
+    return BatchReport(
+        documents=len(results),
+        new=len(results) - resumed,
+        failures=failures,
+        found=sum(r.found for r in results),
+        calls=sum(r.calls for r in results),
+        failed_calls=sum(r.failed_calls for r in results),
+        prompt_tokens=sum(r.prompt_tokens for r in results),
+        completion_tokens=sum(r.completion_tokens for r in results),
+        document_time_s=round(sum(r.wall_time_s for r in results), 3),
+        run_time_s=round(run_time_s, 3),
+        concurrency=concurrency,
+    )
+
+
+def format_report(report: BatchReport) -> str:
+    rows: list[tuple[str, Any]] = [
+        ("documents", f"{report.documents:,} ({report.new:,} new, {report.found:,} answered)"),
+        ("failures", f"{report.failures:,} documents without a result, {report.failed_calls:,} failed calls"),
+        ("calls", f"{report.calls:,}" + (f" (at most {report.concurrency:,} in flight)" if report.concurrency else "")),
+        ("tokens", f"{report.prompt_tokens:,} prompt, {report.completion_tokens:,} completion"),
+        ("wall time", f"{report.run_time_s:,.1f} s"),
+    ]
+    return "\n".join(f"{name:<10} {value}" for name, value in rows)
+

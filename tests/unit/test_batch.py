@@ -1,0 +1,194 @@
+"""llmxmr batch: one call budget for all documents, results as documents finish, resume, input errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from llmxmr import PipelineConfig
+from llmxmr.batch import BatchItem, read_items, read_results, run_batch
+from llmxmr.cli import main
+from llmxmr.clients.base import ChatRequest
+from llmxmr.clients.fake import ScriptedClient
+from llmxmr.errors import LLMCallError, UsageError
+
+from ..conftest import WordCounter, final_reply, partial_reply
+
+def document(name: str) -> str:
+    """Four chunks at 120 words each; one of the middle ones names the document's code."""
+    filler = f"The weather in {name} was mild and nothing else happened that day. " * 18  # 216 words
+    return f"{filler}\n\nThe code of {name} is {name}-7.\n\n{filler}"
+
+
+def owner(request: ChatRequest) -> str:
+    """Which document a request is about: every chunk and partial answer names it."""
+    found = re.search(r"\b(doc\d+)\b", request.messages[-1].content)
+    return found.group(1) if found else "?"
+
+
+def reader(request: ChatRequest) -> str:
+    text = request.messages[-1].content
+    if request.schema_name == "MapOutput":
+        code = re.search(r"The code of (doc\d+) is (doc\d+-7)\.", text.rsplit("<document_part>", 1)[1])
+        if code is None:
+            return partial_reply(None, 0, info="")
+        return partial_reply(code.group(2), 5, info=code.group(0))
+    return final_reply(re.findall(r"^Answer: (.+)$", text, flags=re.M)[0], 5, [1])
+
+
+def items(n: int) -> list[BatchItem]:
+    return [BatchItem(id=f"d{i}", question="What is the code?", document=document(f"doc{i}")) for i in range(n)]
+
+
+def config(**overrides) -> PipelineConfig:
+    values = {"chunking.chunk_tokens": 120, "llm.concurrency": 2, "llm.base_url": "http://unused/v1"}
+    return PipelineConfig.load(**{**values, **overrides})
+
+
+def run(tmp_path: Path, batch: list[BatchItem], client: ScriptedClient | None = None, **overrides):
+    client = client or ScriptedClient(responder=reader, counter=WordCounter())
+    report = asyncio.run(run_batch(batch, tmp_path / "out", config(**overrides), client=client))
+    return report, client
+
+
+def test_every_document_is_answered_and_written(tmp_path):
+    report, _ = run(tmp_path, items(4))
+    results = read_results(tmp_path / "out" / "results.jsonl")
+    assert {r.id: r.answer for r in results} == {f"d{i}": f"doc{i}-7" for i in range(4)}
+    assert all(r.found and r.chunks == 4 and r.citations for r in results)
+    assert report.documents == report.new == 4 and report.failures == 0
+    assert report.calls == sum(r.calls for r in results) == 4 * 5  # four maps and a reduce each
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["documents"] == 4 and summary["concurrency"] == 2
+
+
+def test_all_documents_share_one_call_budget(tmp_path):
+    client = ScriptedClient(responder=reader, counter=WordCounter(), delay_s=0.01)
+    run(tmp_path, items(6), client, **{"llm.concurrency": 3})
+    assert client.max_in_flight == 3  # not 3 per document: 6 documents were open at once
+
+
+def test_documents_finish_one_after_another_and_are_written_as_they_finish(tmp_path):
+    """Four documents open at once, one call slot. A waiting call goes first by its document's
+    place in the batch, so no document starts before the one two places ahead of it is written
+    (only the next one's warm-up call slips in while a document waits for its own)."""
+    path = tmp_path / "out" / "results.jsonl"
+    calls: list[tuple[str, int]] = []  # (document, results on disk when the call started)
+
+    def watching(request: ChatRequest) -> str:
+        calls.append((owner(request), len(path.read_text().splitlines()) if path.exists() else 0))
+        return reader(request)
+
+    client = ScriptedClient(responder=watching, counter=WordCounter(), delay_s=0.005)
+    batch = asyncio.run(
+        run_batch(items(4), tmp_path / "out", config(**{"llm.concurrency": 1}), client=client, documents_in_flight=4)
+    )
+    assert batch.documents == 4
+    first_call = {}
+    for name, written in calls:
+        first_call.setdefault(name, written)
+    assert first_call == {"doc0": 0, "doc1": 0, "doc2": 1, "doc3": 2}
+    assert [r.id for r in read_results(path)] == ["d0", "d1", "d2", "d3"]
+
+
+def test_a_rerun_skips_finished_ids_and_cuts_a_half_written_line(tmp_path):
+    run(tmp_path, items(3))
+    path = tmp_path / "out" / "results.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + lines[1][: len(lines[1]) // 2])  # killed while writing d1
+    report, client = run(tmp_path, items(3))
+    assert report.documents == 3 and report.new == 2
+    assert {owner(r) for r in client.requests} - {"?"} == {"doc1", "doc2"}
+    assert [r.id for r in read_results(path)] == ["d0", "d1", "d2"]
+    again, client = run(tmp_path, items(3))
+    assert again.new == 0 and again.concurrency is None and client.requests == []
+
+
+def test_a_document_that_lost_a_call_is_not_written_and_the_rerun_retries_it(tmp_path):
+    def flaky(request: ChatRequest) -> str:
+        if owner(request) == "doc1":
+            raise LLMCallError("503 after 4 retries")
+        return reader(request)
+
+    report, _ = run(tmp_path, items(3), ScriptedClient(responder=flaky, counter=WordCounter()))
+    assert report.failures == 1 and report.documents == 2
+    report, _ = run(tmp_path, items(3))
+    assert report.documents == 3 and report.new == 1 and report.failures == 0
+
+
+def test_a_changed_question_is_refused_on_resume(tmp_path):
+    run(tmp_path, items(1))
+    changed = [items(1)[0].model_copy(update={"question": "Who wrote it?"})]
+    with pytest.raises(UsageError, match="answers another question for id 'd0'"):
+        run(tmp_path, changed)
+
+
+def test_paths_are_read_relative_to_the_input_file(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text(document("doc5"))
+    source = tmp_path / "batch.jsonl"
+    source.write_text(json.dumps({"id": 1, "question": "What is the code?", "path": "docs/a.txt"}) + "\n")
+    (item,) = read_items(source)
+    assert item.path == str(tmp_path / "docs" / "a.txt")
+    run(tmp_path, [item])
+    assert read_results(tmp_path / "out" / "results.jsonl")[0].answer == "doc5-7"
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ('{"id": 1, "question": "q"}', 'give exactly one of "document" and "path"'),
+        ('{"id": 1, "question": "q", "document": "x", "path": "y"}', 'give exactly one of "document" and "path"'),
+        ('{"id": 1, "question": "  ", "document": "x"}', "the question is empty"),
+        ('{"id": 1, "document": "x"}', "question: Field required"),
+        ('{"id": 1, "question": "q", "document": "x", "extra": 2}', "extra: Extra inputs are not permitted"),
+        ("not json", "Invalid JSON"),
+    ],
+)
+def test_bad_input_lines_name_the_file_and_line(tmp_path, line, problem):
+    source = tmp_path / "batch.jsonl"
+    source.write_text('{"id": 0, "question": "q", "document": "x"}\n' + line + "\n")
+    with pytest.raises(UsageError, match=re.escape(f"{source}:2: ") + ".*" + re.escape(problem)):
+        read_items(source)
+
+
+def test_duplicate_ids_and_empty_files_are_refused(tmp_path):
+    source = tmp_path / "batch.jsonl"
+    source.write_text('{"id": 1, "question": "q", "document": "x"}\n{"id": "1", "question": "q", "document": "y"}\n')
+    with pytest.raises(UsageError, match="id '1' appears twice"):
+        read_items(source)
+    source.write_text("\n")
+    with pytest.raises(UsageError, match="holds no documents"):
+        read_items(source)
+
+
+def test_the_command_writes_results_prints_totals_and_resumes(tmp_path, monkeypatch):
+    source = tmp_path / "batch.jsonl"
+    source.write_text("".join(item.model_dump_json(exclude_none=True) + "\n" for item in items(3)))
+    clients: list[ScriptedClient] = []
+
+    def new_client(config):
+        clients.append(ScriptedClient(responder=reader, counter=WordCounter()))
+        return clients[-1]
+
+    monkeypatch.setattr("llmxmr.batch.make_client", new_client)
+    args = ["batch", "--input", str(source), "--out", str(tmp_path / "out"), "--chunk-tokens", "120", "--no-progress"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "documents  3 (3 new, 3 answered)" in first.stdout and "calls      15 (at most 64 in flight)" in first.stdout
+    assert clients[0].closed
+    second = CliRunner().invoke(main, [*args, "--json"])
+    assert json.loads(second.stdout)["new"] == 0 and len(clients) == 1  # nothing to do: no client opened
+
+
+def test_the_command_reports_a_bad_input_in_one_line(tmp_path):
+    source = tmp_path / "batch.jsonl"
+    source.write_text('{"id": 1}\n')
+    result = CliRunner().invoke(main, ["batch", "--input", str(source), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: {source}:1: ")
+    assert len(result.stderr.strip().splitlines()) == 1
