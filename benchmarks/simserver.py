@@ -9,11 +9,16 @@ It runs in its own process (``start_server`` launches it), so its CPU is not the
 ``asyncio`` HTTP/1.1 server with keep-alive (no dependencies beyond the standard library):
 
 * ``GET /v1/models``: one model, ``owned_by: "sglang"``, ``max_model_len`` (``--max-model-len``).
+* ``GET /health`` (``{}``), ``GET /server_info`` and ``GET /model_info`` (model path and served name,
+  ``context_length`` = ``--max-model-len``; ``is_generation`` in the latter): what the smg gateway
+  asks an SGLang worker before it registers it, so a simulated server can be a worker behind smg
+  (``benchmarks/scaling.py``).
 * ``POST /v1/chat/completions``: waits for one of ``--slots`` service slots (the others queue, as
   requests wait for a real server's batch), holds it for the sampled latency, then answers with a
   reply valid for the schema the request names in ``response_format`` (title or name):
   ``MapOutput`` carries an answer for ``--info-rate`` of the prompts (decided by a hash of the
-  last message, so the same chunk always gets the same verdict) and ``null`` otherwise;
+  last message, so the same chunk always gets the same verdict), quoting the chunk's first
+  words as evidence (so grounding verifies it), and ``null`` otherwise;
   ``CollapseOutput`` always carries one (a merge of informative partials); ``FinalAnswer`` has
   ``supporting_chunks: []``. ``usage`` is approximate: characters // 4.
 * ``GET /sim/stats``: requests served, most requests in service and waiting at once (since the
@@ -192,6 +197,17 @@ class SimServer:
         return b""
 
     async def route(self, method: str, path: str, body: bytes) -> tuple[int, Any, dict[str, str]]:
+        if method == "GET" and path == "/health":
+            return 200, {}, {}
+        if method == "GET" and path in ("/server_info", "/model_info"):
+            info: dict[str, Any] = {
+                "model_path": MODEL,
+                "served_model_name": MODEL,
+                "context_length": self.max_model_len,
+            }
+            if path == "/model_info":
+                info["is_generation"] = True
+            return 200, info, {}
         if method == "GET" and path == "/v1/models":
             card = {
                 "id": MODEL,
@@ -283,14 +299,32 @@ class SimServer:
             }
         informative = schema == "CollapseOutput" or int.from_bytes(digest[:8], "big") / 2**64 < self.info_rate
         if not informative:
-            return {"extracted_information": "", "rationale": tag, "answer": None, "confidence": 0}
+            return {"extracted_information": "", "evidence": [], "rationale": tag, "answer": None, "confidence": 0}
         # About reply_tokens tokens of text at ~4 characters a token, 2/3 information, 1/3 rationale.
         return {
             "extracted_information": _filler(digest, self.reply_tokens * 8 // 3),
+            "evidence": _evidence(last_message),
             "rationale": f"{_filler(digest[1:], self.reply_tokens * 4 // 3)} {tag}",
             "answer": f"answer {digest[:4].hex()}",
             "confidence": 4.0,
         }
+
+
+_CARRIED_QUOTE = re.compile(r'^Quote: "(.*)"$', re.MULTILINE)
+QUOTE_CHARS = 160
+
+
+def _evidence(last_message: str) -> list[str]:
+    """What a careful model quotes, so that llmxmr's grounding verifies the answer: in a map
+    prompt, the start of the chunk word for word; in a collapse prompt, a quote the partial
+    answers carry."""
+    carried = _CARRIED_QUOTE.search(last_message)
+    if carried:
+        return [carried.group(1)]
+    part = last_message.rsplit("<document_part>", 1)[-1].split("</document_part>", 1)[0].strip()
+    if len(part) > QUOTE_CHARS:
+        part = part[:QUOTE_CHARS].rsplit(" ", 1)[0]
+    return [part] if part else []
 
 
 def _schema_name(response_format: Any) -> str:
