@@ -105,7 +105,7 @@ def read_items(path: Path) -> list[BatchItem]:
         raise UsageError(f"cannot read {path}: {exc}") from exc
     items: list[BatchItem] = []
     seen: set[str] = set()
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 is text
         if not line.strip():
             continue
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -180,10 +180,14 @@ class _Run:
         output_type: type[Output],
         chunk_indices: list[int],
         max_tokens: int,
+        on_slot: Callable[[], None] | None = None,
     ) -> tuple[Output | None, CallRecord]:
         """One structured call within the call budget, recorded in the trace. Calls of later stages
-        go first: they shorten the run's tail, and maps wait for nothing but slots."""
+        go first: they shorten the run's tail, and maps wait for nothing but slots. ``on_slot``
+        is called once the call has its slot."""
         async with self.calls.slot(_STAGE_PRIORITY[stage], self.place):
+            if on_slot is not None:
+                on_slot()
             output, record = await call_structured(
                 self.client,
                 messages,
@@ -222,15 +226,19 @@ class _Run:
         slot cache), so the calls that follow reuse it instead of all computing it at once."""
         self.bar.total += len(chunks)
         self.bar.refresh()
-        warm = asyncio.Event()
+        sent, warm = asyncio.Event(), asyncio.Event()
 
         async def first(chunk: Chunk) -> Partial | None:
             try:
-                return await self._map_chunk(chunk, question)
+                return await self._map_chunk(chunk, question, on_slot=sent.set)
             finally:
+                sent.set()
                 warm.set()
 
         async def later(chunk: Chunk) -> Partial | None:
+            # The wait counts from when the first call is sent, not from when it was queued: in a
+            # batch it may first wait behind other documents' calls for a slot.
+            await sent.wait()
             try:  # a first call that hangs (retries, reasks) must not hold the whole run
                 await asyncio.wait_for(warm.wait(), WARM_UP_WAIT_S)
             except asyncio.TimeoutError:
@@ -242,13 +250,16 @@ class _Run:
         warming = self._spawn(first(chunks[0])) if chunks else None
         return ([warming] if warming else []) + [self._spawn(later(chunk)) for chunk in chunks[1:]]
 
-    async def _map_chunk(self, chunk: Chunk, question: str) -> Partial | None:
+    async def _map_chunk(
+        self, chunk: Chunk, question: str, on_slot: Callable[[], None] | None = None
+    ) -> Partial | None:
         output, record = await self._call(
             "map",
             map_messages(self.prompts, question, chunk.text),
             MapOutput,
             [chunk.index],
             self.config.generation.map_max_tokens,
+            on_slot,
         )
         if output is None:
             return None

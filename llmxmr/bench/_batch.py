@@ -103,7 +103,9 @@ def finished_lines(path: Path) -> list[tuple[int, str]]:
     if len(complete) != len(data):
         with path.open("r+b") as handle:
             handle.truncate(len(complete))
-    lines = enumerate(complete.decode("utf-8").splitlines(), 1)
+    # Only "\n" ends a line: str.splitlines would also split at U+2028 or U+0085, which JSON
+    # writes raw inside strings (an answer quoting web text), and lose the line.
+    lines = enumerate(complete.decode("utf-8").split("\n"), 1)
     return [(number, line) for number, line in lines if line.strip()]
 
 

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from llmxmr import PipelineConfig
+from llmxmr import MapReducePipeline, PipelineConfig
 from llmxmr.batch import BatchItem, read_items, read_results, run_batch
 from llmxmr.cli import main
 from llmxmr.clients.base import ChatRequest
 from llmxmr.clients.fake import ScriptedClient
 from llmxmr.errors import LLMCallError, UsageError
+from llmxmr.scheduling import CallBudget
 
 from ..conftest import WordCounter, final_reply, partial_reply
 
@@ -192,3 +193,54 @@ def test_the_command_reports_a_bad_input_in_one_line(tmp_path):
     result = CliRunner().invoke(main, ["batch", "--input", str(source), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and result.stderr.startswith(f"error: {source}:1: ")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_results_holding_unicode_line_separators_resume(tmp_path):
+    """JSON writes U+2028 and U+0085 raw inside strings; only "\\n" ends a results line."""
+
+    def separator(request: ChatRequest) -> str:
+        if request.schema_name == "FinalAnswer":
+            return final_reply("doc0-7\u2028(line separator)\u0085(next line)", 5, [1])
+        return reader(request)
+
+    source = tmp_path / "batch.jsonl"
+    source.write_text("".join(item.model_dump_json(exclude_none=True) + "\n" for item in items(1)), encoding="utf-8")
+    (item,) = read_items(source)
+    run(tmp_path, [item], ScriptedClient(responder=separator, counter=WordCounter()))
+    again, client = run(tmp_path, [item])
+    assert again.documents == 1 and again.new == 0 and client.requests == []
+    assert read_results(tmp_path / "out" / "results.jsonl")[0].answer.endswith("\u0085(next line)")
+
+
+def test_a_document_waiting_for_a_slot_still_warms_up_before_its_other_maps(monkeypatch):
+    """The warm-up wait counts from when a document's first map call is sent. When the shared
+    budget is held by other documents for longer than that wait, this document's other maps must
+    still wait for its first call to finish, not go out beside it once slots free up."""
+    monkeypatch.setattr("llmxmr.pipeline.WARM_UP_WAIT_S", 0.1)
+    events: list[str] = []
+
+    class Recording(ScriptedClient):
+        async def chat(self, request: ChatRequest):
+            events.append("start")
+            try:
+                return await super().chat(request)
+            finally:
+                events.append("end")
+
+    async def scenario() -> None:
+        budget = CallBudget(2)
+        others = budget.join()  # documents ahead of this one, holding both slots for 0.3 s
+        held = [budget.slot(0, others), budget.slot(0, others)]
+        for slot in held:
+            await slot.__aenter__()
+        client = Recording(responder=reader, counter=WordCounter(), delay_s=0.02)
+        run = asyncio.ensure_future(MapReducePipeline(config(), client=client, budget=budget).arun(document("doc1"), "What is the code?"))
+        await asyncio.sleep(0.3)
+        for slot in held:
+            await slot.__aexit__(None, None, None)
+        result = await run
+        assert result.answer == "doc1-7"
+
+    asyncio.run(scenario())
+    assert events[:2] == ["start", "end"]  # the first map ran alone
+    assert events.count("start") == 5

@@ -563,7 +563,7 @@ def load_predictions(path: str | Path) -> list[dict[str, Any]]:
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 may be in a prediction
     except OSError as exc:
         raise UsageError(f"cannot read predictions file {path}: {exc.strerror or exc}") from exc
     rows = []
