@@ -4,7 +4,8 @@ A map reply carries a few short verbatim quotes from its chunk. Each is looked f
 around the chunk: first exactly, after whitespace runs become one space and case is folded; then
 approximately, with rapidfuzz's ``partial_ratio`` (the best-aligned window of the text, scored 0-100
 by normalised Indel similarity) at or above ``grounding.fuzzy_threshold`` (default 90: a slip of a
-word or two in a sentence passes, a different number in the same sentence does not). A located
+word or two in a sentence passes) and only if every number of the quote is written the same in
+the text (a different number in the same sentence is another fact). A located
 quote becomes a ``Citation`` with its character span and line in the whole document; a quote that
 cannot be located is unverified.
 
@@ -55,44 +56,58 @@ class Citation(BaseModel):
 
 @dataclass(frozen=True)
 class _Normalised:
-    """Text with whitespace runs collapsed to one space and case folded, and the way back: for
-    each run of non-space characters, where it starts in the normalised and in the original text."""
+    """Text with whitespace runs collapsed to one space, invisible characters dropped and case
+    folded, and the way back: for each word (run of non-space characters), where it starts and
+    ends in the normalised and in the original text."""
 
     text: str
     normalised_starts: list[int]
+    normalised_ends: list[int]
     original_starts: list[int]
     original_ends: list[int]
 
     def original_span(self, start: int, end: int) -> tuple[int, int]:
-        """The original span that the normalised span [start, end) covers."""
+        """The original span that the normalised span [start, end) covers. A span that starts or
+        ends on a word's edge maps to that word's edge; inside a word it maps character for
+        character, clamped to the word (exact unless folding or dropped characters changed the
+        word's length, as ß or a zero-width space do)."""
         first = max(bisect.bisect_right(self.normalised_starts, start) - 1, 0)
         last = max(bisect.bisect_right(self.normalised_starts, max(end - 1, start)) - 1, 0)
-        begin = min(self.original_starts[first] + (start - self.normalised_starts[first]), self.original_ends[first])
-        finish = min(self.original_starts[last] + (end - self.normalised_starts[last]), self.original_ends[last])
+        if start <= self.normalised_starts[first]:
+            begin = self.original_starts[first]
+        else:
+            begin = min(self.original_starts[first] + (start - self.normalised_starts[first]), self.original_ends[first])
+        if end >= self.normalised_ends[last]:
+            finish = self.original_ends[last]
+        else:
+            finish = min(self.original_starts[last] + (end - self.normalised_starts[last]), self.original_ends[last])
         return begin, max(finish, begin)
 
 
 def normalise(text: str, offset: int = 0) -> _Normalised:
-    """``text`` normalised for matching; spans map back to ``offset + position in text``.
-
-    Case folding that changes a word's length (German ß) keeps the mapping at word level: a span
-    inside such a word maps to the word's bounds at worst."""
-    text = _INVISIBLE.sub("", text) if _INVISIBLE.search(text) else text
+    """``text`` normalised for matching; spans map back to ``offset + position in text``."""
     pieces: list[str] = []
     normalised_starts: list[int] = []
+    normalised_ends: list[int] = []
     original_starts: list[int] = []
     original_ends: list[int] = []
     position = 0
     for run in _RUN.finditer(text):
-        word = run.group().casefold()
+        word = run.group()
+        if _INVISIBLE.search(word):
+            word = _INVISIBLE.sub("", word)
+            if not word:
+                continue
+        word = word.casefold()
         if pieces:
-            position += 1  # the single space between runs
+            position += 1  # the single space between words
         normalised_starts.append(position)
         original_starts.append(offset + run.start())
         original_ends.append(offset + run.end())
         pieces.append(word)
         position += len(word)
-    return _Normalised(" ".join(pieces), normalised_starts, original_starts, original_ends)
+        normalised_ends.append(position)
+    return _Normalised(" ".join(pieces), normalised_starts, normalised_ends, original_starts, original_ends)
 
 
 class DocumentIndex:
@@ -123,12 +138,16 @@ def _locate(
     wanted = normalise(quote[:MAX_QUOTE_CHARS]).text
     if len(wanted) < MIN_QUOTE_CHARS:
         return None
-    found = _verbatim(quote.strip(), chunk, document) or _exact(wanted, region()) or _approximate(wanted, region(), threshold)
+    found = (
+        _verbatim(quote.strip(), chunk, document)
+        or _exact(wanted, region(), chunk)
+        or _approximate(wanted, region(), chunk, threshold)
+        # the best alignment may lie in the margin beside the chunk: then look in the chunk alone
+        or _approximate(wanted, normalise(document.text[chunk.overlap_start : chunk.end], chunk.overlap_start), chunk, threshold)
+    )
     if found is None:
         return None
     (start, end), match, score = found
-    if end <= chunk.overlap_start or start >= chunk.end:  # found beside the chunk, not in it
-        return None
     return Citation(
         chunk=chunk.index,
         start=start,
@@ -140,7 +159,15 @@ def _locate(
     )
 
 
-def _verbatim(quote: str, chunk: Chunk, document: DocumentIndex) -> tuple[tuple[int, int], Literal["exact"], float] | None:
+Found = tuple[tuple[int, int], Literal["exact", "fuzzy"], float]
+
+
+def _in_chunk(span: tuple[int, int], chunk: Chunk) -> bool:
+    """At least partly inside the chunk: a quote found only beside it is not the chunk's."""
+    return span[1] > chunk.overlap_start and span[0] < chunk.end
+
+
+def _verbatim(quote: str, chunk: Chunk, document: DocumentIndex) -> Found | None:
     """The common case, found without normalising the chunk: the quote as it is in the text."""
     if len(quote) > MAX_QUOTE_CHARS:
         return None
@@ -148,23 +175,48 @@ def _verbatim(quote: str, chunk: Chunk, document: DocumentIndex) -> tuple[tuple[
     return ((at, at + len(quote)), "exact", 100.0) if at >= 0 else None
 
 
-def _exact(wanted: str, region: _Normalised) -> tuple[tuple[int, int], Literal["exact"], float] | None:
+def _exact(wanted: str, region: _Normalised, chunk: Chunk) -> Found | None:
+    """The first occurrence that reaches into the chunk (an earlier one may sit in the margin)."""
     at = region.text.find(wanted)
-    if at < 0:
-        return None
-    return region.original_span(at, at + len(wanted)), "exact", 100.0
+    while at >= 0:
+        span = region.original_span(at, at + len(wanted))
+        if _in_chunk(span, chunk):
+            return span, "exact", 100.0
+        at = region.text.find(wanted, at + 1)
+    return None
 
 
-def _approximate(
-    wanted: str, region: _Normalised, threshold: float
-) -> tuple[tuple[int, int], Literal["fuzzy"], float] | None:
+def _approximate(wanted: str, region: _Normalised, chunk: Chunk, threshold: float) -> Found | None:
+    """The best-aligned window, if it scores at least ``threshold``, lies in the chunk, and
+    writes every number of the quote as the quote does: a quote that differs in a digit is about
+    something else, however similar its words."""
     if not region.text:
         return None
     alignment = fuzz.partial_ratio_alignment(wanted, region.text, score_cutoff=threshold)
     if alignment is None:
         return None
     span = region.original_span(alignment.dest_start, alignment.dest_end)
+    if not _in_chunk(span, chunk) or not same_numbers(wanted, region.text[alignment.dest_start : alignment.dest_end]):
+        return None
     return span, "fuzzy", round(alignment.score, 1)
+
+
+_NUMBER = re.compile(r"\d+")
+
+
+def same_numbers(quote: str, text: str) -> bool:
+    """Whether every digit run of ``quote`` is a whole digit run of ``text``."""
+    present = set(_NUMBER.findall(text))
+    return all(number in present for number in _NUMBER.findall(quote))
+
+
+def contains_phrase(text: str, phrase: str) -> bool:
+    """Whether ``phrase`` occurs in ``text`` as whole words, after normalising both: "7143" is
+    not in "71432", "the key is 71432" is in "The key is 71432."."""
+    wanted = normalise(phrase).text
+    if not wanted:
+        return False
+    return re.search(rf"(?<!\w){re.escape(wanted)}(?!\w)", normalise(text).text) is not None
 
 
 def locate_all(
@@ -190,7 +242,9 @@ def carried_forward(quotes: Sequence[str], citations: Sequence[Citation], thresh
         for quote in quotes:
             wanted = normalise(quote[:MAX_QUOTE_CHARS]).text
             if len(wanted) >= MIN_QUOTE_CHARS and (
-                wanted in cited or cited in wanted or fuzz.ratio(wanted, cited) >= threshold
+                contains_phrase(cited, wanted)
+                or contains_phrase(wanted, cited)
+                or (fuzz.ratio(wanted, cited) >= threshold and same_numbers(wanted, cited) and same_numbers(cited, wanted))
             ):
                 kept.append(citation)
                 break

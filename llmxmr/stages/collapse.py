@@ -4,9 +4,10 @@ reduce prompt."""
 from __future__ import annotations
 
 from ..config import GroundingSettings
-from ..grounding import Citation, carried_forward, normalise
+from ..grounding import Citation, carried_forward, contains_phrase
 from ..prompts import ChatMessage, PromptSet
 from ..schemas import CollapseOutput
+from .map import checked_retrieval_answer
 from .partials import Partial, render_partials
 
 
@@ -63,6 +64,10 @@ def ground_collapse_reply(
         return fallback(group), "the merged reply dropped the verified answers; the best verified input stands"
     if settings.mode == "off" or supports == {"unchecked"}:
         return Partial(chunk_indices=indices, answer=output, citations=_unique(carried or inputs)), None
+    if carried and family == "retrieval" and output.answer is not None:
+        quoted = "\n".join(citation.quote for citation in carried)
+        if checked_retrieval_answer(output.answer, "", "", quoted)[0] is None:
+            return fallback(group), "the merged value is not written in the quotes it carries; the best verified input stands"
     if carried:
         return Partial(chunk_indices=indices, answer=output, citations=_unique(carried), support="verified"), None
     if "verified" in supports:
@@ -81,9 +86,10 @@ def ground_collapse_reply(
 
 
 def _restates(answer: str, partial: Partial) -> bool:
-    theirs = normalise(partial.answer.answer or "").text
-    ours = normalise(answer).text
-    return bool(theirs) and (theirs in ours or ours in theirs)
+    """Whether one answer holds the other as whole words ("71432" restates "it is 71432", but
+    "7143" does not restate "71432")."""
+    theirs = partial.answer.answer or ""
+    return bool(theirs.strip()) and (contains_phrase(answer, theirs) or contains_phrase(theirs, answer))
 
 
 def _unique(citations: list[Citation]) -> list[Citation]:

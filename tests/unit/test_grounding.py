@@ -13,7 +13,9 @@ from llmxmr.chunking import Chunk
 from llmxmr.clients.base import ChatRequest
 from llmxmr.clients.fake import ScriptedClient
 from llmxmr.grounding import Citation, DocumentIndex, carried_forward, locate_all, normalise
-from llmxmr.schemas import MapOutput
+from llmxmr.schemas import CollapseOutput, MapOutput
+from llmxmr.stages.collapse import ground_collapse_reply
+from llmxmr.stages.partials import Partial
 
 from ..conftest import WordCounter, final_reply, partial_reply
 
@@ -95,7 +97,29 @@ def test_non_ascii_text_maps_back_to_the_right_span():
     assert german is not None and german.match == "exact" and german.quote == "Die STRASSE ist lang."
     zero_width = "The pass key is 714\u200b32."
     defused = found("The pass key is 71432.", zero_width)  # the map prompt's defused tags
-    assert defused is not None and defused.match == "exact"
+    assert defused is not None and defused.match == "exact" and defused.quote == zero_width
+
+
+def test_invisible_characters_before_a_quote_do_not_shift_its_span():
+    text = "Intro\u200b\u200b\u200b text here.\nTHE  PASS KEY is 71432."
+    citation = found("the pass key is 71432", text)
+    assert citation is not None and citation.quote == "THE  PASS KEY is 71432" and citation.line == 2
+
+
+def test_a_copy_beside_the_chunk_does_not_hide_the_one_inside_it():
+    sentence = "The pass key is 71432."
+    text = f"{sentence}\n{'Filler words here. ' * 5}\n{sentence.upper()}\nMore filler after it."
+    chunk = span(text, text.index(sentence.upper()), len(text), 1)
+    citation = found("the pass key is 71432.", text, chunk)
+    assert citation is not None and citation.quote == sentence.upper() and citation.line == 3
+
+
+def test_a_quote_with_another_number_is_not_found_however_close():
+    text = "Long ago the treaty was signed in 1648 by both kings, and peace followed."
+    quote = "the treaty was signed in 1658 by both kings"
+    assert fuzz.partial_ratio(quote, normalise(text).text) > 90  # close enough by score alone
+    assert found(quote, text) is None
+    assert found("the treaty was signed in 1648 by the kings", text) is not None  # a changed word passes
 
 
 def test_repeated_quotes_give_one_citation_in_document_order():
@@ -110,6 +134,20 @@ def test_a_collapse_carries_forward_only_quotes_that_were_verified():
     assert carried_forward(["the pass key is 71432."], [verified], THRESHOLD) == [verified]
     assert carried_forward(["The pass key is 71432. Remember it."], [verified], THRESHOLD) == [verified]
     assert carried_forward(["The pass key is 99999, not 71432 at all."], [verified], THRESHOLD) == []
+    assert carried_forward(["The pass key is 7143"], [verified], THRESHOLD) == []  # a digit short
+    assert carried_forward(["The pass key is 71433."], [verified], THRESHOLD) == []
+
+
+def test_a_collapse_cannot_pass_off_a_truncated_value_as_verified():
+    verified = found("The pass key is 71432.", TEXT)
+    assert verified is not None
+    answer = MapOutput(extracted_information="", evidence=[verified.quote], rationale="", answer="71432", confidence=5)
+    group = [Partial(chunk_indices=[0], answer=answer, citations=[verified], support="verified")]
+    settings = PipelineConfig.load().grounding
+    for quotes in (["The pass key is 7143"], ["secret"], [verified.quote]):
+        merged = CollapseOutput(extracted_information="", evidence=quotes, rationale="", answer="7143", confidence=5)
+        partial, check = ground_collapse_reply(merged, group, "retrieval", settings)
+        assert partial.answer.answer == "71432" and check is not None and "best verified input stands" in check
 
 
 def test_evidence_past_three_quotes_is_dropped_not_failed():
