@@ -124,18 +124,31 @@ class OpenAICompatibleClient:
         self._api_key = api_key
         self._model = model
         self._max_retries = max_retries
-        self._openai = openai.AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=api_key or "EMPTY",
-            max_retries=0,
-            timeout=openai.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
-            http_client=openai.DefaultAioHttpClient(),
-        )
+        self._timeout_s = timeout_s
+        # The SDK client and the event loop its aiohttp session belongs to (see ``_sdk``).
+        self._openai: openai.AsyncOpenAI | None = None
+        self._openai_loop: asyncio.AbstractEventLoop | None = None
         self._kind: ServerKind | None = None
         self._model_card: dict[str, Any] = {}
         self._workers: list[ListedWorker] = []  # behind a gateway
         self._discovery = asyncio.Lock()
         self._counter: ServerTokenCounter | None = None
+
+    def _sdk(self) -> openai.AsyncOpenAI:
+        """The SDK client of the running event loop. An aiohttp session cannot outlive its loop,
+        and a client kept across ``MapReducePipeline.run`` calls (each one ``asyncio.run``) meets
+        a new loop each time: it then gets a new session (the old loop's is gone with it)."""
+        loop = asyncio.get_running_loop()
+        if self._openai is None or self._openai_loop is not loop:
+            self._openai = openai.AsyncOpenAI(
+                base_url=self.base_url,
+                api_key=self._api_key or "EMPTY",
+                max_retries=0,
+                timeout=openai.Timeout(self._timeout_s, connect=CONNECT_TIMEOUT_S),
+                http_client=openai.DefaultAioHttpClient(),
+            )
+            self._openai_loop = loop
+        return self._openai
 
     def describe(self) -> str:
         kind = self._kind.name if self._kind else "server"
@@ -148,7 +161,7 @@ class OpenAICompatibleClient:
             if self._kind is not None:
                 return
             try:
-                page = await self._with_retries(self._openai.models.list)
+                page = await self._with_retries(self._sdk().models.list)
                 cards = [card.model_dump() for card in page.data]
             except LLMCallError:
                 if not self._model:  # without a listing, only a named model can be used
@@ -202,7 +215,7 @@ class OpenAICompatibleClient:
             # The SDK's generic POST, with the body as built here: ``chat.completions.create``
             # would re-walk every request (the JSON schema included) against its typed parameters,
             # which cost more CPU per call than the rest of the pipeline together (benchmarks/overhead.py).
-            return await self._openai.post("/chat/completions", body=body, cast_to=ChatCompletion)
+            return await self._sdk().post("/chat/completions", body=body, cast_to=ChatCompletion)
 
         completion = await self._with_retries(create)
         if not completion.choices:
@@ -294,7 +307,9 @@ class OpenAICompatibleClient:
     async def aclose(self) -> None:
         if self._counter is not None:
             self._counter.close()
-        await self._openai.close()
+        if self._openai is not None and self._openai_loop is asyncio.get_running_loop():
+            await self._openai.close()
+        self._openai = None
 
 
 def _message(exc: openai.APIStatusError) -> str:
@@ -314,13 +329,16 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 
 def _timed_out(exc: openai.APIConnectionError) -> bool:
-    """Whether the request ran out of time, judged by the innermost error: the aiohttp transport
-    reports a refused connection as a connect timeout (its adapter maps every aiohttp connection
-    error to ``ConnectTimeout``), while the error it wraps is the refusal itself."""
-    innermost = _causes(exc)[-1]
-    if innermost is exc:
-        return isinstance(exc, openai.APITimeoutError)
-    return isinstance(innermost, TimeoutError) or "Timeout" in type(innermost).__name__
+    """Whether the request ran out of time. The SDK's class is not enough: the aiohttp transport's
+    adapter reports every aiohttp connection error (a refused connection, a server that hung up)
+    as a connect timeout. A ``TimeoutError`` among the causes settles it (aiohttp's and asyncio's
+    timeouts are ones); an aiohttp connection error without one is not a timeout."""
+    causes = _causes(exc)[1:]
+    if any(isinstance(cause, TimeoutError) for cause in causes):
+        return True
+    if any(cls.__name__ == "ClientConnectionError" for cause in causes for cls in type(cause).__mro__):
+        return False
+    return isinstance(exc, openai.APITimeoutError)
 
 
 def _never_connected(exc: openai.APIConnectionError) -> bool:

@@ -76,18 +76,40 @@ def test_llama_server_window_from_props():
         assert use(server.base_url, lambda c: c.context_window()) == 4096
 
 
-def test_retries_5xx_and_429_honouring_retry_after():
+def test_retries_5xx_and_429_honouring_retry_after(monkeypatch):
+    from llmxmr.clients import openai_compat
+
+    waits: list[float] = []
+
+    def recorded(retry: int, retry_after: float | None = None) -> float:
+        waits.append(openai_compat.backoff_delay.__wrapped__(retry, retry_after))
+        return 0.0  # the test does not sleep
+
+    recorded.__wrapped__ = openai_compat.backoff_delay  # type: ignore[attr-defined]
+    monkeypatch.setattr(openai_compat, "backoff_delay", recorded)
     scripts = {
         "/v1/models": [models("vllm")],
         "/v1/chat/completions": [
             Answer(503, {"error": {"message": "busy"}}),
-            Answer(429, {"error": {"message": "slow down"}}, {"Retry-After": "0"}),
+            Answer(429, {"error": {"message": "slow down"}}, {"Retry-After": "7"}),
             completion("ok"),
         ],
     }
     with fake_server(scripts) as server:
         reply = use(server.base_url, lambda c: c.chat(REQUEST))
     assert reply.text == "ok" and reply.transport_retries == 2
+    assert 0.375 <= waits[0] <= 0.5 and waits[1] == 7.0  # backoff, then the server's Retry-After
+
+
+def test_a_client_kept_across_event_loops_keeps_working():
+    """``MapReducePipeline.run`` starts a new event loop per run; a client the caller keeps
+    must not be tied to the first one."""
+    scripts = {"/v1/models": [models("sglang")], "/v1/chat/completions": lambda body: completion("ok")}
+    with fake_server(scripts) as server:
+        client = OpenAICompatibleClient(server.base_url)
+        assert asyncio.run(client.chat(REQUEST)).text == "ok"
+        assert asyncio.run(client.chat(REQUEST)).text == "ok"
+        asyncio.run(client.aclose())
 
 
 @pytest.mark.parametrize("status", [400, 404])
