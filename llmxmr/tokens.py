@@ -50,7 +50,12 @@ class TiktokenCounter:
         self._encoding = tiktoken.get_encoding(OFFLINE_CL100K)
 
     def count_batch(self, texts: Sequence[str]) -> list[int]:
-        return [len(tokens) for tokens in self._encoding.encode_ordinary_batch(list(texts))]
+        # One text after another, not tiktoken's encode_ordinary_batch: that submits a thread-pool
+        # task per text, which for the chunker's ~10-token sentences cost 5.6x the encoding itself
+        # and held every task's result at once (benchmarks/chunking.py: 1M tokens of books, 2.26 s
+        # against 0.40 s, 218 MB against 21 MB at peak).
+        encode = self._encoding.encode_ordinary
+        return [len(encode(text)) for text in texts]
 
 
 class HFTokenizerCounter:
