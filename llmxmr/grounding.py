@@ -227,10 +227,35 @@ def locate_all(
     region = cache(lambda: _region(chunk, document))  # built only when a quote is not verbatim
     found = {}
     for quote in quotes:
-        citation = _locate(quote, chunk, region, document, threshold)
-        if citation is not None:
-            found.setdefault((citation.start, citation.end), citation)
-    return sorted(found.values(), key=lambda citation: citation.start)
+        whole = _locate(quote, chunk, region, document, threshold)
+        # Not found whole, a quote of several sentences counts by the sentences that are in the
+        # text: small models repeat the sentence they quote ("The pass key is 71432. The pass key
+        # is 71432. ...") or run past its end, and an invented sentence among real ones proves
+        # nothing by itself.
+        parts = [whole] if whole else [_locate(part, chunk, region, document, threshold) for part in _sentences(quote)]
+        for citation in parts:
+            if citation is not None:
+                found.setdefault((citation.start, citation.end), citation)
+    return _outermost(sorted(found.values(), key=lambda citation: (citation.start, -citation.end)))
+
+
+def _outermost(citations: list[Citation]) -> list[Citation]:
+    """Citations (sorted by start, longest first) less those inside another one: a fragment of a
+    cited sentence adds nothing."""
+    kept: list[Citation] = []
+    for citation in citations:
+        if not kept or citation.end > kept[-1].end:
+            kept.append(citation)
+    return kept
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])")
+
+
+def _sentences(quote: str) -> list[str]:
+    """The distinct sentences of a quote of more than one (none for a single sentence)."""
+    parts = [part.strip() for part in _SENTENCE_END.split(quote[:MAX_QUOTE_CHARS]) if part.strip()]
+    return list(dict.fromkeys(parts)) if len(parts) > 1 else []
 
 
 def carried_forward(quotes: Sequence[str], citations: Sequence[Citation], threshold: float) -> list[Citation]:

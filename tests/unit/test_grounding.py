@@ -56,7 +56,7 @@ def test_whitespace_and_case_differences_still_match_exactly():
 
 
 def test_a_near_miss_is_found_just_above_the_threshold_and_not_below():
-    quote = "The pass key was 71432. Remember it."  # one word changed
+    quote = "The pass key was 71432, remember it."  # one word changed, one sentence
     score = fuzz.partial_ratio(normalise(quote).text, normalise(TEXT).text)
     assert 80 < score < 100
     above = found(quote, TEXT, threshold=score - 0.5)
@@ -104,6 +104,17 @@ def test_invisible_characters_before_a_quote_do_not_shift_its_span():
     text = "Intro\u200b\u200b\u200b text here.\nTHE  PASS KEY is 71432."
     citation = found("the pass key is 71432", text)
     assert citation is not None and citation.quote == "THE  PASS KEY is 71432" and citation.line == 2
+
+
+def test_a_quote_of_several_sentences_counts_by_the_sentences_in_the_text():
+    looped = "The pass key is 71432. Remember it. The pass key is 71432. Remember it. The pass key is"
+    citations = locate_all([looped], whole(TEXT), DocumentIndex(TEXT), THRESHOLD)
+    assert [c.quote for c in citations] == ["The pass key is 71432.", "Remember it."]
+    mixed = "The grass is green. The pass key is 55555."  # one real sentence, one invented
+    assert [c.quote for c in locate_all([mixed], whole(TEXT), DocumentIndex(TEXT), THRESHOLD)] == ["The grass is green."]
+    chinese = "密码是 71432，请记住。密码是 71432，请记住。"
+    text = "前言。\n密码是 71432，请记住。\n结束。"
+    assert [c.quote for c in locate_all([chinese], whole(text), DocumentIndex(text), THRESHOLD)] == ["密码是 71432，请记住。"]
 
 
 def test_a_copy_beside_the_chunk_does_not_hide_the_one_inside_it():
