@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 import threading
@@ -210,3 +211,24 @@ def test_the_gateway_prints_only_its_url_on_stdout(tmp_path):
     log = gateway.log.read_text()  # complete once the gateway has stopped
     assert f"listening  127.0.0.1:{gateway.base_url.split(':')[-1].split('/')[0]}" in log  # smg's banner
     assert "gateway ready; then: llmxmr run --base-url " + gateway.base_url in log
+
+
+def test_a_batch_through_the_gateway_shares_one_budget_over_every_worker(tmp_path):
+    """``llmxmr batch`` as a user runs it against ``llmxmr gateway``: every document answered and
+    written, every worker given map calls, the budget set by --concurrency."""
+    source = tmp_path / "batch.jsonl"
+    lines = [{"id": i, "question": QUESTION, "document": document(200)} for i in range(6)]
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with sglang_workers(2, reply) as workers, running_gateway(workers, tmp_path / "gateway.log") as gateway:
+        result = invoke(
+            "batch", "--input", str(source), "--out", str(tmp_path / "out"), "--base-url", gateway.base_url,
+            "--chunk-tokens", str(CHUNK_TOKENS), "--tokenizer", "tiktoken", "--concurrency", "4", "--no-progress", "--json",
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["documents"], report["found"], report["failures"], report["concurrency"]) == (6, 6, 0, 4)
+    answers = [json.loads(line)["answer"] for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert answers == ["4242"] * 6
+    served = [maps_served(worker) for worker in workers]
+    assert min(served) > 0 and sum(served) == report["calls"] - 6  # six reduces, the rest maps
+    assert max(worker.max_in_flight for worker in workers) <= 4  # the budget's bound, seen per worker
