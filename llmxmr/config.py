@@ -34,6 +34,7 @@ class LLMSettings(_Section):
     model: str | None
     concurrency: int | None = Field(ge=1)
     concurrency_per_worker: int = Field(ge=1)
+    max_string_chars: int | None = Field(ge=1, le=1000)
     timeout_s: float = Field(gt=0)
     max_retries: int = Field(ge=0)
     temperature: float = Field(ge=0)

@@ -27,11 +27,9 @@ from pydantic import BaseModel, ConfigDict
 from rapidfuzz import fuzz
 
 from .chunking import Chunk
+from .schemas import MAX_QUOTE_CHARS  # longer quotes (from servers that ignore maxLength) are cut to it
 
 GroundingMode = Literal["off", "cap", "strict"]
-# Longer quotes are cut to this before searching: a short quote is the request, and it bounds the
-# cost of approximate matching.
-MAX_QUOTE_CHARS = 300
 # A quote this short ("the", "5") would be found almost anywhere and proves nothing.
 MIN_QUOTE_CHARS = 4
 # Characters that some text holds invisibly (the map prompt defuses tags with a zero-width space);
@@ -249,12 +247,19 @@ def _outermost(citations: list[Citation]) -> list[Citation]:
     return kept
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])")
+# After . ! ? and whitespace, or straight before a capital (a needle pasted after a sentence's
+# period: "back again.The pass key is ..."); after 。！？ always.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?])(?=[A-Z])|(?<=[。！？])")
+
+
+def sentences_of(text: str) -> list[str]:
+    """The sentences of ``text``, in order."""
+    return [part.strip() for part in _SENTENCE_END.split(text) if part.strip()]
 
 
 def _sentences(quote: str) -> list[str]:
     """The distinct sentences of a quote of more than one (none for a single sentence)."""
-    parts = [part.strip() for part in _SENTENCE_END.split(quote[:MAX_QUOTE_CHARS]) if part.strip()]
+    parts = sentences_of(quote[:MAX_QUOTE_CHARS])
     return list(dict.fromkeys(parts)) if len(parts) > 1 else []
 
 

@@ -15,6 +15,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 MAX_CONFIDENCE = 5.0
 MAX_QUOTES = 3
+# Longest quote the schema lets a model write. Quotes are a sentence or less; the cap also ends a
+# small model's loop inside a quote ("The pass key is 71432. The pass key is 71432. ...") before it
+# eats the reply's max_tokens, on servers as well as in the embedded model.
+MAX_QUOTE_CHARS = 300
 NO_INFORMATION_MARK = "[NO INFORMATION]"
 
 
@@ -64,7 +68,7 @@ class PartialAnswer(_Strict):
     evidence: Annotated[list[str], BeforeValidator(_first_quotes)] = Field(
         default_factory=list,
         description=f"up to {MAX_QUOTES} short quotes copied word for word from the text that support the answer",
-        json_schema_extra={"maxItems": MAX_QUOTES},
+        json_schema_extra={"maxItems": MAX_QUOTES, "items": {"type": "string", "maxLength": MAX_QUOTE_CHARS}},
     )
     rationale: str = Field(description="how the information leads to the answer, with any inference named")
     answer: str | None = Field(description="the answer this text supports; null when it holds no relevant information")
@@ -122,3 +126,25 @@ def json_schema(model: type[BaseModel], without: tuple[str, ...] = ()) -> dict[s
     schema["properties"] = {name: spec for name, spec in schema["properties"].items() if name not in without}
     schema["required"] = list(schema["properties"])
     return schema
+
+
+# Small models decoding greedily repeat themselves inside a string until max_tokens; a length cap in
+# the grammar turns that loop into a short, valid reply (``embedded.max_string_chars``,
+# ``llm.max_string_chars``). Longest list a reply may hold (the reduce's supporting chunk numbers),
+# for the same reason.
+MAX_LIST_ITEMS = 32
+
+
+def capped_lengths(schema: Any, max_chars: int) -> Any:
+    """A copy of a JSON schema in which every string without a ``maxLength`` gets ``max_chars``
+    and every array without ``maxItems`` gets ``MAX_LIST_ITEMS``."""
+    if isinstance(schema, list):
+        return [capped_lengths(item, max_chars) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    capped = {key: capped_lengths(value, max_chars) for key, value in schema.items()}
+    if capped.get("type") == "string":
+        capped.setdefault("maxLength", max_chars)
+    if capped.get("type") == "array":
+        capped.setdefault("maxItems", MAX_LIST_ITEMS)
+    return capped

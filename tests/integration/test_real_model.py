@@ -13,7 +13,7 @@ import pytest
 from llmxmr import MapReducePipeline, PipelineConfig
 from llmxmr.clients.openai_compat import OpenAICompatibleClient
 
-from .conftest import PASS_KEY, SERVER_N_CTX, haystack
+from .conftest import PASS_KEY, SERVER_N_CTX, SMALL_MODEL, haystack
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ def test_server_is_recognised_with_its_tokenizer(llama_server):
 def test_pass_key_over_http(llama_server, passkey_document):
     config = PipelineConfig.load(
         task_type="retrieval",
-        **{"llm.base_url": llama_server, "llm.context_window": SERVER_N_CTX, "chunking.chunk_tokens": 2048},
+        **{"llm.base_url": llama_server, "llm.context_window": SERVER_N_CTX, "chunking.chunk_tokens": 2048, **SMALL_MODEL},
     )
     result = MapReducePipeline(config).run(passkey_document, "What is the pass key?")
     assert len(result.chunks) >= 4

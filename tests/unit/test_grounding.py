@@ -208,7 +208,7 @@ def test_retrieval_answers_without_a_found_quote_count_as_no_information(mode):
     assert result.rationale.startswith("The document does not appear to contain the answer")
     assert all(r.schema_name == "MapOutput" for r in client.requests)  # no reduce on a guess
     checks = [c.check for c in result.trace.calls]
-    assert all("0 of 1 quote(s) found in the text: unsupported, counts as no information" == c for c in checks)
+    assert all("0 quote(s) found in the text: unsupported, counts as no information" == c for c in checks)
 
 
 def test_with_grounding_off_the_invented_key_is_the_answer():
@@ -236,6 +236,24 @@ def test_a_right_answer_with_an_unfound_quote_is_still_set_aside_for_retrieval()
 
     result, _ = run(WITH_KEY, sloppy)
     assert not result.found
+
+
+def test_a_retrieval_value_comes_from_a_found_sentence_that_names_the_request():
+    """SmolLM2 behind a server: the key sentence only in its extracted information (asked for
+    verbatim), a bare "the pass key" as evidence, and junk made of real words as the answer."""
+
+    def sloppy(request: ChatRequest) -> str:
+        if request.schema_name == "MapOutput" and "71432" in chunk_of(request):
+            info = f"The weather was mild and nothing happened that day. {KEY} The wea"
+            return partial_reply("nothing happened that day", 5, info=info, evidence=["the pass key"])
+        if request.schema_name == "MapOutput":
+            return partial_reply("The weather was mild", 5, info="The weather was mild.", evidence=["The weather was mild"])
+        answers = re.findall(r"^Answer: (.+)$", request.messages[-1].content, flags=re.M)
+        return final_reply(answers[0], 5, [])
+
+    result, _ = run(WITH_KEY, sloppy)
+    assert result.found and "71432" in result.answer
+    assert len(result.citations) == 1 and KEY in result.citations[0].quote
 
 
 def qa_responder(request: ChatRequest) -> str:

@@ -101,6 +101,16 @@ def test_retries_5xx_and_429_honouring_retry_after(monkeypatch):
     assert 0.375 <= waits[0] <= 0.5 and waits[1] == 7.0  # backoff, then the server's Retry-After
 
 
+def test_a_string_cap_goes_into_the_schema_sent():
+    scripts = {"/v1/models": [models("me")], "/v1/chat/completions": lambda body: completion("{}")}
+    with fake_server(scripts) as server:
+        use(server.base_url, lambda c: c.chat(REQUEST), max_string_chars=200)
+        use(server.base_url, lambda c: c.chat(REQUEST))
+    sent = [body["response_format"]["schema"]["properties"] for path, body in server.requests if path == "/v1/chat/completions"]
+    assert sent[0]["rationale"]["maxLength"] == 200 and sent[0]["evidence"]["items"]["maxLength"] == 300
+    assert "maxLength" not in sent[1]["rationale"]  # no cap unless asked for
+
+
 def test_a_client_kept_across_event_loops_keeps_working():
     """``MapReducePipeline.run`` starts a new event loop per run; a client the caller keeps
     must not be tied to the first one."""

@@ -93,7 +93,7 @@ def test_final_answer_may_not_be_empty():
 
 
 def test_embedded_length_caps_reach_every_string_and_list():
-    from llmxmr.clients.embedded import MAX_LIST_ITEMS, capped_lengths
+    from llmxmr.schemas import MAX_LIST_ITEMS, capped_lengths
     from llmxmr.schemas import json_schema
 
     final = capped_lengths(json_schema(FinalAnswer), 300)["properties"]
