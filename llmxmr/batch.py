@@ -200,9 +200,22 @@ async def run_batch(
 
 
 def _finish(
-    out: Path, results: list[BatchResult], resumed: int, failures: int, run_time_s: float, slots: int | None
+    out: Path, results: list[BatchResult], resumed: int, failures: int, run_time_s: float, concurrency: int | None
 ) -> BatchReport:
-    report = _report(results, resumed, failures, run_time_s, slots)
+    """The totals over every result in the folder, also written to ``summary.json``."""
+    report = BatchReport(
+        documents=len(results),
+        new=len(results) - resumed,
+        failures=failures,
+        found=sum(r.found for r in results),
+        calls=sum(r.calls for r in results),
+        failed_calls=sum(r.failed_calls for r in results),
+        prompt_tokens=sum(r.prompt_tokens for r in results),
+        completion_tokens=sum(r.completion_tokens for r in results),
+        document_time_s=round(sum(r.wall_time_s for r in results), 3),
+        run_time_s=round(run_time_s, 3),
+        concurrency=concurrency,
+    )
     write_atomically(out / SUMMARY_FILE, report.model_dump_json(indent=2) + "\n")
     return report
 
@@ -252,24 +265,6 @@ def _result_line(item: BatchItem, result: PipelineResult) -> BatchResult:
         prompt_tokens=totals.prompt_tokens,
         completion_tokens=totals.completion_tokens,
         wall_time_s=round(totals.wall_time_s, 3),
-    )
-
-
-def _report(
-    results: list[BatchResult], resumed: int, failures: int, run_time_s: float, concurrency: int | None
-) -> BatchReport:
-    return BatchReport(
-        documents=len(results),
-        new=len(results) - resumed,
-        failures=failures,
-        found=sum(r.found for r in results),
-        calls=sum(r.calls for r in results),
-        failed_calls=sum(r.failed_calls for r in results),
-        prompt_tokens=sum(r.prompt_tokens for r in results),
-        completion_tokens=sum(r.completion_tokens for r in results),
-        document_time_s=round(sum(r.wall_time_s for r in results), 3),
-        run_time_s=round(run_time_s, 3),
-        concurrency=concurrency,
     )
 
 

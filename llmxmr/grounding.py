@@ -139,9 +139,7 @@ def _locate(
     found = (
         _verbatim(quote.strip(), chunk, document)
         or _exact(wanted, region(), chunk)
-        or _approximate(wanted, region(), chunk, threshold)
-        # the best alignment may lie in the margin beside the chunk: then look in the chunk alone
-        or _approximate(wanted, normalise(document.text[chunk.overlap_start : chunk.end], chunk.overlap_start), chunk, threshold)
+        or _approximate(wanted, region(), chunk, threshold, document)
     )
     if found is None:
         return None
@@ -184,17 +182,26 @@ def _exact(wanted: str, region: _Normalised, chunk: Chunk) -> Found | None:
     return None
 
 
-def _approximate(wanted: str, region: _Normalised, chunk: Chunk, threshold: float) -> Found | None:
+def _approximate(
+    wanted: str, region: _Normalised, chunk: Chunk, threshold: float, document: DocumentIndex | None = None
+) -> Found | None:
     """The best-aligned window, if it scores at least ``threshold``, lies in the chunk, and
     writes every number of the quote as the quote does: a quote that differs in a digit is about
-    something else, however similar its words."""
+    something else, however similar its words. When the best window lies in the margin beside the
+    chunk, the chunk alone is searched once more (given the ``document``); when no window scores
+    enough, no part of the region can."""
     if not region.text:
         return None
     alignment = fuzz.partial_ratio_alignment(wanted, region.text, score_cutoff=threshold)
     if alignment is None:
         return None
     span = region.original_span(alignment.dest_start, alignment.dest_end)
-    if not _in_chunk(span, chunk) or not same_numbers(wanted, region.text[alignment.dest_start : alignment.dest_end]):
+    if not _in_chunk(span, chunk):
+        if document is None:
+            return None
+        alone = normalise(document.text[chunk.overlap_start : chunk.end], chunk.overlap_start)
+        return _approximate(wanted, alone, chunk, threshold)
+    if not same_numbers(wanted, region.text[alignment.dest_start : alignment.dest_end]):
         return None
     return span, "fuzzy", round(alignment.score, 1)
 
