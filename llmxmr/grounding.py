@@ -30,8 +30,12 @@ from .chunking import Chunk
 from .schemas import MAX_QUOTE_CHARS  # longer quotes (from servers that ignore maxLength) are cut to it
 
 GroundingMode = Literal["off", "cap", "strict"]
-# A quote this short ("the", "5") would be found almost anywhere and proves nothing.
-MIN_QUOTE_CHARS = 4
+# A quote this short ("answer", "the key") would be found almost anywhere and proves nothing.
+MIN_QUOTE_WORDS = 3
+# A word: a run of letters or digits; in Chinese and Japanese, which do not space their words,
+# each character (kana and Han).
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+_QUOTE_WORD = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
 # Characters that some text holds invisibly (the map prompt defuses tags with a zero-width space);
 # a quote is compared without them.
 _INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
@@ -134,7 +138,7 @@ def _locate(
     quote: str, chunk: Chunk, region: Callable[[], _Normalised], document: DocumentIndex, threshold: float
 ) -> Citation | None:
     wanted = normalise(quote[:MAX_QUOTE_CHARS]).text
-    if len(wanted) < MIN_QUOTE_CHARS:
+    if not long_enough(wanted):
         return None
     found = (
         _verbatim(quote.strip(), chunk, document)
@@ -156,6 +160,11 @@ def _locate(
 
 
 Found = tuple[tuple[int, int], Literal["exact", "fuzzy"], float]
+
+
+def long_enough(quote: str) -> bool:
+    """Whether a quote is long enough to prove anything: at least ``MIN_QUOTE_WORDS`` words."""
+    return len(_QUOTE_WORD.findall(quote)) >= MIN_QUOTE_WORDS
 
 
 def _in_chunk(span: tuple[int, int], chunk: Chunk) -> bool:
@@ -278,7 +287,7 @@ def carried_forward(quotes: Sequence[str], citations: Sequence[Citation], thresh
         cited = normalise(citation.quote).text
         for quote in quotes:
             wanted = normalise(quote[:MAX_QUOTE_CHARS]).text
-            if len(wanted) >= MIN_QUOTE_CHARS and (
+            if long_enough(wanted) and (
                 contains_phrase(cited, wanted)
                 or contains_phrase(wanted, cited)
                 or (fuzz.ratio(wanted, cited) >= threshold and same_numbers(wanted, cited) and same_numbers(cited, wanted))

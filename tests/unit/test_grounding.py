@@ -71,7 +71,12 @@ def test_an_invented_quote_is_not_found():
 
 
 def test_a_quote_too_short_to_prove_anything_is_not_found():
+    """A model that copies a field name ("answer") or two words of the text has quoted nothing."""
     assert found("is", TEXT) is None and found("  ", TEXT) is None
+    assert found("Line", TEXT) is None and found("Remember it.", TEXT) is None and found("71432", TEXT) is None
+    assert found("the grass is", TEXT) is not None
+    chinese = "前言。\n密码是 71432，请记住。\n结束。"
+    assert found("密码", chinese) is None and found("密码是", chinese) is not None
 
 
 def test_a_quote_spanning_the_chunk_boundary_is_found_around_the_chunk():
@@ -109,7 +114,7 @@ def test_invisible_characters_before_a_quote_do_not_shift_its_span():
 def test_a_quote_of_several_sentences_counts_by_the_sentences_in_the_text():
     looped = "The pass key is 71432. Remember it. The pass key is 71432. Remember it. The pass key is"
     citations = locate_all([looped], whole(TEXT), DocumentIndex(TEXT), THRESHOLD)
-    assert [c.quote for c in citations] == ["The pass key is 71432.", "Remember it."]
+    assert [c.quote for c in citations] == ["The pass key is 71432."]  # "Remember it.": too short alone
     mixed = "The grass is green. The pass key is 55555."  # one real sentence, one invented
     assert [c.quote for c in locate_all([mixed], whole(TEXT), DocumentIndex(TEXT), THRESHOLD)] == ["The grass is green."]
     chinese = "密码是 71432，请记住。密码是 71432，请记住。"
@@ -135,8 +140,9 @@ def test_a_quote_with_another_number_is_not_found_however_close():
 
 def test_repeated_quotes_give_one_citation_in_document_order():
     chunk, document = whole(TEXT), DocumentIndex(TEXT)
-    citations = locate_all(["Last line.", "The grass is green.", "the grass is GREEN."], chunk, document, THRESHOLD)
-    assert [c.quote for c in citations] == ["The grass is green.", "Last line."]
+    quotes = ["The pass key is 71432.", "The grass is green.", "the grass is GREEN."]
+    citations = locate_all(quotes, chunk, document, THRESHOLD)
+    assert [c.quote for c in citations] == ["The grass is green.", "The pass key is 71432."]
 
 
 def test_a_collapse_carries_forward_only_quotes_that_were_verified():
