@@ -554,7 +554,10 @@ def _report_niah(out_dir: Path, cells: list[Any], settings: Any, wall_time_s: fl
         "grid": grid.model_dump(),
     }
     (out_dir / "summary.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    title = f"{cells[0].model} · {settings.method} · {settings.needles.kind} needle"
+    title = (
+        f"{cells[0].model}\n{settings.method} · {settings.needles.kind} needle · "
+        f"mean score {summary.mean_score:.2f} of {summary.max_score:g}"
+    )
     draw_heatmap(grid, out_dir / "heatmap.png", title, settings.max_score)
     click.echo(json.dumps(payload, indent=2) if as_json else summary_line(summary, wall_time_s))
     click.echo(f"heatmap: {out_dir / 'heatmap.png'} · grid: {out_dir / 'grid.csv'}", err=True)

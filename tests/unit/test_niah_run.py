@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from llmxmr.bench.niah.needles import CLASSIC, ruler_needles
+from llmxmr.bench.niah import plot
 from llmxmr.bench.niah.plot import score_grid, summarize
 from llmxmr.bench.niah.runner import NiahRun, RunSettings, load_cells
 from llmxmr.cli import main
@@ -145,9 +146,13 @@ def test_cli_writes_heatmap_csv_summary_and_redraws(tmp_path, haystack, monkeypa
     rows = list(csv.reader((out / "grid.csv").open()))
     assert rows == [["depth_percent", "400", "800"], ["0", "1.0000", "1.0000"], ["50", "1.0000", "1.0000"], ["100", "1.0000", "1.0000"]]
     (out / "heatmap.png").unlink()
+    titles = []
+    draw = plot.draw_heatmap
+    monkeypatch.setattr(plot, "draw_heatmap", lambda grid, path, title, top: (titles.append(title), draw(grid, path, title, top)))
     again = CliRunner().invoke(main, ["bench", "niah", "--plot-only", str(out), "--json"], catch_exceptions=False)
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["summary"]["cells"] == 6 and (out / "heatmap.png").exists()
+    assert titles == [f"{client.describe()}\nmr · classic needle · mean score 1.00 of 1"]
     assert len(load_cells(out)) == 6
 
 

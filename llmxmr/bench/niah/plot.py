@@ -106,7 +106,7 @@ def draw_heatmap(grid: Grid, path: Path, title: str, max_score: float) -> None:
     axes.set_yticks(range(len(grid.depths)), [f"{d:g}" for d in grid.depths])
     axes.set_xlabel("Context length (tokens)")
     axes.set_ylabel("Depth (%)")
-    axes.set_title(title)
+    axes.set_title(title, fontsize=10, wrap=True)  # wrapped to the figure: model names run long
     figure.colorbar(image, ax=axes, label="Score")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
