@@ -48,12 +48,16 @@ def reader(request: ChatRequest) -> str:
     return final_reply(answers[0] if answers else "nothing")
 
 
-def run(tmp_path, haystack, *, lengths=(400, 800), depths=(0.0, 50.0, 100.0), client=None, **settings):
+def run(
+    tmp_path, haystack, *, lengths=(400, 800), depths=(0.0, 50.0, 100.0), client=None, cells_in_flight=None, config=(), **settings
+):
     values = {"haystack": str(haystack), "needles": CLASSIC, "method": "mr", "judge": False, "buffer": 50, "task_type": "retrieval"}
     values.update(settings)
     client = client or ScriptedClient(responder=reader, counter=WordCounter())
-    config = PipelineConfig.load(task_type=values["task_type"], **{"chunking.chunk_tokens": 150})
-    runner = NiahRun(RunSettings(**values), tmp_path / "out", config, client=client, progress=False, log=lambda _: None)
+    config = PipelineConfig.load(task_type=values["task_type"], **{"chunking.chunk_tokens": 150, **dict(config)})
+    runner = NiahRun(
+        RunSettings(**values), tmp_path / "out", config, client=client, cells_in_flight=cells_in_flight, progress=False, log=lambda _: None
+    )
     cells = asyncio.run(runner.run(list(lengths), list(depths)))
     return cells, client, runner
 
@@ -67,6 +71,13 @@ def test_every_cell_is_run_scored_and_written(tmp_path, haystack):
     deepest = next(c for c in cells if c.context_length == 800 and c.depth_percent == 100)
     assert deepest.placements[0].token_offset > 700
     assert deepest.needles == CLASSIC.needles and deepest.kept_tokens == deepest.context_tokens
+
+
+def test_cells_in_flight_share_one_budget_of_calls(tmp_path, haystack):
+    client = ScriptedClient(responder=reader, counter=WordCounter(), delay_s=0.02)
+    cells, client, _ = run(tmp_path, haystack, client=client, cells_in_flight=4, config={"llm.concurrency": 3})
+    assert len(cells) == 6 and all(cell.score == 1.0 for cell in cells)
+    assert client.max_in_flight == 3  # not 3 per cell: four cells of several chunks were open at once
 
 
 def test_rerun_runs_only_missing_cells(tmp_path, haystack):

@@ -3,7 +3,8 @@
 Each finished cell is one JSON file, ``<out>/cells/len_<tokens>_depth_<percent>.json``, written to
 a temporary name and renamed, so a killed run leaves whole files only; a rerun skips the cells
 whose file exists. ``<out>/run.json`` holds the settings that make cells comparable (needles,
-haystack, method, scoring); a rerun with other settings is refused rather than mixed in.
+haystack, method, scoring); a rerun with other settings is refused rather than mixed in. The cells in
+flight share one budget of ``llm.concurrency`` calls, as a batch's documents do.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from string import Template
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
+from ...budget import concurrency_of
 from ...clients import make_client
 from ...clients.base import LLMClient
 from ...config import PipelineConfig
@@ -25,6 +27,7 @@ from ...direct import answer_directly
 from ...errors import LlmxmrError, UsageError
 from ...pipeline import MapReducePipeline
 from ...prompts import ChatMessage, prompt_file
+from ...scheduling import CallBudget
 from ...structured import call_structured
 from ...trace import Trace
 from .._batch import Method, check_same_model, default_in_flight, require_complete, run_each, write_atomically
@@ -126,9 +129,10 @@ class NiahRun:
         self, todo: list[tuple[int, float]], haystack: list[int], client: LLMClient, cells_dir: Path
     ) -> None:
         recorded = [cell.model for cell in load_cells(self.out_dir)]
+        calls = CallBudget(await concurrency_of(self.config, client))
 
         async def run_cell(cell: tuple[int, float]) -> CellResult:
-            result = await self._cell(haystack, *cell, client)
+            result = await self._cell(haystack, *cell, client, calls)
             check_same_model(recorded, result.model, self.out_dir)
             return result
 
@@ -144,7 +148,9 @@ class NiahRun:
             log=self._log,
         )
 
-    async def _cell(self, haystack: list[int], length: int, depth: float, client: LLMClient) -> CellResult:
+    async def _cell(
+        self, haystack: list[int], length: int, depth: float, client: LLMClient, calls: CallBudget
+    ) -> CellResult:
         needles = self.settings.needles
         context = await asyncio.to_thread(build_context, haystack, needles.needles, length, depth, self.settings.buffer)
         started = time.perf_counter()
@@ -155,7 +161,7 @@ class NiahRun:
             response, found, model, trace = direct.answer, True, direct.model, direct.trace
             kept_tokens = direct.kept_tokens
         else:
-            result = await MapReducePipeline(self.config, client=client).arun(context.text, needles.question)
+            result = await MapReducePipeline(self.config, client=client, budget=calls).arun(context.text, needles.question)
             response, found, model, trace = result.answer, result.found, result.model, result.trace
             kept_tokens = context.tokens
         require_complete(trace)
