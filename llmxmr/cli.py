@@ -488,6 +488,7 @@ def niah(
     from .bench.niah import haystack as haystacks
     from .bench.niah import needles as needle_sets
     from .bench.niah.runner import NiahRun, RunSettings, load_cells, read_settings
+    from .stages.map import names_request
 
     if plot_dir:
         _report_niah(Path(plot_dir), load_cells(plot_dir), read_settings(Path(plot_dir)), None, as_json)
@@ -507,9 +508,16 @@ def niah(
         needle_set = needle_sets.CLASSIC
     grid_lengths = haystacks.parse_lengths(lengths)
     grid_depths = haystacks.parse_depths(depths, depth_spacing)
-    # The needle is written literally in the haystack: retrieval prompts and checks fit, unless
-    # --config or --task-type say otherwise.
-    config = settings.load(preset={"task_type": "retrieval"}, task_type=task_type)
+    # The needle is written literally in the haystack: retrieval prompts and checks fit a question
+    # asking for one value; one asking for several values is a question to answer with a list.
+    # --config or --task-type may say otherwise.
+    preset = "qa" if needle_set.asks_for_several else "retrieval"
+    config = settings.load(preset={"task_type": preset}, task_type=task_type)
+    if method == "mr" and config.task_type == "retrieval" and not names_request(needle_set.needles[0], needle_set.question):
+        raise UsageError(
+            "the question shares no word with the needle: map-reduce's retrieval check keeps only "
+            "values from sentences that name what the question asks for; reword it, or pass --task-type qa"
+        )
     run_settings = RunSettings(
         haystack=str(Path(haystack).resolve()),
         needles=needle_set,
@@ -536,6 +544,15 @@ def niah(
         raise LlmxmrError(f"{runner.failed_cells} cell(s) failed; rerun the same command to retry them")
 
 
+def _recorded_wall_time(path: Path) -> float | None:
+    """The wall time a run's summary recorded; None when there is none to read."""
+    try:
+        wall_time_s = json.loads(path.read_text(encoding="utf-8")).get("wall_time_s")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return wall_time_s if isinstance(wall_time_s, (int, float)) else None
+
+
 def _report_niah(out_dir: Path, cells: list[Any], settings: Any, wall_time_s: float | None, as_json: bool) -> None:
     from .bench.niah.plot import draw_heatmap, score_grid, summarize, summary_line, write_csv
 
@@ -544,9 +561,8 @@ def _report_niah(out_dir: Path, cells: list[Any], settings: Any, wall_time_s: fl
     grid = score_grid(cells)
     summary = summarize(cells, settings.max_score)
     write_csv(grid, out_dir / "grid.csv")
-    previous = out_dir / "summary.json"
-    if wall_time_s is None and previous.exists():  # redrawn: keep the run's own wall time
-        wall_time_s = json.loads(previous.read_text(encoding="utf-8")).get("wall_time_s")
+    if wall_time_s is None:  # redrawn: keep the run's own wall time
+        wall_time_s = _recorded_wall_time(out_dir / "summary.json")
     payload = {
         "summary": summary.model_dump(),
         "wall_time_s": wall_time_s,

@@ -185,7 +185,7 @@ class _Run:
         """One structured call within the call budget, recorded in the trace. Calls of later stages
         go first: they shorten the run's tail, and maps wait for nothing but slots. ``on_slot``
         is called once the call has its slot."""
-        async with self.calls.slot(_STAGE_PRIORITY[stage], self.place):
+        async with self.calls.slot(stage, self.place):
             if on_slot is not None:
                 on_slot()
             output, record = await call_structured(
@@ -387,8 +387,6 @@ class _Run:
 # How long the other map calls wait for the first one (which warms the server's prefix cache)
 # before they go anyway.
 WARM_UP_WAIT_S = 30.0
-# Lower goes first at the concurrency limit: a run's later stages before its remaining maps.
-_STAGE_PRIORITY: dict[str, int] = {"reduce": 0, "collapse": 1, "direct": 1, "judge": 1, "map": 2}
 
 
 def _informative(partial: Partial | None) -> bool:

@@ -10,6 +10,8 @@ import itertools
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from typing import TypeVar
 
+from .trace import CallStage
+
 T = TypeVar("T")
 # Waiters are served smallest first; tuples compare item by item.
 Priority = tuple[int, ...]
@@ -80,8 +82,12 @@ class CallBudget:
         """A run's place in line."""
         return next(self._joined)
 
-    def slot(self, stage_rank: int, run: int) -> _Slot:
-        return self._semaphore.slot((stage_rank, run))
+    def slot(self, stage: CallStage, run: int) -> _Slot:
+        return self._semaphore.slot((_STAGE_RANK[stage], run))
+
+
+# Lower goes first at the concurrency limit: a run's later stages before its remaining maps.
+_STAGE_RANK: dict[CallStage, int] = {"reduce": 0, "collapse": 1, "direct": 1, "judge": 1, "map": 2}
 
 
 async def in_order(futures: Sequence[asyncio.Future[T]]) -> AsyncIterator[list[T]]:

@@ -88,14 +88,11 @@ def _ground_retrieval(
     with no such quote the reply counts as no information."""
     if not citations:
         return GroundedReply(None, f"{found}: unsupported, counts as no information")
-    wanted = _content_words(question)
-
-    def names_it(text: str) -> bool:
-        return not wanted or bool(wanted & _content_words(text))
-
-    naming = [citation for citation in citations if names_it(citation.quote)]
+    naming = [citation for citation in citations if names_request(citation.quote, question)]
     # Within a quote of several sentences, only those naming the request may hold the value.
-    quoted = "\n".join(sentence for c in naming for sentence in sentences_of(c.quote) if names_it(sentence))
+    quoted = "\n".join(
+        sentence for c in naming for sentence in sentences_of(c.quote) if names_request(sentence, question)
+    )
     if not quoted:
         return GroundedReply(None, f"{found}, none naming what the request asks for: counts as no information")
     assert output.answer is not None
@@ -104,6 +101,13 @@ def _ground_retrieval(
         return GroundedReply(None, f"{found}, but {problem}: counts as no information")
     supported = output.model_copy(update={"answer": answer})
     return GroundedReply(_partial(supported, chunk, naming, "verified"), f"{found}; {problem}" if problem else found)
+
+
+def names_request(text: str, request: str) -> bool:
+    """Whether ``text`` shares a content word with ``request`` (any text does, for a request of
+    stopwords only): a sentence that holds a requested value names what it is the value of."""
+    wanted = _content_words(request)
+    return not wanted or bool(wanted & _content_words(text))
 
 
 def checked_retrieval_answer(answer: str, evidence: str, request: str, chunk_text: str) -> tuple[str | None, str | None]:

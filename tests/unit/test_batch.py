@@ -230,7 +230,7 @@ def test_a_document_waiting_for_a_slot_still_warms_up_before_its_other_maps(monk
     async def scenario() -> None:
         budget = CallBudget(2)
         others = budget.join()  # documents ahead of this one, holding both slots for 0.3 s
-        held = [budget.slot(0, others), budget.slot(0, others)]
+        held = [budget.slot("reduce", others), budget.slot("reduce", others)]
         for slot in held:
             await slot.__aenter__()
         client = Recording(responder=reader, counter=WordCounter(), delay_s=0.02)

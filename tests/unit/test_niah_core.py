@@ -278,7 +278,9 @@ def test_parse_lengths_lists_and_ranges():
     assert parse_lengths("1k:3k:3,500") == [500, 1024, 2048, 3072]
 
 
-@pytest.mark.parametrize("text", ["", "1k,,2k", "abc", "0", "1k:2k", "1k:2k:3:4", "2k:1k:3", "1k:2k:0", "1k:2k:x"])
+@pytest.mark.parametrize(
+    "text", ["", "1k,,2k", "abc", "0", "1k:2k", "1k:2k:3:4", "2k:1k:3", "1k:2k:0", "1k:2k:x", "1k:2k:\u00b2", "1k:2k:1001"]
+)
 def test_parse_lengths_errors(text):
     with pytest.raises(UsageError) as error:
         parse_lengths(text)
@@ -288,6 +290,7 @@ def test_parse_lengths_errors(text):
 def test_parse_depths_linear():
     assert parse_depths("0,25,50,100") == [0, 25, 50, 100]
     assert parse_depths("50, 12.5,50") == [12.5, 50]
+    assert parse_depths("12.34561,12.34564") == [12.346]  # cells are named by depth: one cell, not two
     assert parse_depths("0:100:5") == [0, 25, 50, 75, 100]
     # The reference's default grid, np.round(np.linspace(0, 100, 35)).astype(int).
     grid = parse_depths("0:100:35")
@@ -320,7 +323,9 @@ def test_parse_depths_sigmoid_matches_the_reference():
         ("x", "linear", "invalid depth 'x'"),
         ("0:100", "linear", "min:max:count"),
         ("50:10:3", "linear", "minimum is above"),
-        ("0:100:0", "sigmoid", "at least 1"),
+        ("0:100:0", "sigmoid", "from 1 to 1000"),
+        ("0:100:\u0663", "linear", "from 1 to 1000"),  # an Arabic-Indic 3 is not read as 3
+        ("0:100:999999999999", "linear", "from 1 to 1000"),
         ("0,,5", "linear", "separated by commas"),
         ("0,50", "log", "unknown depth spacing 'log'"),
     ],

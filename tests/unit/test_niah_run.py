@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from llmxmr.bench.niah.needles import CLASSIC, ruler_needles
 from llmxmr.bench.niah import plot
 from llmxmr.bench.niah.plot import score_grid, summarize
-from llmxmr.bench.niah.runner import NiahRun, RunSettings, load_cells
+from llmxmr.bench.niah.runner import NiahRun, RunSettings, judge_messages, load_cells
 from llmxmr.cli import main
 from llmxmr.clients.base import ChatRequest
 from llmxmr.clients.fake import ScriptedClient
@@ -165,6 +165,10 @@ def test_cli_writes_heatmap_csv_summary_and_redraws(tmp_path, haystack, monkeypa
     assert json.loads(again.stdout)["summary"]["cells"] == 6 and (out / "heatmap.png").exists()
     assert titles == [f"{client.describe()}\nmr · classic needle · mean score 1.00 of 1"]
     assert len(load_cells(out)) == 6
+    for damaged in ('{"wall', "[]", '{"wall_time_s": "soon"}'):  # the summary is redrawn, not read
+        (out / "summary.json").write_text(damaged)
+        again = CliRunner().invoke(main, ["bench", "niah", "--plot-only", str(out), "--json"], catch_exceptions=False)
+        assert again.exit_code == 0 and json.loads(again.stdout)["wall_time_s"] is None
 
 
 def test_cli_task_type_comes_from_config_unless_the_flag_says_otherwise(tmp_path, haystack, monkeypatch):
@@ -182,9 +186,17 @@ def test_cli_task_type_comes_from_config_unless_the_flag_says_otherwise(tmp_path
     assert task_type("a") == "retrieval"
     assert task_type("b", "--config", str(mine)) == "qa"
     assert task_type("c", "--config", str(mine), "--task-type", "math") == "math"
+    # A list of values to find is a question, not one value to retrieve: the retrieval prompts
+    # ask for "the value alone".
+    assert task_type("d", "--ruler-keys", "1") == "retrieval"
+    assert task_type("e", "--ruler-keys", "1", "--ruler-values", "3") == "qa"
+    assert task_type("f", "--ruler-keys", "2", "--ruler-values", "3", "--task-type", "retrieval") == "retrieval"
 
 
-def test_cli_needle_options_are_checked(tmp_path, haystack):
+def test_cli_needle_options_are_checked(tmp_path, haystack, monkeypatch):
+    client = ScriptedClient(responder=reader, counter=WordCounter())  # never the embedded model
+    monkeypatch.setattr("llmxmr.bench.niah.runner.make_client", lambda config: client)
+
     def invoke(*extra):
         args = ["bench", "niah", "--haystack", str(haystack), "--out", str(tmp_path / "o"), *extra]
         return CliRunner().invoke(main, args, catch_exceptions=False)
@@ -195,3 +207,42 @@ def test_cli_needle_options_are_checked(tmp_path, haystack):
     assert result.exit_code == 2 and "not both" in result.output
     result = CliRunner().invoke(main, ["bench", "niah", "--out", str(tmp_path / "o")], catch_exceptions=False)
     assert result.exit_code == 2 and "--haystack" in result.output
+    # The retrieval check keeps values from sentences naming the request: a question sharing no
+    # word with its needle would score 0 whatever the model did.
+    unnamed = ("--needle", "The access code for the vault is 4417.", "--question", "Which PIN opens the safe?", "--answer", "4417")
+    result = invoke(*unnamed)
+    assert result.exit_code == 2 and "shares no word with the needle" in result.output
+    assert not (tmp_path / "o").exists()
+    # Lengths without room for the needle are refused before anything runs, not as failed cells.
+    result = invoke("--lengths", "30,400", "--depths", "50", "--buffer", "50")
+    assert result.exit_code == 2 and "context length 30" in result.output and "cell" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_folder_whose_first_attempt_wrote_no_cell_takes_new_settings(tmp_path, haystack):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UsageError, match="no .txt files"):
+        run(tmp_path, empty, lengths=(400,), depths=(0.0,))
+    cells, _, _ = run(tmp_path, haystack, lengths=(400,), depths=(0.0,))
+    assert len(cells) == 1
+    with pytest.raises(UsageError, match="other haystack"):  # now the folder has a cell: bound
+        run(tmp_path, empty, lengths=(400,), depths=(0.0,))
+
+
+def test_direct_and_judge_calls_stay_within_the_budget(tmp_path, haystack):
+    client = ScriptedClient(responder=reader, counter=WordCounter(), delay_s=0.02)
+    cells, client, _ = run(
+        tmp_path, haystack, client=client, cells_in_flight=4, config={"llm.concurrency": 1}, method="direct", judge=True
+    )
+    assert len(cells) == 6 and client.max_in_flight == 1
+
+
+def test_the_judge_is_shown_the_asked_needles_not_the_distractors():
+    needles = ruler_needles(1, 1, 3, seed=0)
+    (message,) = judge_messages(needles, "It is 1234567.")
+    judge_prompt = message.content
+    (asked,) = needles.expected
+    assert asked in judge_prompt
+    for needle in needles.needles:
+        assert (needle.strip() in judge_prompt) == (asked in needle)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,6 +50,8 @@ _SENTENCE_END = "."
 # The reference's logistic for sigmoid-spaced depths: L / (1 + exp(-k (x - x0))).
 _LOGISTIC_L, _LOGISTIC_X0, _LOGISTIC_K = 100.0, 50.0, 0.1
 DEPTH_SPACINGS: tuple[str, ...] = ("linear", "sigmoid")
+# The most values a min:max:count range may give.
+MAX_RANGE_COUNT = 1000
 
 
 class Placement(BaseModel):
@@ -122,13 +125,7 @@ def build_context(
         raise UsageError("at least one needle is needed")
     encoding = haystack_encoding()
     needle_tokens = [encoding.encode_ordinary(needle) for needle in needles]
-    target = context_length - buffer
-    room = target - sum(len(tokens) for tokens in needle_tokens)
-    if room < 0:
-        raise UsageError(
-            f"context length {context_length} minus the buffer of {buffer} leaves {target} tokens, "
-            f"too few for needles of {target - room} tokens"
-        )
+    room = haystack_room(context_length, sum(len(tokens) for tokens in needle_tokens), buffer)
     if len(haystack) < room:
         raise UsageError(
             f"the haystack has {len(haystack)} tokens, fewer than the {room} a context of "
@@ -138,6 +135,24 @@ def build_context(
     depths = _needle_depths(depth_percent, len(needles))
     points = [_insertion_point(trimmed, depth, _sentence_end_tokens()) for depth in depths]
     return _assemble(trimmed, needles, needle_tokens, depths, points)
+
+
+def check_lengths(lengths: list[int], needles: list[str], buffer: int) -> None:
+    """Refuses, before anything runs, a grid whose shortest length has no room for the needles."""
+    needle_tokens = sum(len(haystack_encoding().encode_ordinary(needle)) for needle in needles)
+    haystack_room(min(lengths), needle_tokens, buffer)
+
+
+def haystack_room(context_length: int, needle_tokens: int, buffer: int) -> int:
+    """Tokens of haystack in a context of ``context_length``: what the buffer and needles leave."""
+    target = context_length - buffer
+    room = target - needle_tokens
+    if room < 0:
+        raise UsageError(
+            f"context length {context_length} minus the buffer of {buffer} leaves {target} tokens, "
+            f"too few for needles of {needle_tokens} tokens"
+        )
+    return room
 
 
 def _needle_depths(first: float, count: int) -> list[float]:
@@ -245,7 +260,9 @@ def _parse_depth(text: str) -> float:
         raise UsageError(f"invalid depth {text!r}: expected a percentage from 0 to 100") from None
     if not 0 <= depth <= 100:
         raise UsageError(f"depth {text} is outside 0..100")
-    return depth
+    # Three decimals, as sigmoid depths have: cells are named by their depth, so depths that
+    # differ further down would share a cell.
+    return round(depth, 3)
 
 
 def _range(item: str, what: str, parse: Callable[[str], float]) -> tuple[float, float, int]:
@@ -254,8 +271,8 @@ def _range(item: str, what: str, parse: Callable[[str], float]) -> tuple[float, 
         raise UsageError(f"invalid {what} range {item!r}: expected min:max:count")
     low, high = parse(parts[0]), parse(parts[1])
     count = parts[2].strip()
-    if not count.isdigit() or int(count) < 1:
-        raise UsageError(f"invalid {what} range {item!r}: the count must be a whole number of at least 1")
+    if not re.fullmatch(r"[0-9]+", count) or not 1 <= int(count) <= MAX_RANGE_COUNT:
+        raise UsageError(f"invalid {what} range {item!r}: the count must be a whole number from 1 to {MAX_RANGE_COUNT}")
     if low > high:
         raise UsageError(f"invalid {what} range {item!r}: the minimum is above the maximum")
     return low, high, int(count)

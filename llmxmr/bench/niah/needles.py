@@ -64,6 +64,11 @@ class NeedleSet(BaseModel):
     expected: list[str]  # strings whose presence in the answer is scored
     kind: str  # "classic", "custom" or "ruler"
 
+    @property
+    def asks_for_several(self) -> bool:
+        """Whether a right answer lists several values (RULER multi-key or multi-value)."""
+        return self.kind == "ruler" and len(self.expected) > 1
+
 
 CLASSIC = NeedleSet(needles=[CLASSIC_NEEDLE], question=CLASSIC_QUESTION, expected=CLASSIC_EXPECTED, kind="classic")
 

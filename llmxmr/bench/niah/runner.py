@@ -31,7 +31,7 @@ from ...scheduling import CallBudget
 from ...structured import call_structured
 from ...trace import Trace
 from .._batch import Method, check_same_model, default_in_flight, require_complete, run_each, write_atomically
-from .haystack import Placement, build_context, load_haystack
+from .haystack import Placement, build_context, check_lengths, load_haystack
 from .needles import NeedleSet, recall
 # What the direct baseline may answer: the reference test's answers are a sentence or two.
 DIRECT_MAX_TOKENS = 128
@@ -111,6 +111,7 @@ class NiahRun:
 
     async def run(self, lengths: list[int], depths: list[float]) -> list[CellResult]:
         """Runs every unfinished cell; returns all finished cells of the run folder."""
+        check_lengths(lengths, self.settings.needles.needles, self.settings.buffer)
         cells_dir = self.out_dir / "cells"
         cells_dir.mkdir(parents=True, exist_ok=True)
         check_settings(self.out_dir, self.settings)
@@ -132,7 +133,7 @@ class NiahRun:
         calls = CallBudget(await concurrency_of(self.config, client))
 
         async def run_cell(cell: tuple[int, float]) -> CellResult:
-            result = await self._cell(haystack, *cell, client, calls)
+            result = await self._cell(haystack, *cell, client, calls, calls.join())
             check_same_model(recorded, result.model, self.out_dir)
             return result
 
@@ -149,15 +150,16 @@ class NiahRun:
         )
 
     async def _cell(
-        self, haystack: list[int], length: int, depth: float, client: LLMClient, calls: CallBudget
+        self, haystack: list[int], length: int, depth: float, client: LLMClient, calls: CallBudget, place: int
     ) -> CellResult:
         needles = self.settings.needles
         context = await asyncio.to_thread(build_context, haystack, needles.needles, length, depth, self.settings.buffer)
         started = time.perf_counter()
         if self.settings.method == "direct":
-            direct = await answer_directly(
-                client, self.config, lambda text: direct_messages(text, needles.question), context.text, DIRECT_MAX_TOKENS
-            )
+            async with calls.slot("direct", place):
+                direct = await answer_directly(
+                    client, self.config, lambda text: direct_messages(text, needles.question), context.text, DIRECT_MAX_TOKENS
+                )
             response, found, model, trace = direct.answer, True, direct.model, direct.trace
             kept_tokens = direct.kept_tokens
         else:
@@ -165,7 +167,10 @@ class NiahRun:
             response, found, model, trace = result.answer, result.found, result.model, result.trace
             kept_tokens = context.tokens
         require_complete(trace)
-        judge_score = await self._judge(client, response, trace) if self.settings.judge else None
+        judge_score = None
+        if self.settings.judge:
+            async with calls.slot("judge", place):
+                judge_score = await self._judge(client, response, trace)
         string_recall = recall(response, needles.expected)
         totals = trace.totals
         return CellResult(
@@ -222,17 +227,25 @@ def direct_messages(context: str, question: str) -> list[ChatMessage]:
 
 
 def judge_messages(needles: NeedleSet, response: str) -> list[ChatMessage]:
-    reference = " ".join(needle.strip() for needle in needles.needles)
+    """The reference is what a right answer says: the needles holding an expected string (not the
+    RULER distractors, whose numbers are wrong answers)."""
+    reference = " ".join(needle.strip() for needle in needles.needles if _holds_expected(needle, needles.expected))
     user = Template(prompt_file("niah/judge.md")).substitute(
         question=needles.question, reference=reference, answer=response.strip()
     )
     return [ChatMessage(role="user", content=user)]
 
 
+def _holds_expected(needle: str, expected: list[str]) -> bool:
+    return any(value.lower() in needle.lower() for value in expected)
+
+
 def check_settings(out_dir: Path, settings: RunSettings) -> None:
-    """Records the settings on the first run; refuses a rerun whose cells would not compare."""
+    """Records the settings on the first run (again while no cell is written: a run that failed
+    before any cell, say on a wrong haystack, does not bind the folder); refuses a rerun whose
+    cells would not compare."""
     path = out_dir / "run.json"
-    if not path.exists():
+    if not path.exists() or not any((out_dir / "cells").glob("*.json")):
         write_atomically(path, settings.model_dump_json(indent=2))
         return
     recorded = read_settings(out_dir)
