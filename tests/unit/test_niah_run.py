@@ -10,10 +10,10 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from llmxmr.bench.niah.needles import CLASSIC, ruler_needles
+from llmxmr.bench.niah.needles import CLASSIC, CLASSIC_NEEDLE, ruler_needles
 from llmxmr.bench.niah import plot
 from llmxmr.bench.niah.plot import score_grid, summarize
-from llmxmr.bench.niah.runner import NiahRun, RunSettings, judge_messages, load_cells
+from llmxmr.bench.niah.runner import CellResult, NiahRun, RunSettings, judge_messages, load_cells
 from llmxmr.cli import main
 from llmxmr.clients.base import ChatRequest
 from llmxmr.clients.fake import ScriptedClient
@@ -71,6 +71,14 @@ def test_every_cell_is_run_scored_and_written(tmp_path, haystack):
     deepest = next(c for c in cells if c.context_length == 800 and c.depth_percent == 100)
     assert deepest.placements[0].token_offset > 700
     assert deepest.needles == CLASSIC.needles and deepest.kept_tokens == deepest.context_tokens
+    # Why each cell scored so: its calls with their checks, and the needle cited where it lies.
+    assert all(cell.trace is not None and len(cell.trace.calls) == cell.calls for cell in cells)
+    (citation,) = deepest.citations
+    assert citation.quote in CLASSIC_NEEDLE and "Dolores Park" in citation.quote
+    assert deepest.trace.calls[-1].stage == "reduce"
+    # A cell written before citations and traces were recorded still loads.
+    old = json.loads(deepest.model_dump_json(exclude={"citations", "trace"}))
+    assert CellResult.model_validate(old).trace is None
 
 
 def test_cells_in_flight_share_one_budget_of_calls(tmp_path, haystack):

@@ -25,6 +25,7 @@ from ...clients.base import LLMClient
 from ...config import PipelineConfig
 from ...direct import answer_directly
 from ...errors import LlmxmrError, UsageError
+from ...grounding import Citation
 from ...pipeline import MapReducePipeline
 from ...prompts import ChatMessage, prompt_file
 from ...scheduling import CallBudget
@@ -76,6 +77,10 @@ class CellResult(BaseModel):
     failed_calls: int  # calls the model never answered validly (transport failures are retried)
     prompt_tokens: int
     completion_tokens: int
+    # Why the cell scored as it did: the quotes the answer rests on (mr) and every call's reply
+    # and grounding check. Absent from cells written before they were recorded.
+    citations: list[Citation] = Field(default_factory=list)
+    trace: Trace | None = None
 
 
 class JudgeVerdict(BaseModel):
@@ -161,11 +166,11 @@ class NiahRun:
                     client, self.config, lambda text: direct_messages(text, needles.question), context.text, DIRECT_MAX_TOKENS
                 )
             response, found, model, trace = direct.answer, True, direct.model, direct.trace
-            kept_tokens = direct.kept_tokens
+            kept_tokens, citations = direct.kept_tokens, []
         else:
             result = await MapReducePipeline(self.config, client=client, budget=calls).arun(context.text, needles.question)
             response, found, model, trace = result.answer, result.found, result.model, result.trace
-            kept_tokens = context.tokens
+            kept_tokens, citations = context.tokens, result.citations
         require_complete(trace)
         judge_score = None
         if self.settings.judge:
@@ -194,6 +199,8 @@ class NiahRun:
             failed_calls=totals.failed_calls,
             prompt_tokens=totals.prompt_tokens,
             completion_tokens=totals.completion_tokens,
+            citations=citations,
+            trace=trace,
         )
 
     async def _judge(self, client: LLMClient, response: str, trace: Trace) -> float:
