@@ -51,9 +51,9 @@ def ground_map_reply(
     settings: GroundingSettings,
 ) -> GroundedReply:
     """Looks the reply's quotes up in the text around its chunk and applies ``settings.mode``."""
-    if not output.has_information:
+    retrieval = family == "retrieval" and settings.mode != "off"
+    if not output.has_information and not (retrieval and output.extracted_information.strip()):
         return GroundedReply(None, None)
-    assert output.answer is not None
     if not quotes_evidence(family):
         return GroundedReply(Partial(chunk_indices=[chunk.index], answer=output), None)
     # The retrieval prompt asks for the sentence holding the value, copied exactly, as the
@@ -63,7 +63,7 @@ def ground_map_reply(
     found = f"{len(citations)} quote(s) found in the text"
     if settings.mode == "off":
         return GroundedReply(Partial(chunk_indices=[chunk.index], answer=output, citations=citations), None)
-    if family == "retrieval":
+    if retrieval:
         return _ground_retrieval(output, chunk, citations, question, found)
     if citations:
         return GroundedReply(_partial(output, chunk, citations, "verified"), found)
@@ -84,8 +84,13 @@ def _ground_retrieval(
     output: MapOutput, chunk: Chunk, citations: list[Citation], question: str, found: str
 ) -> GroundedReply:
     """A retrieved value must be written in the found quotes that name what the request asks for
-    (the pass key, the key of a pair); when the answer is not, those quotes stand in for it;
-    with no such quote the reply counts as no information."""
+    (the pass key, the key of a pair); when the answer is not, or the reply gave none (a small
+    model may copy the needle and still answer null), those quotes stand in for it; with no such
+    quote the reply counts as no information. What the reply keeps as its extracted information
+    is the found sentences, not its own text: a later stage must not read an invented sentence
+    as the document's."""
+    if not output.has_information and not citations:
+        return GroundedReply(None, None)  # an empty reply with no quote: nothing was claimed
     if not citations:
         return GroundedReply(None, f"{found}: unsupported, counts as no information")
     naming = [citation for citation in citations if names_request(citation.quote, question)]
@@ -95,11 +100,13 @@ def _ground_retrieval(
     )
     if not quoted:
         return GroundedReply(None, f"{found}, none naming what the request asks for: counts as no information")
-    assert output.answer is not None
-    answer, problem = checked_retrieval_answer(output.answer, quoted, question, quoted)
+    if output.answer is None:
+        answer, problem = quoted, "no value given; the found sentences naming the request stand in for it"
+    else:
+        answer, problem = checked_retrieval_answer(output.answer, quoted, question, quoted)
     if answer is None:
         return GroundedReply(None, f"{found}, but {problem}: counts as no information")
-    supported = output.model_copy(update={"answer": answer})
+    supported = output.model_copy(update={"answer": answer, "extracted_information": quoted})
     return GroundedReply(_partial(supported, chunk, naming, "verified"), f"{found}; {problem}" if problem else found)
 
 

@@ -63,10 +63,10 @@ def known_chunks(answer: FinalAnswer, partials: list[Partial]) -> FinalAnswer:
 
 
 def checked_retrieval_final(answer: FinalAnswer, partials: list[Partial]) -> tuple[FinalAnswer, str | None]:
-    """A retrieval answer must come from the partial answers it was reduced from (which were
-    checked against their chunks and the request); one that does not gives way to the most
+    """A retrieval answer must come from the partial answers it was reduced from (checked against
+    their chunks and the request) or their found quotes; one that does not gives way to the most
     confident partial."""
-    source = "\n".join(f"{p.answer.extracted_information}\n{p.answer.answer}" for p in partials)
+    source = "\n".join([*(p.answer.answer or "" for p in partials), *(c.quote for p in partials for c in p.citations)])
     kept, problem = checked_retrieval_answer(answer.answer, "", "", source)
     if kept is not None:
         return answer, None

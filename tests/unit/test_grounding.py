@@ -262,6 +262,48 @@ def test_a_retrieval_value_comes_from_a_found_sentence_that_names_the_request():
     assert len(result.citations) == 1 and KEY in result.citations[0].quote
 
 
+def test_a_reply_that_copies_the_needle_but_answers_null_still_finds_it():
+    """SmolLM2 on the NIAH haystack: the needle copied as extracted information and evidence, the
+    answer null. The found sentence naming the request stands in for the value; a null reply
+    quoting a sentence that names nothing of the request stays no information."""
+
+    def copies_but_abstains(request: ChatRequest) -> str:
+        if request.schema_name == "MapOutput":
+            part = chunk_of(request)
+            info = KEY if "71432" in part else "The weather was mild and nothing happened that day."
+            return partial_reply(None, 5, info=info, evidence=[info])
+        return final_reply(re.findall(r"^Answer: (.+)$", request.messages[-1].content, flags=re.M)[0], 5, [])
+
+    result, _ = run(WITH_KEY, copies_but_abstains)
+    assert result.found and "71432" in result.answer
+    assert [c.quote for c in result.citations] == [KEY]
+    checks = [c.check or "" for c in result.trace.calls if c.stage == "map"]
+    assert sum("no value given" in check for check in checks) == 1
+    assert all("no value given" in check or "none naming what the request asks for" in check for check in checks)
+    result, _ = run(WITHOUT_KEY, copies_but_abstains)
+    assert not result.found
+
+
+def test_an_invented_sentence_cannot_reach_the_final_answer_through_the_extracted_information():
+    """A reply whose extracted information blends the real sentence with an invented one: only
+    the found sentence is kept for later stages, and a reduce that copies the invented value
+    gives way to the checked partial answer."""
+    blended = f"{KEY} The door code is 55555."
+
+    def blends(request: ChatRequest) -> str:
+        if request.schema_name == "MapOutput":
+            if "71432" in chunk_of(request):
+                return partial_reply("71432", 5, info=blended, evidence=[KEY])
+            return partial_reply(None, 0, info="")
+        return final_reply("55555", 5, [])
+
+    result, client = run(WITH_KEY, blends)
+    reduce_prompt = client.requests[-1].messages[-1].content
+    assert "55555" not in reduce_prompt and KEY in reduce_prompt
+    assert result.answer == "71432"
+    assert any("the most confident partial answer stands" in (c.check or "") for c in result.trace.calls)
+
+
 def qa_responder(request: ChatRequest) -> str:
     """Every chunk answers; only the chunk with the key quotes the text."""
     if request.schema_name == "MapOutput":
@@ -323,7 +365,7 @@ def test_a_collapse_that_drops_the_verified_answer_gives_way_to_it():
     def forgetful(request: ChatRequest) -> str:
         if request.schema_name == "MapOutput":
             if "71432" in chunk_of(request):  # long enough that three do not fit one reduce prompt
-                return partial_reply("71432", 5, info=f"{KEY} " * 12, evidence=[KEY])
+                return partial_reply("71432", 5, info=KEY, rationale="It says so. " * 12, evidence=[KEY])
             return partial_reply(None, 0, info="")
         if request.schema_name == "CollapseOutput":
             return partial_reply(None, 0, info="")
@@ -335,6 +377,24 @@ def test_a_collapse_that_drops_the_verified_answer_gives_way_to_it():
     collapses = [c for c in result.trace.calls if c.stage == "collapse"]
     assert collapses and "dropped the verified answers" in collapses[0].check
     assert result.found and result.answer == "71432"
+
+
+def test_a_value_only_in_a_collapse_s_own_information_cannot_be_the_final_answer():
+    def embellishing(request: ChatRequest) -> str:
+        if request.schema_name == "MapOutput":
+            if "71432" in chunk_of(request):
+                return partial_reply("71432", 5, info=KEY, rationale="It says so. " * 12, evidence=[KEY])
+            return partial_reply(None, 0, info="")
+        if request.schema_name == "CollapseOutput":
+            return partial_reply("71432", 5, info="The pass key is 71432, or 55555 on Sundays.", evidence=[KEY])
+        return final_reply("55555", 5)
+
+    document = "\n\n".join([FILLER, KEY, FILLER, KEY.replace("Remember", "Keep"), FILLER, KEY, FILLER])
+    small = {"generation.map_max_tokens": 64, "generation.collapse_max_tokens": 64, "generation.reduce_max_tokens": 64}
+    result, client = run(document, embellishing, **{"llm.context_window": 520, **small})
+    assert any(c.stage == "collapse" for c in result.trace.calls)
+    assert "55555" in client.requests[-1].messages[-1].content  # the reduce was shown it
+    assert result.answer == "71432"  # but a value no checked answer or found quote holds is refused
 
 
 def test_citations_appear_in_the_cli_output_and_json(monkeypatch, tmp_path):
