@@ -1,9 +1,11 @@
-"""Shared fixtures: a deterministic token counter, and replies for the scripted fake client."""
+"""Shared fixtures: a deterministic token counter, replies for the scripted fake client, and a
+helper for child processes that a test stops with Ctrl-C."""
 
 from __future__ import annotations
 
 import json
 import re
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,3 +52,10 @@ def final_reply(answer: str, confidence: float = 4.5, chunks: list[int] | None =
     return json.dumps(
         {"rationale": "weighed", "answer": answer, "confidence": confidence, "supporting_chunks": chunks or []}
     )
+
+
+def default_sigint() -> None:
+    """For ``Popen(preexec_fn=...)`` of a child a test stops with Ctrl-C: a shell without job
+    control starts background commands with SIGINT ignored, the child would inherit that, and
+    Python leaves an ignored SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -19,6 +19,7 @@ pytest.importorskip("smg", reason="the 'scale' extra (smg) is not installed")
 
 from llmxmr.gateway import free_port
 
+from ..conftest import default_sigint
 from ..fake_server import Answer, FakeServer, fake_server, worker_routes
 
 READY_TIMEOUT_S = 60
@@ -66,7 +67,7 @@ def running_gateway(workers: list[FakeServer], log: Path, *options: str) -> Iter
     urls = ",".join(worker.base_url for worker in workers)
     command = [sys.executable, "-m", "llmxmr", "gateway", "--workers", urls, "--port", str(free_port()), *options]
     with log.open("w") as sink:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=sink, text=True)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=sink, text=True, preexec_fn=default_sigint)
     try:
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import final_reply, partial_reply
+from tests.conftest import default_sigint, final_reply, partial_reply
 from tests.fake_server import Answer, completion, fake_server, models
 
 EXAMPLES = 60
@@ -94,7 +94,9 @@ def test_ctrl_c_stops_cleanly_keeps_finished_work_and_says_how_to_resume(tmp_pat
     preds = out / "preds_passkey.jsonl"
     scripts = {"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": respond}
     with fake_server(scripts) as server:
-        process = subprocess.Popen(command(server.base_url, data, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            command(server.base_url, data, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint
+        )
         while process.poll() is None and (not preds.exists() or preds.read_text().count("\n") < 5):
             time.sleep(0.005)
         interrupted_at = time.monotonic()
