@@ -20,7 +20,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from tqdm import tqdm
 
-from .bench._batch import append_line, check_same_model, finished_lines, require_complete, run_each, write_atomically
+from .bench._batch import (
+    append_line,
+    check_same_model,
+    finished_lines,
+    require_complete,
+    run_each,
+    summed_usage,
+    write_atomically,
+)
 from .budget import concurrency_of
 from .clients import make_client
 from .clients.base import LLMClient
@@ -208,10 +216,7 @@ def _finish(
         new=len(results) - resumed,
         failures=failures,
         found=sum(r.found for r in results),
-        calls=sum(r.calls for r in results),
-        failed_calls=sum(r.failed_calls for r in results),
-        prompt_tokens=sum(r.prompt_tokens for r in results),
-        completion_tokens=sum(r.completion_tokens for r in results),
+        **summed_usage(results),
         document_time_s=round(sum(r.wall_time_s for r in results), 3),
         run_time_s=round(run_time_s, 3),
         concurrency=concurrency,

@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import IO, Literal, TypeVar
+from typing import IO, Literal, Protocol, TypeVar
 
 from tqdm import tqdm
 
@@ -36,6 +36,20 @@ class IncompleteResult(LlmxmrError):
 
 class MixedResults(UsageError):
     """Results of another model are in the folder: fatal, since every item would hit it."""
+
+
+class _Usage(Protocol):
+    calls: int
+    failed_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def summed_usage(rows: Iterable[_Usage]) -> dict[str, int]:
+    """The calls and tokens of finished results, summed: the usage fields of a run's totals."""
+    rows = list(rows)
+    fields = ("calls", "failed_calls", "prompt_tokens", "completion_tokens")
+    return {field: sum(getattr(row, field) for row in rows) for field in fields}
 
 
 def require_complete(trace: Trace) -> None:

@@ -37,6 +37,7 @@ from .._batch import (
     pin_source,
     require_complete,
     run_each,
+    summed_usage,
 )
 from .data import read_examples
 from .scorers import SCORERS, score_predictions
@@ -177,10 +178,7 @@ class BatchRun:
             method=self.method,
             n=len(finished),
             scores={scorer: score_predictions(task, rows, scorer) for scorer in SCORERS} if rows else {},
-            calls=sum(p.calls for p in finished),
-            failed_calls=sum(p.failed_calls for p in finished),
-            prompt_tokens=sum(p.prompt_tokens for p in finished),
-            completion_tokens=sum(p.completion_tokens for p in finished),
+            **summed_usage(finished),
             example_time_s=round(sum(p.wall_time_s for p in finished), 3),
             run_time_s=round(run_time_s, 3),
             new=new,
