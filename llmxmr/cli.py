@@ -16,6 +16,7 @@ from typing import Any, Callable
 import click
 
 from . import gateway as gateways
+from . import local_server as local_servers
 from . import serve as serving
 from .config import PipelineConfig
 from .documents import read_document
@@ -228,33 +229,72 @@ def batch(
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.option("--model-path", default=serving.DEFAULT_MODEL, show_default=True, help="Hugging Face id or local path.")
+@click.option("--local", is_flag=True, help="Serve a local GGUF with llama.cpp (llama-cpp-python's server) instead of SGLang.")
+@click.option("--model-path", "--model", "model_path", help=f"SGLang: Hugging Face id or local path (default {serving.DEFAULT_MODEL}); --local: a GGUF file (default: the bundled SmolLM2).")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=30000, show_default=True, type=int)
-@click.option("--context-length", type=int, help="Override the model's context length.")
+@click.option("--port", type=click.IntRange(1, 65535), help=f"Default: 30000 (SGLang), {local_servers.DEFAULT_PORT} (--local).")
+@click.option("--context-length", "--n-ctx", "context_length", type=click.IntRange(min=256), help="Context window in tokens (SGLang: the model's own; --local: embedded.n_ctx).")
 @click.option("--dp", "dp_size", default=1, show_default=True, type=click.IntRange(min=1), help="Replicas of the model on this node (SGLang's --dp-size).")
+@click.option("--extra-buffers", type=click.Choice(["auto", "on", "off"]), help="--local: llama.cpp's extra buffer types (default: embedded.extra_buffers, auto).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML settings file (--local reads its embedded section).")
 @click.option("--dry-run", is_flag=True, help="Print the command instead of running it.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 @_reports_errors
 def serve(
-    model_path: str,
+    local: bool,
+    model_path: str | None,
     host: str,
-    port: int,
+    port: int | None,
     context_length: int | None,
     dp_size: int,
+    extra_buffers: str | None,
+    config_path: str | None,
     dry_run: bool,
     verbose: bool,
     extra: tuple[str, ...],
 ) -> None:
-    """Start an SGLang server for llmxmr (MiniCPM3-4B by default). Arguments after the options go
-    to sglang.launch_server unchanged. Several servers or nodes go behind 'llmxmr gateway'."""
-    command = serving.sglang_command(model_path, host, port, context_length, extra, dp_size)
+    """Start an SGLang server for llmxmr (MiniCPM3-4B by default), or with --local a llama.cpp
+    server for a GGUF file. Arguments after the options go to sglang.launch_server unchanged.
+    Several servers or nodes go behind 'llmxmr gateway'."""
+    if local:
+        if extra or dp_size != 1:
+            raise UsageError("--local takes no --dp and no extra server arguments")
+        config = PipelineConfig.load(config_path, **{"embedded.extra_buffers": extra_buffers, "embedded.n_ctx": context_length})
+        _serve_local(config, model_path, host, port or local_servers.DEFAULT_PORT, dry_run)
+        return
+    if extra_buffers or config_path:
+        raise UsageError("--extra-buffers and --config go with --local")
+    command = serving.sglang_command(model_path or serving.DEFAULT_MODEL, host, port or 30000, context_length, extra, dp_size)
     if dry_run:
         click.echo(shlex.join(command))
         return
-    click.echo(f"starting SGLang; then: llmxmr run --base-url http://{host}:{port}/v1 ...", err=True)
+    click.echo(f"starting SGLang; then: llmxmr run --base-url http://{host}:{port or 30000}/v1 ...", err=True)
     serving.launch(command)
+
+
+def _serve_local(config: PipelineConfig, model_path: str | None, host: str, port: int, dry_run: bool) -> None:
+    from .clients.embedded import default_model_path
+    from .llama_safety import extra_buffers_enabled
+
+    path = Path(model_path or config.embedded.model_path or default_model_path())
+    if not path.is_file():
+        raise UsageError(f"GGUF model file not found: {path}")
+    plan = local_servers.LocalServerPlan(
+        model_path=path, host=host, port=port, n_ctx=config.embedded.n_ctx,
+        extra_buffers=extra_buffers_enabled(config.embedded.extra_buffers, path),
+    )  # fmt: skip
+    if dry_run:
+        click.echo(shlex.join(plan.command()))
+        return
+    click.echo(f"starting llama.cpp's server for {path.name}...", err=True)
+
+    def announce(base_url: str) -> None:
+        click.echo(f"server ready; then: llmxmr run --base-url {base_url} ... (Ctrl-C stops the server)", err=True)
+        click.echo(base_url)  # last, and flushed by click: a script that waits for it finds the server up
+
+    local_servers.run_local_server(plan, announce)
+    click.echo("server stopped", err=True)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

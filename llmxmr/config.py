@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from .errors import ConfigError
 from .grounding import GroundingMode
+from .llama_safety import ExtraBuffers
 from .prompts import TaskFamily
 from .resources import data_dir
 
@@ -51,6 +52,7 @@ class EmbeddedSettings(_Section):
     chunk_tokens: int | None = Field(ge=1)
     # llama.cpp's grammar expansion fails far above this; null: no cap.
     max_string_chars: int | None = Field(ge=1, le=1000)
+    extra_buffers: ExtraBuffers
 
 
 class ChunkingSettings(_Section):

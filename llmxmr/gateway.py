@@ -2,28 +2,23 @@
 
 smg spreads requests over the workers, retries a failed request on another worker and takes dead
 workers out of the rotation. llmxmr only starts it with flags that suit map-reduce runs, waits until
-every worker is registered, and stops it together with itself: smg runs in its own process group
-(so a Ctrl-C in the terminal reaches llmxmr alone, which then stops smg in order), SIGTERM and
-SIGHUP stop it the way Ctrl-C does, and on Linux smg is also told to exit if llmxmr is killed.
+every worker is registered, and stops it together with itself (see ``children``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
-import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
 
+from .children import how_it_ended, signals_stop_like_ctrl_c, start_child, stop_child
 from .clients.openai_compat import listed_workers, server_root
 from .errors import GatewayError, MissingExtraError, UsageError
 
@@ -39,7 +34,6 @@ WORKER_CHECK_INTERVAL_S = 5
 # this long for requests in flight; llmxmr kills it if it is still there after both and a margin.
 SHUTDOWN_GRACE_S = 10
 STOP_TIMEOUT_S = 5 + SHUTDOWN_GRACE_S + 5
-_PR_SET_PDEATHSIG = 1  # prctl option: a signal for the child when its parent dies
 
 
 @dataclass(frozen=True)
@@ -118,8 +112,8 @@ def run_gateway(plan: GatewayPlan, on_ready: Callable[[str], None]) -> None:
     workers do not register in time; smg never outlives this call."""
     if importlib.util.find_spec("smg") is None:
         raise MissingExtraError("smg", "scale", "llmxmr gateway")
-    with _signals_stop_like_ctrl_c():
-        process = _start(plan.command())
+    with signals_stop_like_ctrl_c():
+        process = start_child(plan.command())
         try:
             wait_until_ready(process, plan)
             on_ready(plan.base_url)
@@ -128,7 +122,7 @@ def run_gateway(plan: GatewayPlan, on_ready: Callable[[str], None]) -> None:
             return
         finally:
             stop(process)
-    raise GatewayError(f"smg exited with code {code}; its log is above")
+    raise GatewayError(f"smg {how_it_ended(code)}; its log is above")
 
 
 def wait_until_ready(process: subprocess.Popen[bytes], plan: GatewayPlan) -> None:
@@ -137,7 +131,7 @@ def wait_until_ready(process: subprocess.Popen[bytes], plan: GatewayPlan) -> Non
     deadline = time.monotonic() + plan.startup_timeout_s
     while True:
         if process.poll() is not None:
-            raise GatewayError(f"smg exited with code {process.returncode} before it was ready; its log is above")
+            raise GatewayError(f"smg {how_it_ended(process.returncode)} before it was ready; its log is above")
         missing = sorted(set(plan.workers) - ready_workers(root))
         if not missing:
             return
@@ -160,59 +154,8 @@ def ready_workers(root: str) -> set[str]:
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to smg's process group, then SIGKILL if it is still there after ``STOP_TIMEOUT_S``
-    or if Ctrl-C is pressed again while waiting."""
-    if process.poll() is not None:
-        return
-    _signal_group(process, signal.SIGTERM)
-    try:
-        process.wait(STOP_TIMEOUT_S)
-    except (subprocess.TimeoutExpired, KeyboardInterrupt):
-        _signal_group(process, signal.SIGKILL)
-        process.wait()
-
-
-def _start(command: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        command,
-        stdout=sys.__stderr__,  # smg logs to stdout: to stderr, so that llmxmr's stdout has only the URL
-        start_new_session=True,  # its own process group: the terminal's Ctrl-C reaches llmxmr only
-        preexec_fn=_exit_with_parent(),  # noqa: PLW1509  (one system call, resolved before the fork)
-    )
-
-
-def _exit_with_parent() -> Callable[[], None] | None:
-    """On Linux, what the child runs before smg starts: if llmxmr dies without stopping smg
-    (SIGKILL, a crash), the kernel then sends smg SIGTERM instead of leaving it running. The
-    function is looked up here, in the parent, so that the child only makes the system call."""
-    if sys.platform != "linux":
-        return None
-    prctl = ctypes.CDLL(None).prctl
-    terminate = int(signal.SIGTERM)
-    return lambda: prctl(_PR_SET_PDEATHSIG, terminate)
-
-
-def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
-    try:
-        os.killpg(process.pid, signum)  # the group's id is smg's pid (start_new_session)
-    except ProcessLookupError:
-        pass
-
-
-@contextmanager
-def _signals_stop_like_ctrl_c() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise KeyboardInterrupt, so they stop smg as Ctrl-C does; by default
-    they would end this process at once and leave smg running."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    """Stops smg: SIGTERM, then SIGKILL if it is still there after ``STOP_TIMEOUT_S``."""
+    stop_child(process, STOP_TIMEOUT_S)
 
 
 def _reachable_host(host: str) -> str:

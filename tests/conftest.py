@@ -4,6 +4,7 @@ helper for child processes that a test stops with Ctrl-C."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 from collections.abc import Sequence
@@ -24,6 +25,19 @@ class WordCounter:
 
     def count_batch(self, texts: Sequence[str]) -> list[int]:
         return [len(_CJK.sub(" x ", text).split()) for text in texts]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_dir(tmp_path_factory):
+    """The llama.cpp probe's verdicts go to a folder of the test session, not the user's cache:
+    a session probes once, and tests never read a verdict another run left."""
+    previous = os.environ.get("LLMXMR_CACHE_DIR")
+    os.environ["LLMXMR_CACHE_DIR"] = str(tmp_path_factory.mktemp("llmxmr-cache"))
+    yield
+    if previous is None:
+        del os.environ["LLMXMR_CACHE_DIR"]
+    else:
+        os.environ["LLMXMR_CACHE_DIR"] = previous
 
 
 @pytest.fixture(autouse=True)

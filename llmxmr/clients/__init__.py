@@ -47,6 +47,7 @@ def _model_client(config: PipelineConfig) -> LLMClient:
         n_ctx=embedded.n_ctx,
         threads=embedded.threads,
         max_string_chars=embedded.max_string_chars,
+        extra_buffers=embedded.extra_buffers,
     )
 
 

@@ -6,7 +6,8 @@ schema by llama.cpp's grammar sampler, with a length cap on every string: small 
 greedily tend to repeat a sentence inside a string until ``max_tokens`` cuts the JSON off, and the
 cap closes the string instead. (llama.cpp expands a cap into nested grammar rules and fails past a
 few thousand characters, so the cap is applied here, for the embedded model, and not sent to
-servers.) One model instance serves one call at a time, in a worker thread so the event loop
+servers.) llama.cpp's extra buffer types are used only where a probe found them safe (see
+``llama_safety``). One model instance serves one call at a time, in a worker thread so the event loop
 stays free.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, LLMCallError, MissingExtraError
+from ..llama_safety import ExtraBuffers, disable_extra_buffer_types, extra_buffers_enabled
 from ..schemas import capped_lengths
 from .base import ChatReply, ChatRequest
 
@@ -58,6 +60,7 @@ class EmbeddedLlamaClient:
         threads: int | None = None,
         max_string_chars: int | None = None,
         seed: int = 0,
+        extra_buffers: ExtraBuffers = "auto",
     ) -> None:
         try:
             from llama_cpp import Llama

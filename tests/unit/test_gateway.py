@@ -162,8 +162,8 @@ def test_sigterm_stops_the_gateway_like_ctrl_c(monkeypatch):
     monkeypatch.setattr(gateways.GatewayPlan, "command", lambda self: sleeper)
     monkeypatch.setattr(gateways, "wait_until_ready", lambda process, plan: None)
     processes: list[subprocess.Popen] = []
-    start = gateways._start
-    monkeypatch.setattr(gateways, "_start", lambda command: processes.append(start(command)) or processes[-1])
+    start = gateways.start_child
+    monkeypatch.setattr(gateways, "start_child", lambda command: processes.append(start(command)) or processes[-1])
     started: list[str] = []
 
     def ready(url: str) -> None:
