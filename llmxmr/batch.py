@@ -33,7 +33,7 @@ from .budget import concurrency_of
 from .clients import make_client
 from .clients.base import LLMClient
 from .config import PipelineConfig
-from .documents import read_document
+from .documents import read_text
 from .errors import UsageError
 from .grounding import Citation
 from .pipeline import MapReducePipeline, PipelineResult
@@ -181,7 +181,7 @@ async def run_batch(
         async def answer(item: BatchItem) -> BatchResult:
             document = item.document
             if document is None:  # read when its turn comes: a batch never holds every document at once
-                document = await asyncio.to_thread(read_document, item.path or "", int(config.max_document_mb * 2**20))
+                document = await asyncio.to_thread(read_text, item.path or "", int(config.max_document_mb * 2**20))
             result = await MapReducePipeline(config, client=client, budget=calls).arun(document, item.question)
             require_complete(result.trace)
             check_same_model((r.model for r in finished), result.model, path)

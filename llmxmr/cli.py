@@ -19,7 +19,7 @@ from . import gateway as gateways
 from . import local_server as local_servers
 from . import serve as serving
 from .config import PipelineConfig
-from .documents import read_document
+from .documents import read_text
 from .errors import LlmxmrError, UsageError
 from .grounding import Citation
 from .pipeline import MapReducePipeline, PipelineResult
@@ -155,7 +155,7 @@ def run(
     if not question.strip():
         raise UsageError("--question is empty")
     config = settings.load(task_type=task_type)
-    document = read_document(input_path, max_bytes=int(config.max_document_mb * 2**20))
+    document = read_text(input_path, max_bytes=int(config.max_document_mb * 2**20))
     result = MapReducePipeline(config, progress=not no_progress).run(document, question)
     if trace_path:
         Path(trace_path).write_text(result.model_dump_json(indent=2), encoding="utf-8")
