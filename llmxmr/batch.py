@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, computed_field, model_validator
 from tqdm import tqdm
 
 from .bench._batch import (
@@ -86,6 +86,12 @@ class BatchResult(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     wall_time_s: float
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def complete(self) -> bool:
+        """False when some chunk went unread (see ``PipelineResult.complete``)."""
+        return not self.unread_chunks
 
 
 class BatchReport(BaseModel):

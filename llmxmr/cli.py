@@ -163,6 +163,9 @@ def run(
         click.echo(result.model_dump_json(indent=2, exclude={"trace": {"calls"}}))
     else:
         click.echo(result.answer if result.found else f"(not found) {result.rationale}")
+        if result.found and not result.complete:
+            unread = len(result.unread_chunks)
+            click.echo(f"(incomplete: {unread} of {len(result.chunks)} chunks unread, the confidence scaled; a rerun retries {'it' if unread == 1 else 'them'})")
         if result.citations and not no_citations:
             click.echo(_citations(result.citations))
         click.echo(_summary(result), err=True)
@@ -403,7 +406,7 @@ def generate(tasks: str, length: str, count: int, seed: int, out: str, verbose: 
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for preds_<task>.jsonl and summary.json.")
 @click.option("--method", type=click.Choice(["mr", "direct"]), default="mr", show_default=True, help="Map-reduce, or one call with the middle cut.")
 @click.option("--limit", type=click.IntRange(min=1), help="The first N examples of each task.")
-@click.option("--examples-in-flight", type=click.IntRange(min=1), help="Examples run at once (default: 8 on a server, 1 embedded).")
+@click.option("--examples-in-flight", type=click.IntRange(min=1), help="Examples run at once (default: 8, but no more than the server runs requests at once: 1 embedded or on llama-cpp-python's server).")
 @_llm_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -488,7 +491,7 @@ def _task_list(tasks: str) -> list[str]:
 @click.option("--method", type=click.Choice(["mr", "direct"]), default="mr", show_default=True, help="Map-reduce, or one call with the middle cut.")
 @click.option("--judge", is_flag=True, help="Also grade each answer 1-10 with the model, as the reference test does; the heatmap shows that grade.")
 @click.option("--buffer", default=200, show_default=True, type=click.IntRange(min=0), help="Tokens of each length left for the prompt and reply, as in the reference test.")
-@click.option("--cells-in-flight", type=click.IntRange(min=1), help="Cells run at once (default: 4 on a server, 1 embedded).")
+@click.option("--cells-in-flight", type=click.IntRange(min=1), help="Cells run at once (default: 4, but no more than the server runs requests at once: 1 embedded or on llama-cpp-python's server).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder: cells/, run.json, heatmap.png, grid.csv, summary.json.")
 @click.option("--plot-only", "plot_dir", type=click.Path(file_okay=False, exists=True), help="Redraw the heatmap, CSV and summary of a run folder; run nothing.")
 @_llm_options

@@ -52,8 +52,10 @@ class Citation(BaseModel):
     end: int
     line: int  # 1-based line of ``start``
     quote: str  # the document's own text at [start, end)
-    match: Literal["exact", "fuzzy"]
-    score: float  # 100 for an exact match, else rapidfuzz's partial_ratio
+    # exact/fuzzy: a quote of the model's, found; stated: no quote was found, but this sentence of
+    # the chunk writes the answer's distinctive content and names the question (``sentence_stating``)
+    match: Literal["exact", "fuzzy", "stated"]
+    score: float  # 100 for an exact match or a stating sentence, else rapidfuzz's partial_ratio
 
 
 @dataclass(frozen=True)
@@ -264,8 +266,10 @@ def _outermost(citations: list[Citation]) -> list[Citation]:
 
 
 # After . ! ? and whitespace, or straight before a capital (a needle pasted after a sentence's
-# period: "back again.The pass key is ..."); after 。！？ always.
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?])(?=[A-Z])|(?<=[。！？])")
+# period: "back again.The pass key is ..."); after 。！？ always. Not after the period of a title
+# before a name ("Mrs. Hill").
+_TITLES = "".join(rf"(?<!\b{title}\.)" for title in ("Mr", "Mrs", "Ms", "Dr", "St", "Jr", "Sr", "Prof", "Capt", "Col", "Gen", "Rev"))
+_SENTENCE_END = re.compile(rf"{_TITLES}(?<=[.!?])\s+|(?<=[.!?])(?=[A-Z])|(?<=[。！？])")
 
 
 def sentences_of(text: str) -> list[str]:
@@ -295,6 +299,79 @@ def carried_forward(quotes: Sequence[str], citations: Sequence[Citation], thresh
                 kept.append(citation)
                 break
     return kept
+
+
+def sentence_stating(answer: str, question: str, chunk: Chunk, document: DocumentIndex) -> Citation | None:
+    """The first sentence of the chunk that writes every distinctive word of ``answer`` (numbers,
+    names, long words) and shares a content word with ``question``: the text's own support for an
+    answer whose quotes were paraphrased instead of copied. None when the answer has no
+    distinctive word (a "yes", a choice letter), which any text would seem to state."""
+    wanted = distinctive_words(answer)
+    if not wanted:
+        return None
+    asked = content_words(question)
+    start = chunk.overlap_start
+    for sentence_start, sentence_end in _sentence_spans(document.text, start, chunk.end):
+        words = set(WORD.findall(document.text[sentence_start:sentence_end].casefold()))
+        if wanted <= words and (not asked or asked & words):
+            return Citation(
+                chunk=chunk.index,
+                start=sentence_start,
+                end=sentence_end,
+                line=document.line_of(sentence_start),
+                quote=document.text[sentence_start:sentence_end],
+                match="stated",
+                score=100.0,
+            )
+    return None
+
+
+def _sentence_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """The spans of the sentences of ``text[start:end]``, without their surrounding whitespace."""
+    spans = []
+    position = start
+    for boundary in [*(m for m in _SENTENCE_END.finditer(text, start, end)), None]:
+        stop = boundary.start() if boundary else end
+        piece = text[position:stop]
+        if piece.strip():
+            left = position + len(piece) - len(piece.lstrip())
+            spans.append((left, left + len(piece.strip())))
+        position = boundary.end() if boundary else end
+    return spans
+
+
+# Words that say nothing about what a question is after.
+_STOPWORDS = frozenset(
+    "the and for are was were what which who whom whose when where why how this that these those "
+    "with from into about there their them they you your please tell give find provide extract "
+    "answer question text document below above following specified corresponding is".split()
+)
+WORD = re.compile(r"\w+")
+# A word at least this long is rare enough to tell one sentence from another.
+_LONG_WORD = 8
+
+
+def content_words(text: str, keep_digits: bool = False) -> set[str]:
+    """The words of ``text`` (case-folded) that can say what it is about: three letters or more and
+    not a stopword; with ``keep_digits``, also any word with a digit."""
+    return {
+        word
+        for word in WORD.findall(text.casefold())
+        if (keep_digits and any(ch.isdigit() for ch in word)) or (len(word) >= 3 and word not in _STOPWORDS)
+    }
+
+
+def distinctive_words(answer: str) -> set[str]:
+    """The words of an answer that few sentences write (case-folded): those with a digit, names
+    (capitalised after the first word), and long words that are not stopwords."""
+    words = WORD.findall(answer)
+    return {
+        word.casefold()
+        for position, word in enumerate(words)
+        if any(ch.isdigit() for ch in word)
+        or (position > 0 and word[0].isupper() and word.casefold() not in _STOPWORDS)
+        or (len(word) >= _LONG_WORD and word.casefold() not in _STOPWORDS)
+    }
 
 
 # Summaries rest on the whole text, not on a few sentences: their replies carry no quotes.

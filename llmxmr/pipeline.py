@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 from tqdm import tqdm
 
 from .budget import PARTIAL_HEADER_TOKENS, Budget, concurrency_of, context_window_of, plan_budget, token_counter_for
@@ -64,6 +64,13 @@ class PipelineResult(BaseModel):
     unread_chunks: list[int]
     failed_calls: list[CallRecord]
     trace: Trace
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def complete(self) -> bool:
+        """False when some chunk went unread: a missing answer may then be in the text after all
+        (the rationale names the chunks and why), and a rerun retries them."""
+        return not self.unread_chunks
 
 
 class MapReducePipeline:
@@ -127,6 +134,7 @@ class _Run:
         self.document = DocumentIndex(document)
         try:
             counter = await token_counter_for(self.config, self.client)
+            estimated_before = counter.estimated if isinstance(counter, ServerTokenCounter) else 0
             budget = await self._budget(question, counter)
             chunks = await asyncio.to_thread(
                 chunk_text,
@@ -145,19 +153,25 @@ class _Run:
                 partials = [p async for batch in in_order(maps) for p in batch if _informative(p)]
                 partials = await self._collapse_in_rounds(partials, question, budget, counter)
             found = reduce.supported(partials)
-            final = await self._reduce(partials, question) if found else reduce.nothing_found(len(partials))
+            unread_note = reduce.unread_note([r for r in self.failed if r.stage == "map"], len(chunks))
+            final = await self._reduce(partials, question) if found else reduce.nothing_found(len(partials), unread_note)
         except BaseException:
             await self._cancel_all()
             raise
         finally:
             self.bar.close()
             self.trace.wall_time_s = time.perf_counter() - started
+        if isinstance(counter, ServerTokenCounter):  # shared by a batch's runs: this run's share, about
+            self.trace.estimated_token_counts = counter.estimated - estimated_before
         unread = sorted(i for record in self.failed if record.stage == "map" for i in record.chunk_indices)
+        rationale = final.rationale
+        if found and unread_note:
+            rationale = f"{rationale} {unread_note}, and the confidence is scaled by the share read."
         return PipelineResult(
             question=question,
             task_type=self.config.task_type,
             answer=final.answer,
-            rationale=final.rationale,
+            rationale=rationale,
             confidence=round(final.confidence * (1 - len(unread) / len(chunks)), 3) if unread else final.confidence,
             supporting_chunks=final.supporting_chunks,
             citations=reduce.citations_for(final, partials) if found else [],

@@ -135,16 +135,16 @@ def json_schema(model: type[BaseModel], without: tuple[str, ...] = ()) -> dict[s
 MAX_LIST_ITEMS = 32
 
 
-def capped_lengths(schema: Any, max_chars: int) -> Any:
+def capped_lengths(schema: Any, max_chars: int, *, tighten: bool = False) -> Any:
     """A copy of a JSON schema in which every string without a ``maxLength`` gets ``max_chars``
-    and every array without ``maxItems`` gets ``MAX_LIST_ITEMS``."""
+    and every array without ``maxItems`` gets ``MAX_LIST_ITEMS``; with ``tighten``, caps already
+    there are lowered to these too (the rescue of a reply cut off at the length limit)."""
     if isinstance(schema, list):
-        return [capped_lengths(item, max_chars) for item in schema]
+        return [capped_lengths(item, max_chars, tighten=tighten) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    capped = {key: capped_lengths(value, max_chars) for key, value in schema.items()}
-    if capped.get("type") == "string":
-        capped.setdefault("maxLength", max_chars)
-    if capped.get("type") == "array":
-        capped.setdefault("maxItems", MAX_LIST_ITEMS)
+    capped = {key: capped_lengths(value, max_chars, tighten=tighten) for key, value in schema.items()}
+    for kind, key, cap in (("string", "maxLength", max_chars), ("array", "maxItems", MAX_LIST_ITEMS)):
+        if capped.get("type") == kind:
+            capped[key] = min(capped.get(key, cap), cap) if tighten else capped.get(key, cap)
     return capped

@@ -2,8 +2,10 @@
 
 The schema goes to the server for constrained decoding; the reply is still parsed leniently and
 validated, because not every server enforces schemas. A reply that fails is sent back with the
-error (a "reask"), up to ``attempts`` replies in all. Everything the call cost is recorded in a
-``CallRecord``, failures included.
+error (a "reask"), up to ``attempts`` replies in all. A reply cut off at the length limit is asked
+again under a tighter schema (every string and list capped to fit ``max_tokens``) for the rest of
+the call's attempts, and at least once. Everything the call cost is recorded in a ``CallRecord``,
+failures included.
 """
 
 from __future__ import annotations
@@ -17,10 +19,16 @@ from .clients.base import SERVER_PRIORITY, ChatReply, ChatRequest, LLMClient
 from .errors import LLMCallError
 from .parsing import parse_reply
 from .prompts import ChatMessage
-from .schemas import json_schema
+from .schemas import capped_lengths, json_schema
 from .trace import CallRecord, CallStage
 
 Output = TypeVar("Output", bound=BaseModel)
+
+# The rescue of a reply cut at the length limit (see ``rescue_string_chars``).
+RESCUE_STRINGS = 8
+CHARS_PER_TOKEN = 3
+RESCUE_MIN_CHARS = 40
+RESCUE_MAX_CHARS = 400
 
 
 async def call_structured(
@@ -42,20 +50,32 @@ async def call_structured(
     ``omit_fields`` are left out of the schema sent (they keep their defaults)."""
     record = CallRecord(stage=stage, chunk_indices=chunk_indices)
     conversation = list(messages)
+    schema = json_schema(output_type, omit_fields)
     started = time.perf_counter()
     try:
-        for _ in range(attempts):
+        allowed = attempts
+        while record.attempts < allowed:
             request = ChatRequest(
                 messages=conversation,
                 max_tokens=max_tokens,
                 temperature=temperature,
                 schema_name=output_type.__name__,
-                json_schema=json_schema(output_type, omit_fields),
-                priority=SERVER_PRIORITY[stage],
+                json_schema=schema,
+                priority=SERVER_PRIORITY.get(stage, 0),
             )
             record.attempts += 1
             reply = await client.chat(request)
             add_usage(record, reply)
+            cut = reply.finish_reason == "length"
+            if cut and record.rescue_max_chars is None:
+                # Rescue: ask again from the start, under a schema whose strings cannot add up to
+                # more than the reply may hold. The cut reply is not sent back: a model that loops
+                # inside a string would read its loop and go on with it.
+                record.rescue_max_chars = rescue_string_chars(max_tokens)
+                schema = capped_lengths(schema, record.rescue_max_chars, tighten=True)
+                conversation = [*messages, ChatMessage(role="user", content=_cut_off(record.rescue_max_chars))]
+                allowed = max(allowed, record.attempts + 1)  # the rescue is always tried
+                continue
             output, problem = _validated(reply.text, reply.finish_reason, output_type)
             if output is not None:
                 record.output = output.model_dump(mode="json")
@@ -65,7 +85,7 @@ async def call_structured(
                 ChatMessage(role="assistant", content=reply.text),
                 ChatMessage(role="user", content=f"{problem} Reply again with only the corrected JSON object."),
             ]
-        record.error = f"no valid {output_type.__name__} after {attempts} attempt(s): {problem}"
+        record.error = f"no valid {output_type.__name__} after {record.attempts} attempt(s): {problem}"
         record.error_kind = "invalid"
     except LLMCallError as exc:
         record.error = str(exc)
@@ -74,6 +94,21 @@ async def call_structured(
     finally:
         record.latency_s = round(time.perf_counter() - started, 4)
     return None, record
+
+
+def rescue_string_chars(max_tokens: int) -> int:
+    """The longest string the rescue schema allows: a reply has at most ``RESCUE_STRINGS`` strings
+    (three text fields and three quotes), and at ``CHARS_PER_TOKEN`` characters a token they fit in
+    ``max_tokens`` with room for the JSON around them. Bounded by ``RESCUE_MAX_CHARS``, since
+    llama.cpp's grammar converter fails on very large ``maxLength`` values."""
+    return max(RESCUE_MIN_CHARS, min(RESCUE_MAX_CHARS, int(max_tokens * CHARS_PER_TOKEN / RESCUE_STRINGS)))
+
+
+def _cut_off(max_chars: int) -> str:
+    return (
+        "Your previous reply was cut off at the length limit. Reply again with only the JSON object, "
+        f"every text field under {max_chars} characters."
+    )
 
 
 def add_usage(record: CallRecord, reply: ChatReply) -> None:

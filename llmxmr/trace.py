@@ -23,6 +23,9 @@ class CallRecord(BaseModel):
     cached_tokens: int | None = None
     cache_hits: int = 0  # replies the reply cache gave (--cache) instead of the model
     latency_s: float = 0.0
+    # Set when a reply was cut off at the length limit and the call went on under a schema whose
+    # strings are capped at this many characters (``structured.rescue_string_chars``).
+    rescue_max_chars: int | None = None
     output: dict[str, Any] | None = None
     # What a check of the output against the text decided, when it did not simply pass (a
     # retrieval answer absent from its chunk is set aside, or replaced by verified evidence).
@@ -47,6 +50,9 @@ class Totals(BaseModel):
 class Trace(BaseModel):
     calls: list[CallRecord] = Field(default_factory=list)
     wall_time_s: float = 0.0
+    # Texts whose tokens the server did not count in time, estimated instead (on the large side):
+    # see ``tokens.ServerTokenCounter``.
+    estimated_token_counts: int = 0
 
     @computed_field  # type: ignore[prop-decorator]
     @property

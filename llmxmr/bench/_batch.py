@@ -21,6 +21,7 @@ from typing import IO, Literal, Protocol, TypeVar
 
 from tqdm import tqdm
 
+from ..clients.base import LLMClient
 from ..errors import LlmxmrError, ServerError, UsageError
 from ..scheduling import gather_or_cancel
 from ..trace import Trace
@@ -130,9 +131,12 @@ def append_line(sink: IO[str], line: str) -> None:
     os.fsync(sink.fileno())
 
 
-def default_in_flight(uses_embedded_model: bool, on_server: int) -> int:
-    """The embedded model answers one call at a time: more items in flight only delay each one."""
-    return 1 if uses_embedded_model else on_server
+async def default_in_flight(client: LLMClient, on_server: int) -> int:
+    """``on_server`` items at once, but no more than the model runs requests at once (one for the
+    embedded model and llama-cpp-python's server): beyond that, more items in flight only delay
+    each one, and their token counts wait behind each other's generations."""
+    parallel = await client.parallel_requests()
+    return min(on_server, parallel) if parallel else on_server
 
 
 def check_same_model(recorded: Iterable[str], model: str, where: Path) -> None:

@@ -112,6 +112,9 @@ class CachedClient:
     async def worker_count(self) -> int:
         return await self._inner.worker_count()
 
+    async def parallel_requests(self) -> int | None:
+        return await self._inner.parallel_requests()
+
     def describe(self) -> str:
         return self._inner.describe()
 

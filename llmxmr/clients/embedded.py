@@ -70,6 +70,8 @@ class EmbeddedLlamaClient:
         if not path.is_file():
             raise ConfigError(f"GGUF model file not found: {path}")
         self._path = path
+        if not extra_buffers_enabled(extra_buffers, path):
+            disable_extra_buffer_types()
         self._llama = Llama(
             model_path=str(path),
             n_ctx=n_ctx,
@@ -115,6 +117,9 @@ class EmbeddedLlamaClient:
         return LlamaTokenCounter(self._llama, self._path.name)
 
     async def worker_count(self) -> int:
+        return 1
+
+    async def parallel_requests(self) -> int | None:
         return 1
 
     async def aclose(self) -> None:

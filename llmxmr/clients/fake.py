@@ -25,12 +25,14 @@ class ScriptedClient:
         window: int | None = 8192,
         counter: TokenCounter | None = None,
         delay_s: float = 0.0,
+        parallel: int | None = None,
     ) -> None:
         self._queue: list[Script] = list(replies or [])
         self._responder = responder
         self._window = window
         self._counter = counter
         self._delay_s = delay_s
+        self.parallel = parallel
         self.requests: list[ChatRequest] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -65,6 +67,9 @@ class ScriptedClient:
 
     async def worker_count(self) -> int:
         return 1
+
+    async def parallel_requests(self) -> int | None:
+        return self.parallel
 
     def describe(self) -> str:
         return "scripted fake client"

@@ -37,7 +37,9 @@ class ServerKind:
     # Count text as it sits inside a prompt: without the BOS token the endpoint adds by default.
     tokenize_extra: dict[str, Any] = field(default_factory=dict)
     tokenize_batches: bool = False  # the endpoint takes a list of texts
-    props_path: str | None = None  # llama.cpp's llama-server reports n_ctx there
+    props_path: str | None = None  # llama.cpp's llama-server reports n_ctx and total_slots there
+    # Requests the server runs at once, when its kind fixes it (llama-cpp-python: one).
+    parallel_requests: int | None = None
     # Takes SGLang's ``priority`` field (larger values run first with --enable-priority-scheduling).
     # Others are not sent it: vLLM rejects a non-zero priority unless started with
     # --scheduling-policy priority, and runs smaller values first; OpenAI rejects unknown fields.
@@ -57,7 +59,7 @@ SERVER_KINDS = {
     ),
     "vllm": ServerKind("vllm", "json_schema", "/tokenize", "prompt", {"add_special_tokens": False}),
     "llamacpp": ServerKind("llama.cpp", "json_schema", "/tokenize", "content", props_path="/props"),
-    "me": ServerKind("llama-cpp-python", "json_object", "/extras/tokenize/count", "input"),
+    "me": ServerKind("llama-cpp-python", "json_object", "/extras/tokenize/count", "input", parallel_requests=1),
 }
 # smg forwards request bodies as they are; its /v1/tokenize uses tokenizers of its own, not the
 # workers', so there is no tokenize endpoint to use through it.
@@ -265,6 +267,15 @@ class OpenAICompatibleClient:
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last try raises or returns")
 
+    async def parallel_requests(self) -> int | None:
+        """llama-cpp-python's one; llama.cpp's slots (``/props`` ``total_slots``); else unknown."""
+        await self._discover()
+        assert self._kind is not None
+        if self._kind.parallel_requests is not None or not self._kind.props_path:
+            return self._kind.parallel_requests
+        slots = (await asyncio.to_thread(self._get_json, self._kind.props_path) or {}).get("total_slots")
+        return slots if isinstance(slots, int) and slots > 0 else None
+
     async def context_window(self) -> int | None:
         await self._discover()
         assert self._kind is not None and self._model is not None
@@ -294,7 +305,7 @@ class OpenAICompatibleClient:
                 batches=self._kind.tokenize_batches,
             )
             try:
-                await asyncio.to_thread(counter.count_batch, ["probe"])
+                await asyncio.to_thread(counter.count_exactly, ["probe"])
             except LlmxmrError:  # no usable endpoint: the caller falls back to tiktoken
                 counter.close()
                 return None

@@ -7,7 +7,16 @@ from dataclasses import dataclass
 
 from ..chunking import Chunk
 from ..config import GroundingSettings
-from ..grounding import Citation, DocumentIndex, locate_all, quotes_evidence, sentences_of
+from ..grounding import (
+    WORD,
+    Citation,
+    DocumentIndex,
+    content_words,
+    locate_all,
+    quotes_evidence,
+    sentence_stating,
+    sentences_of,
+)
 from ..prompts import ChatMessage, PromptSet
 from ..schemas import MapOutput
 from .partials import Partial, Support
@@ -67,6 +76,13 @@ def ground_map_reply(
         return _ground_retrieval(output, chunk, citations, question, found)
     if citations:
         return GroundedReply(_partial(output, chunk, citations, "verified"), found)
+    # The quotes were paraphrased, not copied; the text may still state the answer itself.
+    stated = sentence_stating(output.answer or "", question, chunk, document)
+    if stated is not None:
+        return GroundedReply(
+            _partial(output, chunk, [stated], "verified"),
+            f"{found}; a sentence of the chunk that names the question writes the answer: cited instead",
+        )
     if settings.mode == "strict":
         return GroundedReply(None, f"{found}: unsupported, counts as no information")
     capped = output.model_copy(update={"confidence": min(output.confidence, settings.unsupported_confidence)})
@@ -113,8 +129,8 @@ def _ground_retrieval(
 def names_request(text: str, request: str) -> bool:
     """Whether ``text`` shares a content word with ``request`` (any text does, for a request of
     stopwords only): a sentence that holds a requested value names what it is the value of."""
-    wanted = _content_words(request)
-    return not wanted or bool(wanted & _content_words(text))
+    wanted = content_words(request)
+    return not wanted or bool(wanted & content_words(text))
 
 
 def checked_retrieval_answer(answer: str, evidence: str, request: str, chunk_text: str) -> tuple[str | None, str | None]:
@@ -137,33 +153,16 @@ def checked_retrieval_answer(answer: str, evidence: str, request: str, chunk_tex
 
 
 def _retrieval_problem(answer: str, evidence: str, request: str, chunk_text: str) -> str | None:
-    answer_words = _content_words(answer, keep_digits=True)
-    if answer_words - set(_WORD.findall(chunk_text.casefold())) or (
+    answer_words = content_words(answer, keep_digits=True)
+    if answer_words - set(WORD.findall(chunk_text.casefold())) or (
         not answer_words and _normalised(answer) not in _normalised(chunk_text)
     ):
         return "the answer does not occur in the chunk"
-    wanted = _content_words(request)
-    if wanted and not wanted & _content_words(f"{answer} {evidence}"):
+    wanted = content_words(request)
+    if wanted and not wanted & content_words(f"{answer} {evidence}"):
         return "neither the answer nor its evidence mentions what the request asks for"
     return None
 
 
 def _normalised(text: str) -> str:
     return " ".join(text.split()).casefold()
-
-
-# Words that say nothing about what a request is after.
-_STOPWORDS = frozenset(
-    "the and for are was were what which who whom whose when where why how this that these those "
-    "with from into about there their them they you your please tell give find provide extract "
-    "answer question text document below above following specified corresponding is".split()
-)
-_WORD = re.compile(r"\w+")
-
-
-def _content_words(text: str, keep_digits: bool = False) -> set[str]:
-    return {
-        word
-        for word in _WORD.findall(text.casefold())
-        if (keep_digits and any(ch.isdigit() for ch in word)) or (len(word) >= 3 and word not in _STOPWORDS)
-    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..grounding import Citation, normalise
 from ..prompts import ChatMessage, PromptSet
 from ..schemas import FinalAnswer
+from ..trace import CallRecord
 from .map import checked_retrieval_answer
 from .partials import Partial, render_partials
 
@@ -16,16 +17,46 @@ def reduce_messages(prompts: PromptSet, question: str, partials: list[Partial]) 
     return prompts.messages("reduce", question=question, partials=render_partials(partials))
 
 
-def nothing_found(unsupported: int = 0) -> FinalAnswer:
+def nothing_found(unsupported: int = 0, unread: str | None = None) -> FinalAnswer:
     """The answer when no chunk gave a supported answer: say so rather than guess. The one rightly
-    empty answer, so it is built without the validation a model's reply gets."""
-    rationale = NOTHING_FOUND
-    if unsupported:
+    empty answer, so it is built without the validation a model's reply gets. With chunks unread
+    (``unread`` says which and why), the document may well hold the answer: only the chunks read
+    are said to lack it."""
+    if unread:
+        rationale = f"The answer was not found in the chunks that were read. {unread}."
+    elif unsupported:
         rationale = (
             f"{NOT_FOUND}: {unsupported} partial answer(s) proposed one, but none of their quotes was "
             "found in the text."
         )
+    else:
+        rationale = NOTHING_FOUND
     return FinalAnswer.model_construct(rationale=rationale, answer="", confidence=0.0, supporting_chunks=[])
+
+
+def unread_note(failed_maps: list[CallRecord], chunk_count: int) -> str | None:
+    """One clause naming the chunks whose map call failed for good and why (no final period);
+    None when every chunk was read."""
+    causes: dict[str, list[int]] = {}
+    for record in failed_maps:
+        cause = "the server could not be made to answer" if record.error_kind == "transport" else "no valid reply"
+        causes.setdefault(f"{cause} ({_shortened(record.error or '')})", []).extend(record.chunk_indices)
+    if not causes:
+        return None
+    unread = sum(len(chunks) for chunks in causes.values())
+    reasons = "; ".join(f"{_chunk_list(chunks)}: {cause}" for cause, chunks in causes.items())
+    them = "it" if unread == 1 else "them"
+    return f"{unread} of {chunk_count} chunks went unread ({reasons}); a rerun retries {them}"
+
+
+def _chunk_list(chunks: list[int]) -> str:
+    numbers = ", ".join(str(i) for i in sorted(chunks))
+    return f"chunk {numbers}" if len(chunks) == 1 else f"chunks {numbers}"
+
+
+def _shortened(error: str, limit: int = 160) -> str:
+    error = " ".join(error.split())
+    return error if len(error) <= limit else error[: limit - 1] + "…"
 
 
 def supported(partials: list[Partial]) -> bool:

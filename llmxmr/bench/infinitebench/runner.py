@@ -142,7 +142,7 @@ class BatchRun:
                 todo,
                 predict,
                 lambda example, prediction: append_line(sink, prediction.model_dump_json()),
-                in_flight=self._examples_in_flight or default_in_flight(config.uses_embedded_model, 8),
+                in_flight=self._examples_in_flight or await default_in_flight(client, 8),
                 label=lambda example: f"{task} example {example.id}",
                 desc=task,
                 unit="example",

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from string import Template
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 from tqdm import tqdm
 
 from ...budget import concurrency_of
@@ -81,6 +81,14 @@ class CellResult(BaseModel):
     # and grounding check. Absent from cells written before they were recorded.
     citations: list[Citation] = Field(default_factory=list)
     trace: Trace | None = None
+    # Chunks whose map call the model never answered validly (mr): an empty response is then not
+    # proof that the needle was missed by reading. Absent from cells written before it was recorded.
+    unread_chunks: list[int] = Field(default_factory=list)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def complete(self) -> bool:
+        return not self.unread_chunks
 
 
 class JudgeVerdict(BaseModel):
@@ -108,7 +116,7 @@ class NiahRun:
         self.settings = settings
         self.out_dir = Path(out_dir)
         self.config = config
-        self._cells_in_flight = cells_in_flight or default_in_flight(config.uses_embedded_model, 4)
+        self._cells_in_flight = cells_in_flight
         self._client = client
         self._progress = progress
         self._log = log or (lambda line: tqdm.write(line, file=sys.stderr))
@@ -146,7 +154,7 @@ class NiahRun:
             todo,
             run_cell,
             lambda cell, result: write_atomically(cells_dir / f"{cell_name(*cell)}.json", result.model_dump_json(indent=2)),
-            in_flight=self._cells_in_flight,
+            in_flight=self._cells_in_flight or await default_in_flight(client, 4),
             label=lambda cell: f"cell {cell_name(*cell)}",
             desc="niah",
             unit="cell",
@@ -166,11 +174,11 @@ class NiahRun:
                     client, self.config, lambda text: direct_messages(text, needles.question), context.text, DIRECT_MAX_TOKENS
                 )
             response, found, model, trace = direct.answer, True, direct.model, direct.trace
-            kept_tokens, citations = direct.kept_tokens, []
+            kept_tokens, citations, unread = direct.kept_tokens, [], []
         else:
             result = await MapReducePipeline(self.config, client=client, budget=calls).arun(context.text, needles.question)
             response, found, model, trace = result.answer, result.found, result.model, result.trace
-            kept_tokens, citations = context.tokens, result.citations
+            kept_tokens, citations, unread = context.tokens, result.citations, result.unread_chunks
         require_complete(trace)
         judge_score = None
         if self.settings.judge:
@@ -201,6 +209,7 @@ class NiahRun:
             completion_tokens=totals.completion_tokens,
             citations=citations,
             trace=trace,
+            unread_chunks=unread,
         )
 
     async def _judge(self, client: LLMClient, response: str, trace: Trace) -> float:
