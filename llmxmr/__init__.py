@@ -4,6 +4,7 @@ structured map-reduce prompting (LLM x MapReduce)."""
 from importlib.metadata import PackageNotFoundError, version
 
 from .config import PipelineConfig
+from .documents import Document, read_document
 from .pipeline import MapReducePipeline, PipelineResult
 
 try:
@@ -11,4 +12,4 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["MapReducePipeline", "PipelineConfig", "PipelineResult", "__version__"]
+__all__ = ["Document", "MapReducePipeline", "PipelineConfig", "PipelineResult", "__version__", "read_document"]

@@ -4,40 +4,36 @@ Every line of the input is ``{"id", "question", "document" | "path"}``. All docu
 budget of ``llm.concurrency`` calls in flight (not one budget per document), and a waiting call
 goes first by stage, then by its document's place in the batch, so documents finish one after
 another. Each result is appended to ``<out>/results.jsonl`` (and flushed to disk) the moment its
-document is done; a rerun skips the ids already there. The engine is the one the InfiniteBench
-harness runs on (``llmxmr.bench._batch``).
+document is done; a rerun skips the ids already there. The engine is the one the benchmark
+harnesses run on (``llmxmr.executor``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, computed_field, model_validator
-from tqdm import tqdm
 
-from .bench._batch import (
-    append_line,
-    check_same_model,
-    finished_lines,
-    require_complete,
-    run_each,
-    summed_usage,
-    write_atomically,
-)
-from .budget import concurrency_of
-from .clients import make_client
 from .clients.base import LLMClient
 from .config import PipelineConfig
 from .documents import read_text
 from .errors import UsageError
+from .executor import (
+    Executor,
+    Job,
+    JsonLines,
+    RunStats,
+    Shared,
+    check_same_model,
+    require_complete,
+    summed_usage,
+    write_atomically,
+)
 from .grounding import Citation
 from .pipeline import MapReducePipeline, PipelineResult
-from .scheduling import CallBudget
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -144,13 +140,11 @@ def _first_problem(error: ValidationError) -> str:
 
 
 def read_results(path: Path) -> list[BatchResult]:
-    results = []
-    for number, line in finished_lines(path):
-        try:
-            results.append(BatchResult.model_validate_json(line))
-        except ValueError as exc:
-            raise UsageError(f"{path}:{number} is not a result written by llmxmr batch; use another --out") from exc
-    return results
+    return _results_file(path).read()
+
+
+def _results_file(path: Path) -> JsonLines[BatchResult]:
+    return JsonLines(path, BatchResult, lambda result: str(result.id), "a result written by llmxmr batch")
 
 
 async def run_batch(
@@ -164,68 +158,50 @@ async def run_batch(
     log: Callable[[str], None] | None = None,
 ) -> BatchReport:
     """Answers every item not yet in ``<out_dir>/results.jsonl`` and returns the totals. Without a
-    ``client``, the one the config names is opened and closed here."""
+    ``client``, the one the config names is opened (when a document is left) and closed here."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / RESULTS_FILE
-    finished = read_results(path)
-    _check_same_questions(items, finished, path)
-    done = {str(result.id) for result in finished}
-    todo = [item for item in items if item.key not in done]
-    started = time.perf_counter()
-    if not todo:  # resumed and complete: no client is opened, the server is not asked anything
-        return _finish(out, finished, len(done), 0, 0.0, None)
-    own_client = client is None
-    client = client or make_client(config)
-    try:
-        calls = CallBudget(await concurrency_of(config, client))
-        # The budget orders calls, the documents in flight bound memory: beyond the budget they
-        # would only wait for slots, so a few more than it is enough to keep it full.
-        in_flight = documents_in_flight or (1 if config.uses_embedded_model else calls.slots * 2)
+    results = _results_file(out / RESULTS_FILE)
+    async with Executor(out, client=client, in_flight=documents_in_flight, progress=progress, log=log) as executor:
+        finished = results.read()
+        _check_same_questions(items, finished, results.path)
         bar_postfix = _CallCounter()
 
-        async def answer(item: BatchItem) -> BatchResult:
+        async def answer(item: BatchItem, shared: Shared) -> BatchResult:
             document = item.document
             if document is None:  # read when its turn comes: a batch never holds every document at once
                 document = await asyncio.to_thread(read_text, item.path or "", int(config.max_document_mb * 2**20))
-            result = await MapReducePipeline(config, client=client, budget=calls).arun(document, item.question)
+            pipeline = MapReducePipeline(config, client=shared.client, budget=shared.calls)
+            result = await pipeline.arun(document, item.question)
             require_complete(result.trace)
-            check_same_model((r.model for r in finished), result.model, path)
+            check_same_model((r.model for r in finished), result.model, results.path)
             bar_postfix.add(result)
             return _result_line(item, result)
 
-        with path.open("a", encoding="utf-8") as sink:
-            failures = await run_each(
-                todo,
-                answer,
-                lambda item, result: append_line(sink, result.model_dump_json()),
-                in_flight=in_flight,
-                label=lambda item: f"document {item.key}",
-                desc="documents",
-                unit="doc",
-                progress=progress,
-                log=log or (lambda line: tqdm.write(line, file=sys.stderr)),
-                postfix=bar_postfix.text,
-            )
-    finally:
-        if own_client:
-            await client.aclose()
-    return _finish(out, read_results(path), len(done), failures, time.perf_counter() - started, calls.slots)
+        job = Job(
+            name="batch",
+            unit="document",
+            items=items,
+            key=lambda item: item.key,
+            work=answer,
+            sink=results,
+            config=config,
+            postfix=bar_postfix.text,
+        )
+        stats = await executor.run(job)
+        return _finish(out, results.read(), stats)
 
 
-def _finish(
-    out: Path, results: list[BatchResult], resumed: int, failures: int, run_time_s: float, concurrency: int | None
-) -> BatchReport:
+def _finish(out: Path, results: list[BatchResult], stats: RunStats) -> BatchReport:
     """The totals over every result in the folder, also written to ``summary.json``."""
     report = BatchReport(
         documents=len(results),
-        new=len(results) - resumed,
-        failures=failures,
+        new=stats.new,
+        failures=stats.failed,
         found=sum(r.found for r in results),
         **summed_usage(results),
         document_time_s=round(sum(r.wall_time_s for r in results), 3),
-        run_time_s=round(run_time_s, 3),
-        concurrency=concurrency,
+        run_time_s=stats.run_time_s,
+        concurrency=stats.concurrency,
     )
     write_atomically(out / SUMMARY_FILE, report.model_dump_json(indent=2) + "\n")
     return report

@@ -26,7 +26,10 @@ MIN_CHUNK_TOKENS = 64
 PARTIAL_HEADER_TOKENS = 24
 
 
-class Budget(BaseModel):
+class TokenPlan(BaseModel):
+    """Tokens each stage may give to document text (maps) or partial answers (collapse, reduce).
+    Not to be confused with ``scheduling.CallBudget``, the calls in flight."""
+
     window: int
     usable: int
     chunk_tokens: int
@@ -75,12 +78,22 @@ def prompt_tokens(messages: list[ChatMessage], counter: TokenCounter) -> int:
     return sum(counts) + TEMPLATE_TOKENS_PER_MESSAGE * (len(messages) + 1)
 
 
-def plan_budget(
-    config: PipelineConfig, prompts: PromptSet, question: str, window: int, counter: TokenCounter
-) -> Budget:
+def question_allowance(config: PipelineConfig, questions: list[str], window: int, counter: TokenCounter) -> int:
+    """Tokens every map prompt keeps for its question: ``chunking.question_tokens`` (at most a
+    sixteenth of the window), or the longest question's if longer. Chunks are sized by this
+    allowance rather than by the question asked, so a document cuts into the same chunks for every
+    question of a run, and for the next run."""
+    return max([min(config.chunking.question_tokens, window // 16), *counter.count_batch(questions)])
+
+
+def plan_tokens(
+    config: PipelineConfig, prompts: PromptSet, question: str, window: int, counter: TokenCounter, allowance: int
+) -> TokenPlan:
+    """The token plan of one question; its map part is sized by ``allowance`` (see
+    ``question_allowance``), not by the question."""
     generation = config.generation
     usable = budget_with_margin(window, counter, config.chunking.safety_margin)
-    map_fixed = prompt_tokens(map_messages(prompts, question, ""), counter) + generation.map_max_tokens
+    map_fixed = prompt_tokens(map_messages(prompts, "", ""), counter) + allowance + generation.map_max_tokens
     chunk_tokens = usable - map_fixed
     if config.chunk_token_cap is not None:
         chunk_tokens = min(chunk_tokens, config.chunk_token_cap)
@@ -92,7 +105,7 @@ def plan_budget(
         )
     collapse_fixed = prompt_tokens(collapse_messages(prompts, question, []), counter)
     reduce_fixed = prompt_tokens(reduce_messages(prompts, question, []), counter)
-    budget = Budget(
+    plan = TokenPlan(
         window=window,
         usable=usable,
         chunk_tokens=chunk_tokens,
@@ -100,9 +113,9 @@ def plan_budget(
         reduce_tokens=usable - reduce_fixed - generation.reduce_max_tokens,
     )
     largest_partial = max(generation.map_max_tokens, generation.collapse_max_tokens) + PARTIAL_HEADER_TOKENS
-    if min(budget.collapse_tokens, budget.reduce_tokens) < 2 * largest_partial:
+    if min(plan.collapse_tokens, plan.reduce_tokens) < 2 * largest_partial:
         raise ContextTooSmallError(
             f"the context window ({window} tokens) is too small to merge two partial answers of up "
             f"to {largest_partial} tokens; lower generation.*_max_tokens or use a larger window"
         )
-    return budget
+    return plan

@@ -3,6 +3,7 @@ one line and an exit code (2 for usage errors, 1 for failures, 130 on Ctrl-C).""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -18,12 +19,15 @@ import click
 from . import gateway as gateways
 from . import local_server as local_servers
 from . import serve as serving
+from .clients import make_client
 from .config import PipelineConfig
-from .documents import read_text
+from .documents import read_document
 from .errors import LlmxmrError, UsageError
 from .grounding import Citation
+from .executor import write_atomically
 from .pipeline import MapReducePipeline, PipelineResult
 from .prompts import TASK_FAMILIES
+from .questions import Question, read_questions
 
 
 # Set (as the tests do) to let unexpected errors raise with their traceback instead of one line.
@@ -31,11 +35,10 @@ RAISE_ERRORS_VARIABLE = "LLMXMR_RAISE_ERRORS"
 
 
 def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """One line on stderr for any error; the traceback only with -v."""
+    """One line on stderr for any error; the traceback only with -v, which it adds to the command."""
 
     @wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        verbose = kwargs.get("verbose", False)
+    def wrapper(*args: Any, verbose: bool = False, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except LlmxmrError as exc:
@@ -48,7 +51,7 @@ def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             _fail(f"unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", 1, verbose)
 
-    return wrapper
+    return click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")(wrapper)
 
 
 def _fail(message: str, code: int, verbose: bool) -> None:
@@ -131,51 +134,149 @@ def main() -> None:
 
 @main.command()
 @click.option("--input", "input_path", required=True, help="Document file, or - for standard input.")
-@click.option("--question", required=True, help="The question to answer about the document.")
+@click.option("--question", "question_texts", multiple=True, help="A question about the document (repeat for several: one reading answers them all).")
+@click.option("--questions", "questions_path", type=click.Path(dir_okay=False), help='File of questions: one per line, or JSONL {"id", "question"}.')
+@click.option("--password", help="Password of an encrypted PDF.")
 @_llm_options
 @click.option("--task-type", type=click.Choice(TASK_FAMILIES), help="Task family, which picks the prompts.")
-@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON (several questions: one object per line).")
 @click.option("--no-citations", is_flag=True, help="Print the answer without the quotes it rests on.")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Write every call to this JSON file.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 @_reports_errors
 def run(
     input_path: str,
-    question: str,
+    question_texts: tuple[str, ...],
+    questions_path: str | None,
+    password: str | None,
     settings: _Settings,
     task_type: str | None,
     as_json: bool,
     no_citations: bool,
     trace_path: str | None,
     no_progress: bool,
-    verbose: bool,
 ) -> None:
-    """Answer QUESTION about the document in --input."""
-    if not question.strip():
-        raise UsageError("--question is empty")
+    """Answer questions about the document in --input (text, Markdown, PDF, HTML, EPUB or DOCX):
+    one --question, several, or a --questions file; the document is read once for all of them."""
+    questions = _asked(question_texts, questions_path)
     config = settings.load(task_type=task_type)
-    document = read_text(input_path, max_bytes=int(config.max_document_mb * 2**20))
-    result = MapReducePipeline(config, progress=not no_progress).run(document, question)
-    if trace_path:
-        Path(trace_path).write_text(result.model_dump_json(indent=2), encoding="utf-8")
-    if as_json:
-        click.echo(result.model_dump_json(indent=2, exclude={"trace": {"calls"}}))
-    else:
-        click.echo(result.answer if result.found else f"(not found) {result.rationale}")
-        if result.found and not result.complete:
-            unread = len(result.unread_chunks)
-            click.echo(f"(incomplete: {unread} of {len(result.chunks)} chunks unread, the confidence scaled; a rerun retries {'it' if unread == 1 else 'them'})")
-        if result.citations and not no_citations:
-            click.echo(_citations(result.citations))
+    document = read_document(input_path, max_bytes=int(config.max_document_mb * 2**20), password=password)
+    for warning in document.warnings:
+        click.echo(f"warning: {document.name}: {warning}", err=True)
+    results = MapReducePipeline(config, progress=not no_progress).run_many(document, [q.question for q in questions])
+    if len(results) == 1:  # one question: the output as it always was
+        (result,) = results
+        if trace_path:
+            write_atomically(Path(trace_path), result.model_dump_json(indent=2))
+        click.echo(result.model_dump_json(indent=2, exclude={"trace": {"calls"}}) if as_json else _answer_text(result, no_citations))
         click.echo(_summary(result), err=True)
+        return
+    if trace_path:
+        traced = [{"id": q.id, **r.model_dump(mode="json")} for q, r in zip(questions, results)]
+        write_atomically(Path(trace_path), json.dumps(traced, indent=2))
+    for number, (question, result) in enumerate(zip(questions, results), 1):
+        if as_json:
+            click.echo(json.dumps({"id": question.id, **result.model_dump(mode="json", exclude={"trace": {"calls"}})}))
+        else:
+            if number > 1:
+                click.echo()
+            click.echo(f"[{question.id}] {question.question}")
+            click.echo(_answer_text(result, no_citations))
+        click.echo(f"[{question.id}] {_summary(result)}", err=True)
+
+
+@main.command()
+@click.option("--input", "input_path", required=True, help="Document file, or - for standard input.")
+@click.option("--password", help="Password of an encrypted PDF.")
+@_llm_options
+@click.option("--task-type", type=click.Choice(TASK_FAMILIES), help="Task family, which picks the prompts.")
+@click.option("--state-cache-mb", default=1024, show_default=True, type=click.IntRange(min=0), help="Embedded model: memory for its state after each chunk, so later questions do not read a chunk again.")
+@click.option("--no-citations", is_flag=True, help="Print answers without the quotes they rest on.")
+@_reports_errors
+def chat(
+    input_path: str,
+    password: str | None,
+    settings: _Settings,
+    task_type: str | None,
+    state_cache_mb: int,
+    no_citations: bool,
+) -> None:
+    """Ask question after question about one document. It is read and chunked once, and the model
+    (or the server connection) stays open. Ctrl-C cancels the question being answered; Ctrl-D or
+    an empty line ends."""
+    import asyncio
+
+    with contextlib.suppress(ImportError):  # line editing and history where the platform has them
+        import readline  # noqa: F401
+
+    config = settings.load(task_type=task_type, **{"embedded.state_cache_mb": state_cache_mb})
+    document = read_document(input_path, max_bytes=int(config.max_document_mb * 2**20), password=password)
+    for warning in document.warnings:
+        click.echo(f"warning: {document.name}: {warning}", err=True)
+    with asyncio.Runner() as runner:
+        client = make_client(config)
+        pipeline = MapReducePipeline(config, client=client, progress=True)
+        try:
+            click.echo(f"{document.name}: ask a question (an empty line or Ctrl-D ends).", err=True)
+            while (question := _next_question()) is not None:
+                try:
+                    result = runner.run(pipeline.arun(document, question))
+                except KeyboardInterrupt:
+                    click.echo("(cancelled)", err=True)
+                    continue
+                click.echo(_answer_text(result, no_citations))
+                click.echo(_summary(result), err=True)
+        finally:
+            runner.run(client.aclose())
+
+
+def _next_question() -> str | None:
+    """The next line typed; None at the end (Ctrl-D or an empty line). Ctrl-C at the prompt
+    clears the line."""
+    while True:
+        try:
+            line = input("? ")
+        except EOFError:
+            return None
+        except KeyboardInterrupt:
+            click.echo(err=True)
+            continue
+        return line.strip() or None
+
+
+def _asked(texts: tuple[str, ...], path: str | None) -> list[Question]:
+    """The questions of ``run``: the --question flags (numbered from 1), then the --questions file."""
+    questions = [Question(id=number, question=text) for number, text in enumerate(texts, 1)]
+    if any(not q.question.strip() for q in questions):
+        raise UsageError("--question is empty")
+    if path is not None:
+        if questions:
+            raise UsageError("give --question or --questions, not both")
+        questions = read_questions(Path(path))
+    if not questions:
+        raise UsageError("give a --question (or several), or --questions FILE")
+    return questions
+
+
+def _answer_text(result: PipelineResult, no_citations: bool) -> str:
+    """An answer as ``run`` prints it: the answer (or why not), whether the reading was
+    incomplete, and its citations."""
+    lines = [result.answer if result.found else f"(not found) {result.rationale}"]
+    if result.found and not result.complete:
+        unread = len(result.unread_chunks)
+        them = "it" if unread == 1 else "them"
+        lines.append(f"(incomplete: {unread} of {len(result.chunks)} chunks unread, the confidence scaled; a rerun retries {them})")
+    if result.citations and not no_citations:
+        lines.append(_citations(result.citations))
+    return "\n".join(lines)
 
 
 def _citations(citations: list[Citation]) -> str:
     lines = ["", "Citations:"]
     for number, citation in enumerate(citations, 1):
         quote = " ".join(citation.quote.split())
-        lines.append(f'  [{number}] chunk {citation.chunk}, line {citation.line}, chars {citation.start}-{citation.end}: "{quote}"')
+        where = f"{citation.location}, " if citation.location else ""
+        lines.append(f'  [{number}] {where}chunk {citation.chunk}, line {citation.line}, chars {citation.start}-{citation.end}: "{quote}"')
     return "\n".join(lines)
 
 
@@ -185,21 +286,21 @@ def _summary(result: PipelineResult) -> str:
     failed += f" ({len(result.unread_chunks)} of {len(result.chunks)} chunks unread)" if result.unread_chunks else ""
     reasks = f" ({totals.requests} requests)" if totals.requests != totals.calls else ""
     reasks += f" ({totals.cache_hits} from cache)" if totals.cache_hits else ""
+    cached = f" ({totals.cached_tokens:,} prompt tokens cached)" if totals.cached_tokens else ""
     return (
         f"confidence {result.confidence:g}/5 · {len(result.chunks)} chunks · {totals.calls} calls{reasks}{failed} · "
-        f"{totals.prompt_tokens + totals.completion_tokens:,} tokens · {totals.wall_time_s:.1f} s · {result.model}"
+        f"{totals.prompt_tokens + totals.completion_tokens:,} tokens{cached} · {totals.wall_time_s:.1f} s · {result.model}"
     )
 
 
 @main.command()
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False), help='JSONL: {"id", "question", "document" | "path"} per line.')
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for results.jsonl and summary.json.")
-@click.option("--documents-in-flight", type=click.IntRange(min=1), help="Documents open at once (default: twice the concurrency; 1 embedded).")
+@click.option("--documents-in-flight", type=click.IntRange(min=1), help="Documents open at once (default: twice the concurrency, but no more than the server runs requests at once: 1 embedded or on llama-cpp-python's server).")
 @_llm_options
 @click.option("--task-type", type=click.Choice(TASK_FAMILIES), help="Task family, which picks the prompts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the totals as JSON instead of a table.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 @_reports_errors
 def batch(
     input_path: str,
@@ -209,7 +310,6 @@ def batch(
     task_type: str | None,
     as_json: bool,
     no_progress: bool,
-    verbose: bool,
 ) -> None:
     """Answer a question about each document of a JSONL file. Results are written as documents
     finish; the same command resumes, skipping ids already answered."""
@@ -241,7 +341,6 @@ def batch(
 @click.option("--extra-buffers", type=click.Choice(["auto", "on", "off"]), help="--local: llama.cpp's extra buffer types (default: embedded.extra_buffers, auto).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML settings file (--local reads its embedded section).")
 @click.option("--dry-run", is_flag=True, help="Print the command instead of running it.")
-@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 @_reports_errors
 def serve(
@@ -254,7 +353,6 @@ def serve(
     extra_buffers: str | None,
     config_path: str | None,
     dry_run: bool,
-    verbose: bool,
     extra: tuple[str, ...],
 ) -> None:
     """Start an SGLang server for llmxmr (MiniCPM3-4B by default), or with --local a llama.cpp
@@ -308,7 +406,6 @@ def _serve_local(config: PipelineConfig, model_path: str | None, host: str, port
 @click.option("--metrics-port", type=click.IntRange(1, 65535), help="Port of smg's Prometheus metrics on 127.0.0.1 (default: a free one).")
 @click.option("--startup-timeout", default=gateways.STARTUP_TIMEOUT_S, show_default=True, type=click.FloatRange(min=1), help="Seconds to wait for every worker to register.")
 @click.option("--dry-run", is_flag=True, help="Print the command instead of running it.")
-@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 @_reports_errors
 def gateway(
@@ -319,7 +416,6 @@ def gateway(
     metrics_port: int | None,
     startup_timeout: float,
     dry_run: bool,
-    verbose: bool,
     extra: tuple[str, ...],
 ) -> None:
     """Start the smg gateway in front of several SGLang servers (or other OpenAI-compatible ones),
@@ -360,9 +456,8 @@ def bench() -> None:
 @click.option("--scorer", default="official", show_default=True, help="official (InfiniteBench) or lenient (LLM x MapReduce).")
 @click.option("--model", help='Only for math_calc: "gpt4" applies InfiniteBench\'s GPT-4 rule.')
 @click.option("--json", "as_json", is_flag=True, help="Print {task, scorer, n, score} as JSON.")
-@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 @_reports_errors
-def score(task: str, preds: str, scorer: str, model: str | None, as_json: bool, verbose: bool) -> None:
+def score(task: str, preds: str, scorer: str, model: str | None, as_json: bool) -> None:
     """Score a predictions file; prints the score x100 with two decimals."""
     from .bench.infinitebench.scorers import score_file
 
@@ -379,9 +474,8 @@ def score(task: str, preds: str, scorer: str, model: str | None, as_json: bool, 
 @click.option("--n", "count", default=20, show_default=True, type=click.IntRange(min=1), help="Examples per task.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", required=True, help="A .jsonl file (one task), or a directory that receives <task>.jsonl.")
-@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 @_reports_errors
-def generate(tasks: str, length: str, count: int, seed: int, out: str, verbose: bool) -> None:
+def generate(tasks: str, length: str, count: int, seed: int, out: str) -> None:
     """Generate InfiniteBench-style examples offline, in the official JSONL format."""
     from .bench.infinitebench.generate import generate as make_examples
     from .bench.infinitebench.generate import parse_length, write_jsonl
@@ -410,7 +504,6 @@ def generate(tasks: str, length: str, count: int, seed: int, out: str, verbose: 
 @_llm_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 @_reports_errors
 def infinitebench(
     tasks: str,
@@ -425,13 +518,12 @@ def infinitebench(
     settings: _Settings,
     as_json: bool,
     no_progress: bool,
-    verbose: bool,
 ) -> None:
     """Run InfiniteBench tasks; predictions are written as they finish and a rerun resumes."""
     import asyncio
 
     from .bench.infinitebench import data
-    from .bench.infinitebench.runner import BatchRun, format_table
+    from .bench.infinitebench.runner import BatchRun, format_table, write_summary
     from .bench.infinitebench.scorers import TASKS
 
     names = list(TASKS) if tasks.strip() == "all" else _task_list(tasks)
@@ -459,8 +551,7 @@ def infinitebench(
     except KeyboardInterrupt:
         click.echo(f"interrupted: finished predictions are in {out_dir}; rerun the same command to resume", err=True)
         sys.exit(130)
-    summary = {"method": method, "data": source.model_dump(exclude_none=True), "tasks": [r.model_dump() for r in reports]}
-    Path(out_dir, "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    summary = write_summary(out_dir, method, source, reports)  # type: ignore[arg-type]
     click.echo(json.dumps(summary, indent=2) if as_json else format_table(reports))
     failed = sum(r.failed_examples for r in reports)
     if failed:
@@ -498,7 +589,6 @@ def _task_list(tasks: str) -> list[str]:
 @click.option("--task-type", type=click.Choice(TASK_FAMILIES), help="Prompt family for --method mr (default: retrieval).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 @_reports_errors
 def niah(
     haystack: str | None,
@@ -522,7 +612,6 @@ def niah(
     task_type: str | None,
     as_json: bool,
     no_progress: bool,
-    verbose: bool,
 ) -> None:
     """Needle in a haystack: one run per (length, depth) cell, resumable, drawn as a heatmap."""
     import asyncio
@@ -531,7 +620,6 @@ def niah(
     from .bench.niah import haystack as haystacks
     from .bench.niah import needles as needle_sets
     from .bench.niah.runner import NiahRun, RunSettings, load_cells, read_settings
-    from .stages.map import names_request
 
     if plot_dir:
         _report_niah(Path(plot_dir), load_cells(plot_dir), read_settings(Path(plot_dir)), None, as_json)
@@ -556,11 +644,6 @@ def niah(
     # --config or --task-type may say otherwise.
     preset = "qa" if needle_set.asks_for_several else "retrieval"
     config = settings.load(preset={"task_type": preset}, task_type=task_type)
-    if method == "mr" and config.task_type == "retrieval" and not names_request(needle_set.needles[0], needle_set.question):
-        raise UsageError(
-            "the question shares no word with the needle: map-reduce's retrieval check keeps only "
-            "values from sentences that name what the question asks for; reword it, or pass --task-type qa"
-        )
     run_settings = RunSettings(
         haystack=str(Path(haystack).resolve()),
         needles=needle_set,
@@ -598,6 +681,7 @@ def _recorded_wall_time(path: Path) -> float | None:
 
 def _report_niah(out_dir: Path, cells: list[Any], settings: Any, wall_time_s: float | None, as_json: bool) -> None:
     from .bench.niah.plot import draw_heatmap, score_grid, summarize, summary_line, write_csv
+    from .executor import write_atomically
 
     if not cells:
         raise UsageError(f"no finished cells in {out_dir}")
@@ -612,7 +696,7 @@ def _report_niah(out_dir: Path, cells: list[Any], settings: Any, wall_time_s: fl
         "settings": settings.model_dump(),
         "grid": grid.model_dump(),
     }
-    (out_dir / "summary.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    write_atomically(out_dir / "summary.json", json.dumps(payload, indent=2) + "\n")
     title = (
         f"{cells[0].model}\n{settings.method} · {settings.needles.kind} needle · "
         f"mean score {summary.mean_score:.2f} of {summary.max_score:g}"

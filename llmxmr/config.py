@@ -17,7 +17,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from .errors import ConfigError
-from .grounding import GroundingMode
 from .llama_safety import ExtraBuffers
 from .prompts import TaskFamily
 from .resources import data_dir
@@ -53,10 +52,12 @@ class EmbeddedSettings(_Section):
     # llama.cpp's grammar expansion fails far above this; null: no cap.
     max_string_chars: int | None = Field(ge=1, le=1000)
     extra_buffers: ExtraBuffers
+    state_cache_mb: int = Field(ge=0)
 
 
 class ChunkingSettings(_Section):
     chunk_tokens: int | None = Field(ge=1)
+    question_tokens: int = Field(ge=0)
     overlap_tokens: int = Field(ge=0)
     min_fill: float = Field(ge=0, le=1)
     safety_margin: float = Field(ge=0, lt=1)
@@ -67,6 +68,10 @@ class GenerationSettings(_Section):
     collapse_max_tokens: int = Field(ge=16)
     reduce_max_tokens: int = Field(ge=16)
     validation_attempts: int = Field(ge=1)
+
+
+# What an answer none of whose quotes is found in the text counts for (configs/default.yaml).
+GroundingMode = Literal["off", "cap", "strict"]
 
 
 class GroundingSettings(_Section):

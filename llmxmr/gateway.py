@@ -16,11 +16,10 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import httpx
-
 from .children import how_it_ended, signals_stop_like_ctrl_c, start_child, stop_child
 from .clients.openai_compat import listed_workers, server_root
 from .errors import GatewayError, MissingExtraError, UsageError
+from .transport import POLL_TIMEOUT_S, ServerEndpoints
 
 POLICIES = ("power_of_two", "cache_aware", "round_robin")
 DEFAULT_PORT = 30080  # not SGLang's 30000, so a worker and the gateway can share a host
@@ -129,27 +128,24 @@ def wait_until_ready(process: subprocess.Popen[bytes], plan: GatewayPlan) -> Non
     """Until every worker of the plan is registered and healthy behind the gateway."""
     root = server_root(plan.base_url)
     deadline = time.monotonic() + plan.startup_timeout_s
-    while True:
-        if process.poll() is not None:
-            raise GatewayError(f"smg {how_it_ended(process.returncode)} before it was ready; its log is above")
-        missing = sorted(set(plan.workers) - ready_workers(root))
-        if not missing:
-            return
-        if time.monotonic() >= deadline:
-            raise GatewayError(
-                f"the gateway at {root} has not registered {', '.join(missing)} after "
-                f"{plan.startup_timeout_s:g} s; is each worker running and answering /health?"
-            )
-        time.sleep(POLL_S)
+    with ServerEndpoints(root, timeout_s=POLL_TIMEOUT_S) as gateway:
+        while True:
+            if process.poll() is not None:
+                raise GatewayError(f"smg {how_it_ended(process.returncode)} before it was ready; its log is above")
+            missing = sorted(set(plan.workers) - ready_workers(gateway))
+            if not missing:
+                return
+            if time.monotonic() >= deadline:
+                raise GatewayError(
+                    f"the gateway at {root} has not registered {', '.join(missing)} after "
+                    f"{plan.startup_timeout_s:g} s; is each worker running and answering /health?"
+                )
+            time.sleep(POLL_S)
 
 
-def ready_workers(root: str) -> set[str]:
-    """URLs of the healthy workers the gateway at ``root`` lists (none while it is not up)."""
-    try:
-        response = httpx.get(f"{root}/workers", timeout=2.0)
-        workers = listed_workers(response.json()) if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
-        return set()
+def ready_workers(gateway: ServerEndpoints) -> set[str]:
+    """URLs of the healthy workers the gateway lists (none while it is not up)."""
+    workers = listed_workers(gateway.get_json("/workers"))
     return {worker.url for worker in workers or [] if worker.healthy}
 
 

@@ -29,7 +29,6 @@ from rapidfuzz import fuzz
 from .chunking import Chunk
 from .schemas import MAX_QUOTE_CHARS  # longer quotes (from servers that ignore maxLength) are cut to it
 
-GroundingMode = Literal["off", "cap", "strict"]
 # A quote this short ("answer", "the key") would be found almost anywhere and proves nothing.
 MIN_QUOTE_WORDS = 3
 # A word: a run of letters or digits; in Chinese and Japanese, which do not space their words,
@@ -56,6 +55,12 @@ class Citation(BaseModel):
     # the chunk writes the answer's distinctive content and names the question (``sentence_stating``)
     match: Literal["exact", "fuzzy", "stated"]
     score: float  # 100 for an exact match or a stating sentence, else rapidfuzz's partial_ratio
+    # Where ``start`` is in the original file, when it was read as a Document: its page (PDF) and
+    # the chain of headings above it (EPUB, HTML, DOCX, Markdown); ``location`` as a person reads
+    # it ("p. 143", "Chapter 12 › Netherfield"), None for plain text.
+    page: int | None = None
+    section: tuple[str, ...] = ()
+    location: str | None = None
 
 
 @dataclass(frozen=True)
@@ -373,10 +378,3 @@ def distinctive_words(answer: str) -> set[str]:
         or (len(word) >= _LONG_WORD and word.casefold() not in _STOPWORDS)
     }
 
-
-# Summaries rest on the whole text, not on a few sentences: their replies carry no quotes.
-_FAMILIES_WITHOUT_QUOTES = frozenset({"summary"})
-
-
-def quotes_evidence(family: str) -> bool:
-    return family not in _FAMILIES_WITHOUT_QUOTES

@@ -21,10 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from .children import how_it_ended, signals_stop_like_ctrl_c, start_child, stop_child
 from .errors import LlmxmrError, MissingExtraError
+from .transport import POLL_TIMEOUT_S, ServerEndpoints
 
 DEFAULT_PORT = 8080  # llama.cpp's llama-server port, not SGLang's 30000
 STARTUP_TIMEOUT_S = 300.0
@@ -81,15 +80,13 @@ def run_local_server(plan: LocalServerPlan, on_ready: Callable[[str], None]) -> 
 
 def _wait_until_ready(process: subprocess.Popen[bytes], plan: LocalServerPlan) -> None:
     deadline = time.monotonic() + plan.startup_timeout_s
-    while process.poll() is None:
-        try:
-            if httpx.get(f"{plan.base_url}/models", timeout=2.0).status_code == 200:
+    with ServerEndpoints(plan.base_url, timeout_s=POLL_TIMEOUT_S) as server:
+        while process.poll() is None:
+            if server.get_json("/models") is not None:  # the model is loaded once it is listed
                 return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() >= deadline:
-            raise LocalServerError(f"the local llama.cpp server at {plan.base_url} did not answer in {plan.startup_timeout_s:g} s")
-        time.sleep(POLL_S)
+            if time.monotonic() >= deadline:
+                raise LocalServerError(f"the local llama.cpp server at {plan.base_url} did not answer in {plan.startup_timeout_s:g} s")
+            time.sleep(POLL_S)
     raise LocalServerError(_ended_message(process.returncode, plan, before_ready=True))
 
 

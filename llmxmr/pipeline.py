@@ -1,35 +1,49 @@
 """MapReducePipeline: chunk, map concurrently, collapse until the partials fit, reduce.
 
-``arun`` is the core (async, a call budget bounds the calls in flight); ``run`` wraps it for
+``arun_many`` is the core (async, a call budget bounds the calls in flight; several questions share
+one reading of the document); ``arun`` asks one question, ``run`` and ``run_many`` wrap them for
 synchronous callers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, computed_field
 from tqdm import tqdm
 
-from .budget import PARTIAL_HEADER_TOKENS, Budget, concurrency_of, context_window_of, plan_budget, token_counter_for
+from .budget import (
+    PARTIAL_HEADER_TOKENS,
+    TokenPlan,
+    concurrency_of,
+    context_window_of,
+    plan_tokens,
+    question_allowance,
+    token_counter_for,
+)
 from .chunking import Chunk, chunk_text
 from .clients import make_client
 from .clients.base import LLMClient
 from .config import PipelineConfig
+from .documents import Document
 from .errors import LLMCallError, UsageError
-from .grounding import Citation, DocumentIndex, quotes_evidence
-from .prompts import ChatMessage, PromptSet, load_prompts
+from .families import family
+from .grounding import Citation, DocumentIndex
+from .prompts import ChatMessage, PromptSet
 from .scheduling import CallBudget, gather_or_cancel, in_order
 from .schemas import CollapseOutput, FinalAnswer, MapOutput
 from .stages import collapse, reduce
-from .stages.map import ground_map_reply, map_messages
+from .stages.map import map_messages
 from .stages.partials import Partial, render_partial
 from .structured import call_structured
-from .tokens import ServerTokenCounter, TiktokenCounter, TokenCounter
+from .clients.tokenize import ServerTokenCounter
+from .tokens import TiktokenCounter, TokenCounter
 from .trace import CallRecord, CallStage, Trace
 
 T = TypeVar("T")
@@ -75,9 +89,10 @@ class PipelineResult(BaseModel):
 
 class MapReducePipeline:
     """``MapReducePipeline(config).run(document, question)``; ``await pipeline.arun(...)`` in async
-    code. Without a ``client``, each run opens the one the config names (a server, or the embedded
-    model) and closes it at the end. A given client is left open for the caller to reuse across
-    ``arun`` calls in one event loop (``run`` starts a new loop each time).
+    code; ``run_many(document, questions)`` answers several questions for about the price of one
+    reading. Without a ``client``, each run opens the one the config names (a server, or the
+    embedded model) and closes it at the end. A given client is left open for the caller to reuse
+    across ``arun`` calls in one event loop (``run`` starts a new loop each time).
 
     Without a ``budget``, each run may have ``llm.concurrency`` calls in flight (by default
     ``llm.concurrency_per_worker`` for each server behind the client). Runs given one budget share
@@ -95,80 +110,166 @@ class MapReducePipeline:
         self._client = client
         self._calls = budget
         self._progress = progress
+        self._last_chunking: dict[str, Any] = {}
 
-    def run(self, document: str, question: str) -> PipelineResult:
+    def run(self, document: str | Document, question: str) -> PipelineResult:
         return asyncio.run(self.arun(document, question))
 
-    async def arun(self, document: str, question: str) -> PipelineResult:
-        question = question.strip()
-        if not question:
-            raise UsageError("the question is empty")
-        if not document.strip():
+    def run_many(self, document: str | Document, questions: Sequence[str]) -> list[PipelineResult]:
+        return asyncio.run(self.arun_many(document, questions))
+
+    async def arun(self, document: str | Document, question: str) -> PipelineResult:
+        """The answer to ``question`` about ``document``: its text, or a ``Document`` from
+        ``read_document``, whose citations then say on which page or in which section they are."""
+        (result,) = await self.arun_many(document, [question])
+        return result
+
+    async def arun_many(self, document: str | Document, questions: Sequence[str]) -> list[PipelineResult]:
+        """One result per question, in order. The document is indexed and chunked once, and the
+        map calls go chunk-major with the document first in each prompt: every question about a
+        chunk reuses the server's cached prefix of it (see ``_Run._start_maps``). Grounding,
+        collapse and reduce run per question, as in a run of that question alone."""
+        asked = [question.strip() for question in questions]
+        if not asked or not all(asked):
+            raise UsageError("the question is empty" if asked else "no question was asked")
+        text = document.text if isinstance(document, Document) else document
+        if not text.strip():
             raise UsageError("the document is empty")
         client = self._client or make_client(self.config)
         try:
             calls = self._calls or CallBudget(await concurrency_of(self.config, client))
-            return await _Run(self.config, client, calls, self._progress).execute(document, question)
+            results = await _Run(self.config, client, calls, self._progress, self._last_chunking).execute(text, asked)
         finally:
             if self._client is None:
                 await client.aclose()
+        if isinstance(document, Document):
+            results = [r.model_copy(update={"citations": [located(c, document) for c in r.citations]}) for r in results]
+        return results
+
+
+def located(citation: Citation, document: Document) -> Citation:
+    """The citation with the page or section of the original file that its span starts in."""
+    where = document.locate(citation.start)
+    label = where.label if where.page is not None or where.section else None
+    return citation.model_copy(update={"page": where.page, "section": where.section, "location": label})
+
+
+class _WarmUp:
+    """The call that puts a prompt prefix in the server's cache, as the calls sharing it see it:
+    ``ready`` is done once it is answered, or once it was sent ``WARM_UP_WAIT_S`` ago (a call
+    that hangs in retries or reasks must not hold the others back), or once it failed."""
+
+    def __init__(self) -> None:
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.failed_run = False
+
+    def sent(self) -> None:
+        asyncio.get_running_loop().call_later(WARM_UP_WAIT_S, self.done)
+
+    def done(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+
+@dataclass
+class _Question:
+    """One question of a run: what it asked, its place among the run's questions, and its calls."""
+
+    text: str
+    index: int
+    trace: Trace = field(default_factory=Trace)
+    failed: list[CallRecord] = field(default_factory=list)
 
 
 class _Run:
-    """The state of one run: its client, prompts, call budget and place in it, trace and progress
-    bar."""
+    """The state of one run: its client, prompts, call budget and place in it, the document as
+    read once, its questions, and the progress bar."""
 
-    def __init__(self, config: PipelineConfig, client: LLMClient, calls: CallBudget, progress: bool) -> None:
+    def __init__(
+        self, config: PipelineConfig, client: LLMClient, calls: CallBudget, progress: bool, memo: dict[str, Any]
+    ) -> None:
         self.config = config
+        self.memo = memo  # the pipeline's last chunking (see ``_chunks``)
         self.client = client
-        self.prompts: PromptSet = load_prompts(config.task_type)
-        self.trace = Trace()
-        self.failed: list[CallRecord] = []
+        self.family = family(config.task_type)
+        self.prompts: PromptSet = self.family.prompts
         self.calls = calls
         self.place = calls.join()
         self.tasks: list[asyncio.Future[Any]] = []
         self.bar = tqdm(total=0, desc="map", unit="call", file=sys.stderr, disable=not progress, leave=False)
 
-    async def execute(self, document: str, question: str) -> PipelineResult:
+    async def execute(self, document: str, questions: list[str]) -> list[PipelineResult]:
         started = time.perf_counter()
         self.document = DocumentIndex(document)
+        asked = [_Question(text, index) for index, text in enumerate(questions)]
         try:
             counter = await token_counter_for(self.config, self.client)
             estimated_before = counter.estimated if isinstance(counter, ServerTokenCounter) else 0
-            budget = await self._budget(question, counter)
-            chunks = await asyncio.to_thread(
-                chunk_text,
-                document,
-                budget.chunk_tokens,
-                counter,
-                # A tokenizer behind HTTP checks whole chunks; sentences are estimated locally.
-                estimator=TiktokenCounter() if isinstance(counter, ServerTokenCounter) else None,
-                overlap_tokens=self.config.chunking.overlap_tokens,
-                min_fill=self.config.chunking.min_fill,
+            window = await context_window_of(self.config, self.client)
+            allowance = await asyncio.to_thread(question_allowance, self.config, questions, window, counter)
+            plans = [plan_tokens(self.config, self.prompts, q.text, window, counter, allowance) for q in asked]
+            # The same for every question: the allowance, not the question, sizes the chunks.
+            chunks = await self._chunks(document, plans[0].chunk_tokens, counter)
+            maps = self._start_maps(chunks, asked)
+            results = await gather_or_cancel(
+                self._answer(question, maps[question.index], plan, counter, chunks, started)
+                for question, plan in zip(asked, plans)
             )
-            maps = self._start_maps(chunks, question)
-            if self.config.scheduler == "streaming":
-                partials = await self._collapse_streaming(maps, question, budget, counter)
-            else:
-                partials = [p async for batch in in_order(maps) for p in batch if _informative(p)]
-                partials = await self._collapse_in_rounds(partials, question, budget, counter)
-            found = reduce.supported(partials)
-            unread_note = reduce.unread_note([r for r in self.failed if r.stage == "map"], len(chunks))
-            final = await self._reduce(partials, question) if found else reduce.nothing_found(len(partials), unread_note)
         except BaseException:
             await self._cancel_all()
             raise
         finally:
             self.bar.close()
-            self.trace.wall_time_s = time.perf_counter() - started
         if isinstance(counter, ServerTokenCounter):  # shared by a batch's runs: this run's share, about
-            self.trace.estimated_token_counts = counter.estimated - estimated_before
-        unread = sorted(i for record in self.failed if record.stage == "map" for i in record.chunk_indices)
+            estimated = counter.estimated - estimated_before
+            results = [r.model_copy(update={"trace": r.trace.model_copy(update={"estimated_token_counts": estimated})}) for r in results]
+        return results
+
+    async def _chunks(self, document: str, chunk_tokens: int, counter: TokenCounter) -> list[Chunk]:
+        """The document's chunks, cut once per document and size: a pipeline asked about the same
+        document again (``llmxmr chat``) reuses the last chunks it cut."""
+        chunking = self.config.chunking
+        key = (hashlib.sha256(document.encode("utf-8", "surrogatepass")).hexdigest(), chunk_tokens, counter.name, chunking.overlap_tokens, chunking.min_fill)
+        if self.memo.get("key") != key:
+            chunks = await asyncio.to_thread(
+                chunk_text,
+                document,
+                chunk_tokens,
+                counter,
+                # A tokenizer behind HTTP checks whole chunks; sentences are estimated locally.
+                estimator=TiktokenCounter() if isinstance(counter, ServerTokenCounter) else None,
+                overlap_tokens=chunking.overlap_tokens,
+                min_fill=chunking.min_fill,
+            )
+            self.memo.clear()
+            self.memo.update(key=key, chunks=chunks)
+        return self.memo["chunks"]
+
+    async def _answer(
+        self,
+        question: _Question,
+        maps: list[asyncio.Future[Partial | None]],
+        plan: TokenPlan,
+        counter: TokenCounter,
+        chunks: list[Chunk],
+        started: float,
+    ) -> PipelineResult:
+        """Collapse and reduce one question's map replies into its result."""
+        if self.config.scheduler == "streaming":
+            partials = await self._collapse_streaming(maps, question, plan, counter)
+        else:
+            partials = [p async for batch in in_order(maps) for p in batch if _informative(p)]
+            partials = await self._collapse_in_rounds(partials, question, plan, counter)
+        found = reduce.supported(partials)
+        unread_note = reduce.unread_note([r for r in question.failed if r.stage == "map"], len(chunks))
+        final = await self._reduce(partials, question) if found else reduce.nothing_found(len(partials), unread_note)
+        question.trace.wall_time_s = time.perf_counter() - started
+        unread = sorted(i for record in question.failed if record.stage == "map" for i in record.chunk_indices)
         rationale = final.rationale
         if found and unread_note:
             rationale = f"{rationale} {unread_note}, and the confidence is scaled by the share read."
         return PipelineResult(
-            question=question,
+            question=question.text,
             task_type=self.config.task_type,
             answer=final.answer,
             rationale=rationale,
@@ -179,13 +280,9 @@ class _Run:
             model=self.client.describe(),
             chunks=[ChunkSpan(index=c.index, start=c.start, end=c.end, tokens=c.tokens) for c in chunks],
             unread_chunks=unread,
-            failed_calls=self.failed,
-            trace=self.trace,
+            failed_calls=question.failed,
+            trace=question.trace,
         )
-
-    async def _budget(self, question: str, counter: TokenCounter) -> Budget:
-        window = await context_window_of(self.config, self.client)
-        return plan_budget(self.config, self.prompts, question, window, counter)
 
     async def _call(
         self,
@@ -194,14 +291,20 @@ class _Run:
         output_type: type[Output],
         chunk_indices: list[int],
         max_tokens: int,
-        on_slot: Callable[[], None] | None = None,
-    ) -> tuple[Output | None, CallRecord]:
-        """One structured call within the call budget, recorded in the trace. Calls of later stages
-        go first: they shorten the run's tail, and maps wait for nothing but slots. ``on_slot``
-        is called once the call has its slot."""
-        async with self.calls.slot(stage, self.place):
-            if on_slot is not None:
-                on_slot()
+        order: tuple[int, ...] = (),
+        waits_for: _WarmUp | None = None,
+        warms: _WarmUp | None = None,
+    ) -> tuple[Output | None, CallRecord | None]:
+        """One structured call within the call budget. Calls of later stages go first: they shorten
+        the run's tail, and maps wait for nothing but slots; among a run's maps, ``order`` decides,
+        and a map goes only once the call it ``waits_for`` is answered (no record, and no call, if
+        that one failed the run). ``warms`` learns when this call was sent and answered. The caller
+        hands the record to ``_record`` once it knows what its check of the output decided."""
+        async with self.calls.slot(stage, self.place, order, waits_for.ready if waits_for else None):
+            if waits_for is not None and waits_for.failed_run:
+                return None, None  # the run is failing (a refused key, on_chunk_error: fail): send nothing more
+            if warms is not None:
+                warms.sent()
             output, record = await call_structured(
                 self.client,
                 messages,
@@ -211,17 +314,23 @@ class _Run:
                 max_tokens=max_tokens,
                 temperature=self.config.llm.temperature,
                 attempts=self.config.generation.validation_attempts,
-                omit_fields=() if quotes_evidence(self.prompts.family) else ("evidence",),
+                omit_fields=self.family.omitted_fields,
             )
-        self.trace.calls.append(record)
+            if warms is not None:
+                warms.done()  # before the slot is released: the calls that wait for it go next
+        return output, record
+
+    def _record(self, question: _Question, record: CallRecord, check: str | None = None) -> None:
+        """Puts a finished call in its question's trace, with what the check of its output
+        decided; a failed call stops the run when ``on_chunk_error`` says so."""
+        if check is not None:
+            record = record.model_copy(update={"check": check})
+        question.trace.calls.append(record)
         self.bar.update(1)
         if record.error:
-            self.failed.append(record)
+            question.failed.append(record)
             if self.config.on_chunk_error == "fail":
-                raise LLMCallError(
-                    f"{record.stage} call for chunk(s) {record.chunk_indices} failed: {record.error}"
-                )
-        return output, record
+                raise LLMCallError(f"{record.stage} call for chunk(s) {record.chunk_indices} failed: {record.error}")
 
     def _spawn(self, awaitable: Awaitable[T]) -> asyncio.Future[T]:
         task = asyncio.ensure_future(awaitable)
@@ -234,53 +343,58 @@ class _Run:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
-    def _start_maps(self, chunks: list[Chunk], question: str) -> list[asyncio.Future[Partial | None]]:
-        """One task per chunk, in order. The first call runs alone: it puts the prompt prefix
-        every map call shares into the server's prefix cache (SGLang's radix cache, llama.cpp's
-        slot cache), so the calls that follow reuse it instead of all computing it at once."""
-        self.bar.total += len(chunks)
+    def _start_maps(self, chunks: list[Chunk], questions: list[_Question]) -> list[list[asyncio.Future[Partial | None]]]:
+        """One task per chunk and question; the futures of each question, in chunk order.
+
+        Serving engines reuse a prompt prefix only once it is cached, so calls wait in line for
+        the call whose prefix they share to be answered, and go chunk-major (by chunk, then
+        question, in the call budget). The very first call runs alone: it caches the map
+        instructions that every call shares. Then the first question's call of each chunk goes,
+        and the other questions' calls of that chunk follow it as soon as it is answered, ahead of
+        later chunks, reusing the chunk's prefix (on a server with one slot and in-process too,
+        where the previous prompt is the cache), while other chunks' calls keep the server busy."""
+        self.bar.total += len(chunks) * len(questions)
         self.bar.refresh()
-        sent, warm = asyncio.Event(), asyncio.Event()
-
-        async def first(chunk: Chunk) -> Partial | None:
-            try:
-                return await self._map_chunk(chunk, question, on_slot=sent.set)
-            finally:
-                sent.set()
-                warm.set()
-
-        async def later(chunk: Chunk) -> Partial | None:
-            # The wait counts from when the first call is sent, not from when it was queued: in a
-            # batch it may first wait behind other documents' calls for a slot.
-            await sent.wait()
-            try:  # a first call that hangs (retries, reasks) must not hold the whole run
-                await asyncio.wait_for(warm.wait(), WARM_UP_WAIT_S)
-            except asyncio.TimeoutError:
-                pass
-            if warming.done() and not warming.cancelled() and warming.exception() is not None:
-                return None  # the run is failing (a refused key, on_chunk_error: fail): send nothing more
-            return await self._map_chunk(chunk, question)
-
-        warming = self._spawn(first(chunks[0])) if chunks else None
-        return ([warming] if warming else []) + [self._spawn(later(chunk)) for chunk in chunks[1:]]
+        futures: list[list[asyncio.Future[Partial | None]]] = [[] for _ in questions]
+        first: _WarmUp | None = None
+        for chunk in chunks:
+            leading = _WarmUp()
+            futures[0].append(self._spawn(self._map_chunk(chunk, questions[0], first, leading)))
+            first = first or leading
+            for question in questions[1:]:
+                futures[question.index].append(self._spawn(self._map_chunk(chunk, question, leading)))
+        return futures
 
     async def _map_chunk(
-        self, chunk: Chunk, question: str, on_slot: Callable[[], None] | None = None
+        self, chunk: Chunk, question: _Question, waits_for: _WarmUp | None, warms: _WarmUp | None = None
     ) -> Partial | None:
-        output, record = await self._call(
-            "map",
-            map_messages(self.prompts, question, chunk.text),
-            MapOutput,
-            [chunk.index],
-            self.config.generation.map_max_tokens,
-            on_slot,
-        )
-        if output is None:
+        """The map call of ``chunk`` for ``question``, once the call whose prefix it shares
+        (``waits_for``) is answered; ``warms`` is done once this call is."""
+        try:
+            output, record = await self._call(
+                "map",
+                map_messages(self.prompts, question.text, chunk.text),
+                MapOutput,
+                [chunk.index],
+                self.config.generation.map_max_tokens,
+                order=(chunk.index, question.index),
+                waits_for=waits_for,
+                warms=warms,
+            )
+        except BaseException:
+            if warms is not None:
+                warms.failed_run = True
+            raise
+        finally:
+            if warms is not None:
+                warms.done()
+        if record is None:
             return None
-        grounded = ground_map_reply(
-            output, chunk, self.document, question, self.prompts.family, self.config.grounding
-        )
-        record.check = grounded.check
+        if output is None:
+            self._record(question, record)
+            return None
+        grounded = self.family.ground_map(output, chunk, self.document, question.text, self.config.grounding)
+        self._record(question, record, grounded.check)
         return grounded.partial
 
     async def _sizes(self, partials: list[Partial], counter: TokenCounter) -> list[int]:
@@ -288,14 +402,14 @@ class _Run:
         return [n + PARTIAL_HEADER_TOKENS for n in await asyncio.to_thread(counter.count_batch, rendered)]
 
     async def _collapse_in_rounds(
-        self, partials: list[Partial], question: str, budget: Budget, counter: TokenCounter
+        self, partials: list[Partial], question: _Question, plan: TokenPlan, counter: TokenCounter
     ) -> list[Partial]:
         """The barrier scheduler: each round waits for all of the previous one."""
         while len(partials) > 1:
             sizes = await self._sizes(partials, counter)
-            if sum(sizes) <= budget.reduce_tokens:
+            if sum(sizes) <= plan.reduce_tokens:
                 return partials
-            groups = [[partials[i] for i in g] for g in collapse.group_to_fit(sizes, budget.collapse_tokens)]
+            groups = [[partials[i] for i in g] for g in collapse.group_to_fit(sizes, plan.collapse_tokens)]
             if all(len(group) == 1 for group in groups):
                 groups = collapse.pairs(partials)
             merged = await gather_or_cancel(self._collapse_group(group, question) for group in groups)
@@ -305,14 +419,14 @@ class _Run:
     async def _collapse_streaming(
         self,
         level: list[asyncio.Future[Partial | None]],
-        question: str,
-        budget: Budget,
+        question: _Question,
+        plan: TokenPlan,
         counter: TokenCounter,
     ) -> list[Partial]:
         """The streaming scheduler: the same groups as ``_collapse_in_rounds``, each started as
         soon as its members are done and the round is known to be needed."""
         while True:
-            partials, outputs = await self._stream_round(level, question, budget, counter)
+            partials, outputs = await self._stream_round(level, question, plan, counter)
             if outputs is None:
                 return partials
             level = outputs
@@ -320,8 +434,8 @@ class _Run:
     async def _stream_round(
         self,
         inputs: list[asyncio.Future[Partial | None]],
-        question: str,
-        budget: Budget,
+        question: _Question,
+        plan: TokenPlan,
         counter: TokenCounter,
     ) -> tuple[list[Partial], list[asyncio.Future[Partial | None]] | None]:
         """One collapse round over ``inputs`` as they finish, in order. Greedy grouping closes a
@@ -329,10 +443,10 @@ class _Run:
         seen so far exceed the reduce budget; until then closed groups wait. Returns the round's
         partials and, if it collapsed, the futures of its groups (the next round's inputs)."""
         partials: list[Partial] = []
+        grouper: collapse.Grouper[Partial] = collapse.Grouper(plan.collapse_tokens)
         groups: list[list[Partial]] = []
         outputs: list[asyncio.Future[Partial | None]] = []
-        group: list[Partial] = []
-        group_size = total = 0
+        total = 0
         needed = False
 
         def launch(ready: list[list[Partial]]) -> None:
@@ -344,61 +458,68 @@ class _Run:
             for partial, size in zip(arrived, await self._sizes(arrived, counter) if arrived else []):
                 partials.append(partial)
                 total += size
-                if group and group_size + size > budget.collapse_tokens:
-                    groups.append(group)
+                closed = grouper.add(partial, size)
+                if closed:
+                    groups.append(closed)
                     if needed:
-                        launch([group])
-                    group, group_size = [], 0
-                group.append(partial)
-                group_size += size
-                if not needed and total > budget.reduce_tokens and len(partials) > 1:
+                        launch([closed])
+                if not needed and total > plan.reduce_tokens and len(partials) > 1:
                     needed = True
                     launch(groups)
         if not needed:
             return partials, None
-        groups.append(group)
+        last = grouper.close()
+        groups.append(last)
         if all(len(members) == 1 for members in groups):  # singletons cost no call: regroup them
             outputs.clear()
             launch(collapse.pairs(partials))
         else:
-            launch([group])
+            launch([last])
         return partials, outputs
 
-    async def _collapse_group(self, group: list[Partial], question: str) -> Partial:
+    async def _collapse_group(self, group: list[Partial], question: _Question) -> Partial:
         if len(group) == 1:
             return group[0]
         self.bar.set_description("collapse")
         self.bar.total += 1
         output, record = await self._call(
             "collapse",
-            collapse.collapse_messages(self.prompts, question, group),
+            collapse.collapse_messages(self.prompts, question.text, group),
             CollapseOutput,
             collapse.merged_indices(group),
             self.config.generation.collapse_max_tokens,
         )
+        assert record is not None  # only map calls wait for a warm-up, and may be skipped
         if output is None:
+            self._record(question, record)
             return collapse.fallback(group)
-        partial, record.check = collapse.ground_collapse_reply(output, group, self.prompts.family, self.config.grounding)
+        partial, check = collapse.ground_collapse_reply(output, group, self.family, self.config.grounding)
+        self._record(question, record, check)
         return partial
 
-    async def _reduce(self, partials: list[Partial], question: str) -> FinalAnswer:
+    async def _reduce(self, partials: list[Partial], question: _Question) -> FinalAnswer:
         self.bar.set_description("reduce")
         self.bar.total += 1
         output, record = await self._call(
             "reduce",
-            reduce.reduce_messages(self.prompts, question, partials),
+            reduce.reduce_messages(self.prompts, question.text, partials),
             FinalAnswer,
             collapse.merged_indices(partials),
             self.config.generation.reduce_max_tokens,
         )
+        assert record is not None  # only map calls wait for a warm-up, and may be skipped
         if output is None:
+            self._record(question, record)
             return reduce.fallback(partials)
-        if self.prompts.family == "retrieval":
-            output, record.check = reduce.checked_retrieval_final(output, partials)
-        return reduce.known_chunks(output, partials)
+        checked, problem = self.family.checked_final(output, partials)
+        if checked is None:
+            self._record(question, record, f"{problem}; the most confident partial answer stands")
+            return reduce.fallback(partials)
+        self._record(question, record)
+        return reduce.known_chunks(checked, partials)
 
 
-# How long the other map calls wait for the first one (which warms the server's prefix cache)
+# How long map calls wait for the warm-up call whose prefix they share (see ``_Run._start_maps``)
 # before they go anyway.
 WARM_UP_WAIT_S = 30.0
 

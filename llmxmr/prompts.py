@@ -1,7 +1,11 @@
 """Prompt templates: one folder per task family under ``prompts/``, one file per stage.
 
-Templates are checked when loaded: every placeholder must be known, and the map template must put
-the chunk last so that all map calls of a run share one byte-identical prefix (prefix caching).
+Templates are checked when loaded: every placeholder must be known, and the map prompt must be laid
+out document first: the system message (the role and the family's map instructions, the same for
+every map call of the family), then the chunk, then the question. Serving engines reuse only a
+byte-identical prompt prefix, so every map call shares the instructions, and every question about
+one chunk shares the instructions and the chunk: asking several questions of one document costs
+about one reading of it.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ TASK_FAMILIES: tuple[str, ...] = TaskFamily.__args__  # type: ignore[attr-define
 Stage = Literal["map", "collapse", "reduce"]
 
 _RUNTIME_VARIABLES = {"map": {"question", "chunk"}, "collapse": {"question", "partials"}, "reduce": {"question", "partials"}}
-# What a map template may put after the chunk: its closing delimiter and a short reminder of the
-# question (small models lose a question stated only before thousands of tokens). All text before
-# the chunk is the prefix every map call of a run shares.
+# What a map template may put after the chunk besides the question: its closing delimiter and a
+# short ask. What comes after the chunk is paid for by every question.
 MAX_TEMPLATE_AFTER_CHUNK = 200
+# Before the chunk: its opening tag.
+MAX_TEMPLATE_BEFORE_CHUNK = 40
 
 
 class ChatMessage(BaseModel):
@@ -41,14 +46,16 @@ class PromptSet(BaseModel):
 
     family: str
     system: str
+    map_system: str  # the family's map instructions, which the map calls' system message ends with
     map: str
     collapse: str
     reduce: str
 
     def messages(self, stage: Stage, **values: str) -> list[ChatMessage]:
         template = Template(getattr(self, stage))
+        system = f"{self.system}\n\n{self.map_system}" if stage == "map" else self.system
         return [
-            ChatMessage(role="system", content=self.system),
+            ChatMessage(role="system", content=system),
             ChatMessage(role="user", content=template.substitute(values)),
         ]
 
@@ -82,8 +89,20 @@ def _check(path: Path, stage: str, text: str) -> None:
     missing = _RUNTIME_VARIABLES[stage] - _placeholders(text)
     if missing:
         raise ConfigError(f"{path}: missing placeholder(s) {', '.join(sorted(missing))}")
-    if stage == "map" and len(text) - text.index("$chunk") - len("$chunk") > MAX_TEMPLATE_AFTER_CHUNK:
-        raise ConfigError(f"{path}: $chunk must come (almost) last so that map prompts share a prefix")
+    if stage == "map":
+        _check_document_first(path, text)
+
+
+def _check_document_first(path: Path, text: str) -> None:
+    """The map template opens with the chunk (only its opening tag before it), and what follows
+    the chunk is the question and a short ask: nothing that depends on the question may come
+    before the chunk, or no two questions would share its prefix."""
+    before = text[: text.index("$chunk")]
+    if _placeholders(before) or len(before) > MAX_TEMPLATE_BEFORE_CHUNK:
+        raise ConfigError(f"{path}: the chunk must come first (the instructions go in map_system.md), then the question")
+    after = text[text.index("$chunk") + len("$chunk") :].replace("$question", "")
+    if len(after) > MAX_TEMPLATE_AFTER_CHUNK:
+        raise ConfigError(f"{path}: only the question and a short ask may follow the chunk")
 
 
 @cache
@@ -99,4 +118,8 @@ def load_prompts(family: str, root: Path | None = None) -> PromptSet:
         text = Template(_read(path)).safe_substitute(snippets)
         _check(path, stage, text)
         stages[stage] = text
-    return PromptSet(family=family, system=_read(root / "shared" / "system.md"), **stages)
+    instructions = root / family / "map_system.md"
+    map_system = Template(_read(instructions)).safe_substitute(snippets)
+    if _placeholders(map_system):
+        raise ConfigError(f"{instructions}: the map instructions are the same for every call; no placeholder may be in them")
+    return PromptSet(family=family, system=_read(root / "shared" / "system.md"), map_system=map_system, **stages)

@@ -10,31 +10,35 @@ import itertools
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from typing import TypeVar
 
-from .trace import CallStage
-
 T = TypeVar("T")
 # Waiters are served smallest first; tuples compare item by item.
 Priority = tuple[int, ...]
 
 
 class PrioritySemaphore:
-    """A semaphore whose waiters are served lowest ``priority`` first, then first come.
+    """A semaphore whose waiters are served lowest ``priority`` first, then first come; a waiter
+    with a ``ready`` future is passed over until it is done.
 
     Every map call of a long document is queued at the start; with a plain FIFO semaphore a
     collapse call that becomes possible early would wait behind all of them, and the run's tail
-    would start only when the maps are done."""
+    would start only when the maps are done. Readiness lets a call queue in its place before it
+    may go: a question's map call of a chunk waits in line for the chunk's first call to be
+    answered, and then goes before the later chunks, even if a slot is freed at that very moment."""
 
     def __init__(self, slots: int) -> None:
         self._free = slots
-        self._waiters: list[tuple[Priority, int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[Priority, int, asyncio.Future[None], asyncio.Future[None] | None]] = []
         self._order = itertools.count()
 
-    async def acquire(self, priority: Priority = ()) -> None:
-        if self._free > 0 and not self._waiters:
+    async def acquire(self, priority: Priority = (), ready: asyncio.Future[None] | None = None) -> None:
+        if self._free > 0 and not self._waiters and (ready is None or ready.done()):
             self._free -= 1
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (priority, next(self._order), waiter))
+        heapq.heappush(self._waiters, (priority, next(self._order), waiter, ready))
+        if ready is not None and not ready.done():
+            ready.add_done_callback(lambda _: self._grant())  # a free slot may be waiting for it
+        self._grant()  # a slot may be free while every other waiter is not ready
         try:
             await waiter
         except asyncio.CancelledError:
@@ -43,24 +47,37 @@ class PrioritySemaphore:
             raise
 
     def release(self) -> None:
-        while self._waiters:
-            _, _, waiter = heapq.heappop(self._waiters)
-            if not waiter.done():
-                waiter.set_result(None)  # the slot goes straight to the waiter
-                return
         self._free += 1
+        self._grant()
 
-    def slot(self, priority: Priority = ()) -> _Slot:
-        return _Slot(self, priority)
+    def _grant(self) -> None:
+        """Free slots to the best waiters that may go; those not ready keep their place."""
+        passed_over = []
+        while self._free > 0 and self._waiters:
+            entry = heapq.heappop(self._waiters)
+            waiter, ready = entry[2], entry[3]
+            if waiter.done():  # cancelled while waiting
+                continue
+            if ready is not None and not ready.done():
+                passed_over.append(entry)
+                continue
+            self._free -= 1
+            waiter.set_result(None)  # the slot goes straight to the waiter
+        for entry in passed_over:
+            heapq.heappush(self._waiters, entry)
+
+    def slot(self, priority: Priority = (), ready: asyncio.Future[None] | None = None) -> _Slot:
+        return _Slot(self, priority, ready)
 
 
 class _Slot:
-    def __init__(self, semaphore: PrioritySemaphore, priority: Priority) -> None:
+    def __init__(self, semaphore: PrioritySemaphore, priority: Priority, ready: asyncio.Future[None] | None) -> None:
         self._semaphore = semaphore
         self._priority = priority
+        self._ready = ready
 
     async def __aenter__(self) -> None:
-        await self._semaphore.acquire(self._priority)
+        await self._semaphore.acquire(self._priority, self._ready)
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._semaphore.release()
@@ -82,12 +99,20 @@ class CallBudget:
         """A run's place in line."""
         return next(self._joined)
 
-    def slot(self, stage: CallStage, run: int) -> _Slot:
-        return self._semaphore.slot((_STAGE_RANK[stage], run))
+    def slot(
+        self, stage: str, run: int, order: tuple[int, ...] = (), ready: asyncio.Future[None] | None = None
+    ) -> _Slot:
+        """A slot for one call; ``order`` ranks a run's calls of one stage among themselves (its
+        maps go chunk by chunk, then question by question), and the call does not go before
+        ``ready`` is done."""
+        return self._semaphore.slot((_STAGE_RANK.get(stage, OTHER_CALLS_RANK), run, *order), ready)
 
 
 # Lower goes first at the concurrency limit: a run's later stages before its remaining maps.
-_STAGE_RANK: dict[CallStage, int] = {"reduce": 0, "collapse": 1, "direct": 1, "judge": 1, "map": 2}
+_STAGE_RANK: dict[str, int] = {"reduce": 0, "collapse": 1, "map": 2}
+# A call of another label (a harness's single call per item, its grading) finishes a unit of work
+# as a collapse does.
+OTHER_CALLS_RANK = 1
 
 
 async def in_order(futures: Sequence[asyncio.Future[T]]) -> AsyncIterator[list[T]]:

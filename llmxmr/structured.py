@@ -20,7 +20,7 @@ from .errors import LLMCallError
 from .parsing import parse_reply
 from .prompts import ChatMessage
 from .schemas import capped_lengths, json_schema
-from .trace import CallRecord, CallStage
+from .trace import CallRecord
 
 Output = TypeVar("Output", bound=BaseModel)
 
@@ -36,7 +36,7 @@ async def call_structured(
     messages: list[ChatMessage],
     output_type: type[Output],
     *,
-    stage: CallStage,
+    stage: str,
     chunk_indices: list[int],
     max_tokens: int,
     temperature: float,

@@ -6,15 +6,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, computed_field
 
-# "direct": the one call of the baseline without map-reduce (``llmxmr.direct``); "judge": a
-# benchmark's grading call.
-CallStage = Literal["map", "collapse", "reduce", "direct", "judge"]
+# The stages of a map-reduce run. Other code labels its own calls (``llmxmr.direct``'s "direct",
+# a harness's "judge"): the core needs no list of them.
+CallStage = Literal["map", "collapse", "reduce"]
 
 
 class CallRecord(BaseModel):
     """One logical call (all its attempts): where it belongs, what it cost, what it returned."""
 
-    stage: CallStage
+    stage: str  # a CallStage, or the label of a call made outside a map-reduce run
     chunk_indices: list[int]
     attempts: int = 0
     transport_retries: int = 0
@@ -42,7 +42,11 @@ class Totals(BaseModel):
     failed_calls: int
     prompt_tokens: int
     completion_tokens: int
+    # Prompt tokens the server took from its prefix cache, where it says so (SGLang with
+    # --enable-cache-report, vLLM, llama.cpp's timings, the embedded model's reused prefix), and
+    # the rest, which it computed.
     cached_tokens: int
+    computed_tokens: int
     cache_hits: int
     wall_time_s: float
 
@@ -51,7 +55,7 @@ class Trace(BaseModel):
     calls: list[CallRecord] = Field(default_factory=list)
     wall_time_s: float = 0.0
     # Texts whose tokens the server did not count in time, estimated instead (on the large side):
-    # see ``tokens.ServerTokenCounter``.
+    # see ``clients.tokenize.ServerTokenCounter``.
     estimated_token_counts: int = 0
 
     @computed_field  # type: ignore[prop-decorator]
@@ -64,6 +68,7 @@ class Trace(BaseModel):
             prompt_tokens=sum(record.prompt_tokens for record in self.calls),
             completion_tokens=sum(record.completion_tokens for record in self.calls),
             cached_tokens=sum(record.cached_tokens or 0 for record in self.calls),
+            computed_tokens=sum(record.prompt_tokens - (record.cached_tokens or 0) for record in self.calls),
             cache_hits=sum(record.cache_hits for record in self.calls),
             wall_time_s=round(self.wall_time_s, 3),
         )

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Union
 
+import openai
+import pytest
+
 
 @dataclass
 class Answer:
@@ -86,6 +89,20 @@ class FakeServer:
 
 def models(owned_by: str, **card: Any) -> Answer:
     return Answer(body={"object": "list", "data": [{"id": "test-model", "object": "model", "owned_by": owned_by, **card}]})
+
+
+def sdk_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The waits the openai SDK chooses between retries, recorded instead of slept: every retry
+    goes at once."""
+    waits: list[float] = []
+    calculate = openai.AsyncOpenAI._calculate_retry_timeout
+
+    def recorded(client: openai.AsyncOpenAI, *args: Any, **kwargs: Any) -> float:
+        waits.append(calculate(client, *args, **kwargs))
+        return 0.0
+
+    monkeypatch.setattr(openai.AsyncOpenAI, "_calculate_retry_timeout", recorded)
+    return waits
 
 
 def worker_routes(context_length: int = 8192) -> dict[str, Script]:

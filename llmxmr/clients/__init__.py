@@ -48,6 +48,7 @@ def _model_client(config: PipelineConfig) -> LLMClient:
         threads=embedded.threads,
         max_string_chars=embedded.max_string_chars,
         extra_buffers=embedded.extra_buffers,
+        state_cache_mb=embedded.state_cache_mb,
     )
 
 

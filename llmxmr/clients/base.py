@@ -13,7 +13,8 @@ from ..tokens import TokenCounter
 # larger values first, so a run's collapse and reduce go ahead of maps still waiting (its own or
 # other runs'). The steps stay below SGLang's preemption threshold (a difference of more than 10
 # by default) so that they reorder the waiting queue but never evict a map already running.
-SERVER_PRIORITY: dict[str, int] = {"map": 0, "direct": 0, "judge": 0, "collapse": 1, "reduce": 2}
+# Calls of other labels (a harness's own) get the maps' 0.
+SERVER_PRIORITY: dict[str, int] = {"map": 0, "collapse": 1, "reduce": 2}
 
 
 class ChatRequest(BaseModel):

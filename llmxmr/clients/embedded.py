@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -61,6 +62,7 @@ class EmbeddedLlamaClient:
         max_string_chars: int | None = None,
         seed: int = 0,
         extra_buffers: ExtraBuffers = "auto",
+        state_cache_mb: int = 0,
     ) -> None:
         try:
             from llama_cpp import Llama
@@ -79,7 +81,16 @@ class EmbeddedLlamaClient:
             seed=seed,
             verbose=False,
         )
+        if state_cache_mb:
+            # The model's state after each prompt, looked up by the longest shared prefix: a later
+            # question about a chunk read before starts from it instead of reading the chunk again.
+            from llama_cpp import LlamaRAMCache
+
+            self._llama.set_cache(LlamaRAMCache(capacity_bytes=state_cache_mb * 2**20))
         self._lock = asyncio.Lock()
+        # A cancelled call's worker thread runs to its end; the next call waits for it, since one
+        # model cannot decode two prompts at once.
+        self._model_lock = threading.Lock()
         self._max_string_chars = max_string_chars
 
     def describe(self) -> str:
@@ -98,17 +109,31 @@ class EmbeddedLlamaClient:
             kwargs["response_format"] = {"type": "json_object", "schema": schema}
         async with self._lock:
             try:
-                completion = await asyncio.to_thread(self._llama.create_chat_completion, **kwargs)
+                completion, computed = await asyncio.to_thread(self._complete, kwargs)
             except Exception as exc:  # llama.cpp's failures (a prompt over n_ctx, a bad grammar...)
                 raise LLMCallError(f"{self.describe()}: {type(exc).__name__}: {exc}") from exc
         choice = completion["choices"][0]
         usage = completion.get("usage") or {}
+        prompt_tokens = usage.get("prompt_tokens", 0)
         return ChatReply(
             text=choice["message"].get("content") or "",
             finish_reason=choice.get("finish_reason"),
-            prompt_tokens=usage.get("prompt_tokens", 0),
+            prompt_tokens=prompt_tokens,
             completion_tokens=usage.get("completion_tokens", 0),
+            cached_tokens=max(prompt_tokens - computed, 0),
         )
+
+    def _complete(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """One completion, and how many prompt tokens llama.cpp computed for it: llama-cpp-python
+        evaluates only what follows the prefix it shares with the previous prompt, so the rest
+        was reused (``cached_tokens``), which is what a document-first layout and chunk-major
+        order buy in-process. Counted by llama.cpp's own performance counters."""
+        import llama_cpp
+
+        with self._model_lock:
+            llama_cpp.llama_perf_context_reset(self._llama.ctx)
+            completion = self._llama.create_chat_completion(**kwargs)
+            return completion, int(llama_cpp.llama_perf_context(self._llama.ctx).n_p_eval)
 
     async def context_window(self) -> int | None:
         return int(self._llama.n_ctx())

@@ -1,8 +1,9 @@
 """An async client for OpenAI-compatible servers: SGLang first, vLLM, llama.cpp and OpenAI too.
 
 The wire protocol is the ``openai`` package's, over its aiohttp transport (far less CPU per call
-than its default httpx stack, which matters at thousands of calls in flight); its own retries are
-off so that the retry policy (``llmxmr.retry``) is ours, tested, and counted in the trace. What differs between servers (how a
+than its default httpx stack, which matters at thousands of calls in flight). The SDK retries, as
+configured (``max_retries``; its rule is in ``llmxmr.transport``), and reports the retries it took;
+this module only turns what it raises into llmxmr's errors. What differs between servers (how a
 JSON schema is sent, where the context length and the tokenizer are, whether SGLang's request
 ``priority`` applies) is a ``ServerKind``, recognised from the ``owned_by`` field of ``/v1/models``.
 A server of no known kind is asked for ``/workers``: the smg gateway lists its workers there, with
@@ -12,20 +13,22 @@ the context length each serves, since its own ``/v1/models`` has none.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-import httpx
+import aiohttp
 import openai
 from openai.types.chat import ChatCompletion
 
 from ..errors import LLMCallError, LlmxmrError, ServerRefusedError, ServerUnavailableError
-from ..retry import backoff_delay, is_retryable_status, parse_retry_after
 from ..schemas import capped_lengths
-from ..tokens import ServerTokenCounter, TokenCounter
+from ..tokens import TokenCounter
+from .tokenize import ServerTokenCounter
+from ..transport import CONNECT_TIMEOUT_S, ServerEndpoints
 from .base import ChatReply, ChatRequest
 
-CONNECT_TIMEOUT_S = 5.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ class OpenAICompatibleClient:
         self._model_card: dict[str, Any] = {}
         self._workers: list[ListedWorker] = []  # behind a gateway
         self._discovery = asyncio.Lock()
+        self._endpoints: ServerEndpoints | None = None  # /props and /workers, made on first use
         self._counter: ServerTokenCounter | None = None
 
     def _sdk(self) -> openai.AsyncOpenAI:
@@ -148,7 +152,7 @@ class OpenAICompatibleClient:
             self._openai = openai.AsyncOpenAI(
                 base_url=self.base_url,
                 api_key=self._api_key or "EMPTY",
-                max_retries=0,
+                max_retries=self._max_retries,
                 timeout=openai.Timeout(self._timeout_s, connect=CONNECT_TIMEOUT_S),
                 http_client=openai.DefaultAioHttpClient(),
             )
@@ -166,7 +170,7 @@ class OpenAICompatibleClient:
             if self._kind is not None:
                 return
             try:
-                page = await self._with_retries(self._sdk().models.list)
+                page = await self._sent(self._sdk().models.list())
                 cards = [card.model_dump() for card in page.data]
             except LLMCallError:
                 if not self._model:  # without a listing, only a named model can be used
@@ -187,7 +191,7 @@ class OpenAICompatibleClient:
     async def _find_gateway(self) -> ServerKind | None:
         """The gateway kind if the server lists workers as smg does; priorities go through when
         every worker is SGLang."""
-        workers = listed_workers(await asyncio.to_thread(self._get_json, "/workers"))
+        workers = listed_workers(await self._get_json("/workers"))
         if workers is None:
             return None
         self._workers = [worker for worker in workers if self._model in worker.models]
@@ -215,19 +219,19 @@ class OpenAICompatibleClient:
             body["response_format"] = self._kind.response_format(request.schema_name or "output", schema)
         if request.priority is not None and self._kind.priority:
             body["priority"] = request.priority
-        retries = 0
-
-        async def create() -> Any:
-            nonlocal retries
-            retries += 1
-            # The SDK's generic POST, with the body as built here: ``chat.completions.create``
-            # would re-walk every request (the JSON schema included) against its typed parameters,
-            # which cost more CPU per call than the rest of the pipeline together (benchmarks/overhead.py).
-            return await self._sdk().post("/chat/completions", body=body, cast_to=ChatCompletion)
-
-        completion = await self._with_retries(create)
+        # The SDK's generic POST, with the body as built here: ``chat.completions.create`` would
+        # re-walk every request (the JSON schema included) against its typed parameters, which cost
+        # more CPU per call than the rest of the pipeline together (benchmarks/overhead.py). Cast to
+        # the SDK's response rather than straight to ``ChatCompletion``, for its ``retries_taken``.
+        post = self._sdk().post("/chat/completions", body=body, cast_to=openai.AsyncAPIResponse[ChatCompletion])
+        response = await self._sent(post)
+        retries = response.retries_taken
+        try:
+            completion = await response.parse()
+        except ValueError as exc:  # a body that is not JSON (an HTML error page, a cut-off reply)
+            raise LLMCallError(f"{self.describe()} sent an unreadable reply: {exc}", retries) from exc
         if not completion.choices:
-            raise LLMCallError(f"{self.describe()} returned no choices")
+            raise LLMCallError(f"{self.describe()} returned no choices", retries)
         choice = completion.choices[0]
         usage = completion.usage
         details = getattr(usage, "prompt_tokens_details", None) if usage else None
@@ -237,35 +241,38 @@ class OpenAICompatibleClient:
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             cached_tokens=_cached_tokens(completion, details),
-            transport_retries=retries - 1,
+            transport_retries=retries,
         )
 
-    async def _with_retries(self, call: Any) -> Any:
-        for retry in range(self._max_retries + 1):
-            last_try = retry == self._max_retries
-            try:
-                return await call()
-            except openai.APIStatusError as exc:
-                if exc.status_code in (401, 403):
-                    raise ServerRefusedError(self.base_url, exc.status_code, _message(exc)) from exc
-                if last_try or not is_retryable_status(exc.status_code):
-                    raise LLMCallError(
-                        f"{self.describe()} answered HTTP {exc.status_code}: {_message(exc)}", retry
-                    ) from exc
-                delay = backoff_delay(retry, parse_retry_after(exc.response.headers.get("retry-after")))
-            except openai.APIConnectionError as exc:  # timeouts included
-                if last_try and _timed_out(exc):
-                    raise LLMCallError(f"{self.describe()} timed out", retry) from exc
-                if last_try and _never_connected(exc):
-                    raise ServerUnavailableError(self.base_url, _cause(exc)) from exc
-                if last_try:  # it was reached, but dropped this request: this call's failure
-                    raise LLMCallError(f"{self.describe()} dropped the connection: {_cause(exc)}", retry) from exc
-                delay = backoff_delay(retry)
-            except (openai.APIError, ValueError) as exc:  # a body that is not the JSON it should be
-                # (an HTML error page, a cut-off reply): not worth repeating
-                raise LLMCallError(f"{self.describe()} sent an unreadable reply: {exc}", retry) from exc
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable: the last try raises or returns")
+    async def _sent(self, request: Awaitable[T]) -> T:
+        """What the SDK answers, once it has retried what was worth retrying; llmxmr's error if
+        the request failed for good."""
+        try:
+            return await request
+        except openai.APIError as exc:
+            raise self._failure(exc) from exc
+
+    def _failure(self, exc: openai.APIError) -> LlmxmrError:
+        """llmxmr's error for the SDK's: what the run does next depends on it. A refused key or an
+        unreachable server stops the run (``ServerError``); a call that failed, however, fails
+        alone (``LLMCallError``, with the retries taken for the trace)."""
+        retries = _retries_taken(exc)
+        if isinstance(exc, openai.APIStatusError):
+            if exc.status_code in (401, 403):
+                return ServerRefusedError(self.base_url, exc.status_code, _message(exc))
+            return LLMCallError(f"{self.describe()} answered HTTP {exc.status_code}: {_message(exc)}", retries)
+        if not isinstance(exc, openai.APIConnectionError):  # a reply the SDK could not read
+            return LLMCallError(f"{self.describe()} sent an unreadable reply: {exc}", retries)
+        # The SDK's class does not tell these apart: its aiohttp adapter maps every aiohttp
+        # connection error (a refused connection, a server that hung up) to httpx's ConnectTimeout,
+        # which the SDK raises as APITimeoutError. aiohttp's own error, beneath, tells them apart.
+        cause = _aiohttp_error(exc)
+        if isinstance(cause, aiohttp.ServerTimeoutError):
+            return LLMCallError(f"{self.describe()} timed out", retries)
+        if isinstance(cause, aiohttp.ClientConnectorError):  # no connection at all: down, or a wrong URL
+            return ServerUnavailableError(self.base_url, _describe(cause))
+        # It was reached, but dropped this request: this call's failure.
+        return LLMCallError(f"{self.describe()} dropped the connection: {_describe(cause or exc)}", retries)
 
     async def parallel_requests(self) -> int | None:
         """llama-cpp-python's one; llama.cpp's slots (``/props`` ``total_slots``); else unknown."""
@@ -273,7 +280,7 @@ class OpenAICompatibleClient:
         assert self._kind is not None
         if self._kind.parallel_requests is not None or not self._kind.props_path:
             return self._kind.parallel_requests
-        slots = (await asyncio.to_thread(self._get_json, self._kind.props_path) or {}).get("total_slots")
+        slots = (await self._get_json(self._kind.props_path) or {}).get("total_slots")
         return slots if isinstance(slots, int) and slots > 0 else None
 
     async def context_window(self) -> int | None:
@@ -282,7 +289,7 @@ class OpenAICompatibleClient:
         if isinstance(self._model_card.get("max_model_len"), int):
             return self._model_card["max_model_len"]
         if self._kind.props_path:
-            props = await asyncio.to_thread(self._get_json, self._kind.props_path)
+            props = await self._get_json(self._kind.props_path)
             n_ctx = (props or {}).get("default_generation_settings", {}).get("n_ctx")
             return int(n_ctx) if n_ctx else None
         # Behind a gateway, a prompt must fit whichever worker it is sent to.
@@ -312,18 +319,17 @@ class OpenAICompatibleClient:
             self._counter = counter
         return self._counter
 
-    def _get_json(self, path: str) -> dict[str, Any] | None:
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        try:
-            response = httpx.get(server_root(self.base_url) + path, headers=headers, timeout=30.0)
-            response.raise_for_status()
-            return response.json()
-        except (httpx.HTTPError, ValueError):
-            return None
+    async def _get_json(self, path: str) -> Any | None:
+        """The JSON at ``path`` from the server's root, or None (see ``ServerEndpoints.get_json``)."""
+        if self._endpoints is None:  # made here, in the event loop's thread, so only once
+            self._endpoints = ServerEndpoints(server_root(self.base_url), self._api_key)
+        return await asyncio.to_thread(self._endpoints.get_json, path)
 
     async def aclose(self) -> None:
         if self._counter is not None:
             self._counter.close()
+        if self._endpoints is not None:
+            self._endpoints.close()
         if self._openai is not None and self._openai_loop is asyncio.get_running_loop():
             await self._openai.close()
         self._openai = None
@@ -338,34 +344,22 @@ def _message(exc: openai.APIStatusError) -> str:
     return str(exc.message)[:300]
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    chain = [exc]
-    while chain[-1].__cause__ is not None and len(chain) < 16:
-        chain.append(chain[-1].__cause__)
-    return chain
+def _retries_taken(exc: openai.APIError) -> int:
+    """The SDK's count of retries before it gave up. Its errors do not carry ``retries_taken`` as
+    its responses do, but the last request it sent does: as the ``x-stainless-retry-count`` header
+    it tells the server."""
+    return int(exc.request.headers.get("x-stainless-retry-count", 0))
 
 
-def _timed_out(exc: openai.APIConnectionError) -> bool:
-    """Whether the request ran out of time. The SDK's class is not enough: the aiohttp transport's
-    adapter reports every aiohttp connection error (a refused connection, a server that hung up)
-    as a connect timeout. A ``TimeoutError`` among the causes settles it (aiohttp's and asyncio's
-    timeouts are ones); an aiohttp connection error without one is not a timeout."""
-    causes = _causes(exc)[1:]
-    if any(isinstance(cause, TimeoutError) for cause in causes):
-        return True
-    if any(cls.__name__ == "ClientConnectionError" for cause in causes for cls in type(cause).__mro__):
-        return False
-    return isinstance(exc, openai.APITimeoutError)
+def _aiohttp_error(exc: openai.APIConnectionError) -> aiohttp.ClientError | None:
+    """The error aiohttp raised, which the SDK's adapter wraps in an httpx one, which the SDK wraps."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientError):
+            return cause
+        cause = cause.__cause__
+    return None
 
 
-def _never_connected(exc: openai.APIConnectionError) -> bool:
-    """Whether no connection could be opened at all (the server is down or the URL wrong), as
-    opposed to one that was dropped mid-request. Checked by class name along the chain of causes:
-    the SDK wraps the ``ConnectError`` of the httpx it bundles, or aiohttp's own error."""
-    refusals = {"ConnectError", "ClientConnectorError", "ConnectionRefusedError"}
-    return any(cls.__name__ in refusals for cause in _causes(exc)[1:] for cls in type(cause).__mro__)
-
-
-def _cause(exc: openai.APIConnectionError) -> str:
-    cause = exc.__cause__ or exc
-    return f"{type(cause).__name__}: {cause}".strip(": ")[:200]
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".strip(": ")[:200]

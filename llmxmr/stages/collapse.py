@@ -3,31 +3,54 @@ reduce prompt."""
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from ..config import GroundingSettings
 from ..grounding import Citation, carried_forward, contains_phrase
 from ..prompts import ChatMessage, PromptSet
 from ..schemas import CollapseOutput
-from .map import checked_retrieval_answer
+from ..families import QuotingFamily
 from .partials import Partial, render_partials
+
+T = TypeVar("T")
 
 
 def collapse_messages(prompts: PromptSet, question: str, group: list[Partial]) -> list[ChatMessage]:
     return prompts.messages("collapse", question=question, partials=render_partials(group))
 
 
+class Grouper(Generic[T]):
+    """Consecutive groups whose sizes sum to at most ``budget`` (order kept), built one item at a
+    time: a group closes as soon as the next item would not fit it, so a scheduler that receives
+    partials as they finish can start each group's collapse at once. An item over budget gets a
+    group of its own; the caller makes sure two partials always fit together."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._group: list[T] = []
+        self._size = 0
+
+    def add(self, item: T, size: int) -> list[T] | None:
+        """Adds ``item``; returns the group it closed, if any."""
+        closed = None
+        if self._group and self._size + size > self.budget:
+            closed, self._group, self._size = self._group, [], 0
+        self._group.append(item)
+        self._size += size
+        return closed
+
+    def close(self) -> list[T]:
+        """The last group (empty if no item was added)."""
+        last, self._group, self._size = self._group, [], 0
+        return last
+
+
 def group_to_fit(sizes: list[int], budget: int) -> list[range]:
-    """Consecutive groups whose sizes sum to at most ``budget`` (order kept). A size over budget
-    gets a group of its own; the caller makes sure two partials always fit together."""
-    groups: list[range] = []
-    start, total = 0, 0
-    for index, size in enumerate(sizes):
-        if index > start and total + size > budget:
-            groups.append(range(start, index))
-            start, total = index, 0
-        total += size
-    if sizes:
-        groups.append(range(start, len(sizes)))
-    return groups
+    """The groups ``Grouper`` makes of items of these sizes, as index ranges."""
+    grouper: Grouper[int] = Grouper(budget)
+    groups = [closed for index, size in enumerate(sizes) if (closed := grouper.add(index, size))]
+    groups.append(grouper.close())
+    return [range(group[0], group[-1] + 1) for group in groups if group]
 
 
 def pairs(partials: list[Partial]) -> list[list[Partial]]:
@@ -48,7 +71,7 @@ def fallback(group: list[Partial]) -> Partial:
 
 
 def ground_collapse_reply(
-    output: CollapseOutput, group: list[Partial], family: str, settings: GroundingSettings
+    output: CollapseOutput, group: list[Partial], family: QuotingFamily, settings: GroundingSettings
 ) -> tuple[Partial, str | None]:
     """The merged partial answer with the verified quotes it carries forward, and what grounding
     decided (for the trace). A collapse cannot verify anything new: its quotes count when they
@@ -64,14 +87,13 @@ def ground_collapse_reply(
         return fallback(group), "the merged reply dropped the verified answers; the best verified input stands"
     if settings.mode == "off" or supports == {"unchecked"}:
         return Partial(chunk_indices=indices, answer=output, citations=_unique(carried or inputs)), None
-    if carried and family == "retrieval" and output.answer is not None:
-        quoted = "\n".join(citation.quote for citation in carried)
-        if checked_retrieval_answer(output.answer, "", "", quoted)[0] is None:
-            return fallback(group), "the merged value is not written in the quotes it carries; the best verified input stands"
+    problem = family.merged_value_problem(output, carried) if carried else None
+    if problem:
+        return fallback(group), f"{problem}; the best verified input stands"
     if carried:
         return Partial(chunk_indices=indices, answer=output, citations=_unique(carried), support="verified"), None
     if "verified" in supports:
-        if settings.mode == "strict" or family == "retrieval":
+        if settings.mode == "strict" or family.merges_need_a_carried_quote:
             return fallback(group), "the merged answer repeats no verified quote; the best verified input stands"
         verified = [c for p in group if p.support == "verified" for c in p.citations]
         return (

@@ -6,7 +6,6 @@ from ..grounding import Citation, normalise
 from ..prompts import ChatMessage, PromptSet
 from ..schemas import FinalAnswer
 from ..trace import CallRecord
-from .map import checked_retrieval_answer
 from .partials import Partial, render_partials
 
 NOT_FOUND = "The document does not appear to contain the answer"
@@ -91,14 +90,3 @@ def known_chunks(answer: FinalAnswer, partials: list[Partial]) -> FinalAnswer:
     """Keep only supporting chunk indices that the partial answers actually covered."""
     covered = {index for partial in partials for index in partial.chunk_indices}
     return answer.model_copy(update={"supporting_chunks": [i for i in answer.supporting_chunks if i in covered]})
-
-
-def checked_retrieval_final(answer: FinalAnswer, partials: list[Partial]) -> tuple[FinalAnswer, str | None]:
-    """A retrieval answer must come from the partial answers it was reduced from (checked against
-    their chunks and the request) or their found quotes; one that does not gives way to the most
-    confident partial."""
-    source = "\n".join([*(p.answer.answer or "" for p in partials), *(c.quote for p in partials for c in p.citations)])
-    kept, problem = checked_retrieval_answer(answer.answer, "", "", source)
-    if kept is not None:
-        return answer, None
-    return fallback(partials), f"{problem} (of the partial answers); the most confident partial answer stands"

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from llmxmr.cli import main
 
 from .conftest import FILLER, PASS_KEY, SERVER_N_CTX, SMALL_MODEL
+
+pytestmark = pytest.mark.integration
 
 
 def test_small_grid_over_http_then_resume(llama_server, tmp_path):

@@ -68,6 +68,26 @@ def test_pass_key_embedded(passkey_document):
     assert PASS_KEY in result.answer, result.model_dump_json(indent=1, exclude={"trace"})
 
 
+def test_a_pdf_on_the_embedded_model_is_answered_and_cited_by_page(tmp_path):
+    """Three pages of filler with the pass key on page 2: the answer, and page 2 as its source."""
+    pytest.importorskip("pypdfium2")
+    from llmxmr import read_document
+
+    from ..unit.document_fixtures import pdf_bytes
+
+    filler = "The grass is green. The sky is blue. The sun is yellow."
+    pages = ["\n".join([filler] * 30) for _ in range(3)]
+    lines = pages[1].splitlines()
+    lines.insert(12, f"The pass key is {PASS_KEY}. Remember it. {PASS_KEY} is the pass key.")
+    pages[1] = "\n".join(lines)
+    path = tmp_path / "report.pdf"
+    path.write_bytes(pdf_bytes(pages))
+    config = PipelineConfig.load(task_type="retrieval")
+    result = MapReducePipeline(config).run(read_document(str(path)), "What is the pass key?")
+    assert PASS_KEY in result.answer, result.model_dump_json(indent=1, exclude={"trace"})
+    assert result.citations and {citation.page for citation in result.citations} == {2}
+
+
 def test_cli_run_on_a_file(tmp_path):
     """The installed console script, run from outside the checkout: what ``pip install .`` gives a
     user, prompts and configs included."""

@@ -177,7 +177,7 @@ def test_the_command_writes_results_prints_totals_and_resumes(tmp_path, monkeypa
         clients.append(ScriptedClient(responder=reader, counter=WordCounter()))
         return clients[-1]
 
-    monkeypatch.setattr("llmxmr.batch.make_client", new_client)
+    monkeypatch.setattr("llmxmr.executor.make_client", new_client)
     args = ["batch", "--input", str(source), "--out", str(tmp_path / "out"), "--chunk-tokens", "120", "--no-progress"]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output

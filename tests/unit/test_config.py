@@ -48,11 +48,14 @@ def test_sglang_profile_is_valid():
 
 
 @pytest.mark.parametrize("family", TASK_FAMILIES)
-def test_every_family_has_valid_prompts_with_the_chunk_near_the_end(family):
+def test_every_family_lays_its_map_prompt_out_document_first(family):
+    """System (the same for every map call of the family), then the chunk, then the question."""
     prompts = load_prompts(family)
-    messages = prompts.messages("map", question="Q?", chunk="CHUNK-TEXT")
-    user = messages[-1].content
-    assert "CHUNK-TEXT" in user and len(user) - user.index("CHUNK-TEXT") < 250
+    system, user = prompts.messages("map", question="QUESTION-TEXT", chunk="CHUNK-TEXT")
+    assert system.content == prompts.messages("map", question="other", chunk="other")[0].content
+    assert "QUESTION-TEXT" not in system.content and "$" not in system.content
+    assert user.content.index("CHUNK-TEXT") < 20 < user.content.index("QUESTION-TEXT")
+    assert len(user.content) - len("CHUNK-TEXT") - len("QUESTION-TEXT") < 250
     assert "$" not in prompts.collapse.replace("$partials", "").replace("$question", "")
 
 
@@ -61,10 +64,32 @@ def test_prompt_with_unknown_placeholder_is_rejected(tmp_path):
     (root / "shared").mkdir(parents=True)
     (root / "shared" / "system.md").write_text("system")
     (root / "qa").mkdir()
-    (root / "qa" / "map.md").write_text("$question $oops\n$chunk")
+    (root / "qa" / "map.md").write_text("$chunk $question $oops")
+    (root / "qa" / "map_system.md").write_text("instructions")
     (root / "qa" / "collapse.md").write_text("$question $partials")
     (root / "qa" / "reduce.md").write_text("$question $partials")
     with pytest.raises(ConfigError, match="unknown placeholder"):
+        load_prompts("qa", root)
+
+
+@pytest.mark.parametrize(
+    ("map_template", "instructions", "problem"),
+    [
+        ("Question: $question\n<document_part>\n$chunk\n</document_part>", "instructions", "the chunk must come first"),
+        ("<document_part>\n$chunk\n</document_part>\n$question\n" + "x" * 300, "instructions", "short ask"),
+        ("<document_part>\n$chunk\n</document_part>\n$question", "Answer $question", "no placeholder"),
+    ],
+)
+def test_a_map_prompt_that_is_not_document_first_is_rejected(tmp_path, map_template, instructions, problem):
+    root = tmp_path / "prompts"
+    (root / "shared").mkdir(parents=True)
+    (root / "shared" / "system.md").write_text("system")
+    (root / "qa").mkdir()
+    (root / "qa" / "map.md").write_text(map_template)
+    (root / "qa" / "map_system.md").write_text(instructions)
+    (root / "qa" / "collapse.md").write_text("$question $partials")
+    (root / "qa" / "reduce.md").write_text("$question $partials")
+    with pytest.raises(ConfigError, match=problem):
         load_prompts("qa", root)
 
 

@@ -18,7 +18,7 @@ from llmxmr.schemas import MapOutput
 from llmxmr.structured import call_structured
 
 from ..conftest import final_reply, partial_reply
-from ..fake_server import Answer, completion, fake_server, models
+from ..fake_server import Answer, completion, fake_server, models, sdk_waits
 
 REQUEST = ChatRequest(messages=[ChatMessage(role="user", content="hi")], max_tokens=64)
 MODELS = [models("sglang", max_model_len=8192)]
@@ -28,7 +28,7 @@ GOOD = completion("ok")
 @pytest.fixture(autouse=True)
 def _no_backoff(monkeypatch):
     """Retries at once: the tests are about which faults are retried, not how long they wait."""
-    monkeypatch.setattr("llmxmr.clients.openai_compat.backoff_delay", lambda retry, retry_after=None: 0.0)
+    sdk_waits(monkeypatch)
 
 
 def chat(base_url: str, request: ChatRequest = REQUEST, **kwargs):

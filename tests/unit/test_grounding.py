@@ -12,6 +12,7 @@ from llmxmr import MapReducePipeline, PipelineConfig
 from llmxmr.chunking import Chunk
 from llmxmr.clients.base import ChatRequest
 from llmxmr.clients.fake import ScriptedClient
+from llmxmr.families import family
 from llmxmr.grounding import Citation, DocumentIndex, carried_forward, locate_all, normalise
 from llmxmr.schemas import CollapseOutput, MapOutput
 from llmxmr.stages.collapse import ground_collapse_reply
@@ -163,7 +164,7 @@ def test_a_collapse_cannot_pass_off_a_truncated_value_as_verified():
     settings = PipelineConfig.load().grounding
     for quotes in (["The pass key is 7143"], ["secret"], [verified.quote]):
         merged = CollapseOutput(extracted_information="", evidence=quotes, rationale="", answer="7143", confidence=5)
-        partial, check = ground_collapse_reply(merged, group, "retrieval", settings)
+        partial, check = ground_collapse_reply(merged, group, family("retrieval"), settings)
         assert partial.answer.answer == "71432" and check is not None and "best verified input stands" in check
 
 
@@ -419,7 +420,7 @@ def test_citations_appear_in_the_cli_output_and_json(monkeypatch, tmp_path):
     payload = json.loads(CliRunner().invoke(main, [*base, "--json"]).stdout)
     assert payload["citations"] == [
         {"chunk": payload["citations"][0]["chunk"], "start": WITH_KEY.index(KEY), "end": WITH_KEY.index(KEY) + len(KEY),
-         "line": line, "quote": KEY, "match": "exact", "score": 100.0}
+         "line": line, "quote": KEY, "match": "exact", "score": 100.0, "page": None, "section": [], "location": None}
     ]
     unchecked = CliRunner().invoke(main, [*base, "--grounding", "off"])
     assert unchecked.exit_code == 0 and unchecked.stdout.splitlines()[0] == "55555"  # the flag took effect

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from llmxmr import MapReducePipeline, PipelineConfig
-from llmxmr.bench._batch import default_in_flight
+from llmxmr.executor import default_in_flight
 from llmxmr.bench.infinitebench.runner import BatchRun
 from llmxmr.cli import main
 from llmxmr.clients.base import ChatReply, ChatRequest
@@ -22,7 +22,8 @@ from llmxmr.clients.openai_compat import server_root
 from llmxmr.prompts import ChatMessage
 from llmxmr.schemas import MapOutput
 from llmxmr.structured import call_structured, rescue_string_chars
-from llmxmr.tokens import ServerTokenCounter, TiktokenCounter
+from llmxmr.clients.tokenize import ServerTokenCounter
+from llmxmr.tokens import TiktokenCounter
 
 from ..conftest import WordCounter, final_reply, partial_reply
 from ..fake_server import Answer, fake_server, models

@@ -11,8 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import default_sigint, final_reply, partial_reply
 from tests.fake_server import Answer, completion, fake_server, models
+
+# Real llmxmr processes killed and resumed: end to end, and slow, so out of the fast lane.
+pytestmark = pytest.mark.integration
 
 EXAMPLES = 60
 
@@ -113,6 +118,36 @@ def test_ctrl_c_stops_cleanly_keeps_finished_work_and_says_how_to_resume(tmp_pat
         finished = subprocess.run(command(server.base_url, data, out), capture_output=True, timeout=300)
         assert finished.returncode == 0, finished.stderr.decode()
     assert sorted(predictions(out)) == [(i, str(10000 + i)) for i in range(EXAMPLES)]
+
+
+def test_a_second_run_on_the_same_folder_is_refused_and_nothing_is_written_twice(tmp_path):
+    """Measured before the lock: two overlapping runs on one folder wrote every finished example
+    twice. The second is refused in one line that names the folder and the first run's process."""
+    import threading
+
+    data = tmp_path / "data"
+    write_data(data)
+    out = tmp_path / "out"
+    opened = threading.Event()  # the first run holds its examples' calls until the second is refused
+
+    def held(body: dict) -> Answer:
+        opened.wait(60)
+        return respond(body)
+
+    with fake_server({"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": held}) as server:
+        first = subprocess.Popen(command(server.base_url, data, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        while first.poll() is None and not server.arrivals:  # the lock is taken before any request
+            time.sleep(0.005)
+        second = subprocess.run(command(server.base_url, data, out), capture_output=True, timeout=120)
+        opened.set()
+        _, stderr = first.communicate(timeout=300)
+        assert first.returncode == 0, stderr.decode()
+    assert second.returncode == 2
+    assert second.stderr.decode().splitlines() == [
+        f"error: {out} is being written by process {first.pid}; wait for it to end or use another --out"
+    ]
+    written = predictions(out)
+    assert len(written) == len({i for i, _ in written}) == EXAMPLES
 
 
 def respond_niah(body: dict) -> Answer:

@@ -154,7 +154,7 @@ def test_grid_means_and_missing_cells():
 
 def test_cli_writes_heatmap_csv_summary_and_redraws(tmp_path, haystack, monkeypatch):
     client = ScriptedClient(responder=reader, counter=WordCounter())
-    monkeypatch.setattr("llmxmr.bench.niah.runner.make_client", lambda config: client)
+    monkeypatch.setattr("llmxmr.executor.make_client", lambda config: client)
     out = tmp_path / "run"
     args = ["bench", "niah", "--haystack", str(haystack), "--lengths", "400,800", "--depths", "0:100:3", "--buffer", "50"]
     args += ["--chunk-tokens", "150", "--out", str(out), "--no-progress"]
@@ -181,7 +181,7 @@ def test_cli_writes_heatmap_csv_summary_and_redraws(tmp_path, haystack, monkeypa
 
 def test_cli_task_type_comes_from_config_unless_the_flag_says_otherwise(tmp_path, haystack, monkeypatch):
     client = ScriptedClient(responder=reader, counter=WordCounter())
-    monkeypatch.setattr("llmxmr.bench.niah.runner.make_client", lambda config: client)
+    monkeypatch.setattr("llmxmr.executor.make_client", lambda config: client)
     mine = tmp_path / "mine.yaml"
     mine.write_text("task_type: qa\n")
 
@@ -203,7 +203,7 @@ def test_cli_task_type_comes_from_config_unless_the_flag_says_otherwise(tmp_path
 
 def test_cli_needle_options_are_checked(tmp_path, haystack, monkeypatch):
     client = ScriptedClient(responder=reader, counter=WordCounter())  # never the embedded model
-    monkeypatch.setattr("llmxmr.bench.niah.runner.make_client", lambda config: client)
+    monkeypatch.setattr("llmxmr.executor.make_client", lambda config: client)
 
     def invoke(*extra):
         args = ["bench", "niah", "--haystack", str(haystack), "--out", str(tmp_path / "o"), *extra]

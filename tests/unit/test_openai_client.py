@@ -12,7 +12,7 @@ from llmxmr.errors import LLMCallError, ServerRefusedError
 from llmxmr.prompts import ChatMessage
 from llmxmr.schemas import MapOutput, json_schema
 
-from ..fake_server import Answer, completion, fake_server, models
+from ..fake_server import Answer, completion, fake_server, models, sdk_waits
 
 REQUEST = ChatRequest(
     messages=[ChatMessage(role="user", content="hi")],
@@ -77,16 +77,7 @@ def test_llama_server_window_from_props():
 
 
 def test_retries_5xx_and_429_honouring_retry_after(monkeypatch):
-    from llmxmr.clients import openai_compat
-
-    waits: list[float] = []
-
-    def recorded(retry: int, retry_after: float | None = None) -> float:
-        waits.append(openai_compat.backoff_delay.__wrapped__(retry, retry_after))
-        return 0.0  # the test does not sleep
-
-    recorded.__wrapped__ = openai_compat.backoff_delay  # type: ignore[attr-defined]
-    monkeypatch.setattr(openai_compat, "backoff_delay", recorded)
+    waits = sdk_waits(monkeypatch)
     scripts = {
         "/v1/models": [models("vllm")],
         "/v1/chat/completions": [
@@ -140,12 +131,14 @@ def test_a_refused_key_stops_the_run_without_retry(status):
     assert sum(1 for path, _ in server.requests if path == "/v1/chat/completions") == 1
 
 
-def test_gives_up_after_max_retries():
-    scripts = {"/v1/models": [models("sglang")], "/v1/chat/completions": [Answer(500, {"error": {"message": "boom"}}, {"Retry-After": "0"})]}
+def test_gives_up_after_max_retries(monkeypatch):
+    sdk_waits(monkeypatch)
+    scripts = {"/v1/models": [models("sglang")], "/v1/chat/completions": [Answer(500, {"error": {"message": "boom"}})]}
     with fake_server(scripts) as server:
-        with pytest.raises(LLMCallError, match="HTTP 500: boom"):
+        with pytest.raises(LLMCallError, match="HTTP 500: boom") as failure:
             use(server.base_url, lambda c: c.chat(REQUEST), max_retries=2)
     assert sum(1 for path, _ in server.requests if path == "/v1/chat/completions") == 3
+    assert failure.value.transport_retries == 2
 
 
 def test_named_model_is_used_and_api_key_sent():

@@ -67,16 +67,17 @@ def test_map_then_reduce_over_informative_chunks_only():
     assert not client.closed  # a client given by the caller stays open
 
 
-def test_map_prompts_share_a_prefix_and_put_the_chunk_last():
+def test_map_prompts_share_the_instructions_and_put_the_question_after_the_chunk():
     client = new_client()
-    run(client)
+    result = run(client)
     maps = [r for r in client.requests if r.schema_name == "MapOutput"]
     systems = {r.messages[0].content for r in maps}
-    assert len(systems) == 1
-    users = [r.messages[1].content for r in maps]
-    prefix = users[0][: users[0].index("<document_part>")]
-    assert all(u.startswith(prefix) for u in users)
-    assert "What is the code?" in prefix
+    assert len(systems) == 1 and "What is the code?" not in systems.pop()
+    for request in maps:
+        user = request.messages[1].content
+        chunk = next(DOCUMENT[c.start : c.end] for c in result.chunks if DOCUMENT[c.start : c.end] in user)
+        assert user.startswith(f"<document_part>\n{chunk}")  # the chunk first: a prefix every question shares
+        assert user.index("What is the code?") > len(chunk)
     assert len({r.json_schema is not None and str(r.json_schema) for r in maps}) == 1
 
 
@@ -205,10 +206,10 @@ def test_empty_question_and_document():
     ],
 )
 def test_retrieval_answers_are_checked_against_the_chunk_and_the_request(answer, evidence, kept, reason):
-    from llmxmr.stages.map import checked_retrieval_answer
+    from llmxmr.families.retrieval import checked_value
 
     chunk = "The sun is yellow. The pass key is 71432. Remember it."
-    got, why = checked_retrieval_answer(answer, evidence, "What is the pass key?", chunk)
+    got, why = checked_value(answer, evidence, "What is the pass key?", chunk)
     assert got == kept
     assert (why is None) if reason is None else (reason in why)
 

@@ -5,46 +5,47 @@ Each task's predictions go to ``<out>/preds_<task>.jsonl`` in the official forma
 disk the moment its example finishes, so a killed run loses at most the examples in flight; a
 rerun skips every id already written (a half-written last line is cut off first). Several
 examples run at once through one client, their chunk calls within one budget of
-``llm.concurrency`` calls in flight for the task (``llmxmr.batch``'s engine, shared).
+``llm.concurrency`` calls in flight for the task (``llmxmr.executor``, the engine of
+``llmxmr batch``).
 """
 
 from __future__ import annotations
 
-import sys
-import time
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
-from tqdm import tqdm
 
-from ...clients import make_client
 from ...clients.base import LLMClient
 from ...config import PipelineConfig
 from ...direct import answer_directly
-from ...budget import concurrency_of
 from ...errors import UsageError
-from ...pipeline import MapReducePipeline
-from ...scheduling import CallBudget
-from ...trace import Trace
-from .._batch import (
-    Method,
-    append_line,
+from ...executor import (
+    Executor,
+    Job,
+    JsonLines,
+    RunStats,
+    Shared,
     check_same_model,
-    default_in_flight,
-    finished_lines,
     pin_source,
     require_complete,
-    run_each,
     summed_usage,
+    write_atomically,
 )
-from .data import read_examples
+from ...pipeline import MapReducePipeline
+from ...trace import Trace
+from .. import Method
+from .data import DataSource, read_examples
 from .scorers import SCORERS, score_predictions
 from .tasks import Example, direct_messages, ground_truth, question_for, task_config
 
 # Records the SHA-256 of each task's data file, so a resumed run reads the same examples.
 SOURCES_FILE = "sources.json"
+SUMMARY_FILE = "summary.json"
+# Examples at once on a server that batches requests (fewer where the server runs fewer at once).
+EXAMPLES_ON_SERVER = 8
 
 
 class Prediction(BaseModel):
@@ -97,80 +98,57 @@ class BatchRun:
         self.method = method
         self._config_path = config_path
         self._overrides = overrides or {}
-        self._examples_in_flight = examples_in_flight
-        self._client = client
-        self._progress = progress
-        self._log = log or (lambda line: tqdm.write(line, file=sys.stderr))
+        self._executor = Executor(self.out_dir, client=client, in_flight=examples_in_flight, progress=progress, log=log)
 
     def config_for(self, task: str) -> PipelineConfig:
         return PipelineConfig.load(self._config_path, preset=task_config(task).pipeline, **self._overrides)
 
     async def run(self, tasks: Sequence[str], files: dict[str, Path], limit: int | None = None) -> list[TaskReport]:
         """Runs the first ``limit`` examples of ``files[task]`` for each task, in turn."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         configs = {task: self.config_for(task) for task in tasks}
-        for task in tasks:  # every data file is checked before hours are spent on the first task
-            pin_source(self.out_dir / SOURCES_FILE, task, files[task])
-        client = self._client or make_client(configs[tasks[0]])
-        try:
-            return [
-                await self._run_task(task, configs[task], client, read_examples(files[task], limit)) for task in tasks
-            ]
-        finally:
-            if self._client is None:
-                await client.aclose()
+        async with self._executor:
+            for task in tasks:  # every data file is checked before hours are spent on the first task
+                pin_source(self.out_dir / SOURCES_FILE, task, files[task])
+            return [await self._run_task(task, configs[task], read_examples(files[task], limit)) for task in tasks]
 
-    async def _run_task(
-        self, task: str, config: PipelineConfig, client: LLMClient, examples: list[Example]
-    ) -> TaskReport:
+    async def _run_task(self, task: str, config: PipelineConfig, examples: list[Example]) -> TaskReport:
         path = self.out_dir / f"preds_{task}.jsonl"
         finished = read_finished(path, self.method)
-        done = {str(p.id) for p in finished}
-        todo = [example for example in examples if str(example.id) not in done]
-        started = time.perf_counter()
-        if not todo:  # resumed and complete: the server is not asked anything
-            return self._report(task, path, 0, 0, 0.0)
-        calls = CallBudget(await concurrency_of(config, client))
 
-        async def predict(example: Example) -> Prediction:
-            prediction = await self._predict(task, config, client, calls, example)
+        async def predict(example: Example, shared: Shared) -> Prediction:
+            prediction = await self._predict(task, config, shared, example)
             check_same_model((p.model for p in finished), prediction.model, path)
             return prediction
 
-        with path.open("a", encoding="utf-8") as sink:
-            failures = await run_each(
-                todo,
-                predict,
-                lambda example, prediction: append_line(sink, prediction.model_dump_json()),
-                in_flight=self._examples_in_flight or await default_in_flight(client, 8),
-                label=lambda example: f"{task} example {example.id}",
-                desc=task,
-                unit="example",
-                progress=self._progress,
-                log=self._log,
-            )
-        new = len(read_finished(path, self.method)) - len(finished)
-        return self._report(task, path, new, failures, time.perf_counter() - started)
+        job = Job(
+            name=task,
+            unit="example",
+            items=examples,
+            key=lambda example: str(example.id),
+            work=predict,
+            sink=_predictions_file(path),
+            config=config,
+            on_server=EXAMPLES_ON_SERVER,
+        )
+        return self._report(task, path, await self._executor.run(job))
 
-    async def _predict(
-        self, task: str, config: PipelineConfig, client: LLMClient, calls: CallBudget, example: Example
-    ) -> Prediction:
+    async def _predict(self, task: str, config: PipelineConfig, shared: Shared, example: Example) -> Prediction:
         label = ground_truth(task, example)
         if self.method == "direct":
             direct = await answer_directly(
-                client,
+                shared.client,
                 config,
                 lambda context: direct_messages(task, example, context),
                 example.context,
                 task_config(task).direct_max_tokens,
             )
             return _prediction(example, label, "direct", direct.answer, direct.model, True, direct.trace)
-        pipeline = MapReducePipeline(config, client=client, budget=calls)
+        pipeline = MapReducePipeline(config, client=shared.client, budget=shared.calls)
         result = await pipeline.arun(example.context, question_for(task, example))
         require_complete(result.trace)
         return _prediction(example, label, "mr", result.answer, result.model, result.found, result.trace)
 
-    def _report(self, task: str, path: Path, new: int, failures: int, run_time_s: float) -> TaskReport:
+    def _report(self, task: str, path: Path, stats: RunStats) -> TaskReport:
         finished = read_finished(path, self.method)
         rows = [p.model_dump() for p in finished]
         return TaskReport(
@@ -180,9 +158,9 @@ class BatchRun:
             scores={scorer: score_predictions(task, rows, scorer) for scorer in SCORERS} if rows else {},
             **summed_usage(finished),
             example_time_s=round(sum(p.wall_time_s for p in finished), 3),
-            run_time_s=round(run_time_s, 3),
-            new=new,
-            failed_examples=failures,
+            run_time_s=stats.run_time_s,
+            new=stats.new,
+            failed_examples=stats.failed,
         )
 
 
@@ -207,16 +185,26 @@ def _prediction(
 
 def read_finished(path: Path, method: Method) -> list[Prediction]:
     """The predictions already in ``path`` (a half-written last line is cut off)."""
-    finished = []
-    for number, line in finished_lines(path):
-        try:
-            prediction = Prediction.model_validate_json(line)
-        except ValueError as exc:
-            raise UsageError(f"{path}:{number} is not a prediction written by llmxmr; use another --out") from exc
-        if prediction.method != method:
-            raise UsageError(f"{path} holds --method {prediction.method} predictions; use another --out")
-        finished.append(prediction)
+    finished = _predictions_file(path).read()
+    other = next((p.method for p in finished if p.method != method), None)
+    if other is not None:
+        raise UsageError(f"{path} holds --method {other} predictions; use another --out")
     return finished
+
+
+def _predictions_file(path: Path) -> JsonLines[Prediction]:
+    return JsonLines(path, Prediction, lambda prediction: str(prediction.id), "a prediction written by llmxmr")
+
+
+def write_summary(out_dir: str | Path, method: Method, source: DataSource, reports: list[TaskReport]) -> dict[str, Any]:
+    """``<out>/summary.json``: the run's data source and every task's report, written whole."""
+    summary = {
+        "method": method,
+        "data": source.model_dump(exclude_none=True),
+        "tasks": [report.model_dump() for report in reports],
+    }
+    write_atomically(Path(out_dir) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def format_table(reports: list[TaskReport]) -> str:

@@ -10,33 +10,33 @@ flight share one budget of ``llm.concurrency`` calls, as a batch's documents do.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from string import Template
 
 from pydantic import BaseModel, Field, computed_field
-from tqdm import tqdm
 
-from ...budget import concurrency_of
-from ...clients import make_client
 from ...clients.base import LLMClient
 from ...config import PipelineConfig
 from ...direct import answer_directly
 from ...errors import LlmxmrError, UsageError
+from ...executor import Executor, Job, JsonFiles, Shared, check_same_model, require_complete, write_atomically
+from ...families.retrieval import names_request
 from ...grounding import Citation
 from ...pipeline import MapReducePipeline
 from ...prompts import ChatMessage, prompt_file
-from ...scheduling import CallBudget
 from ...structured import call_structured
 from ...trace import Trace
-from .._batch import Method, check_same_model, default_in_flight, require_complete, run_each, write_atomically
+from .. import Method
 from .haystack import Placement, build_context, check_lengths, load_haystack
 from .needles import NeedleSet, recall
+
 # What the direct baseline may answer: the reference test's answers are a sentence or two.
 DIRECT_MAX_TOKENS = 128
 JUDGE_MAX_TOKENS = 32
+# Cells at once on a server that batches requests (fewer where the server runs fewer at once).
+CELLS_ON_SERVER = 4
 
 
 class RunSettings(BaseModel):
@@ -116,57 +116,48 @@ class NiahRun:
         self.settings = settings
         self.out_dir = Path(out_dir)
         self.config = config
-        self._cells_in_flight = cells_in_flight
-        self._client = client
-        self._progress = progress
-        self._log = log or (lambda line: tqdm.write(line, file=sys.stderr))
+        self._executor = Executor(self.out_dir, client=client, in_flight=cells_in_flight, progress=progress, log=log)
+        self._haystack: list[int] = []
+        self._recorded_models: list[str] = []
         self.failed_cells = 0
 
     async def run(self, lengths: list[int], depths: list[float]) -> list[CellResult]:
         """Runs every unfinished cell; returns all finished cells of the run folder."""
         check_lengths(lengths, self.settings.needles.needles, self.settings.buffer)
-        cells_dir = self.out_dir / "cells"
-        cells_dir.mkdir(parents=True, exist_ok=True)
-        check_settings(self.out_dir, self.settings)
-        todo = [(n, d) for n in lengths for d in depths if not (cells_dir / f"{cell_name(n, d)}.json").exists()]
-        if todo:
-            haystack = await asyncio.to_thread(load_haystack, self.settings.haystack, max(lengths))
-            client = self._client or make_client(self.config)
-            try:
-                await self._run_cells(todo, haystack, client, cells_dir)
-            finally:
-                if self._client is None:
-                    await client.aclose()
+        check_question(self.settings)
+        async with self._executor:
+            (self.out_dir / "cells").mkdir(parents=True, exist_ok=True)
+            check_settings(self.out_dir, self.settings)
+            job = Job(
+                name="niah",
+                unit="cell",
+                items=[(n, d) for n in lengths for d in depths],
+                key=lambda cell: cell_name(*cell),
+                work=self._run_cell,
+                sink=JsonFiles(self.out_dir / "cells"),
+                config=self.config,
+                on_server=CELLS_ON_SERVER,
+                prepare=lambda: self._prepare(max(lengths)),
+            )
+            self.failed_cells = (await self._executor.run(job)).failed
         return load_cells(self.out_dir)
 
-    async def _run_cells(
-        self, todo: list[tuple[int, float]], haystack: list[int], client: LLMClient, cells_dir: Path
-    ) -> None:
-        recorded = [cell.model for cell in load_cells(self.out_dir)]
-        calls = CallBudget(await concurrency_of(self.config, client))
+    async def _prepare(self, longest: int) -> None:
+        """What only running cells needs: the haystack, and the model of the cells already written."""
+        self._haystack = await asyncio.to_thread(load_haystack, self.settings.haystack, longest)
+        self._recorded_models = [cell.model for cell in load_cells(self.out_dir)]
 
-        async def run_cell(cell: tuple[int, float]) -> CellResult:
-            result = await self._cell(haystack, *cell, client, calls, calls.join())
-            check_same_model(recorded, result.model, self.out_dir)
-            return result
+    async def _run_cell(self, cell: tuple[int, float], shared: Shared) -> CellResult:
+        result = await self._cell(*cell, shared)
+        check_same_model(self._recorded_models, result.model, self.out_dir)
+        return result
 
-        self.failed_cells = await run_each(
-            todo,
-            run_cell,
-            lambda cell, result: write_atomically(cells_dir / f"{cell_name(*cell)}.json", result.model_dump_json(indent=2)),
-            in_flight=self._cells_in_flight or await default_in_flight(client, 4),
-            label=lambda cell: f"cell {cell_name(*cell)}",
-            desc="niah",
-            unit="cell",
-            progress=self._progress,
-            log=self._log,
-        )
-
-    async def _cell(
-        self, haystack: list[int], length: int, depth: float, client: LLMClient, calls: CallBudget, place: int
-    ) -> CellResult:
+    async def _cell(self, length: int, depth: float, shared: Shared) -> CellResult:
+        client, calls, place = shared.client, shared.calls, shared.calls.join()
         needles = self.settings.needles
-        context = await asyncio.to_thread(build_context, haystack, needles.needles, length, depth, self.settings.buffer)
+        context = await asyncio.to_thread(
+            build_context, self._haystack, needles.needles, length, depth, self.settings.buffer
+        )
         started = time.perf_counter()
         if self.settings.method == "direct":
             async with calls.slot("direct", place):
@@ -254,6 +245,19 @@ def judge_messages(needles: NeedleSet, response: str) -> list[ChatMessage]:
 
 def _holds_expected(needle: str, expected: list[str]) -> bool:
     return any(value.lower() in needle.lower() for value in expected)
+
+
+def check_question(settings: RunSettings) -> None:
+    """Refuses a run that would score 0 whatever the model did: map-reduce's retrieval check keeps
+    only values from sentences that name what the question asks for, so a question sharing no word
+    with its needle has nothing to keep."""
+    if settings.method != "mr" or settings.task_type != "retrieval":
+        return
+    if not names_request(settings.needles.needles[0], settings.needles.question):
+        raise UsageError(
+            "the question shares no word with the needle: map-reduce's retrieval check keeps only "
+            "values from sentences that name what the question asks for; reword it, or pass --task-type qa"
+        )
 
 
 def check_settings(out_dir: Path, settings: RunSettings) -> None:

@@ -1,0 +1,103 @@
+"""Retrieval (pass keys, key-value pairs, needles): the value asked for is written in the text.
+
+So a value counts only if it is written in the found quotes that name what the request asks for
+(the pass key, the key of a pair), and the final answer only if it comes from the checked partial
+answers. The retrieval prompt asks for the sentence holding the value, copied exactly, as the
+extracted information: it is looked up as a quote too.
+"""
+
+from __future__ import annotations
+
+from ..chunking import Chunk
+from ..config import GroundingSettings
+from ..grounding import WORD, Citation, DocumentIndex, content_words, locate_all, normalise, sentences_of
+from ..schemas import CollapseOutput, FinalAnswer, MapOutput
+from ..stages.partials import Partial
+from .base import GroundedReply, QuotingFamily, partial_of
+from .workarounds import evidence_for_an_unwritten_answer, sentences_for_a_null_answer
+
+
+class RetrievalFamily(QuotingFamily):
+    merges_need_a_carried_quote = True
+
+    def quotes_of(self, output: MapOutput) -> list[str]:
+        return [*output.evidence, output.extracted_information]
+
+    def ground_map(
+        self, output: MapOutput, chunk: Chunk, document: DocumentIndex, question: str, settings: GroundingSettings
+    ) -> GroundedReply:
+        if settings.mode == "off":
+            return super().ground_map(output, chunk, document, question, settings)
+        if not output.has_information and not output.extracted_information.strip():
+            return GroundedReply(None, None)
+        citations = locate_all(self.quotes_of(output), chunk, document, settings.fuzzy_threshold)
+        found = f"{len(citations)} quote(s) found in the text"
+        if not output.has_information and not citations:
+            return GroundedReply(None, None)  # an empty reply with no quote: nothing was claimed
+        if not citations:
+            return GroundedReply(None, f"{found}: unsupported, counts as no information")
+        naming = [citation for citation in citations if names_request(citation.quote, question)]
+        # Within a quote of several sentences, only those naming the request may hold the value.
+        quoted = "\n".join(
+            sentence for c in naming for sentence in sentences_of(c.quote) if names_request(sentence, question)
+        )
+        if not quoted:
+            return GroundedReply(None, f"{found}, none naming what the request asks for: counts as no information")
+        if output.answer is None:
+            answer, problem = sentences_for_a_null_answer(quoted)
+        else:
+            answer, problem = checked_value(output.answer, quoted, question, quoted)
+        if answer is None:
+            return GroundedReply(None, f"{found}, but {problem}: counts as no information")
+        # What the partial keeps as its information is the found sentences, not the reply's own
+        # text: a later stage must not read an invented sentence as the document's.
+        supported = output.model_copy(update={"answer": answer, "extracted_information": quoted})
+        return GroundedReply(partial_of(supported, chunk, naming, "verified"), f"{found}; {problem}" if problem else found)
+
+    def merged_value_problem(self, output: CollapseOutput, carried: list[Citation]) -> str | None:
+        if output.answer is None:
+            return None
+        quoted = "\n".join(citation.quote for citation in carried)
+        if checked_value(output.answer, "", "", quoted)[0] is None:
+            return "the merged value is not written in the quotes it carries"
+        return None
+
+    def checked_final(self, answer: FinalAnswer, partials: list[Partial]) -> tuple[FinalAnswer | None, str | None]:
+        """The final value must come from the partial answers it was reduced from (checked against
+        their chunks and the request) or their found quotes."""
+        source = "\n".join([*(p.answer.answer or "" for p in partials), *(c.quote for p in partials for c in p.citations)])
+        kept, problem = checked_value(answer.answer, "", "", source)
+        if kept is not None:
+            return answer, None
+        return None, f"{problem} (of the partial answers)"
+
+
+def names_request(text: str, request: str) -> bool:
+    """Whether ``text`` shares a content word with ``request`` (any text does, for a request of
+    stopwords only): a sentence that holds a requested value names what it is the value of."""
+    wanted = content_words(request)
+    return not wanted or bool(wanted & content_words(text))
+
+
+def checked_value(answer: str, evidence: str, request: str, text: str) -> tuple[str | None, str | None]:
+    """The value a retrieval reply may contribute, and what the check decided (None: kept as is).
+
+    A value counts only if every content word of it occurs in ``text`` (any word with a digit;
+    other words of three letters or more that are not stopwords, so "The answer is 71432" passes on
+    "71432"), and the value or its evidence shares such a word with the request."""
+    problem = value_problem(answer, evidence, request, text)
+    if problem is None:
+        return answer, None
+    return evidence_for_an_unwritten_answer(problem, evidence, value_problem(evidence, "", request, text) is None)
+
+
+def value_problem(answer: str, evidence: str, request: str, text: str) -> str | None:
+    answer_words = content_words(answer, keep_digits=True)
+    if answer_words - set(WORD.findall(text.casefold())) or (
+        not answer_words and normalise(answer).text not in normalise(text).text
+    ):
+        return "the answer does not occur in the chunk"
+    wanted = content_words(request)
+    if wanted and not wanted & content_words(f"{answer} {evidence}"):
+        return "neither the answer nor its evidence mentions what the request asks for"
+    return None
