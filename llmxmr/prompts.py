@@ -46,18 +46,23 @@ class PromptSet(BaseModel):
 
     family: str
     system: str
-    map_system: str  # the family's map instructions, which the map calls' system message ends with
+    map_system: str  # the family's map instructions: every map call's user message begins with them
     map: str
     collapse: str
     reduce: str
 
     def messages(self, stage: Stage, **values: str) -> list[ChatMessage]:
-        template = Template(getattr(self, stage))
-        system = f"{self.system}\n\n{self.map_system}" if stage == "map" else self.system
-        return [
-            ChatMessage(role="system", content=system),
-            ChatMessage(role="user", content=template.substitute(values)),
-        ]
+        user = Template(getattr(self, stage)).substitute(values)
+        if stage == "map":
+            user = self.map_head + user
+        return [ChatMessage(role="system", content=self.system), ChatMessage(role="user", content=user)]
+
+    @property
+    def map_head(self) -> str:
+        """What every map call's user message begins with: the family's map instructions. They
+        open the user message rather than close the system message: the prefix is as fixed either
+        way, and the bundled SmolLM2 follows them there (4 of 6 needles found against 3 of 6)."""
+        return f"{self.map_system}\n\n"
 
 
 def _placeholders(text: str) -> set[str]:

@@ -46,6 +46,34 @@ def _bugs_raise(monkeypatch):
     monkeypatch.setenv("LLMXMR_RAISE_ERRORS", "1")
 
 
+@pytest.fixture
+def chunkings(monkeypatch) -> list[int]:
+    """How often the pipeline chunks a document, and into how many chunks: one entry per reading."""
+    from llmxmr import pipeline
+
+    counted: list[int] = []
+    original = pipeline.chunk_text
+
+    def counting(*args, **kwargs):
+        counted.append(len(chunks := original(*args, **kwargs)))
+        return chunks
+
+    monkeypatch.setattr(pipeline, "chunk_text", counting)
+    return counted
+
+
+def map_parts(request) -> tuple[str, str]:
+    """The chunk of a map request and what follows it (the question)."""
+    after = request.messages[-1].content.rsplit("<document_part>", 1)[1]
+    chunk, question = after.split("</document_part>", 1)
+    return chunk, question
+
+
+def map_requests(client) -> list:
+    """The map requests a scripted client received, in order."""
+    return [request for request in client.requests if request.schema_name == "MapOutput"]
+
+
 def partial_reply(
     answer: str | None,
     confidence: float = 4.0,

@@ -8,7 +8,6 @@ text's own words stand for the answer.
 
 from __future__ import annotations
 
-
 def sentences_for_a_null_answer(quoted: str) -> tuple[str, str]:
     """A retrieval reply that copies the needle into its quotes and still answers null (SmolLM2
     with the NIAH needle at 8k tokens, depth 100): the found sentences that name the request stand

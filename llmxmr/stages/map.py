@@ -4,6 +4,7 @@ checked against the text by the task family (``llmxmr.families``)."""
 from __future__ import annotations
 
 import re
+from string import Template
 
 from ..prompts import ChatMessage, PromptSet
 
@@ -23,6 +24,16 @@ def quote_as_data(chunk_text: str) -> str:
 
 
 def map_messages(prompts: PromptSet, question: str, chunk_text: str) -> list[ChatMessage]:
-    """System message, then instructions and question, then the chunk: a prefix shared by all
-    map calls of a run."""
+    """The system message and the map instructions (shared by every map call of the family), then
+    the chunk, then the question (see ``prompts``: the template is checked for this layout)."""
     return prompts.messages("map", question=question, chunk=quote_as_data(chunk_text))
+
+
+def map_prefix(prompts: PromptSet, chunk_text: str) -> list[ChatMessage]:
+    """What the map messages of every question about this chunk begin with: the system message and
+    the instructions, then the user message up to the end of the chunk (its opening tag and the
+    chunk). A prefix cache computes this once per chunk."""
+    *shared, user = map_messages(prompts, "", chunk_text)
+    head = Template(prompts.map[: prompts.map.index("$chunk")]).substitute()  # the opening tag: no placeholder
+    end = len(prompts.map_head) + len(head) + len(quote_as_data(chunk_text))
+    return [*shared, user.model_copy(update={"content": user.content[:end]})]

@@ -13,7 +13,7 @@ import pytest
 from llmxmr import MapReducePipeline, PipelineConfig
 from llmxmr.clients.openai_compat import OpenAICompatibleClient
 
-from .conftest import PASS_KEY, SERVER_N_CTX, SMALL_MODEL, haystack
+from .conftest import FILLER, PASS_KEY, SERVER_N_CTX, SMALL_MODEL, TASK, haystack
 
 pytestmark = pytest.mark.integration
 
@@ -75,11 +75,9 @@ def test_a_pdf_on_the_embedded_model_is_answered_and_cited_by_page(tmp_path):
 
     from ..unit.document_fixtures import pdf_bytes
 
-    filler = "The grass is green. The sky is blue. The sun is yellow."
-    pages = ["\n".join([filler] * 30) for _ in range(3)]
-    lines = pages[1].splitlines()
-    lines.insert(12, f"The pass key is {PASS_KEY}. Remember it. {PASS_KEY} is the pass key.")
-    pages[1] = "\n".join(lines)
+    filler = [FILLER.strip()] * 40  # InfiniteBench's pass-key layout: filler lines, the key on page 2
+    key = f"The pass key is {PASS_KEY}. Remember it. {PASS_KEY} is the pass key."
+    pages = ["\n".join([TASK.strip(), *filler]), "\n".join([*filler[:4], key, *filler[:4]]), "\n".join(filler)]
     path = tmp_path / "report.pdf"
     path.write_bytes(pdf_bytes(pages))
     config = PipelineConfig.load(task_type="retrieval")

@@ -1,4 +1,5 @@
-"""llmxmr batch: one call budget for all documents, results as documents finish, resume, input errors."""
+"""llmxmr batch: one call budget for all documents, results as documents finish, resume, input
+errors, and the lines about one document answered from one reading of it."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import pytest
 from click.testing import CliRunner
 
 from llmxmr import MapReducePipeline, PipelineConfig
-from llmxmr.batch import BatchItem, read_items, read_results, run_batch
+from llmxmr.batch import BatchItem, BatchResult, _result_line, format_report, read_items, read_results, run_batch
 from llmxmr.cli import main
 from llmxmr.clients.base import ChatRequest
 from llmxmr.clients.fake import ScriptedClient
 from llmxmr.errors import LLMCallError, UsageError
 from llmxmr.scheduling import CallBudget
 
-from ..conftest import WordCounter, final_reply, partial_reply
+from ..conftest import WordCounter, final_reply, map_parts, map_requests, partial_reply
 
 def document(name: str) -> str:
     """Four chunks at 120 words each; one of the middle ones names the document's code."""
@@ -181,7 +182,7 @@ def test_the_command_writes_results_prints_totals_and_resumes(tmp_path, monkeypa
     args = ["batch", "--input", str(source), "--out", str(tmp_path / "out"), "--chunk-tokens", "120", "--no-progress"]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
-    assert "documents  3 (3 new, 3 answered)" in first.stdout and "calls      15 (at most 64 in flight)" in first.stdout
+    assert "documents  3 (3 new, 3 answered; 3 distinct)" in first.stdout and "calls      15 (at most 64 in flight)" in first.stdout
     assert clients[0].closed
     second = CliRunner().invoke(main, [*args, "--json"])
     assert json.loads(second.stdout)["new"] == 0 and len(clients) == 1  # nothing to do: no client opened
@@ -244,3 +245,113 @@ def test_a_document_waiting_for_a_slot_still_warms_up_before_its_other_maps(monk
     asyncio.run(scenario())
     assert events[:2] == ["start", "end"]  # the first map ran alone
     assert events.count("start") == 5
+
+
+# ---- lines about one document: one reading ---------------------------------------------------
+
+QUESTIONS = {"code": "What is the code?", "colour": "What is the colour?", "password": "What is the password?"}
+
+
+def two_facts(name: str) -> str:
+    """About six chunks: the document's code in one, its colour in another, no password."""
+    filler = f"The weather in {name} was mild and nothing else happened that day. " * 18
+    return f"{filler}\n\nThe code of {name} is {name}-7.\n\n{filler}\n\nThe colour of {name} is {name}-blue.\n\n{filler}"
+
+
+def asked(request: ChatRequest) -> str:
+    return next(name for name, question in QUESTIONS.items() if question in map_parts(request)[1])
+
+
+def fact_reader(request: ChatRequest) -> str:
+    """Finds the fact a map request's question asks about in its chunk."""
+    if request.schema_name != "MapOutput":
+        return reader(request)
+    chunk, _ = map_parts(request)
+    fact = re.search(rf"The {asked(request)} of (doc\d+) is (doc\d+-\w+)\.", chunk)
+    return partial_reply(fact.group(2), 5, info=fact.group(0)) if fact else partial_reply(None, 0, info="")
+
+
+def about(name: str, *questions: str) -> list[BatchItem]:
+    return [BatchItem(id=f"{name}-{q}", question=QUESTIONS[q], document=two_facts(name)) for q in questions]
+
+
+def test_lines_about_one_document_are_answered_from_one_reading(tmp_path, chunkings):
+    """Three questions of one text and two of one file, named by two spellings of its path, the
+    lines interleaved: two readings, each chunk mapped once per question."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "b.txt").write_text(two_facts("doc2"))
+    text = about("doc1", "code", "colour", "password")
+    files = [
+        BatchItem(id="doc2-code", question=QUESTIONS["code"], path=str(tmp_path / "docs" / "b.txt")),
+        BatchItem(id="doc2-colour", question=QUESTIONS["colour"], path=str(tmp_path / "docs" / ".." / "docs" / "b.txt")),
+    ]
+    batch = [text[0], files[0], text[1], files[1], text[2]]
+    report, client = run(tmp_path, batch, ScriptedClient(responder=fact_reader, counter=WordCounter()))
+    assert len(chunkings) == 2 and chunkings[0] == chunkings[1] == 6
+    assert len(map_requests(client)) == 6 * 3 + 6 * 2
+    assert sorted((owner(r), asked(r)) for r in map_requests(client)) == sorted(
+        [("doc1", q) for q in ("code", "colour", "password") for _ in range(6)] + [("doc2", q) for q in ("code", "colour") for _ in range(6)]
+    )
+    answers = {r.id: (r.answer, r.found) for r in read_results(tmp_path / "out" / "results.jsonl")}
+    assert answers == {
+        "doc1-code": ("doc1-7", True),
+        "doc1-colour": ("doc1-blue", True),
+        "doc1-password": ("", False),
+        "doc2-code": ("doc2-7", True),
+        "doc2-colour": ("doc2-blue", True),
+    }
+    assert (report.documents, report.distinct_documents, report.found) == (5, 2, 4)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["distinct_documents"] == 2
+    assert "documents  5 (5 new, 4 answered; 2 distinct)" in format_report(report)
+
+
+def test_each_line_gets_what_it_got_before_grouping(tmp_path):
+    """The results of lines answered together equal those of each line run alone, on the same replies."""
+    batch = about("doc1", "colour", "code", "password") + about("doc2", "code", "colour")
+    run(tmp_path, batch, ScriptedClient(responder=fact_reader, counter=WordCounter()))
+    together = {r.id: r.model_dump(exclude={"wall_time_s"}) for r in read_results(tmp_path / "out" / "results.jsonl")}
+
+    async def alone(item: BatchItem) -> dict:
+        client = ScriptedClient(responder=fact_reader, counter=WordCounter())
+        result = await MapReducePipeline(config(), client=client).arun(item.document or "", item.question)
+        return _result_line(item, result).model_dump(exclude={"wall_time_s"})
+
+    assert together == {item.id: asyncio.run(alone(item)) for item in batch}
+    assert {r["id"]: r["citations"][0]["quote"] for r in together.values() if r["found"]} == {
+        "doc1-colour": "The colour of doc1 is doc1-blue.",
+        "doc1-code": "The code of doc1 is doc1-7.",
+        "doc2-code": "The code of doc2 is doc2-7.",
+        "doc2-colour": "The colour of doc2 is doc2-blue.",
+    }
+
+
+def test_a_rerun_asks_only_the_questions_of_a_document_left_unanswered(tmp_path, chunkings):
+    batch = about("doc1", "code", "colour", "password")
+    run(tmp_path, batch, ScriptedClient(responder=fact_reader, counter=WordCounter()))
+    path = tmp_path / "out" / "results.jsonl"
+    first = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(line for line in first if '"doc1-colour"' not in line))
+    chunkings.clear()
+    report, client = run(tmp_path, batch, ScriptedClient(responder=fact_reader, counter=WordCounter()))
+    assert chunkings == [6] and {asked(r) for r in map_requests(client)} == {"colour"} and len(map_requests(client)) == 6
+    assert (report.documents, report.new, report.distinct_documents) == (3, 1, 1)
+    again = {r.id: r.model_dump(exclude={"wall_time_s"}) for r in read_results(path)}
+    assert again == {r.id: r.model_dump(exclude={"wall_time_s"}) for r in map(BatchResult.model_validate_json, first)}
+
+
+def test_a_line_that_lost_a_call_is_not_written_but_its_document_mates_are(tmp_path):
+    """The first question of the document (whose map calls warm each chunk for the others) loses
+    its calls to the server; the other two are written, and the rerun asks only the first."""
+
+    def flaky(request: ChatRequest) -> str:
+        if request.schema_name == "MapOutput" and asked(request) == "code":
+            raise LLMCallError("503 after 4 retries")
+        return fact_reader(request)
+
+    batch = about("doc1", "code", "colour", "password")
+    report, _ = run(tmp_path, batch, ScriptedClient(responder=flaky, counter=WordCounter()))
+    assert (report.documents, report.failures, report.new) == (2, 1, 2)
+    assert [r.id for r in read_results(tmp_path / "out" / "results.jsonl")] == ["doc1-colour", "doc1-password"]
+    report, client = run(tmp_path, batch, ScriptedClient(responder=fact_reader, counter=WordCounter()))
+    assert {asked(r) for r in map_requests(client)} == {"code"} and (report.documents, report.new) == (3, 1)
+    assert {r.id: r.answer for r in read_results(tmp_path / "out" / "results.jsonl")}["doc1-code"] == "doc1-7"

@@ -98,3 +98,16 @@ def test_an_encrypted_pdf_opens_with_the_password_flag(tmp_path, monkeypatch):
     assert refused.exit_code == 2 and "--password" in refused.output and "Traceback" not in refused.output
     opened = _run_cli(monkeypatch, "--input", str(path), "--password", "hunter2")
     assert opened.exit_code == 0 and "p. 2" in opened.stdout
+
+
+def test_batch_results_cite_the_section_of_a_markdown_path(tmp_path):
+    import asyncio
+
+    from llmxmr.batch import BatchItem, read_results, run_batch
+
+    path = tmp_path / "notes.md"
+    path.write_text(f"# Chapter 12\n\nIntro words here.\n\n## Netherfield\n\n{PLANTED}\n", encoding="utf-8")
+    batch = [BatchItem(id="a", question=QUESTION, path=str(path))]
+    asyncio.run(run_batch(batch, tmp_path / "out", config(), client=client()))
+    (result,) = read_results(tmp_path / "out" / "results.jsonl")
+    assert result.citations[0].location == "Chapter 12 › Netherfield"

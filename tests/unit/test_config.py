@@ -49,13 +49,17 @@ def test_sglang_profile_is_valid():
 
 @pytest.mark.parametrize("family", TASK_FAMILIES)
 def test_every_family_lays_its_map_prompt_out_document_first(family):
-    """System (the same for every map call of the family), then the chunk, then the question."""
+    """The system message and the map instructions (the same for every map call of the family),
+    then the chunk, then the question."""
     prompts = load_prompts(family)
     system, user = prompts.messages("map", question="QUESTION-TEXT", chunk="CHUNK-TEXT")
-    assert system.content == prompts.messages("map", question="other", chunk="other")[0].content
-    assert "QUESTION-TEXT" not in system.content and "$" not in system.content
-    assert user.content.index("CHUNK-TEXT") < 20 < user.content.index("QUESTION-TEXT")
-    assert len(user.content) - len("CHUNK-TEXT") - len("QUESTION-TEXT") < 250
+    other_system, other_user = prompts.messages("map", question="other", chunk="other")
+    assert system.content == other_system.content and other_user.content.startswith(prompts.map_head)
+    assert "$" not in system.content + prompts.map_head and "QUESTION-TEXT" not in prompts.map_head
+    chunk_at = user.content.index("CHUNK-TEXT")
+    assert user.content.startswith(prompts.map_head) and chunk_at - len(prompts.map_head) < 20
+    assert chunk_at < user.content.index("QUESTION-TEXT")
+    assert len(user.content) - chunk_at - len("CHUNK-TEXT") - len("QUESTION-TEXT") < 250
     assert "$" not in prompts.collapse.replace("$partials", "").replace("$question", "")
 
 

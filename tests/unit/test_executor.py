@@ -29,6 +29,7 @@ from llmxmr.executor import (
     JsonLines,
     RunStats,
     Shared,
+    Together,
 )
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -133,6 +134,35 @@ def test_a_failed_item_is_counted_logged_and_not_saved(tmp_path):
     stats = run(tmp_path, job_of(tmp_path, ["1", "2", "3"], flaky), log=logged.append)
     assert (stats.new, stats.failed) == (2, 1) and logged == ["test line 2 failed: lost a call"]
     assert lines_file(tmp_path / "lines.jsonl").finished() == {"1", "3"}
+
+
+def test_groups_run_as_one_unit_and_each_item_is_saved_or_failed_alone(tmp_path):
+    """Items grouped by their last digit: one call of the work per group, with only its unfinished
+    items, in the order of each group's first item; an outcome that is an error fails that item
+    alone, an error raised fails its whole group; the stats count items."""
+    calls: list[list[str]] = []
+    failing = True
+
+    async def by_group(items, shared: Shared) -> list:
+        calls.append(list(items))
+        if failing and "13" in items:
+            raise LlmxmrError("lost the reading")
+        return [LlmxmrError("lost a call") if failing and item == "21" else Line(id=item, value=2 * int(item)) for item in items]
+
+    def job(ids: list[str]) -> Job:
+        return job_of(tmp_path, ids, Together(group=lambda item: item[-1], work=by_group))
+
+    logged: list[str] = []
+    stats = run(tmp_path, job(["11", "12", "21", "13", "31", "22", "23"]), in_flight=1, log=logged.append)
+    assert calls == [["11", "21", "31"], ["12", "22"], ["13", "23"]]
+    assert (stats.items, stats.new, stats.failed, stats.in_flight) == (7, 4, 3, 1)
+    assert lines_file(tmp_path / "lines.jsonl").finished() == {"11", "31", "12", "22"}
+    assert sorted(logged) == [f"test line {i} failed: lost {what}" for i, what in (("13", "the reading"), ("21", "a call"), ("23", "the reading"))]
+    calls.clear()
+    failing = False
+    stats = run(tmp_path, job(["11", "12", "21", "13", "31", "22", "23", "33"]), in_flight=1)
+    assert calls == [["21"], ["13", "23", "33"]] and (stats.skipped, stats.new, stats.failed) == (4, 4, 0)
+    assert [line.value for line in lines_file(tmp_path / "lines.jsonl").read()][-4:] == [42, 26, 46, 66]
 
 
 def test_an_unreachable_server_stops_the_run(tmp_path):

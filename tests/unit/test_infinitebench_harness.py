@@ -1,5 +1,5 @@
 """The InfiniteBench harness: questions per task, data loading, the direct baseline, batch runs
-that resume, all with the scripted fake client."""
+that resume, examples sharing a context read once, all with the scripted fake client."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import re
 import pytest
 
 from llmxmr.bench.infinitebench.data import read_examples
-from llmxmr.bench.infinitebench.runner import BatchRun, format_table, read_finished
+from llmxmr import MapReducePipeline
+from llmxmr.bench.infinitebench.data import DataSource
+from llmxmr.bench.infinitebench.runner import BatchRun, format_table, read_finished, write_summary
 from llmxmr.bench.infinitebench.scorers import TASKS
 from llmxmr.bench.infinitebench.tasks import Example, direct_messages, ground_truth, question_for, task_config
 from llmxmr.clients.base import ChatRequest
@@ -18,7 +20,7 @@ from llmxmr.clients.fake import ScriptedClient
 from llmxmr.config import PipelineConfig
 from llmxmr.direct import cut_middle
 from llmxmr.errors import LLMCallError, ServerUnavailableError, UsageError
-from tests.conftest import WordCounter, final_reply, partial_reply
+from tests.conftest import WordCounter, final_reply, map_parts, map_requests, partial_reply
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
 OPTIONS = ["Alice", "Bob", "Carol", "Dave"]
@@ -189,6 +191,7 @@ def test_batch_run_writes_official_predictions_and_scores_them(tmp_path):
     assert report.calls == sum(row["calls"] for row in rows) == len(client.requests)
     assert report.new == 4 and report.failed_examples == 0
     assert "passkey" in format_table([report]) and "100.00" in format_table([report])
+    assert report.documents == 4
 
 
 def test_rerun_skips_finished_examples_and_cuts_a_half_written_line(tmp_path):
@@ -313,3 +316,102 @@ def test_a_hub_run_pins_the_dataset_commit_it_started_with(tmp_path, monkeypatch
     with pytest.raises(UsageError, match="holds predictions for .*@c0ffee"):
         data.pinned_revision(tmp_path, "v2")
     assert data.DataSource(hf_revision="c0ffee").model_dump(exclude_none=True) == {"hf_revision": "c0ffee"}
+
+
+# ---- examples that share a context: one reading ----------------------------------------------
+
+BOXES = {"A": "11111", "B": "22222", "C": "33333"}
+
+
+def boxes_context(shelf: int, lines: int = 120) -> str:
+    """A context with a pass key per box, far apart; each shelf's keys differ."""
+    parts = [FILLER] * lines
+    for place, (box, key) in reversed(list(enumerate(BOXES.items()))):
+        parts.insert(10 + 45 * place, f"The pass key of box {box} is {shelf}{key[1:]}.\n")
+    return "".join(parts)
+
+
+def box_example(identifier: int, shelf: int, box: str) -> Example:
+    return Example(
+        id=identifier, context=boxes_context(shelf), input=f"What is the pass key of box {box}?", answer=[f"{shelf}{BOXES[box][1:]}"]
+    )
+
+
+def box_of(request: ChatRequest) -> str:
+    return re.findall(r"pass key of box (\w)\?", map_parts(request)[1])[0]
+
+
+def box_reader(request: ChatRequest) -> str:
+    """Finds the key of the box a map request asks about in its chunk."""
+    if request.schema_name != "MapOutput":
+        return reader(request)
+    chunk, _ = map_parts(request)
+    sentence = re.search(rf"The pass key of box {box_of(request)} is (\d+)\.", chunk)
+    return partial_reply(sentence.group(1), 5.0, info=sentence.group(0)) if sentence else partial_reply(None, 0.0, info="")
+
+
+# Two shelves, three boxes each, the examples of one shelf not next to each other in the file.
+SHELVES = [box_example(i, 1 + i % 2, "ABC"[i // 2]) for i in range(6)]
+
+
+def test_examples_sharing_a_context_are_read_once(tmp_path, chunkings):
+    report, client = run_batch(tmp_path, SHELVES, client=ScriptedClient(responder=box_reader, counter=WordCounter()))
+    assert len(chunkings) == 2 and chunkings[0] == chunkings[1] > 1
+    assert len(map_requests(client)) == chunkings[0] * 3 + chunkings[1] * 3  # each chunk once per question
+    rows = read_finished(tmp_path / "out" / "preds_passkey.jsonl", "mr")
+    assert {p.id: p.prediction for p in rows} == {e.id: e.answer[0] for e in SHELVES}
+    assert (report.n, report.documents, report.scores["official"]) == (6, 2, 100.0)
+    header, _, row = format_table([report]).splitlines()
+    assert header.split()[:4] == ["task", "method", "n", "docs"] and row.split()[:4] == ["passkey", "mr", "6", "2"]
+    summary = write_summary(tmp_path / "out", "mr", DataSource(), [report])
+    assert summary["tasks"][0]["documents"] == 2
+
+
+def test_each_example_gets_what_it_got_before_grouping(tmp_path):
+    """The predictions of examples read together equal those of each example run alone."""
+    run_batch(tmp_path, SHELVES, client=ScriptedClient(responder=box_reader, counter=WordCounter()))
+    fields = ("prediction", "found", "calls", "failed_calls", "prompt_tokens", "completion_tokens")
+    together = {p.id: [getattr(p, f) for f in fields] for p in read_finished(tmp_path / "out" / "preds_passkey.jsonl", "mr")}
+    config = BatchRun(tmp_path / "alone", overrides={"chunking.chunk_tokens": 300}).config_for("passkey")
+
+    def alone(example: Example) -> list:
+        client = ScriptedClient(responder=box_reader, counter=WordCounter())
+        result = MapReducePipeline(config, client=client).run(example.context, question_for("passkey", example))
+        totals = result.trace.totals
+        return [result.answer, result.found, totals.calls, totals.failed_calls, totals.prompt_tokens, totals.completion_tokens]
+
+    assert together == {e.id: alone(e) for e in SHELVES}
+
+
+def test_a_rerun_asks_only_the_unfinished_questions_of_a_context(tmp_path, chunkings):
+    run_batch(tmp_path, SHELVES, client=ScriptedClient(responder=box_reader, counter=WordCounter()))
+    path = tmp_path / "out" / "preds_passkey.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if json.loads(line)["id"] not in (2, 4)))  # shelf 1, boxes B and C
+    chunkings.clear()
+    report, client = run_batch(tmp_path, SHELVES, client=ScriptedClient(responder=box_reader, counter=WordCounter()))
+    assert len(chunkings) == 1 and {box_of(r) for r in map_requests(client)} == {"B", "C"}
+    assert len(map_requests(client)) == chunkings[0] * 2
+    assert (report.n, report.new, report.documents) == (6, 2, 2)
+    assert sorted(p.id for p in read_finished(path, "mr")) == list(range(6))
+
+
+def test_an_example_that_lost_a_call_is_not_written_while_its_group_mates_are(tmp_path):
+    def flaky(request: ChatRequest) -> str:
+        if request.schema_name == "MapOutput" and box_of(request) == "B":
+            raise LLMCallError("503 after 4 retries")
+        return box_reader(request)
+
+    report, _ = run_batch(tmp_path, SHELVES, client=ScriptedClient(responder=flaky, counter=WordCounter()))
+    path = tmp_path / "out" / "preds_passkey.jsonl"
+    assert sorted(p.id for p in read_finished(path, "mr")) == [0, 1, 4, 5]  # boxes B (ids 2 and 3) lost calls
+    assert (report.n, report.failed_examples, report.documents) == (4, 2, 2)
+    report, client = run_batch(tmp_path, SHELVES, client=ScriptedClient(responder=box_reader, counter=WordCounter()))
+    assert {box_of(r) for r in map_requests(client)} == {"B"}
+    assert (report.n, report.new, report.scores["official"]) == (6, 2, 100.0)
+
+
+def test_direct_makes_one_call_per_example_even_when_they_share_a_context(tmp_path, chunkings):
+    report, client = run_batch(tmp_path, SHELVES, method="direct", client=ScriptedClient(responder=reader, counter=WordCounter()))
+    assert len(client.requests) == 6 and all(r.json_schema is None for r in client.requests)
+    assert chunkings == [] and (report.n, report.documents) == (6, 2)

@@ -33,8 +33,9 @@ QUESTIONS = list(FACTS)
 def asked(request: ChatRequest) -> tuple[str, str]:
     """The question and the chunk of a map request (the chunk first, the question after it)."""
     user = request.messages[-1].content
-    chunk = user[user.index("<document_part>") + len("<document_part>") : user.index("</document_part>")]
-    question = next(q for q in QUESTIONS if q in user[user.index("</document_part>") :])
+    end = user.rindex("\n</document_part>")
+    chunk = user[user.index("<document_part>\n") + len("<document_part>\n") : end]
+    question = next(q for q in QUESTIONS if q in user[end:])
     return question, chunk
 
 
@@ -264,3 +265,12 @@ def test_ctrl_c_cancels_only_the_question_being_answered(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "(cancelled)" in result.stderr and "Hill" in result.stdout and "KEY-77" not in result.stdout
     assert scripted.in_flight == 0  # the cancelled question's calls were cancelled, not left running
+
+
+def test_a_model_that_runs_one_request_at_a_time_gets_its_calls_chunk_major_by_default():
+    """No llm.concurrency set: the call budget holds the queue, so its order, not arrival, decides."""
+    recorder = _Recorder(_chunk_index(), parallel=1)
+    cfg = PipelineConfig.load(**{"chunking.chunk_tokens": 450})
+    MapReducePipeline(cfg, client=recorder).run_many(DOCUMENT, QUESTIONS)
+    starts = [(chunk, QUESTIONS.index(q)) for kind, chunk, q in recorder.events if kind == "start"]
+    assert starts == sorted(starts) and recorder.max_in_flight == 1

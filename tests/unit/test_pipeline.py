@@ -73,10 +73,12 @@ def test_map_prompts_share_the_instructions_and_put_the_question_after_the_chunk
     maps = [r for r in client.requests if r.schema_name == "MapOutput"]
     systems = {r.messages[0].content for r in maps}
     assert len(systems) == 1 and "What is the code?" not in systems.pop()
+    instructions = maps[0].messages[1].content[: maps[0].messages[1].content.index("<document_part>\n")]
+    assert instructions and "What is the code?" not in instructions
     for request in maps:
         user = request.messages[1].content
         chunk = next(DOCUMENT[c.start : c.end] for c in result.chunks if DOCUMENT[c.start : c.end] in user)
-        assert user.startswith(f"<document_part>\n{chunk}")  # the chunk first: a prefix every question shares
+        assert user.startswith(f"{instructions}<document_part>\n{chunk}")  # a prefix every question shares
         assert user.index("What is the code?") > len(chunk)
     assert len({r.json_schema is not None and str(r.json_schema) for r in maps}) == 1
 

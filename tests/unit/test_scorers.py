@@ -55,6 +55,7 @@ PUBLISHED: dict[str, dict[str, float | str]] = {
 }
 
 
+@pytest.mark.integration  # the released predictions of ../shared, scored in full: seconds a row
 @pytest.mark.parametrize(
     ("model", "task"), [(model, task) for model, row in PUBLISHED.items() for task in row]
 )

@@ -6,7 +6,9 @@ disk the moment its example finishes, so a killed run loses at most the examples
 rerun skips every id already written (a half-written last line is cut off first). Several
 examples run at once through one client, their chunk calls within one budget of
 ``llm.concurrency`` calls in flight for the task (``llmxmr.executor``, the engine of
-``llmxmr batch``).
+``llmxmr batch``). For map-reduce, the examples that share a context (InfiniteBench asks many
+questions of the same novels) run together, from one reading of it
+(``MapReducePipeline.arun_many``); each example's line is written when its group is done.
 """
 
 from __future__ import annotations
@@ -21,17 +23,19 @@ from pydantic import BaseModel
 from ...clients.base import LLMClient
 from ...config import PipelineConfig
 from ...direct import answer_directly
-from ...errors import UsageError
+from ...errors import LlmxmrError, UsageError
 from ...executor import (
     Executor,
     Job,
     JsonLines,
     RunStats,
     Shared,
+    Together,
     check_same_model,
+    complete_or_error,
     pin_source,
-    require_complete,
     summed_usage,
+    text_sha256,
     write_atomically,
 )
 from ...pipeline import MapReducePipeline
@@ -44,7 +48,8 @@ from .tasks import Example, direct_messages, ground_truth, question_for, task_co
 # Records the SHA-256 of each task's data file, so a resumed run reads the same examples.
 SOURCES_FILE = "sources.json"
 SUMMARY_FILE = "summary.json"
-# Examples at once on a server that batches requests (fewer where the server runs fewer at once).
+# Examples at once on a server that batches requests (fewer where the server runs fewer at once);
+# for map-reduce, groups of examples that share a context.
 EXAMPLES_ON_SERVER = 8
 
 
@@ -68,6 +73,7 @@ class TaskReport(BaseModel):
     task: str
     method: Method
     n: int
+    documents: int  # distinct contexts of the n predictions' examples (as read by this invocation)
     scores: dict[str, float]  # scorer -> score x100, over every prediction in the file
     calls: int
     failed_calls: int
@@ -114,47 +120,71 @@ class BatchRun:
     async def _run_task(self, task: str, config: PipelineConfig, examples: list[Example]) -> TaskReport:
         path = self.out_dir / f"preds_{task}.jsonl"
         finished = read_finished(path, self.method)
+        contexts = {str(example.id): text_sha256(example.context) for example in examples}
 
         async def predict(example: Example, shared: Shared) -> Prediction:
-            prediction = await self._predict(task, config, shared, example)
+            prediction = await self._predict_directly(task, config, shared, example)
             check_same_model((p.model for p in finished), prediction.model, path)
             return prediction
+
+        async def predict_together(group: Sequence[Example], shared: Shared) -> list[Prediction | LlmxmrError]:
+            predictions = await self._predict_together(task, config, shared, group)
+            for model in {p.model for p in predictions if isinstance(p, Prediction)}:
+                check_same_model((p.model for p in finished), model, path)
+            return predictions
 
         job = Job(
             name=task,
             unit="example",
             items=examples,
             key=lambda example: str(example.id),
-            work=predict,
+            work=predict if self.method == "direct" else Together(lambda e: contexts[str(e.id)], predict_together),
             sink=_predictions_file(path),
             config=config,
             on_server=EXAMPLES_ON_SERVER,
         )
-        return self._report(task, path, await self._executor.run(job))
+        return self._report(task, path, await self._executor.run(job), contexts)
 
-    async def _predict(self, task: str, config: PipelineConfig, shared: Shared, example: Example) -> Prediction:
+    async def _predict_directly(self, task: str, config: PipelineConfig, shared: Shared, example: Example) -> Prediction:
+        """One call with the document cut to fit, as InfiniteBench does."""
         label = ground_truth(task, example)
-        if self.method == "direct":
-            direct = await answer_directly(
-                shared.client,
-                config,
-                lambda context: direct_messages(task, example, context),
-                example.context,
-                task_config(task).direct_max_tokens,
-            )
-            return _prediction(example, label, "direct", direct.answer, direct.model, True, direct.trace)
-        pipeline = MapReducePipeline(config, client=shared.client, budget=shared.calls)
-        result = await pipeline.arun(example.context, question_for(task, example))
-        require_complete(result.trace)
-        return _prediction(example, label, "mr", result.answer, result.model, result.found, result.trace)
+        direct = await answer_directly(
+            shared.client,
+            config,
+            lambda context: direct_messages(task, example, context),
+            example.context,
+            task_config(task).direct_max_tokens,
+        )
+        return _prediction(example, label, "direct", direct.answer, direct.model, True, direct.trace)
 
-    def _report(self, task: str, path: Path, stats: RunStats) -> TaskReport:
+    async def _predict_together(
+        self, task: str, config: PipelineConfig, shared: Shared, group: Sequence[Example]
+    ) -> list[Prediction | LlmxmrError]:
+        """Map-reduce over examples that share a context: one reading, one outcome per example (a
+        bad example, or one that lost a call, goes without a prediction, not its group-mates)."""
+        outcomes: dict[int, Prediction | LlmxmrError] = {}
+        asked: dict[int, tuple[Any, str]] = {}  # place in the group -> label, question
+        for place, example in enumerate(group):
+            try:
+                asked[place] = (ground_truth(task, example), question_for(task, example))
+            except UsageError as exc:
+                outcomes[place] = exc
+        if asked:
+            pipeline = MapReducePipeline(config, client=shared.client, budget=shared.calls)
+            results = await pipeline.arun_many(group[0].context, [question for _, question in asked.values()])
+            for (place, (label, _)), res in zip(asked.items(), results):
+                prediction = _prediction(group[place], label, "mr", res.answer, res.model, res.found, res.trace)
+                outcomes[place] = complete_or_error(res.trace, prediction)
+        return [outcomes[place] for place in range(len(group))]
+
+    def _report(self, task: str, path: Path, stats: RunStats, contexts: dict[str, str]) -> TaskReport:
         finished = read_finished(path, self.method)
         rows = [p.model_dump() for p in finished]
         return TaskReport(
             task=task,
             method=self.method,
             n=len(finished),
+            documents=len({contexts[str(p.id)] for p in finished if str(p.id) in contexts}),
             scores={scorer: score_predictions(task, rows, scorer) for scorer in SCORERS} if rows else {},
             **summed_usage(finished),
             example_time_s=round(sum(p.wall_time_s for p in finished), 3),
@@ -209,9 +239,10 @@ def write_summary(out_dir: str | Path, method: Method, source: DataSource, repor
 
 def format_table(reports: list[TaskReport]) -> str:
     """The summary table: one row per task. Scores, calls, tokens and seconds per example cover
-    every prediction in the file; wall time is this invocation's."""
+    every prediction in the file, docs the distinct contexts among them; wall time is this
+    invocation's."""
     header = (
-        f"{'task':<22}{'method':>7}{'n':>6}{'official':>10}{'lenient':>9}{'calls':>8}"
+        f"{'task':<22}{'method':>7}{'n':>6}{'docs':>6}{'official':>10}{'lenient':>9}{'calls':>8}"
         f"{'prompt tok':>12}{'compl tok':>11}{'s/example':>11}{'wall s':>9}"
     )
     rows = [header, "-" * len(header)]
@@ -220,7 +251,7 @@ def format_table(reports: list[TaskReport]) -> str:
         official = f"{r.scores['official']:.2f}" if r.scores else "-"
         lenient = f"{r.scores['lenient']:.2f}" if r.scores else "-"
         rows.append(
-            f"{r.task:<22}{r.method:>7}{r.n:>6}{official:>10}{lenient:>9}{r.calls:>8}"
+            f"{r.task:<22}{r.method:>7}{r.n:>6}{r.documents:>6}{official:>10}{lenient:>9}{r.calls:>8}"
             f"{r.prompt_tokens:>12,}{r.completion_tokens:>11,}{per_example:>11.1f}{r.run_time_s:>9.1f}"
         )
     return "\n".join(rows)

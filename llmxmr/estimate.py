@@ -1,0 +1,314 @@
+"""What a run will cost, before it is paid (``--dry-run``): chunks, calls and prompt tokens per
+stage, and how many of the map prompt tokens a prefix cache can serve.
+
+Nothing here calls the model. The figures come from the code a run goes through: the client's
+token counter and context window, the question allowance and token plans
+(``budget.plan_questions``), the chunker (``pipeline.cut_chunks``) and the map messages. So:
+
+* **map** is exact: one call per chunk and question, and the prompt tokens of every one of them,
+  counted as ``budget.prompt_tokens`` counts a prompt (a reask, after a reply that fails
+  validation, is extra).
+* **collapse** and **reduce** are upper bounds: their prompts hold the map replies, unknown until
+  the run. See ``_later_stages``.
+* **cacheable** and **computed** split the map prompt tokens as a perfect prefix cache would, with
+  the document-first layout: the map system message (the same for every map call of the family)
+  is computed once, each chunk's prefix (that message, the opening tag and the chunk) once per
+  chunk, and the rest of each prompt (the question and the short ask) once per call. Each part
+  is the count of its own rendered text, not a share of a total.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+from pydantic import BaseModel, computed_field
+
+from .budget import (
+    PARTIAL_HEADER_TOKENS,
+    TEMPLATE_TOKENS_PER_MESSAGE,
+    TokenPlan,
+    plan_questions,
+    prompt_tokens,
+    prompts_tokens,
+    token_counter_for,
+)
+from .chunking import Chunk
+from .clients.base import LLMClient
+from .config import PipelineConfig
+from .documents import read_text
+from .errors import UsageError
+from .families import family
+from .pipeline import checked_questions, cut_chunks
+from .prompts import ChatMessage, PromptSet
+from .stages.collapse import collapse_messages, group_to_fit
+from .stages.map import map_messages, map_prefix
+from .stages.reduce import reduce_messages
+from .tokens import TokenCounter
+
+if TYPE_CHECKING:
+    from .batch import BatchItem
+
+T = TypeVar("T")
+
+
+class StageCost(BaseModel):
+    """Calls of one stage and the prompt tokens they send."""
+
+    calls: int
+    prompt_tokens: int
+    bound: bool  # True: at most this many (collapse, reduce); False: exactly (map)
+
+
+def _summed(stages: Iterable[StageCost]) -> StageCost:
+    """Stages added up: a bound if any of them is."""
+    stages = list(stages)
+    return StageCost(
+        calls=sum(s.calls for s in stages),
+        prompt_tokens=sum(s.prompt_tokens for s in stages),
+        bound=any(s.bound for s in stages),
+    )
+
+
+class DocumentCost(BaseModel):
+    """One document and the questions asked of it."""
+
+    questions: int
+    chunks: int
+    chunk_tokens: int  # most document tokens per chunk (the token plan's)
+    map: StageCost  # exact
+    collapse: StageCost  # at most
+    reduce: StageCost  # at most: one call per question, when some chunk finds something
+    # Under a perfect prefix cache: each chunk's prefix beyond the map system message, summed over
+    # the chunks (computed once per chunk), and the rest of each map prompt, summed over the calls
+    # (computed once per call).
+    chunk_prefix_tokens: int
+    question_tokens: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def computed_tokens(self) -> int:
+        """Map prompt tokens a perfect prefix cache still computes, the system message aside."""
+        return self.chunk_prefix_tokens + self.question_tokens
+
+
+class CostEstimate(BaseModel):
+    """What a run over these documents will cost, before any call is made."""
+
+    model: str
+    task_type: str
+    tokenizer: str
+    exact_counts: bool  # the counter counts the served model's own tokens (else: tiktoken's estimate)
+    window: int
+    instructions_tokens: int  # the map system message, shared by every map call: computed once
+    documents: list[DocumentCost]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def questions(self) -> int:
+        return sum(d.questions for d in self.documents)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def chunks(self) -> int:
+        return sum(d.chunks for d in self.documents)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def map(self) -> StageCost:
+        return _summed(d.map for d in self.documents)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def collapse(self) -> StageCost:
+        return _summed(d.collapse for d in self.documents)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def reduce(self) -> StageCost:
+        return _summed(d.reduce for d in self.documents)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total(self) -> StageCost:
+        return _summed((self.map, self.collapse, self.reduce))
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def computed_tokens(self) -> int:
+        """Map prompt tokens a perfect prefix cache computes: the system message once, each
+        chunk's prefix once, each question's part per call."""
+        return self.instructions_tokens + sum(d.computed_tokens for d in self.documents)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cacheable_tokens(self) -> int:
+        """Map prompt tokens a perfect prefix cache serves from an earlier call."""
+        return self.map.prompt_tokens - self.computed_tokens
+
+
+async def estimate_cost(
+    config: PipelineConfig, client: LLMClient, documents: Iterable[tuple[str, Sequence[str]]]
+) -> CostEstimate:
+    """The cost of answering each document's questions with ``MapReducePipeline.arun_many`` (one
+    reading per document), without calling the model. The client gives the context window and the
+    token counter, as in a run; it is left open. Documents are taken one at a time, so an iterator
+    that reads each when its turn comes holds one at once."""
+    prompts = family(config.task_type).prompts
+    counter = await token_counter_for(config, client)
+    instructions = _prefix_tokens(map_prefix(prompts, ""), counter)
+    costs: list[DocumentCost] = []
+    window = 0
+    for text, questions in documents:
+        asked = checked_questions(text, questions)
+        plans = await plan_questions(config, client, prompts, asked, counter)
+        window = plans[0].window
+        # The same for every question: the allowance, not the question, sizes the chunks.
+        chunks = await asyncio.to_thread(cut_chunks, config, text, plans[0].chunk_tokens, counter)
+        costs.append(await asyncio.to_thread(_document_cost, config, prompts, asked, plans, chunks, counter, instructions))
+    if not costs:
+        raise UsageError("no document to estimate")
+    return CostEstimate(
+        model=client.describe(),
+        task_type=config.task_type,
+        tokenizer=counter.name,
+        exact_counts=counter.exact,
+        window=window,
+        instructions_tokens=instructions,
+        documents=costs,
+    )
+
+
+def _prefix_tokens(messages: list[ChatMessage], counter: TokenCounter) -> int:
+    """The tokens of messages that every prompt extending them begins with: ``prompt_tokens``
+    without the generation prompt, which only a whole prompt ends with."""
+    return prompt_tokens(messages, counter) - TEMPLATE_TOKENS_PER_MESSAGE
+
+
+def _document_cost(
+    config: PipelineConfig,
+    prompts: PromptSet,
+    questions: list[str],
+    plans: list[TokenPlan],
+    chunks: list[Chunk],
+    counter: TokenCounter,
+    instructions: int,
+) -> DocumentCost:
+    map_tokens = chunk_prefixes = question_parts = 0
+    for chunk in chunks:  # one chunk at a time: a long document's prompts are never all held at once
+        *calls, prefix = prompts_tokens(
+            [*(map_messages(prompts, question, chunk.text) for question in questions), map_prefix(prompts, chunk.text)],
+            counter,
+        )
+        prefix -= TEMPLATE_TOKENS_PER_MESSAGE  # the chunk's prefix ends before any generation prompt
+        map_tokens += sum(calls)
+        chunk_prefixes += prefix - instructions
+        question_parts += sum(calls) - prefix * len(calls)
+    later = [_later_stages(config, prompts, question, plan, len(chunks), counter) for question, plan in zip(questions, plans)]
+    return DocumentCost(
+        questions=len(questions),
+        chunks=len(chunks),
+        chunk_tokens=plans[0].chunk_tokens,
+        map=StageCost(calls=len(chunks) * len(questions), prompt_tokens=map_tokens, bound=False),
+        collapse=StageCost(calls=sum(calls for calls, _, _ in later), prompt_tokens=sum(t for _, t, _ in later), bound=True),
+        reduce=StageCost(calls=len(questions), prompt_tokens=sum(t for _, _, t in later), bound=True),
+        chunk_prefix_tokens=chunk_prefixes,
+        question_tokens=question_parts,
+    )
+
+
+def _later_stages(
+    config: PipelineConfig, prompts: PromptSet, question: str, plan: TokenPlan, chunks: int, counter: TokenCounter
+) -> tuple[int, int, int]:
+    """At most how many collapse calls one question makes, their prompt tokens, and the prompt
+    tokens of its reduce call.
+
+    The collapse rounds are those of ``pipeline._Run._collapse_in_rounds`` (the streaming
+    scheduler makes the same groups) with every chunk answering and every partial answer as large
+    as its reply may be: ``generation.map_max_tokens`` plus the header after the map, and the
+    larger of that and ``generation.collapse_max_tokens`` plus the header after a collapse (the
+    token plan's own assumption). Smaller partials only do better: greedy grouping of consecutive
+    partials under a budget closes a group only when it holds at least as many as a group of the
+    largest ones, so no round of a run has more partials or merges than the simulated round, and
+    a run stops collapsing no later. A round's collapse prompts hold at most all of its partials,
+    and the reduce prompt at most the reduce budget or the largest round's partials, whichever is
+    smaller.
+
+    The assumption is the token plan's, and a merged partial can break it: it also shows the
+    verified quotes it carries forward from its inputs (``collapse.ground_collapse_reply``), so
+    when many chunks answer, merged partials grow with their groups and a run can take more
+    rounds than simulated."""
+    generation = config.generation
+    collapse_fixed = prompt_tokens(collapse_messages(prompts, question, []), counter)
+    reduce_fixed = prompt_tokens(reduce_messages(prompts, question, []), counter)
+    sizes = [generation.map_max_tokens + PARTIAL_HEADER_TOKENS] * chunks
+    merged_size = max(generation.collapse_max_tokens + PARTIAL_HEADER_TOKENS, sizes[0])
+    calls = tokens = reduce_input = 0
+    while True:
+        reduce_input = max(reduce_input, min(sum(sizes), plan.reduce_tokens))
+        if len(sizes) <= 1 or sum(sizes) <= plan.reduce_tokens:
+            break
+        groups = group_to_fit(sizes, plan.collapse_tokens)
+        if all(len(group) == 1 for group in groups):  # as ``collapse.pairs`` (the plan rules it out)
+            groups = [range(i, min(i + 2, len(sizes))) for i in range(0, len(sizes), 2)]
+        merges = sum(len(group) > 1 for group in groups)
+        calls += merges
+        tokens += merges * collapse_fixed + sum(sizes)
+        sizes = [merged_size] * len(groups)
+    return calls, tokens, reduce_fixed + reduce_input
+
+
+def questions_by_document(
+    items: Iterable[T], document: Callable[[T], str], question: Callable[[T], str]
+) -> list[tuple[T, list[str]]]:
+    """Items grouped by the document they ask about (``document`` gives a key: a path, a hash of
+    the text), in order of first appearance: each group's first item and all its questions."""
+    groups: dict[str, tuple[T, list[str]]] = {}
+    for item in items:
+        groups.setdefault(document(item), (item, []))[1].append(question(item))
+    return list(groups.values())
+
+
+def batch_documents(items: Sequence[BatchItem], max_bytes: int) -> Iterator[tuple[str, list[str]]]:
+    """The documents of a batch and their questions, for ``estimate_cost``: items about the same
+    document (the same file, or the same text) are one document, read once when its turn comes,
+    as ``batch.run_batch`` groups them."""
+    for first, questions in questions_by_document(items, lambda item: item.document_key, lambda item: item.question):
+        yield (first.document if first.document is not None else read_text(first.path or "", max_bytes)), questions
+
+
+def format_estimate(estimate: CostEstimate) -> str:
+    """The estimate as ``--dry-run`` prints it: a table of stages, then the prefix cache's share."""
+    sizes = sorted({d.chunk_tokens for d in estimate.documents})
+    size = f"{sizes[0]:,}" if len(sizes) == 1 else f"{sizes[0]:,}-{sizes[-1]:,}"
+    tokenizer = estimate.tokenizer + ("" if estimate.exact_counts else " (estimated counts)")
+    lines = [
+        f"{_count(len(estimate.documents), 'document')}, {_count(estimate.questions, 'question')}, "
+        f"{_count(estimate.chunks, 'chunk')} of at most {size} tokens · window {estimate.window:,} · "
+        f"{estimate.task_type} · {tokenizer} · {estimate.model}",
+        "",
+        f"{'stage':<10}{'calls':>16}{'prompt tokens':>22}",
+    ]
+    for name, stage in (("map", estimate.map), ("collapse", estimate.collapse), ("reduce", estimate.reduce), ("total", estimate.total)):
+        lines.append(f"{name:<10}{_figure(stage.calls, stage.bound):>16}{_figure(stage.prompt_tokens, stage.bound):>22}")
+    map_tokens = estimate.map.prompt_tokens
+    share = estimate.cacheable_tokens / map_tokens if map_tokens else 0.0
+    lines += [
+        "",
+        f"map prompt tokens under a perfect prefix cache: {estimate.cacheable_tokens:,} cacheable ({share:.0%}), "
+        f"{estimate.computed_tokens:,} computed",
+        "  (the map instructions once, each chunk once, each question's part once per call)",
+        "no LLM call was made; collapse and reduce are bounds (every chunk answering at full length)",
+    ]
+    return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _figure(value: int, bound: bool) -> str:
+    if not value:
+        return "0"
+    return f"{'at most' if bound else 'exactly'} {value:,}"
