@@ -42,3 +42,13 @@ def test_an_unknown_family_is_one_line_with_the_closest_name():
 def test_stages_and_the_pipeline_never_branch_on_a_family_name(path):
     names = "|".join(TASK_FAMILIES)
     assert not re.search(rf"""["']({names})["']""", path.read_text(encoding="utf-8"))
+
+
+def test_every_subpackage_is_installed():
+    """pyproject.toml lists the packages a wheel carries: a subpackage missing there imports from
+    a checkout and fails after `pip install .`."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(PACKAGE.parent).parts) for init in PACKAGE.rglob("__init__.py")}
+    assert found - listed == set()
