@@ -43,6 +43,27 @@ def stop_child(process: subprocess.Popen[bytes], timeout_s: float) -> None:
         process.wait()
 
 
+def supervise(
+    start: Callable[[], subprocess.Popen[bytes]],
+    wait_until_ready: Callable[[subprocess.Popen[bytes]], None],
+    on_ready: Callable[[], None],
+    stop: Callable[[subprocess.Popen[bytes]], None],
+) -> int | None:
+    """Starts a server child, calls ``on_ready`` once it is ready, and waits. Returns its exit code
+    if it ended on its own, None if Ctrl-C, SIGTERM or SIGHUP stopped it; the child never outlives
+    this call."""
+    with signals_stop_like_ctrl_c():
+        process = start()
+        try:
+            wait_until_ready(process)
+            on_ready()
+            return process.wait()
+        except KeyboardInterrupt:
+            return None
+        finally:
+            stop(process)
+
+
 def how_it_ended(returncode: int) -> str:
     """``exited with code 3`` or ``died of SIGILL (illegal instruction)``."""
     return f"died of {signal_name(-returncode)}" if returncode < 0 else f"exited with code {returncode}"

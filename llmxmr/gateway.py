@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .children import how_it_ended, signals_stop_like_ctrl_c, start_child, stop_child
+from .children import how_it_ended, start_child, stop_child, supervise
 from .clients.openai_compat import listed_workers, server_root
 from .errors import GatewayError, MissingExtraError, UsageError
 from .transport import POLL_TIMEOUT_S, ServerEndpoints
@@ -111,17 +111,14 @@ def run_gateway(plan: GatewayPlan, on_ready: Callable[[str], None]) -> None:
     workers do not register in time; smg never outlives this call."""
     if importlib.util.find_spec("smg") is None:
         raise MissingExtraError("smg", "scale", "llmxmr gateway")
-    with signals_stop_like_ctrl_c():
-        process = start_child(plan.command())
-        try:
-            wait_until_ready(process, plan)
-            on_ready(plan.base_url)
-            code = process.wait()
-        except KeyboardInterrupt:
-            return
-        finally:
-            stop(process)
-    raise GatewayError(f"smg {how_it_ended(code)}; its log is above")
+    code = supervise(
+        lambda: start_child(plan.command()),
+        lambda process: wait_until_ready(process, plan),
+        lambda: on_ready(plan.base_url),
+        stop,
+    )
+    if code is not None:
+        raise GatewayError(f"smg {how_it_ended(code)}; its log is above")
 
 
 def wait_until_ready(process: subprocess.Popen[bytes], plan: GatewayPlan) -> None:

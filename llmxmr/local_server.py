@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .children import how_it_ended, signals_stop_like_ctrl_c, start_child, stop_child
+from .children import how_it_ended, start_child, stop_child, supervise
 from .errors import LlmxmrError, MissingExtraError
 from .transport import POLL_TIMEOUT_S, ServerEndpoints
 
@@ -65,17 +65,14 @@ def run_local_server(plan: LocalServerPlan, on_ready: Callable[[str], None]) -> 
     outlives this call."""
     if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
         raise MissingExtraError("llama-cpp-python[server]", "local", "llmxmr serve --local")
-    with signals_stop_like_ctrl_c():
-        process = start_child(plan.command())
-        try:
-            _wait_until_ready(process, plan)
-            on_ready(plan.base_url)
-            code = process.wait()
-        except KeyboardInterrupt:
-            return
-        finally:
-            stop_child(process, STOP_TIMEOUT_S)
-    raise LocalServerError(_ended_message(code, plan))
+    code = supervise(
+        lambda: start_child(plan.command()),
+        lambda process: _wait_until_ready(process, plan),
+        lambda: on_ready(plan.base_url),
+        lambda process: stop_child(process, STOP_TIMEOUT_S),
+    )
+    if code is not None:
+        raise LocalServerError(_ended_message(code, plan))
 
 
 def _wait_until_ready(process: subprocess.Popen[bytes], plan: LocalServerPlan) -> None:
