@@ -41,6 +41,9 @@ _INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
 _RUN = re.compile(r"\S+")
 
 
+CitationMatch = Literal["exact", "fuzzy", "stated"]
+
+
 class Citation(BaseModel):
     """A quote found in the document: the chunk it came from, where it is, and the text there."""
 
@@ -53,7 +56,7 @@ class Citation(BaseModel):
     quote: str  # the document's own text at [start, end)
     # exact/fuzzy: a quote of the model's, found; stated: no quote was found, but this sentence of
     # the chunk writes the answer's distinctive content and names the question (``sentence_stating``)
-    match: Literal["exact", "fuzzy", "stated"]
+    match: CitationMatch
     score: float  # 100 for an exact match or a stating sentence, else rapidfuzz's partial_ratio
     # Where ``start`` is in the original file, when it was read as a Document: its page (PDF) and
     # the chain of headings above it (EPUB, HTML, DOCX, Markdown); ``location`` as a person reads
@@ -155,6 +158,11 @@ def _locate(
     if found is None:
         return None
     (start, end), match, score = found
+    return _cited(chunk, document, start, end, match, score)
+
+
+def _cited(chunk: Chunk, document: DocumentIndex, start: int, end: int, match: CitationMatch, score: float) -> Citation:
+    """The citation of the document's text at [start, end), found for ``chunk``."""
     return Citation(
         chunk=chunk.index,
         start=start,
@@ -319,15 +327,7 @@ def sentence_stating(answer: str, question: str, chunk: Chunk, document: Documen
     for sentence_start, sentence_end in _sentence_spans(document.text, start, chunk.end):
         words = set(WORD.findall(document.text[sentence_start:sentence_end].casefold()))
         if wanted <= words and (not asked or asked & words):
-            return Citation(
-                chunk=chunk.index,
-                start=sentence_start,
-                end=sentence_end,
-                line=document.line_of(sentence_start),
-                quote=document.text[sentence_start:sentence_end],
-                match="stated",
-                score=100.0,
-            )
+            return _cited(chunk, document, sentence_start, sentence_end, "stated", 100.0)
     return None
 
 
