@@ -1,13 +1,22 @@
 """Grounding on and off: recall where the answer is, false answers where it is not.
 
-    python benchmarks/grounding.py [--length 16k] [--n 4] [--modes off,cap] [--base-url URL]
+    python benchmarks/grounding.py [--length 16k] [--n 4] [--tasks passkey,kv_retrieval,fact]
+                                   [--modes off,cap] [--chunk-tokens N] [--base-url URL]
 
-Builds pass-key and KV-retrieval documents offline (``llmxmr bench generate``'s builders): ``n``
-with the needle at depths spread from start to end, and the same ``n`` haystacks with the needle
-taken out. Each document is run through ``MapReducePipeline`` once per grounding mode, on the
-embedded default model or on the server given by ``--base-url``.
+Builds documents offline: ``n`` with the needle at depths spread from start to end, and the same
+``n`` haystacks with the needle taken out.
 
-* recall: documents with the needle whose answer scores 1 with InfiniteBench's official scorer.
+* ``passkey`` and ``kv_retrieval``: ``llmxmr bench generate``'s builders, with the InfiniteBench
+  task's settings (retrieval prompts).
+* ``fact``: an ordinary fact planted as a paragraph of *Pride and Prejudice* (from ``--books``,
+  the shared corpus), asked as an open question with the default ``qa`` prompts: the case where a
+  model paraphrases its evidence instead of copying it.
+
+Each document is run through ``MapReducePipeline`` once per grounding mode, on the embedded
+default model or on the server given by ``--base-url``.
+
+* recall: documents with the needle whose answer scores 1 (InfiniteBench's official scorer; for
+  ``fact``, the answer contains the planted value).
 * false answers: documents without the needle where the run still answered (``found`` true):
   every such answer is invented. The rate over those documents is the hallucination rate.
 
@@ -15,7 +24,7 @@ The modes read the same model replies: the first mode's calls go to the model, a
 (a temporary SQLite file, the ``--cache`` of ``llmxmr run``) answers the same requests in the
 later modes, so their differences are the grounding policy's alone. Calls and tokens are counted
 per mode as made; a later mode's wall time is short where the cache answered, so the table shows
-its cache hits. Prints a table and writes ``benchmarks/results/grounding.json``.
+its cache hits. Prints a table and writes ``--out`` (``benchmarks/results/grounding.json``).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import json
 import os
 import platform
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,29 +45,109 @@ from llmxmr.bench.infinitebench.scorers import score_example
 from llmxmr.bench.infinitebench.tasks import Example, question_for, task_config
 from llmxmr.clients import make_client
 from llmxmr.pipeline import PipelineResult
+from llmxmr.tokens import TiktokenCounter
 
 RESULTS = Path(__file__).parent / "results" / "grounding.json"
 TASKS = ("passkey", "kv_retrieval")
+BOOKS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "books"
+FACT_BOOK = "pride_and_prejudice.txt"
+# (the planted paragraph, the question, the value a right answer contains): ordinary facts in the
+# book's own world, whose values the book never writes.
+FACTS = (
+    (
+        "Mrs. Hill kept the key of the wine cellar in a blue tin marked with the number 4071.",
+        "What number was marked on the tin in which Mrs. Hill kept the key of the wine cellar?",
+        "4071",
+    ),
+    (
+        "The carriage Mr. Bingley hired for the winter was painted green and bore the number 218 on its door.",
+        "What number did the carriage Mr. Bingley hired for the winter bear on its door?",
+        "218",
+    ),
+    (
+        "Colonel Forster's regiment kept its spare muskets in a storehouse on Tanner Lane in Meryton.",
+        "On which lane did Colonel Forster's regiment keep its spare muskets?",
+        "Tanner Lane",
+    ),
+    (
+        "Mr. Philips paid his clerk, a quiet young man named Abel Crouch, twelve shillings a week.",
+        "What was the name of Mr. Philips's clerk?",
+        "Abel Crouch",
+    ),
+)
 
 
-def documents(task: str, length: int, n: int, seed: int) -> list[tuple[Example, bool]]:
-    """``n`` examples with their needle, then the same ``n`` without it."""
-    examples = generate(task, length, n, seed)
-    return [(Example.model_validate(e), True) for e in examples] + [
-        (Example.model_validate(without_answer(task, e)), False) for e in examples
+@dataclass(frozen=True)
+class Case:
+    """One document of a task: its text, the question, and the value a right answer holds (None
+    where the needle was taken out)."""
+
+    id: str
+    context: str
+    question: str
+    expected: Any | None
+
+
+def documents(task: str, length: int, n: int, seed: int, books: Path) -> list[Case]:
+    """``n`` documents with their needle, then the same ``n`` without it."""
+    if task == "fact":
+        return _fact_documents(length, n, books)
+    examples = [Example.model_validate(e) for e in generate(task, length, n, seed)]
+    return [Case(str(e.id), e.context, question_for(task, e), e.answer) for e in examples] + [
+        Case(str(e.id), without_answer(task, e.model_dump())["context"], question_for(task, e), None) for e in examples
     ]
 
 
-async def run_mode(task: str, mode: str, docs: list[tuple[Example, bool]], args: argparse.Namespace, cache: str) -> dict[str, Any]:
-    overrides = {"grounding.mode": mode, "llm.cache": cache, "llm.base_url": args.base_url, "llm.model": args.model}
-    config = PipelineConfig.load(preset=task_config(task).pipeline, **overrides)
+def _fact_documents(length: int, n: int, books: Path) -> list[Case]:
+    """Fact ``i`` (cycling through FACTS) planted at depth i/(n-1) of ``length`` tokens of the book,
+    each document its own stretch of it."""
+    paragraphs = [p.strip() for p in (books / FACT_BOOK).read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    counts = TiktokenCounter().count_batch(paragraphs)
+    present, absent = [], []
+    start = 0
+    for i in range(n):
+        stretch, total = [], 0
+        while total < length and start < len(paragraphs):
+            stretch.append(paragraphs[start])
+            total += counts[start] + 1
+            start += 1
+        if total < length:
+            raise SystemExit(f"{FACT_BOOK} is too short for {n} documents of {length} tokens")
+        fact, question, value = FACTS[i % len(FACTS)]
+        depth = round(i / max(n - 1, 1) * len(stretch))
+        planted = [*stretch[:depth], fact, *stretch[depth:]]
+        present.append(Case(str(i), "\n\n".join(planted), question, value))
+        absent.append(Case(str(i), "\n\n".join(stretch), question, None))
+    return present + absent
+
+
+def _score(task: str, answer: str, expected: Any) -> float:
+    if task == "fact":
+        return float(str(expected).casefold() in answer.casefold())
+    return score_example(task, answer, expected)
+
+
+def _preset(task: str) -> dict[str, Any]:
+    return {"task_type": "qa"} if task == "fact" else task_config(task).pipeline
+
+
+async def run_mode(task: str, mode: str, docs: list[Case], args: argparse.Namespace, cache: str) -> dict[str, Any]:
+    overrides = {
+        "grounding.mode": mode,
+        "llm.cache": cache,
+        "llm.base_url": args.base_url,
+        "llm.model": args.model,
+        "chunking.chunk_tokens": args.chunk_tokens,
+    }
+    config = PipelineConfig.load(preset=_preset(task), **overrides)
     client = make_client(config)
     runs: list[dict[str, Any]] = []
     try:
-        for example, has_needle in docs:
-            result = await MapReducePipeline(config, client=client).arun(example.context, question_for(task, example))
-            runs.append(_run_row(task, example, has_needle, result))
-            print(f"  {task} {mode} #{example.id} needle={has_needle}: {result.answer[:40]!r} found={result.found}", flush=True)
+        for case in docs:
+            result = await MapReducePipeline(config, client=client).arun(case.context, case.question)
+            runs.append(_run_row(task, case, result))
+            needle = case.expected is not None
+            print(f"  {task} {mode} #{case.id} needle={needle}: {result.answer[:40]!r} found={result.found}", flush=True)
     finally:
         await client.aclose()
     present = [r for r in runs if r["needle"]]
@@ -78,14 +168,14 @@ async def run_mode(task: str, mode: str, docs: list[tuple[Example, bool]], args:
     }
 
 
-def _run_row(task: str, example: Example, has_needle: bool, result: PipelineResult) -> dict[str, Any]:
+def _run_row(task: str, case: Case, result: PipelineResult) -> dict[str, Any]:
     totals = result.trace.totals
     return {
-        "id": example.id,
-        "needle": has_needle,
+        "id": case.id,
+        "needle": case.expected is not None,
         "answer": result.answer,
         "found": result.found,
-        "score": score_example(task, result.answer, example.answer) if has_needle else None,
+        "score": _score(task, result.answer, case.expected) if case.expected is not None else None,
         "citations": len(result.citations),
         "calls": totals.calls,
         "cache_hits": totals.cache_hits,
@@ -108,16 +198,22 @@ async def main_async(args: argparse.Namespace) -> None:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        cache = str(Path(scratch) / "replies.sqlite")
+        cache = str(args.cache or Path(scratch) / "replies.sqlite")
         for task in args.tasks.split(","):
-            docs = documents(task, length, args.n, args.seed)
+            docs = documents(task, length, args.n, args.seed, args.books)
             for mode in modes:
                 rows.append(await run_mode(task, mode, docs, args, cache))
     print(table(rows))
-    RESULTS.parent.mkdir(exist_ok=True)
-    setup = {"length": length, "n": args.n, "seed": args.seed, "server": args.base_url or "embedded"}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    setup = {
+        "length": length,
+        "n": args.n,
+        "seed": args.seed,
+        "chunk_tokens": args.chunk_tokens,
+        "server": args.base_url or "embedded",
+    }
     machine = {"cpus": os.cpu_count(), "python": platform.python_version()}
-    RESULTS.write_text(json.dumps({"machine": machine, "setup": setup, "rows": rows}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"machine": machine, "setup": setup, "rows": rows}, indent=2) + "\n")
 
 
 def main() -> None:
@@ -125,8 +221,14 @@ def main() -> None:
     parser.add_argument("--length", default="16k", help="Document length in cl100k tokens.")
     parser.add_argument("--n", type=int, default=4, help="Documents with the needle per task (as many without).")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--tasks", default=",".join(TASKS), help="Of passkey, kv_retrieval and fact.")
+    parser.add_argument("--books", type=Path, default=BOOKS, help=f"Folder holding {FACT_BOOK}, for the fact task.")
+    parser.add_argument("--chunk-tokens", type=int, help="Tokens per chunk (default: the task's and model's).")
     parser.add_argument("--modes", default="off,cap", help="Grounding modes, in order; the first calls the model.")
+    parser.add_argument(
+        "--cache", type=Path, help="Reply cache to keep (default: a temporary one): another checkout reads the same replies."
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="Where the JSON goes.")
     parser.add_argument("--base-url", help="An OpenAI-compatible server (default: the embedded model).")
     parser.add_argument("--model", help="Model name on the server.")
     asyncio.run(main_async(parser.parse_args()))

@@ -84,7 +84,8 @@ def checked_value(answer: str, evidence: str, request: str, text: str) -> tuple[
 
     A value counts only if every content word of it occurs in ``text`` (any word with a digit;
     other words of three letters or more that are not stopwords, so "The answer is 71432" passes on
-    "71432"), and the value or its evidence shares such a word with the request."""
+    "71432"), the value says more than the request's own words ("the pass key" is no pass key),
+    and the value or its evidence shares such a word with the request."""
     problem = value_problem(answer, evidence, request, text)
     if problem is None:
         return answer, None
@@ -98,6 +99,8 @@ def value_problem(answer: str, evidence: str, request: str, text: str) -> str | 
     ):
         return "the answer does not occur in the chunk"
     wanted = content_words(request)
+    if answer_words and answer_words <= wanted:
+        return "the answer only names what the request asks for, with no value"
     if wanted and not wanted & content_words(f"{answer} {evidence}"):
         return "neither the answer nor its evidence mentions what the request asks for"
     return None

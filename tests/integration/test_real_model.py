@@ -108,3 +108,26 @@ def test_cli_run_on_a_file(tmp_path):
     assert PASS_KEY in result["answer"]
     calls = json.loads(trace.read_text())["trace"]["calls"]
     assert {call["stage"] for call in calls} >= {"map", "reduce"}
+
+
+def test_three_questions_over_one_reading_of_an_8k_haystack(llama_server):
+    """Three needles, three questions, one ``run_many`` over one chunking: each answer holds its
+    own value. (llama-cpp-python's server reports no cached tokens; the saving is measured by
+    benchmarks/questions.py.)"""
+    needles = {
+        "What is the pass key?": ("71432", "The pass key is 71432. Remember it. 71432 is the pass key. "),
+        "What is the door code?": ("58264", "The door code is 58264. Remember it. 58264 is the door code. "),
+        "What is the locker number?": ("30917", "The locker number is 30917. Remember it. 30917 is the locker number. "),
+    }
+    lines = [FILLER] * 340  # about 8k tokens
+    for depth, (_, needle) in zip((0.2, 0.5, 0.8), needles.values()):
+        lines.insert(int(len(lines) * depth), needle)
+    document = TASK + "".join(lines)
+    config = PipelineConfig.load(
+        task_type="retrieval",
+        **{"llm.base_url": llama_server, "llm.context_window": SERVER_N_CTX, "chunking.chunk_tokens": 2048, **SMALL_MODEL},
+    )
+    results = MapReducePipeline(config).run_many(document, list(needles))
+    for result, (question, (value, _)) in zip(results, needles.items()):
+        assert value in result.answer, (question, result.model_dump_json(indent=1, exclude={"trace"}))
+    assert results[0].chunks == results[1].chunks == results[2].chunks and len(results[0].chunks) >= 4

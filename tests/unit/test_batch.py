@@ -75,15 +75,16 @@ def test_all_documents_share_one_call_budget(tmp_path):
     assert client.max_in_flight == 3  # not 3 per document: 6 documents were open at once
 
 
-def test_documents_finish_one_after_another_and_are_written_as_they_finish(tmp_path):
+def test_documents_finish_one_after_another(tmp_path):
     """Four documents open at once, one call slot. A waiting call goes first by its document's
-    place in the batch, so no document starts before the one two places ahead of it is written
-    (only the next one's warm-up call slips in while a document waits for its own)."""
+    place in the batch, so no document starts before the one two places ahead of it has made its
+    last call (only the next one's warm-up call slips in while a document waits for its own), and
+    the results are written in that order."""
     path = tmp_path / "out" / "results.jsonl"
-    calls: list[tuple[str, int]] = []  # (document, results on disk when the call started)
+    calls: list[str] = []  # the document of each call, in the order the calls started
 
     def watching(request: ChatRequest) -> str:
-        calls.append((owner(request), len(path.read_text().splitlines()) if path.exists() else 0))
+        calls.append(owner(request))
         return reader(request)
 
     client = ScriptedClient(responder=watching, counter=WordCounter(), delay_s=0.005)
@@ -91,10 +92,10 @@ def test_documents_finish_one_after_another_and_are_written_as_they_finish(tmp_p
         run_batch(items(4), tmp_path / "out", config(**{"llm.concurrency": 1}), client=client, documents_in_flight=4)
     )
     assert batch.documents == 4
-    first_call = {}
-    for name, written in calls:
-        first_call.setdefault(name, written)
-    assert first_call == {"doc0": 0, "doc1": 0, "doc2": 1, "doc3": 2}
+    first = {name: calls.index(name) for name in ("doc0", "doc1", "doc2", "doc3")}
+    last = {name: len(calls) - 1 - calls[::-1].index(name) for name in first}
+    assert first["doc0"] < first["doc1"] < last["doc0"] < first["doc2"]
+    assert last["doc1"] < first["doc3"]
     assert [r.id for r in read_results(path)] == ["d0", "d1", "d2", "d3"]
 
 

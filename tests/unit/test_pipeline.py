@@ -205,6 +205,8 @@ def test_empty_question_and_document():
         ("The sun is yellow.", "The sun is yellow.", None, "mentions what the request asks for"),
         ("55555", "The pass key is 55555.", None, "does not occur in the chunk"),
         ("It is a unique identifier.", "The pass key is 71432.", "The pass key is 71432.", "stands in"),
+        ("the pass key", "", None, "only names what the request asks for"),
+        ("The pass key.", "The pass key is 71432.", "The pass key is 71432.", "stands in"),
     ],
 )
 def test_retrieval_answers_are_checked_against_the_chunk_and_the_request(answer, evidence, kept, reason):
