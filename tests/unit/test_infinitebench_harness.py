@@ -318,6 +318,14 @@ def test_a_hub_run_pins_the_dataset_commit_it_started_with(tmp_path, monkeypatch
     assert data.DataSource(hf_revision="c0ffee").model_dump(exclude_none=True) == {"hf_revision": "c0ffee"}
 
 
+def test_a_damaged_pinned_revision_is_one_line_naming_the_file(tmp_path):
+    from llmxmr.bench.infinitebench import data
+
+    (tmp_path / data.REVISION_FILE).write_text("main", encoding="utf-8")  # killed mid-write by an older release
+    with pytest.raises(UsageError, match="hf_revision.txt is damaged"):
+        data.pinned_revision(tmp_path, None)
+
+
 # ---- examples that share a context: one reading ----------------------------------------------
 
 BOXES = {"A": "11111", "B": "22222", "C": "33333"}

@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from ...errors import MissingExtraError, UsageError
+from ...executor import write_atomically
 from .tasks import Example
 
 HF_DATASET = "xinrongzhang2022/InfiniteBench"
@@ -75,14 +76,17 @@ def pinned_revision(out_dir: str | Path, requested: str | None) -> str:
     ``requested`` (default ``main``) resolved to a commit now and recorded."""
     record = Path(out_dir) / REVISION_FILE
     if record.exists():
-        name, commit = record.read_text(encoding="utf-8").split()
+        try:
+            name, commit = record.read_text(encoding="utf-8").split()
+        except ValueError:
+            raise UsageError(f"{record} is damaged: expected '<revision> <commit>'; remove it to resolve again") from None
         if requested in (None, name, commit):
             return commit
         raise UsageError(f"{out_dir} holds predictions for {HF_DATASET}@{commit} ({name}); use another --out")
     name = requested or "main"
     commit = resolve_hf_revision(name)
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(f"{name} {commit}\n", encoding="utf-8")
+    write_atomically(record, f"{name} {commit}\n")
     return commit
 
 

@@ -8,12 +8,14 @@ possible score (1 for recall, 10 with the judge), so two pictures compare at a g
 from __future__ import annotations
 
 import csv
+import io
 from collections import defaultdict
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from ...errors import MissingExtraError
+from ...executor import write_atomically
 from .runner import CellResult
 
 # The reference test's colours: red, yellow, green.
@@ -72,12 +74,14 @@ def summary_line(summary: Summary, wall_time_s: float | None = None) -> str:
 
 
 def write_csv(grid: Grid, path: Path) -> None:
-    """Rows are depths, columns lengths, as in the picture; empty where no cell finished."""
-    with path.open("w", newline="", encoding="utf-8") as sink:
-        writer = csv.writer(sink)
-        writer.writerow(["depth_percent", *grid.lengths])
-        for depth, row in zip(grid.depths, grid.scores):
-            writer.writerow([f"{depth:g}", *("" if s is None else f"{s:.4f}" for s in row)])
+    """Rows are depths, columns lengths, as in the picture; empty where no cell finished. Whole or
+    not at all: a run killed while writing leaves the previous file."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["depth_percent", *grid.lengths])
+    for depth, row in zip(grid.depths, grid.scores):
+        writer.writerow([f"{depth:g}", *("" if s is None else f"{s:.4f}" for s in row)])
+    write_atomically(path, text.getvalue())
 
 
 def draw_heatmap(grid: Grid, path: Path, title: str, max_score: float) -> None:
