@@ -123,7 +123,7 @@ def plan_tokens(
     ``question_allowance``), not by the question."""
     generation = config.generation
     usable = budget_with_margin(window, counter, config.chunking.safety_margin)
-    map_fixed = prompt_tokens(map_messages(prompts, "", ""), counter) + allowance + generation.map_max_tokens
+    map_fixed = prompt_tokens(map_messages(prompts, "", ""), counter) + allowance * prompts.question_slots + generation.map_max_tokens
     chunk_tokens = usable - map_fixed
     if config.chunk_token_cap is not None:
         chunk_tokens = min(chunk_tokens, config.chunk_token_cap)

@@ -35,6 +35,7 @@ class LLMSettings(_Section):
     concurrency: int | None = Field(ge=1)
     concurrency_per_worker: int = Field(ge=1)
     max_string_chars: int | None = Field(ge=1, le=1000)
+    map_question_first: bool
     timeout_s: float = Field(gt=0)
     max_retries: int = Field(ge=0)
     temperature: float = Field(ge=0)
@@ -51,6 +52,7 @@ class EmbeddedSettings(_Section):
     chunk_tokens: int | None = Field(ge=1)
     # llama.cpp's grammar expansion fails far above this; null: no cap.
     max_string_chars: int | None = Field(ge=1, le=1000)
+    map_question_first: bool
     extra_buffers: ExtraBuffers
     state_cache_mb: int = Field(ge=0)
 
@@ -119,6 +121,12 @@ class PipelineConfig(_Section):
     @property
     def uses_embedded_model(self) -> bool:
         return self.llm.base_url is None
+
+    @property
+    def map_question_first(self) -> bool:
+        """Whether map prompts ask the question before the chunk too, where the family has such a
+        template (``families.workarounds.maps_for_the_model``)."""
+        return self.embedded.map_question_first if self.uses_embedded_model else self.llm.map_question_first
 
     @property
     def chunk_token_cap(self) -> int | None:

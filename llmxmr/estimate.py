@@ -40,6 +40,7 @@ from .config import PipelineConfig
 from .documents import read_text
 from .errors import UsageError
 from .families import family
+from .families.workarounds import maps_for_the_model
 from .pipeline import checked_questions, cut_chunks
 from .prompts import ChatMessage, PromptSet
 from .stages.collapse import collapse_messages, group_to_fit
@@ -155,7 +156,7 @@ async def estimate_cost(
     reading per document), without calling the model. The client gives the context window and the
     token counter, as in a run; it is left open. Documents are taken one at a time, so an iterator
     that reads each when its turn comes holds one at once."""
-    prompts = family(config.task_type).prompts
+    prompts = maps_for_the_model(family(config.task_type).prompts, config.map_question_first)
     counter = await token_counter_for(config, client)
     instructions = _prefix_tokens(map_prefix(prompts, ""), counter)
     costs: list[DocumentCost] = []

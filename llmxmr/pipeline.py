@@ -32,6 +32,7 @@ from .config import PipelineConfig
 from .documents import Document
 from .errors import LLMCallError, UsageError
 from .families import family
+from .families.workarounds import maps_for_the_model
 from .grounding import Citation, DocumentIndex
 from .prompts import ChatMessage, PromptSet
 from .scheduling import CallBudget, gather_or_cancel, in_order
@@ -210,7 +211,7 @@ class _Run:
         self.memo = memo  # the pipeline's last chunking (see ``_chunks``)
         self.client = client
         self.family = family(config.task_type)
-        self.prompts: PromptSet = self.family.prompts
+        self.prompts: PromptSet = maps_for_the_model(self.family.prompts, config.map_question_first)
         self.calls = calls
         self.place = calls.join()
         self.tasks: list[asyncio.Future[Any]] = []

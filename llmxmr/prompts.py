@@ -5,7 +5,8 @@ out document first: the system message (the role and the family's map instructio
 every map call of the family), then the chunk, then the question. Serving engines reuse only a
 byte-identical prompt prefix, so every map call shares the instructions, and every question about
 one chunk shares the instructions and the chunk: asking several questions of one document costs
-about one reading of it.
+about one reading of it. A family may also ship a question-first map template
+(``map_question_first.md``), for small models only (``families.workarounds.maps_for_the_model``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class PromptSet(BaseModel):
     map: str
     collapse: str
     reduce: str
+    # The family's question-first map template (instructions and question, the chunk, the question
+    # again), where it ships one: for small models (see ``families.workarounds``).
+    map_question_first: str | None = None
 
     def messages(self, stage: Stage, **values: str) -> list[ChatMessage]:
         user = Template(getattr(self, stage)).substitute(values)
@@ -62,7 +66,18 @@ class PromptSet(BaseModel):
         """What every map call's user message begins with: the family's map instructions. They
         open the user message rather than close the system message: the prefix is as fixed either
         way, and the bundled SmolLM2 follows them there (4 of 6 needles found against 3 of 6)."""
-        return f"{self.map_system}\n\n"
+        return f"{self.map_system}\n\n" if self.map_system else ""
+
+    @property
+    def question_slots(self) -> int:
+        """How many times a map prompt writes the question."""
+        return self.map.count("$question")
+
+    def question_first(self) -> PromptSet:
+        """This set with its question-first map template (which holds the instructions itself)."""
+        if self.map_question_first is None:
+            raise ValueError(f"the {self.family} prompts have no question-first map template")
+        return self.model_copy(update={"map": self.map_question_first, "map_system": ""})
 
 
 def _placeholders(text: str) -> set[str]:
@@ -98,6 +113,14 @@ def _check(path: Path, stage: str, text: str) -> None:
         _check_document_first(path, text)
 
 
+def _check_question_first(path: Path, text: str) -> None:
+    """A question-first map template asks its question before the chunk as well as after it."""
+    if _placeholders(text) != _RUNTIME_VARIABLES["map"]:
+        raise ConfigError(f"{path}: the placeholders must be $question and $chunk")
+    if "$question" not in text[: text.index("$chunk")] or "$question" not in text[text.index("$chunk") :]:
+        raise ConfigError(f"{path}: a question-first map template asks the question before the chunk and after it")
+
+
 def _check_document_first(path: Path, text: str) -> None:
     """The map template opens with the chunk (only its opening tag before it), and what follows
     the chunk is the question and a short ask: nothing that depends on the question may come
@@ -127,4 +150,8 @@ def load_prompts(family: str, root: Path | None = None) -> PromptSet:
     map_system = Template(_read(instructions)).safe_substitute(snippets)
     if _placeholders(map_system):
         raise ConfigError(f"{instructions}: the map instructions are the same for every call; no placeholder may be in them")
+    question_first = root / family / "map_question_first.md"
+    if question_first.exists():
+        stages["map_question_first"] = Template(_read(question_first)).safe_substitute(snippets)
+        _check_question_first(question_first, stages["map_question_first"])
     return PromptSet(family=family, system=_read(root / "shared" / "system.md"), map_system=map_system, **stages)

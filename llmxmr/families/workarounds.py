@@ -1,12 +1,30 @@
 """Workarounds for small models, in one place.
 
-Each one answers a habit measured on the bundled SmolLM2-135M (a capable model does not trigger
-them) and turns a reply that would otherwise be thrown away into one the text supports. None of
-them lets through a value that is not written in the found quotes: they only choose which of the
-text's own words stand for the answer.
+Each one answers a habit measured on the bundled SmolLM2-135M. The reply workarounds (a capable
+model does not trigger them) turn a reply that would otherwise be thrown away into one the text
+supports; none of them lets through a value that is not written in the found quotes: they only
+choose which of the text's own words stand for the answer. The prompt workaround is switched on by
+the configuration, for the bundled model.
 """
 
 from __future__ import annotations
+
+from ..prompts import PromptSet
+
+
+def maps_for_the_model(prompts: PromptSet, question_first: bool) -> PromptSet:
+    """The prompts a run's map calls use. Small models need to know what they look for before they
+    read. On 8 pass-key haystacks of 2k tokens (embedded SmolLM2, greedy, the needle's chunk), it
+    copied the key into its reply 8 times of 8 with the question-first template, 0 of 8 with the
+    document first, and 1 of 8 with the document first and the request also stated before it:
+    being told the request before the instructions on what to copy is what it needs. Where the
+    configuration asks for it (``embedded.map_question_first``, on for the bundled model;
+    ``llm.map_question_first``), a family that ships a question-first map template
+    (``map_question_first.md``: retrieval) uses it. That gives up the reuse of each chunk's prefix
+    by the next question, so it stays off for models that read the question after the document
+    well."""
+    return prompts.question_first() if question_first and prompts.map_question_first is not None else prompts
+
 
 def sentences_for_a_null_answer(quoted: str) -> tuple[str, str]:
     """A retrieval reply that copies the needle into its quotes and still answers null (SmolLM2

@@ -3,8 +3,8 @@ checked against the text by the task family (``llmxmr.families``)."""
 
 from __future__ import annotations
 
+import os
 import re
-from string import Template
 
 from ..prompts import ChatMessage, PromptSet
 
@@ -31,9 +31,10 @@ def map_messages(prompts: PromptSet, question: str, chunk_text: str) -> list[Cha
 
 def map_prefix(prompts: PromptSet, chunk_text: str) -> list[ChatMessage]:
     """What the map messages of every question about this chunk begin with: the system message and
-    the instructions, then the user message up to the end of the chunk (its opening tag and the
-    chunk). A prefix cache computes this once per chunk."""
-    *shared, user = map_messages(prompts, "", chunk_text)
-    head = Template(prompts.map[: prompts.map.index("$chunk")]).substitute()  # the opening tag: no placeholder
-    end = len(prompts.map_head) + len(head) + len(quote_as_data(chunk_text))
-    return [*shared, user.model_copy(update={"content": user.content[:end]})]
+    the user message up to where two questions' prompts part. Laid out document first, that is the
+    instructions and the chunk, which a prefix cache computes once per chunk; question first, the
+    instructions alone."""
+    *shared, one = map_messages(prompts, "\x00", chunk_text)
+    *_, other = map_messages(prompts, "\x01", chunk_text)
+    end = len(os.path.commonprefix([one.content, other.content]))
+    return [*shared, one.model_copy(update={"content": one.content[:end]})]

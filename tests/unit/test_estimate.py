@@ -130,9 +130,9 @@ def test_more_questions_compute_only_their_own_part_of_each_map_prompt():
     one, three = estimate(config(), [(DOCUMENT, QUESTIONS[:1])]), estimate(config(), [(DOCUMENT, QUESTIONS)])
     prompts = family("qa").prompts
 
-    def own_part(question: str) -> int:  # after the chunk, plus the generation prompt's 8 tokens
+    def own_part(question: str) -> int:  # the question and the ask after it, plus the generation prompt's 8 tokens
         user = map_messages(prompts, question, "")[-1].content
-        return len(user[user.index("</document_part>") :].split()) + 8
+        return len(user[user.index("</document_part>\nQuestion:") :].split()) - 2 + 8
 
     added = sum(own_part(question) for question in QUESTIONS[1:]) * one.chunks
     assert three.chunks == one.chunks

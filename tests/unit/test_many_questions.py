@@ -274,3 +274,64 @@ def test_a_model_that_runs_one_request_at_a_time_gets_its_calls_chunk_major_by_d
     MapReducePipeline(cfg, client=recorder).run_many(DOCUMENT, QUESTIONS)
     starts = [(chunk, QUESTIONS.index(q)) for kind, chunk, q in recorder.events if kind == "start"]
     assert starts == sorted(starts) and recorder.max_in_flight == 1
+
+
+# ---- the question-first workaround for small models -------------------------------------------
+
+
+def _first_map_prompt(settings: dict, task_type: str) -> str:
+    scripted = client()
+    MapReducePipeline(config(task_type=task_type, **settings), client=scripted).run(DOCUMENT, "What is the code?")
+    return next(r for r in scripted.requests if r.schema_name == "MapOutput").messages[-1].content
+
+
+@pytest.mark.parametrize(
+    ("settings", "task_type", "question_first"),
+    [
+        ({}, "retrieval", True),  # the embedded model: the bundled small one
+        ({}, "qa", False),  # no question-first template: document first whatever the setting
+        ({"embedded.map_question_first": False}, "retrieval", False),
+        ({"llm.base_url": "http://unused/v1"}, "retrieval", False),  # a server: capable until told otherwise
+        ({"llm.base_url": "http://unused/v1", "llm.map_question_first": True}, "retrieval", True),
+    ],
+)
+def test_map_prompts_ask_the_question_before_the_chunk_only_where_configured(settings, task_type, question_first):
+    user = _first_map_prompt(settings, task_type)
+    before_chunk = user[: user.index("<document_part>")]
+    assert ("What is the code?" in before_chunk) == question_first
+    assert "What is the code?" in user[user.index("</document_part>") :]  # after it, always
+
+
+def test_question_first_prompts_share_only_the_instructions_and_reserve_room_for_both_questions():
+    from llmxmr.budget import plan_tokens
+    from llmxmr.families import family
+    from llmxmr.stages.map import map_prefix
+
+    document_first = family("retrieval").prompts
+    question_first = document_first.question_first()
+    chunk = "The pass key is 71432."
+    shared = map_prefix(question_first, chunk)[-1].content
+    assert chunk not in shared and "Request:" in shared  # every question's prompt parts at its question
+    assert chunk in map_prefix(document_first, chunk)[-1].content
+    uncapped = PipelineConfig.load(**{"llm.base_url": "http://unused/v1"})
+
+    def room_taken_by(allowance_added: int, prompts) -> int:
+        small, large = (plan_tokens(uncapped, prompts, "q", 4096, WordCounter(), a) for a in (100, 100 + allowance_added))
+        return small.chunk_tokens - large.chunk_tokens
+
+    assert room_taken_by(50, document_first) == 50
+    assert room_taken_by(50, question_first) == 100  # the question is written twice
+
+
+def test_a_question_first_template_must_ask_before_and_after_the_chunk(tmp_path):
+    import shutil
+
+    from llmxmr.errors import ConfigError
+    from llmxmr.prompts import load_prompts
+    from llmxmr.resources import data_dir
+
+    root = tmp_path / "prompts"
+    shutil.copytree(data_dir("prompts"), root)
+    (root / "retrieval" / "map_question_first.md").write_text("<document_part>\n$chunk\n</document_part>\nRequest: $question")
+    with pytest.raises(ConfigError, match="before the chunk and after it"):
+        load_prompts("retrieval", root)
