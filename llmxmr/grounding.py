@@ -318,11 +318,12 @@ def sentence_stating(answer: str, question: str, chunk: Chunk, document: Documen
     """The first sentence of the chunk that writes every distinctive word of ``answer`` (numbers,
     names, long words) and shares a content word with ``question``: the text's own support for an
     answer whose quotes were paraphrased instead of copied. None when the answer has no
-    distinctive word (a "yes", a choice letter), which any text would seem to state."""
+    distinctive word (a "yes", a choice letter) or none beyond the question's own ("Colonel
+    Forster's regiment" asked about his regiment): any text on the topic would seem to state it."""
     wanted = distinctive_words(answer)
-    if not wanted:
-        return None
     asked = content_words(question)
+    if not wanted - asked:
+        return None
     start = chunk.overlap_start
     for sentence_start, sentence_end in _sentence_spans(document.text, start, chunk.end):
         words = set(WORD.findall(document.text[sentence_start:sentence_end].casefold()))

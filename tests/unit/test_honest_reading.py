@@ -188,7 +188,7 @@ QUESTION = "What number is marked on the tin that holds the wine cellar key?"
 PROSE = "Elizabeth walked to Meryton with her sisters, and the morning was fine. " * 30
 
 
-def _qa(document: str, answer: str | None, evidence: list[str]) -> Any:
+def _qa(document: str, answer: str | None, evidence: list[str], question: str = QUESTION) -> Any:
     def respond(request: ChatRequest) -> str:
         if request.schema_name == "MapOutput":
             if "tin" in request.messages[-1].content or answer is None:
@@ -198,7 +198,7 @@ def _qa(document: str, answer: str | None, evidence: list[str]) -> Any:
 
     client = ScriptedClient(responder=respond, counter=WordCounter())
     config = PipelineConfig.load(task_type="qa", **{"chunking.chunk_tokens": 450, "llm.concurrency": 2})
-    return MapReducePipeline(config, client=client).run(document, QUESTION)
+    return MapReducePipeline(config, client=client).run(document, question)
 
 
 def test_a_sentence_stating_the_answer_supports_it_when_the_quotes_paraphrase():
@@ -219,6 +219,13 @@ def test_without_the_fact_the_same_reply_is_still_not_found():
 def test_an_answer_with_nothing_distinctive_is_not_supported_by_any_sentence():
     document = f"{PROSE}\n\n{FACT}\n\n{PROSE}"
     result = _qa(document, "a blue one", evidence=["it was kept somewhere"])
+    assert not result.found
+
+
+def test_an_answer_made_of_the_questions_own_words_is_not_stated_by_a_sentence_on_its_topic():
+    document = f"{PROSE}\n\nMrs. Hill kept the key of the wine cellar.\n\n{PROSE}"
+    question = "Where did Mrs. Hill keep the tin with the wine cellar key?"
+    result = _qa(document, "Mrs. Hill kept it", evidence=["she kept it safe"], question=question)
     assert not result.found
 
 
