@@ -350,7 +350,8 @@ def _sentence_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
 _STOPWORDS = frozenset(
     "the and for are was were what which who whom whose when where why how this that these those "
     "with from into about there their them they you your please tell give find provide extract "
-    "answer question text document below above following specified corresponding is".split()
+    "answer question text document below above following specified corresponding is "
+    "did does its has had have his her she him".split()
 )
 WORD = re.compile(r"\w+")
 # A word at least this long is rare enough to tell one sentence from another.
@@ -369,13 +370,13 @@ def content_words(text: str, keep_digits: bool = False) -> set[str]:
 
 def distinctive_words(answer: str) -> set[str]:
     """The words of an answer that few sentences write (case-folded): those with a digit, names
-    (capitalised after the first word), and long words that are not stopwords."""
+    (capitalised after the first word; not "I"), and long words that are not stopwords."""
     words = WORD.findall(answer)
     return {
         word.casefold()
         for position, word in enumerate(words)
         if any(ch.isdigit() for ch in word)
-        or (position > 0 and word[0].isupper() and word.casefold() not in _STOPWORDS)
+        or (position > 0 and len(word) > 1 and word[0].isupper() and word.casefold() not in _STOPWORDS)
         or (len(word) >= _LONG_WORD and word.casefold() not in _STOPWORDS)
     }
 

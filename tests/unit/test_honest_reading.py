@@ -229,6 +229,14 @@ def test_an_answer_made_of_the_questions_own_words_is_not_stated_by_a_sentence_o
     assert not result.found
 
 
+def test_a_reply_in_the_first_person_is_not_stated_by_any_sentence_with_an_i():
+    """SmolLM2 on the fact benchmark: "I am very glad that you have taken the liberty..." was
+    supported by a sentence of dialogue holding "I" and the question's "did"."""
+    document = f"{PROSE}\n\n\"I did not say so,\" said she of the blue tin.\n\n{PROSE}"
+    result = _qa(document, "Well, I am very glad of your reply", evidence=["glad of it"])
+    assert not result.found
+
+
 def test_a_stating_sentence_must_name_the_question():
     document = f"{PROSE}\n\nThe regiment marched 4071 miles that year.\n\n{PROSE}"
     result = _qa(document, "4071", evidence=["the tin is marked 4071"])
