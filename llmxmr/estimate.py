@@ -299,7 +299,8 @@ def format_estimate(estimate: CostEstimate) -> str:
         "",
         f"map prompt tokens under a perfect prefix cache: {estimate.cacheable_tokens:,} cacheable ({share:.0%}), "
         f"{estimate.computed_tokens:,} computed",
-        "  (the map instructions once, each chunk once, each question's part once per call)",
+        "  (the part the calls' prompts share is computed once: the map instructions, and each chunk",
+        "  where its questions follow it; what differs is computed per call)",
         "no LLM call was made; collapse and reduce are bounds (every chunk answering at full length)",
     ]
     return "\n".join(lines)
