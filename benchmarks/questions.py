@@ -6,6 +6,7 @@ one question, and against Q separate runs.
                                    [--latency fixed:0.5] [--concurrency 64] [--separate 10]
     python benchmarks/questions.py --model-runs [--length 16000] [--model-questions 1,3,5]
                                    [--modes embedded,server]
+    python benchmarks/questions.py --chat-runs [--length 16000] [--model-questions 3]
 
 **Part (a)**, the default: ``MapReducePipeline(config).run_many(document, questions[:Q])`` for each Q
 against the simulated server (``benchmarks/simserver.py``) with its prefix cache on
@@ -32,11 +33,17 @@ queue on the model and go in another order: see the README). A question's time i
 calls' latencies; each later question's is compared with the first's. ``marginal`` is the wall time
 each question beyond the first adds, over the wall time of one question alone. Target (embedded):
 every question after the first at most 0.35 x the first. Writes ``results/questions_model.json``.
+
+**Part (c)**, ``--chat-runs``: the first ``--model-questions`` questions asked one after another, as
+``llmxmr chat`` asks them (one embedded model kept open, one pipeline, a question answered before the
+next is asked), with the model's state cache at 1024 MB (chat's default) and off: what a later
+question computes when the chunks' states are kept. Writes ``results/questions_chat.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -381,6 +388,56 @@ def model_runs(args: argparse.Namespace) -> None:
     write(args.out or RESULTS / "questions_model.json", report)
 
 
+def chat_runs(args: argparse.Namespace) -> None:
+    """Part (c): questions asked one after another, as ``llmxmr chat`` asks them: one embedded model
+    kept open, one pipeline (the document chunked once), each question answered before the next is
+    asked, with the model's state cache (``embedded.state_cache_mb``, 1024 in chat) and without."""
+    from llmxmr.clients import make_client
+
+    encoding = tiktoken.get_encoding(OFFLINE_CL100K)
+    document, source, _ = build_document(args.length, args.seed, encoding)
+    questions = QUESTIONS[: max(parse_counts(args.model_questions))]
+    print(f"document: {source}; {len(questions)} questions, one after another")
+    print(f"{'state cache':>11}  {'question':>8}  {'calls':>5}  {'prompt':>7}  {'computed':>8}  {'s':>7}  x first")
+    rows = []
+    for state_cache_mb in (1024, 0):
+        config = PipelineConfig.load(**{"embedded.state_cache_mb": state_cache_mb})
+        client = make_client(config)
+        pipeline = MapReducePipeline(config, client=client)
+        try:
+            first = None
+            for number, question in enumerate(questions, 1):
+                started = time.perf_counter()
+                result = pipeline.run(document, question)
+                seconds = time.perf_counter() - started
+                first = first or seconds
+                totals = result.trace.totals
+                row = {
+                    "state_cache_mb": state_cache_mb,
+                    "question": number,
+                    "calls": totals.calls,
+                    "prompt_tokens": totals.prompt_tokens,
+                    "computed_tokens": totals.computed_tokens,
+                    "wall_s": round(seconds, 2),
+                    "vs_first": round(seconds / first, 3),
+                    "answer": result.answer,
+                }
+                rows.append(row)
+                print(
+                    f"{state_cache_mb:>8} MB  {number:>8}  {totals.calls:>5}  {totals.prompt_tokens:>7,}  "
+                    f"{totals.computed_tokens:>8,}  {seconds:>7.1f}  {seconds / first:.2f}x",
+                    flush=True,
+                )
+        finally:
+            asyncio.run(client.aclose())
+    report = {
+        "machine": {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
+        "parameters": {"length": args.length, "questions": questions, "seed": args.seed, "source": source},
+        "rows": rows,
+    }
+    write(args.out or RESULTS / "questions_chat.json", report)
+
+
 def write(path: Path, report: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
@@ -401,6 +458,7 @@ def main() -> None:
     parser.add_argument("--info-rate", type=float, default=0.2)
     parser.add_argument("--separate", type=int, default=10, help="(a) questions run one by one for contrast (0: none)")
     parser.add_argument("--model-runs", action="store_true", help="run part (b) on the bundled model instead")
+    parser.add_argument("--chat-runs", action="store_true", help="run part (c), questions one after another, instead")
     parser.add_argument("--length", type=int, default=16_000, help="(b) document tokens (cl100k)")
     parser.add_argument("--model-questions", default="1,3,5", help="(b) question counts, comma-separated")
     parser.add_argument("--modes", default="embedded,server", help="(b) embedded, server (llmxmr serve --local)")
@@ -410,7 +468,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results/questions[_model].json)")
     args = parser.parse_args()
-    if args.model_runs:
+    if args.chat_runs:
+        chat_runs(args)
+    elif args.model_runs:
         model_runs(args)
     else:
         simulated(args)
