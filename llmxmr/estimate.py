@@ -158,7 +158,7 @@ async def estimate_cost(
     that reads each when its turn comes holds one at once."""
     prompts = maps_for_the_model(family(config.task_type).prompts, config.map_question_first)
     counter = await token_counter_for(config, client)
-    instructions = _prefix_tokens(map_prefix(prompts, ""), counter)
+    instructions = _prefix_tokens(map_prefix(prompts), counter)
     costs: list[DocumentCost] = []
     window = 0
     for text, questions in documents:

@@ -29,12 +29,12 @@ def map_messages(prompts: PromptSet, question: str, chunk_text: str) -> list[Cha
     return prompts.messages("map", question=question, chunk=quote_as_data(chunk_text))
 
 
-def map_prefix(prompts: PromptSet, chunk_text: str) -> list[ChatMessage]:
-    """What the map messages of every question about this chunk begin with: the system message and
-    the user message up to where two questions' prompts part. Laid out document first, that is the
-    instructions and the chunk, which a prefix cache computes once per chunk; question first, the
-    instructions alone."""
-    *shared, one = map_messages(prompts, "\x00", chunk_text)
-    *_, other = map_messages(prompts, "\x01", chunk_text)
+def map_prefix(prompts: PromptSet, chunk_text: str | None = None) -> list[ChatMessage]:
+    """What the map messages of every question about this chunk begin with (of every map call, with
+    no chunk given): the system message and the user message up to where two questions' prompts
+    part. Laid out document first, that is the instructions and the chunk, which a prefix cache
+    computes once per chunk; question first, the instructions alone."""
+    *shared, one = map_messages(prompts, "\x00", "\x02" if chunk_text is None else chunk_text)
+    *_, other = map_messages(prompts, "\x01", "\x03" if chunk_text is None else chunk_text)
     end = len(os.path.commonprefix([one.content, other.content]))
     return [*shared, one.model_copy(update={"content": one.content[:end]})]

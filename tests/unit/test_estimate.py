@@ -125,14 +125,15 @@ def test_cacheable_and_computed_split_the_map_prompt_tokens():
 
 
 def test_more_questions_compute_only_their_own_part_of_each_map_prompt():
-    """The question and the short ask after the chunk, counted from their own text: the chunk's
-    prefix is computed once, however many questions are asked."""
+    """The question and the short ask after it, counted from their own text: the chunk's prefix
+    (up to the question's label, which every question about it shares) is computed once, however
+    many questions are asked."""
     one, three = estimate(config(), [(DOCUMENT, QUESTIONS[:1])]), estimate(config(), [(DOCUMENT, QUESTIONS)])
     prompts = family("qa").prompts
 
     def own_part(question: str) -> int:  # the question and the ask after it, plus the generation prompt's 8 tokens
         user = map_messages(prompts, question, "")[-1].content
-        return len(user[user.index("</document_part>\nQuestion:") :].split()) - 2 + 8
+        return len(user[user.index("Question:") + len("Question:") :].split()) + 8
 
     added = sum(own_part(question) for question in QUESTIONS[1:]) * one.chunks
     assert three.chunks == one.chunks

@@ -313,6 +313,9 @@ def test_question_first_prompts_share_only_the_instructions_and_reserve_room_for
     shared = map_prefix(question_first, chunk)[-1].content
     assert chunk not in shared and "Request:" in shared  # every question's prompt parts at its question
     assert chunk in map_prefix(document_first, chunk)[-1].content
+    # Shared by every map call, whatever its chunk: the instructions, up to the chunk or question.
+    assert map_prefix(document_first)[-1].content.endswith("<document_part>\n")
+    assert map_prefix(question_first)[-1].content.endswith("Request: ")
     uncapped = PipelineConfig.load(**{"llm.base_url": "http://unused/v1"})
 
     def room_taken_by(allowance_added: int, prompts) -> int:
