@@ -402,13 +402,15 @@ def chat_runs(args: argparse.Namespace) -> None:
     rows = []
     for state_cache_mb in (1024, 0):
         config = PipelineConfig.load(**{"embedded.state_cache_mb": state_cache_mb})
+        if not config.uses_embedded_model:
+            sys.exit("--chat-runs measures the embedded model: unset LLMXMR_BASE_URL")
         client = make_client(config)
         pipeline = MapReducePipeline(config, client=client)
-        try:
+        with asyncio.Runner() as runner:  # one event loop for the session, as llmxmr chat keeps
             first = None
             for number, question in enumerate(questions, 1):
                 started = time.perf_counter()
-                result = pipeline.run(document, question)
+                result = runner.run(pipeline.arun(document, question))
                 seconds = time.perf_counter() - started
                 first = first or seconds
                 totals = result.trace.totals
@@ -428,8 +430,7 @@ def chat_runs(args: argparse.Namespace) -> None:
                     f"{totals.computed_tokens:>8,}  {seconds:>7.1f}  {seconds / first:.2f}x",
                     flush=True,
                 )
-        finally:
-            asyncio.run(client.aclose())
+            runner.run(client.aclose())
     report = {
         "machine": {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
         "parameters": {"length": args.length, "questions": questions, "seed": args.seed, "source": source},

@@ -350,8 +350,7 @@ def _sentence_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
 _STOPWORDS = frozenset(
     "the and for are was were what which who whom whose when where why how this that these those "
     "with from into about there their them they you your please tell give find provide extract "
-    "answer question text document below above following specified corresponding is "
-    "did does its has had have his her she him".split()
+    "answer question text document below above following specified corresponding is".split()
 )
 WORD = re.compile(r"\w+")
 # A word at least this long is rare enough to tell one sentence from another.
@@ -376,7 +375,7 @@ def distinctive_words(answer: str) -> set[str]:
         word.casefold()
         for position, word in enumerate(words)
         if any(ch.isdigit() for ch in word)
-        or (position > 0 and len(word) > 1 and word[0].isupper() and word.casefold() not in _STOPWORDS)
+        or (position > 0 and word != "I" and word[0].isupper() and word.casefold() not in _STOPWORDS)
         or (len(word) >= _LONG_WORD and word.casefold() not in _STOPWORDS)
     }
 

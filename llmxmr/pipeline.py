@@ -523,7 +523,7 @@ class _Run:
         if output is None:
             self._record(question, record)
             return reduce.fallback(partials)
-        checked, problem = self.family.checked_final(output, partials)
+        checked, problem = self.family.checked_final(output, partials, question.text)
         if checked is None:
             self._record(question, record, f"{problem}; the most confident partial answer stands")
             return reduce.fallback(partials)

@@ -71,7 +71,9 @@ class PromptSet(BaseModel):
     @property
     def question_slots(self) -> int:
         """How many times a map prompt writes the question."""
-        return self.map.count("$question")
+        return sum(
+            (m.group("named") or m.group("braced")) == "question" for m in Template.pattern.finditer(self.map)
+        )
 
     def question_first(self) -> PromptSet:
         """This set with its question-first map template (which holds the instructions itself)."""

@@ -85,9 +85,11 @@ class QuotingFamily:
         """Why a merged answer may not stand on the quotes it carries (None: it may)."""
         return None
 
-    def checked_final(self, answer: FinalAnswer, partials: list[Partial]) -> tuple[FinalAnswer | None, str | None]:
-        """The final answer as it may stand, or None (with why) when it must give way to the most
-        confident partial answer."""
+    def checked_final(
+        self, answer: FinalAnswer, partials: list[Partial], question: str
+    ) -> tuple[FinalAnswer | None, str | None]:
+        """The final answer to ``question`` as it may stand, or None (with why) when it must give
+        way to the most confident partial answer."""
         return answer, None
 
 

@@ -62,14 +62,28 @@ class RetrievalFamily(QuotingFamily):
             return "the merged value is not written in the quotes it carries"
         return None
 
-    def checked_final(self, answer: FinalAnswer, partials: list[Partial]) -> tuple[FinalAnswer | None, str | None]:
+    def checked_final(
+        self, answer: FinalAnswer, partials: list[Partial], question: str
+    ) -> tuple[FinalAnswer | None, str | None]:
         """The final value must come from the partial answers it was reduced from (checked against
-        their chunks and the request) or their found quotes."""
+        their chunks and the request) or their found quotes, and say more than the request."""
+        if answer.answer is not None and only_names_request(answer.answer, question):
+            return None, ONLY_NAMES_REQUEST
         source = "\n".join([*(p.answer.answer or "" for p in partials), *(c.quote for p in partials for c in p.citations)])
         kept, problem = checked_value(answer.answer, "", "", source)
         if kept is not None:
             return answer, None
         return None, f"{problem} (of the partial answers)"
+
+
+ONLY_NAMES_REQUEST = "the answer only names what the request asks for, with no value"
+
+
+def only_names_request(answer: str, request: str) -> bool:
+    """Whether every content word of ``answer`` is one of the request's ("the pass key" asked for
+    the pass key): such an answer holds no value."""
+    answer_words = content_words(answer, keep_digits=True)
+    return bool(answer_words) and answer_words <= content_words(request)
 
 
 def names_request(text: str, request: str) -> bool:
@@ -98,9 +112,9 @@ def value_problem(answer: str, evidence: str, request: str, text: str) -> str | 
         not answer_words and normalise(answer).text not in normalise(text).text
     ):
         return "the answer does not occur in the chunk"
+    if only_names_request(answer, request):
+        return ONLY_NAMES_REQUEST
     wanted = content_words(request)
-    if answer_words and answer_words <= wanted:
-        return "the answer only names what the request asks for, with no value"
     if wanted and not wanted & content_words(f"{answer} {evidence}"):
         return "neither the answer nor its evidence mentions what the request asks for"
     return None

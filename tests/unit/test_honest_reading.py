@@ -231,7 +231,7 @@ def test_an_answer_made_of_the_questions_own_words_is_not_stated_by_a_sentence_o
 
 def test_a_reply_in_the_first_person_is_not_stated_by_any_sentence_with_an_i():
     """SmolLM2 on the fact benchmark: "I am very glad that you have taken the liberty..." was
-    supported by a sentence of dialogue holding "I" and the question's "did"."""
+    supported by a sentence of dialogue holding "I" and a word of the question."""
     document = f"{PROSE}\n\n\"I did not say so,\" said she of the blue tin.\n\n{PROSE}"
     result = _qa(document, "Well, I am very glad of your reply", evidence=["glad of it"])
     assert not result.found

@@ -297,9 +297,9 @@ def _first_map_prompt(settings: dict, task_type: str) -> str:
 )
 def test_map_prompts_ask_the_question_before_the_chunk_only_where_configured(settings, task_type, question_first):
     user = _first_map_prompt(settings, task_type)
-    before_chunk = user[: user.index("<document_part>")]
+    before_chunk = user[: user.index("<document_part>\n")]  # the chunk's tag, not the instructions' mention
     assert ("What is the code?" in before_chunk) == question_first
-    assert "What is the code?" in user[user.index("</document_part>") :]  # after it, always
+    assert "What is the code?" in user[user.rindex("</document_part>") :]  # after it, always
 
 
 def test_question_first_prompts_share_only_the_instructions_and_reserve_room_for_both_questions():

@@ -234,13 +234,14 @@ def test_rejected_retrieval_answers_do_not_reach_the_reduce():
     assert len(rejected) == len(result.chunks) - 1
 
 
-def test_a_retrieval_reduce_answer_not_in_the_partials_gives_way():
-    def reduce_invents(request: ChatRequest) -> str:
+@pytest.mark.parametrize("final", ["./secret_code", "The code."])
+def test_a_retrieval_reduce_answer_not_in_the_partials_or_without_a_value_gives_way(final):
+    def reduce_answers(request: ChatRequest) -> str:
         if request.schema_name == "MapOutput":
             return partial_reply("KEY-77" if "KEY-77" in chunk_of(request) else None, confidence=5, info=KEY_SENTENCE)
-        return final_reply("./secret_code")
+        return final_reply(final)
 
-    client = new_client(responder=reduce_invents)
+    client = new_client(responder=reduce_answers)
     result = run(client, config(task_type="retrieval"))
     assert result.answer == "KEY-77"
     assert "the most confident partial answer stands" in result.trace.calls[-1].check

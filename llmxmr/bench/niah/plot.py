@@ -77,7 +77,7 @@ def write_csv(grid: Grid, path: Path) -> None:
     """Rows are depths, columns lengths, as in the picture; empty where no cell finished. Whole or
     not at all: a run killed while writing leaves the previous file."""
     text = io.StringIO(newline="")
-    writer = csv.writer(text)
+    writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["depth_percent", *grid.lengths])
     for depth, row in zip(grid.depths, grid.scores):
         writer.writerow([f"{depth:g}", *("" if s is None else f"{s:.4f}" for s in row)])
