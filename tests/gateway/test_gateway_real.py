@@ -107,13 +107,13 @@ def test_a_run_through_the_gateway_answers_and_every_worker_gets_a_fair_share(po
     assert {call.cached_tokens for call in result.trace.calls} == {7}
 
 
-def test_cache_aware_answers_but_leaves_a_worker_idle(tmp_path):
-    """Why power_of_two is the default: smg 1.13's cache_aware sends every map call of a run (they
-    share their prompt's head) to all workers but one. If a later smg spreads them, this test
-    fails and the default can be reconsidered."""
+def test_cache_aware_answers_through_the_gateway(tmp_path):
+    """The other policy `llmxmr gateway --policy` offers answers, reads every chunk once and
+    answers no call twice. How evenly it spreads the calls depends on load and timing (here it
+    left a worker nearly idle on a quiet machine and spread them evenly under a full test run), so
+    that is measured by benchmarks/scaling.py, not asserted."""
     result, workers, elapsed = run_on_three_workers(tmp_path, "--policy", "cache_aware")
-    shares = map_shares(result, workers, "cache_aware", elapsed)
-    assert min(shares) < 0.5 / 3, shares
+    map_shares(result, workers, "cache_aware", elapsed)
 
 
 def test_the_window_and_the_workers_are_found_through_the_gateway(tmp_path):
