@@ -236,7 +236,7 @@ def simulated(args: argparse.Namespace) -> None:
             f"(target <= {TARGET_COMPUTED_RATIO}): {'met' if met else 'MISSED'}"
         )
     report = {
-        "machine": {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
+        "machine": machine(),
         "parameters": {
             "doc_tokens": args.doc_tokens,
             "chunk_tokens": args.chunk_tokens,
@@ -370,7 +370,7 @@ def model_runs(args: argparse.Namespace) -> None:
             f"(target <= {TARGET_LATER_RATIO}): {'met' if met else 'MISSED'}"
         )
     report = {
-        "machine": {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
+        "machine": machine(),
         "parameters": {
             "length": args.length,
             "questions": QUESTIONS[: max(counts)],
@@ -432,11 +432,16 @@ def chat_runs(args: argparse.Namespace) -> None:
                 )
             runner.run(client.aclose())
     report = {
-        "machine": {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
+        "machine": machine(),
         "parameters": {"length": args.length, "questions": questions, "seed": args.seed, "source": source},
         "rows": rows,
     }
     write(args.out or RESULTS / "questions_chat.json", report)
+
+
+def machine() -> dict[str, Any]:
+    """What every report says of the machine it ran on."""
+    return {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}
 
 
 def write(path: Path, report: dict[str, Any]) -> None:
