@@ -125,8 +125,8 @@ def plan_tokens(
     usable = budget_with_margin(window, counter, config.chunking.safety_margin)
     map_fixed = prompt_tokens(map_messages(prompts, "", ""), counter) + allowance * prompts.question_slots + generation.map_max_tokens
     chunk_tokens = usable - map_fixed
-    if config.chunk_token_cap is not None:
-        chunk_tokens = min(chunk_tokens, config.chunk_token_cap)
+    if config.chunking.chunk_tokens is not None:
+        chunk_tokens = min(chunk_tokens, config.chunking.chunk_tokens)
     if chunk_tokens < MIN_CHUNK_TOKENS:
         raise ContextTooSmallError(
             f"the context window ({window} tokens) is too small: the map prompt and its reply need "

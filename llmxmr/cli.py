@@ -299,9 +299,10 @@ def _summary(result: PipelineResult) -> str:
     reasks = f" ({totals.requests} requests)" if totals.requests != totals.calls else ""
     reasks += f" ({totals.cache_hits} from cache)" if totals.cache_hits else ""
     cached = f" ({totals.cached_tokens:,} prompt tokens cached)" if totals.cached_tokens else ""
+    profile = f" (profile {result.model_profile})" if result.model_profile else ""
     return (
         f"confidence {result.confidence:g}/5 · {len(result.chunks)} chunks · {totals.calls} calls{reasks}{failed} · "
-        f"{totals.prompt_tokens + totals.completion_tokens:,} tokens{cached} · {totals.wall_time_s:.1f} s · {result.model}"
+        f"{totals.prompt_tokens + totals.completion_tokens:,} tokens{cached} · {totals.wall_time_s:.1f} s · {result.model}{profile}"
     )
 
 

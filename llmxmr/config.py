@@ -1,8 +1,10 @@
 """Settings: types here, values in ``configs/default.yaml``.
 
 Precedence, lowest first: ``configs/default.yaml`` < a preset (the settings a harness gives one of
-its tasks, e.g. ``configs/infinitebench/passkey.yaml``) < the user's YAML (``--config``) < environment
-(``LLMXMR_BASE_URL``, ``LLMXMR_API_KEY``, ``LLMXMR_MODEL``) < explicit arguments (CLI flags).
+its tasks, e.g. ``configs/infinitebench/passkey.yaml``) < the profile of the model in use
+(``model_profiles``, applied by ``for_model`` once a run knows its model) < the user's YAML
+(``--config``) < environment (``LLMXMR_BASE_URL``, ``LLMXMR_API_KEY``, ``LLMXMR_MODEL``) < explicit
+arguments (CLI flags).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
 
 from .errors import ConfigError
 from .llama_safety import ExtraBuffers
@@ -34,6 +36,7 @@ class LLMSettings(_Section):
     model: str | None
     concurrency: int | None = Field(ge=1)
     concurrency_per_worker: int = Field(ge=1)
+    # llama.cpp's grammar expansion fails far above this; null: no cap.
     max_string_chars: int | None = Field(ge=1, le=1000)
     map_question_first: bool
     timeout_s: float = Field(gt=0)
@@ -49,10 +52,6 @@ class EmbeddedSettings(_Section):
     model_path: str | None
     n_ctx: int = Field(ge=256)
     threads: int | None = Field(ge=1)
-    chunk_tokens: int | None = Field(ge=1)
-    # llama.cpp's grammar expansion fails far above this; null: no cap.
-    max_string_chars: int | None = Field(ge=1, le=1000)
-    map_question_first: bool
     extra_buffers: ExtraBuffers
     state_cache_mb: int = Field(ge=0)
 
@@ -82,6 +81,72 @@ class GroundingSettings(_Section):
     unsupported_confidence: float = Field(ge=0, le=5)
 
 
+class _Layers:
+    """The layers a config is merged from, kept so that ``for_model`` can put a model profile
+    between the task's defaults and what the user set."""
+
+    def __init__(
+        self,
+        base: dict[str, Any],
+        user: dict[str, Any],
+        environment: dict[str, Any],
+        flags: dict[str, Any],
+        path: str | Path | None,
+    ) -> None:
+        self.base, self.user, self.environment, self.flags, self.path = base, user, environment, flags, path
+
+    def config(self, profile: str | None = None, settings: dict[str, Any] | None = None) -> PipelineConfig:
+        """The config these layers make, with the model profile ``profile`` (its ``settings``)
+        over the task's defaults when one is given."""
+        values = copy.deepcopy(self.base)
+        if profile is not None:
+            _merge(values, _profile_settings(profile, settings or {}), f"model profile {profile}")
+        _merge(values, copy.deepcopy(self.user), str(self.path))
+        _merge(values, copy.deepcopy(self.environment), "the environment")
+        _merge(values, copy.deepcopy(self.flags), "the command line")
+        try:
+            config = PipelineConfig.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ConfigError(f"invalid setting {where}{self._source(where, profile)}: {first['msg']}") from exc
+        config._layers = self
+        config._profile = profile
+        return config
+
+    def _source(self, dotted: str, profile: str | None) -> str:
+        """Where a bad value came from, as far as can be told: a flag, the environment, a model
+        profile or the file."""
+        if _has_dotted(self.flags, dotted):
+            return " (from the command line)"
+        variable = next((v for v, keys in ENVIRONMENT.items() if ".".join(keys) == dotted), None)
+        if variable and _has_dotted(self.environment, dotted):
+            return f" (from {variable})"
+        if profile is not None and not _has_dotted(self.user, dotted):
+            return f" in model profile {profile}"
+        return f" in {self.path}" if self.path else ""
+
+
+# A profile describes a model that is already chosen, so it cannot choose one.
+_NOT_IN_PROFILES = ("model_profiles", "llm.base_url", "llm.model", "llm.api_key", "embedded.model_path")
+
+
+def _profile_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+    for dotted in _NOT_IN_PROFILES:
+        if _has_dotted(settings, dotted):
+            raise ConfigError(f"invalid setting model_profiles.{name}.{dotted}: a model profile cannot set it")
+    return copy.deepcopy(settings)
+
+
+def _has_dotted(values: dict[str, Any], dotted: str) -> bool:
+    *sections, key = dotted.split(".")
+    for section in sections:
+        values = values.get(section)
+        if not isinstance(values, dict):
+            return False
+    return key in values
+
+
 class PipelineConfig(_Section):
     task_type: TaskFamily
     on_chunk_error: Literal["skip", "fail"]
@@ -93,56 +158,54 @@ class PipelineConfig(_Section):
     grounding: GroundingSettings
     generation: GenerationSettings
 
+    # Per model name (matched case-insensitively as part of the name of the model in use), the
+    # settings that model needs; see ``for_model``.
+    model_profiles: dict[str, dict[str, Any]]
+    _layers: _Layers | None = PrivateAttr(default=None)
+    _profile: str | None = PrivateAttr(default=None)
+
     @classmethod
     def load(
         cls, path: str | Path | None = None, *, preset: Mapping[str, Any] | None = None, **overrides: Any
     ) -> PipelineConfig:
         """Defaults, then ``preset``, then the YAML file at ``path``, then the environment, then
         ``overrides`` (dotted keys such as ``llm.base_url`` or ``chunking.chunk_tokens``; None
-        means unset)."""
-        values = _read_yaml(data_dir("configs") / "default.yaml")
+        means unset). A model profile is checked here but applied by ``for_model``."""
+        base = _read_yaml(data_dir("configs") / "default.yaml")
         if preset:
-            _merge(values, copy.deepcopy(dict(preset)), "the task's preset")
-        if path is not None:
-            _merge(values, _read_yaml(Path(path)), str(path))
+            _merge(base, copy.deepcopy(dict(preset)), "the task's preset")
+        environment: dict[str, Any] = {}
         for variable, (section, key) in ENVIRONMENT.items():
             if os.environ.get(variable):
-                values[section][key] = os.environ[variable]
+                environment.setdefault(section, {})[key] = os.environ[variable]
+        flags: dict[str, Any] = {}
         for dotted, value in overrides.items():
             if value is not None:
-                _set_dotted(values, dotted, value)
-        try:
-            return cls.model_validate(values)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ConfigError(f"invalid setting {where}{_source(where, path, overrides)}: {first['msg']}") from exc
+                _set_dotted(flags, dotted, value)
+        layers = _Layers(base, _read_yaml(Path(path)) if path is not None else {}, environment, flags, path)
+        config = layers.config()
+        for name, settings in config.model_profiles.items():
+            layers.config(name, settings)  # a bad profile is found now, not once a run meets its model
+        return config
+
+    def for_model(self, model_name: str) -> PipelineConfig:
+        """This config for the model named ``model_name`` (a GGUF path, or the id a server lists):
+        the first profile whose name is part of it applies, over the task's preset and under
+        everything the user set. The same config when no profile matches."""
+        name = model_name.lower()
+        profile = next((key for key in self.model_profiles if key.lower() in name), None)
+        if profile is None or self._layers is None:
+            return self
+        return self._layers.config(profile, self.model_profiles[profile])
+
+    @property
+    def model_profile(self) -> str | None:
+        """The name of the model profile applied (``for_model``), if any."""
+        return self._profile
 
     @property
     def uses_embedded_model(self) -> bool:
         return self.llm.base_url is None
-
-    @property
-    def map_question_first(self) -> bool:
-        """Whether map prompts ask the question before the chunk too, where the family has such a
-        template (``families.workarounds.maps_for_the_model``)."""
-        return self.embedded.map_question_first if self.uses_embedded_model else self.llm.map_question_first
-
-    @property
-    def chunk_token_cap(self) -> int | None:
-        if self.chunking.chunk_tokens is not None:
-            return self.chunking.chunk_tokens
-        return self.embedded.chunk_tokens if self.uses_embedded_model else None
-
-
-def _source(dotted: str, path: str | Path | None, overrides: dict[str, Any]) -> str:
-    """Where a bad value came from, as far as can be told: a flag, the environment, or the file."""
-    if overrides.get(dotted) is not None:
-        return " (from the command line)"
-    variable = next((v for v, keys in ENVIRONMENT.items() if ".".join(keys) == dotted), None)
-    if variable and os.environ.get(variable):
-        return f" (from {variable})"
-    return f" in {path}" if path else ""
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -175,5 +238,5 @@ def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
     *sections, key = dotted.split(".")
     target = values
     for section in sections:
-        target = target[section]
+        target = target.setdefault(section, {})
     target[key] = value

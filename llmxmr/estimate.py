@@ -35,6 +35,7 @@ from .budget import (
     token_counter_for,
 )
 from .chunking import Chunk
+from .clients import config_for_client
 from .clients.base import LLMClient
 from .config import PipelineConfig
 from .documents import read_text
@@ -98,6 +99,7 @@ class CostEstimate(BaseModel):
     """What a run over these documents will cost, before any call is made."""
 
     model: str
+    model_profile: str | None  # the model profile whose settings apply (PipelineConfig.for_model)
     task_type: str
     tokenizer: str
     exact_counts: bool  # the counter counts the served model's own tokens (else: tiktoken's estimate)
@@ -156,7 +158,8 @@ async def estimate_cost(
     reading per document), without calling the model. The client gives the context window and the
     token counter, as in a run; it is left open. Documents are taken one at a time, so an iterator
     that reads each when its turn comes holds one at once."""
-    prompts = maps_for_the_model(family(config.task_type).prompts, config.map_question_first)
+    config = await config_for_client(config, client)
+    prompts = maps_for_the_model(family(config.task_type).prompts, config.llm.map_question_first)
     counter = await token_counter_for(config, client)
     instructions = _prefix_tokens(map_prefix(prompts), counter)
     costs: list[DocumentCost] = []
@@ -172,6 +175,7 @@ async def estimate_cost(
         raise UsageError("no document to estimate")
     return CostEstimate(
         model=client.describe(),
+        model_profile=config.model_profile,
         task_type=config.task_type,
         tokenizer=counter.name,
         exact_counts=counter.exact,
@@ -284,10 +288,11 @@ def format_estimate(estimate: CostEstimate) -> str:
     sizes = sorted({d.chunk_tokens for d in estimate.documents})
     size = f"{sizes[0]:,}" if len(sizes) == 1 else f"{sizes[0]:,}-{sizes[-1]:,}"
     tokenizer = estimate.tokenizer + ("" if estimate.exact_counts else " (estimated counts)")
+    profile = f" (profile {estimate.model_profile})" if estimate.model_profile else ""
     lines = [
         f"{_count(len(estimate.documents), 'document')}, {_count(estimate.questions, 'question')}, "
         f"{_count(estimate.chunks, 'chunk')} of at most {size} tokens · window {estimate.window:,} · "
-        f"{estimate.task_type} · {tokenizer} · {estimate.model}",
+        f"{estimate.task_type} · {tokenizer} · {estimate.model}{profile}",
         "",
         f"{'stage':<10}{'calls':>16}{'prompt tokens':>22}",
     ]

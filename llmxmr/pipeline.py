@@ -26,7 +26,7 @@ from .budget import (
     token_counter_for,
 )
 from .chunking import Chunk, chunk_text
-from .clients import make_client
+from .clients import config_for_client, make_client
 from .clients.base import LLMClient
 from .config import PipelineConfig
 from .documents import Document
@@ -71,6 +71,8 @@ class PipelineResult(BaseModel):
     # empty and ``rationale`` says why, rather than a guess.
     found: bool
     model: str
+    # The model profile whose settings applied (configs/default.yaml: model_profiles), if any.
+    model_profile: str | None = None
     chunks: list[ChunkSpan]
     # Chunks whose map call failed for good: their text was not read. The confidence is scaled by
     # the share of chunks that were read, since the answer may sit in the ones that were not.
@@ -132,8 +134,9 @@ class MapReducePipeline:
         asked = checked_questions(text, questions)
         client = self._client or make_client(self.config)
         try:
-            calls = self._calls or CallBudget(await concurrency_of(self.config, client))
-            results = await _Run(self.config, client, calls, self._progress, self._last_chunking).execute(text, asked)
+            config = await config_for_client(self.config, client)
+            calls = self._calls or CallBudget(await concurrency_of(config, client))
+            results = await _Run(config, client, calls, self._progress, self._last_chunking).execute(text, asked)
         finally:
             if self._client is None:
                 await client.aclose()
@@ -211,7 +214,7 @@ class _Run:
         self.memo = memo  # the pipeline's last chunking (see ``_chunks``)
         self.client = client
         self.family = family(config.task_type)
-        self.prompts: PromptSet = maps_for_the_model(self.family.prompts, config.map_question_first)
+        self.prompts: PromptSet = maps_for_the_model(self.family.prompts, config.llm.map_question_first)
         self.calls = calls
         self.place = calls.join()
         self.tasks: list[asyncio.Future[Any]] = []
@@ -290,6 +293,7 @@ class _Run:
             citations=reduce.citations_for(final, partials) if found else [],
             found=found,
             model=self.client.describe(),
+            model_profile=self.config.model_profile,
             chunks=[ChunkSpan(index=c.index, start=c.start, end=c.end, tokens=c.tokens) for c in chunks],
             unread_chunks=unread,
             failed_calls=question.failed,
@@ -327,6 +331,7 @@ class _Run:
                 temperature=self.config.llm.temperature,
                 attempts=self.config.generation.validation_attempts,
                 omit_fields=self.family.omitted_fields,
+                max_string_chars=self.config.llm.max_string_chars,
             )
             if warms is not None:
                 warms.done()  # before the slot is released: the calls that wait for it go next

@@ -129,9 +129,8 @@ def json_schema(model: type[BaseModel], without: tuple[str, ...] = ()) -> dict[s
 
 
 # Small models decoding greedily repeat themselves inside a string until max_tokens; a length cap in
-# the grammar turns that loop into a short, valid reply (``embedded.max_string_chars``,
-# ``llm.max_string_chars``). Longest list a reply may hold (the reduce's supporting chunk numbers),
-# for the same reason.
+# the grammar turns that loop into a short, valid reply (``llm.max_string_chars``). Longest list a
+# reply may hold (the reduce's supporting chunk numbers), for the same reason.
 MAX_LIST_ITEMS = 32
 
 

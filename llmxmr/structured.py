@@ -42,15 +42,19 @@ async def call_structured(
     temperature: float,
     attempts: int,
     omit_fields: tuple[str, ...] = (),
+    max_string_chars: int | None = None,
 ) -> tuple[Output | None, CallRecord]:
     """The validated output, or None with the reason in ``record.error`` when the call failed.
 
     A failed call (bad replies, or an LLM error that retries could not fix) is this call's problem
     and is only recorded; an unreachable server concerns the whole run and propagates. Fields in
-    ``omit_fields`` are left out of the schema sent (they keep their defaults)."""
+    ``omit_fields`` are left out of the schema sent (they keep their defaults); with
+    ``max_string_chars`` (``llm.max_string_chars``), no string in it may be longer."""
     record = CallRecord(stage=stage, chunk_indices=chunk_indices)
     conversation = list(messages)
     schema = json_schema(output_type, omit_fields)
+    if max_string_chars:
+        schema = capped_lengths(schema, max_string_chars)
     started = time.perf_counter()
     try:
         allowed = attempts

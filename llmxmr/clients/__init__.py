@@ -15,15 +15,13 @@ def make_client(config: PipelineConfig) -> LLMClient:
         return client
     from .cache import CachedClient
 
-    return CachedClient(client, config.llm.cache, _identity(config), sampled=config.llm.cache_sampled)
+    return CachedClient(client, config.llm.cache, sampled=config.llm.cache_sampled)
 
 
-def _identity(config: PipelineConfig) -> str:
-    """What changes the replies besides the model the client names: a string cap changes the
-    grammar."""
-    if config.llm.base_url:
-        return f"max_string_chars={config.llm.max_string_chars}" if config.llm.max_string_chars else ""
-    return f"max_string_chars={config.embedded.max_string_chars}"
+async def config_for_client(config: PipelineConfig, client: LLMClient) -> PipelineConfig:
+    """``config`` with the profile of the model ``client`` talks to (``PipelineConfig.for_model``):
+    what a run uses once it knows its model."""
+    return config.for_model(await client.model_name())
 
 
 def _model_client(config: PipelineConfig) -> LLMClient:
@@ -37,7 +35,6 @@ def _model_client(config: PipelineConfig) -> LLMClient:
             model=llm.model,
             timeout_s=llm.timeout_s,
             max_retries=llm.max_retries,
-            max_string_chars=llm.max_string_chars,
         )
     from .embedded import EmbeddedLlamaClient
 
@@ -46,10 +43,9 @@ def _model_client(config: PipelineConfig) -> LLMClient:
         embedded.model_path,
         n_ctx=embedded.n_ctx,
         threads=embedded.threads,
-        max_string_chars=embedded.max_string_chars,
         extra_buffers=embedded.extra_buffers,
         state_cache_mb=embedded.state_cache_mb,
     )
 
 
-__all__ = ["ChatReply", "ChatRequest", "LLMClient", "make_client"]
+__all__ = ["ChatReply", "ChatRequest", "LLMClient", "config_for_client", "make_client"]

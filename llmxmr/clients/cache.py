@@ -28,7 +28,7 @@ from ..tokens import TokenCounter
 from .base import ChatReply, ChatRequest, LLMClient
 
 # Bumped when the key or the stored reply changes meaning, so old entries are never misread.
-_KEY_VERSION = 1
+_KEY_VERSION = 2
 
 
 def request_key(identity: str, request: ChatRequest) -> str:
@@ -39,16 +39,14 @@ def request_key(identity: str, request: ChatRequest) -> str:
 
 
 class CachedClient:
-    """``CachedClient(client, path, identity)``: the key names the model as the client describes
-    it once it has found it (server kind, URL and model name; the embedded GGUF), plus
-    ``identity`` for what that does not show (settings that change the replies), so that two
-    models never share replies."""
+    """``CachedClient(client, path)``: the key names the model by ``client.model_name()`` (the id
+    the server lists, the embedded GGUF's path), so two models never share replies, and a model
+    served again at another address finds its own. Settings that change replies (a string cap)
+    are in the request's schema, so in the key."""
 
-    def __init__(self, inner: LLMClient, path: str | Path, identity: str = "", *, sampled: bool = False) -> None:
+    def __init__(self, inner: LLMClient, path: str | Path, *, sampled: bool = False) -> None:
         self._inner = inner
-        self._settings = identity
         self._identity: str | None = None
-        self._discovery = asyncio.Lock()
         self._sampled = sampled
         self._warned = False
         self._lock = threading.Lock()
@@ -64,22 +62,15 @@ class CachedClient:
     async def chat(self, request: ChatRequest) -> ChatReply:
         if request.temperature > 0 and not self._sampled:
             return await self._inner.chat(request)
-        key = request_key(await self._model_identity(), request)
+        if self._identity is None:
+            self._identity = await self._inner.model_name()
+        key = request_key(self._identity, request)
         stored = await asyncio.to_thread(self._get, key)
         if stored is not None:
             return ChatReply(text=stored.text, finish_reason=stored.finish_reason, from_cache=True)
         reply = await self._inner.chat(request)
         await asyncio.to_thread(self._put, key, reply)
         return reply
-
-    async def _model_identity(self) -> str:
-        """The model as the client names it after asking the server which one it serves (the
-        context-window probe does that), so a server that swaps models misses the cache."""
-        async with self._discovery:
-            if self._identity is None:
-                await self._inner.context_window()
-                self._identity = f"{self._inner.describe()} {self._settings}".strip()
-        return self._identity
 
     def _get(self, key: str) -> ChatReply | None:
         try:
@@ -114,6 +105,9 @@ class CachedClient:
 
     async def parallel_requests(self) -> int | None:
         return await self._inner.parallel_requests()
+
+    async def model_name(self) -> str:
+        return await self._inner.model_name()
 
     def describe(self) -> str:
         return self._inner.describe()

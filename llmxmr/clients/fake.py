@@ -26,6 +26,7 @@ class ScriptedClient:
         counter: TokenCounter | None = None,
         delay_s: float = 0.0,
         parallel: int | None = None,
+        model: str = "scripted",
     ) -> None:
         self._queue: list[Script] = list(replies or [])
         self._responder = responder
@@ -33,6 +34,7 @@ class ScriptedClient:
         self._counter = counter
         self._delay_s = delay_s
         self.parallel = parallel
+        self.model = model
         self.requests: list[ChatRequest] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -70,6 +72,9 @@ class ScriptedClient:
 
     async def parallel_requests(self) -> int | None:
         return self.parallel
+
+    async def model_name(self) -> str:
+        return self.model
 
     def describe(self) -> str:
         return "scripted fake client"

@@ -22,7 +22,6 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from ..errors import LLMCallError, LlmxmrError, ServerRefusedError, ServerUnavailableError
-from ..schemas import capped_lengths
 from ..tokens import TokenCounter
 from .tokenize import ServerTokenCounter
 from ..transport import CONNECT_TIMEOUT_S, ServerEndpoints
@@ -125,14 +124,12 @@ class OpenAICompatibleClient:
         model: str | None = None,
         timeout_s: float = 300.0,
         max_retries: int = 4,
-        max_string_chars: int | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._model = model
         self._max_retries = max_retries
         self._timeout_s = timeout_s
-        self._max_string_chars = max_string_chars
         # The SDK client and the event loop its aiohttp session belongs to (see ``_sdk``).
         self._openai: openai.AsyncOpenAI | None = None
         self._openai_loop: asyncio.AbstractEventLoop | None = None
@@ -163,6 +160,11 @@ class OpenAICompatibleClient:
         kind = self._kind.name if self._kind else "server"
         model = f" ({self._model})" if self._model else ""
         return f"{kind} at {self.base_url}{model}"
+
+    async def model_name(self) -> str:
+        await self._discover()
+        assert self._model is not None
+        return self._model
 
     async def _discover(self) -> None:
         """Learn the model name and server kind from /v1/models, once."""
@@ -213,10 +215,7 @@ class OpenAICompatibleClient:
             "temperature": request.temperature,
         }
         if request.json_schema is not None:
-            schema = request.json_schema
-            if self._max_string_chars:
-                schema = capped_lengths(schema, self._max_string_chars)
-            body["response_format"] = self._kind.response_format(request.schema_name or "output", schema)
+            body["response_format"] = self._kind.response_format(request.schema_name or "output", request.json_schema)
         if request.priority is not None and self._kind.priority:
             body["priority"] = request.priority
         # The SDK's generic POST, with the body as built here: ``chat.completions.create`` would

@@ -3,8 +3,9 @@
 Each one answers a habit measured on the bundled SmolLM2-135M. The reply workarounds (a capable
 model does not trigger them) turn a reply that would otherwise be thrown away into one the text
 supports; none of them lets through a value that is not written in the found quotes: they only
-choose which of the text's own words stand for the answer. The prompt workaround is switched on by
-the configuration, for the bundled model.
+choose which of the text's own words stand for the answer. The prompt workaround, the string cap
+and the chunk size are switched on by the bundled model's profile (``configs/default.yaml``:
+``model_profiles``), wherever that model runs.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ def maps_for_the_model(prompts: PromptSet, question_first: bool) -> PromptSet:
     copied the key into its reply 8 times of 8 with the question-first template, 0 of 8 with the
     document first, and 1 of 8 with the document first and the request also stated before it:
     being told the request before the instructions on what to copy is what it needs. Where the
-    configuration asks for it (``embedded.map_question_first``, on for the bundled model;
-    ``llm.map_question_first``), a family that ships a question-first map template
+    configuration asks for it (``llm.map_question_first``, which the bundled model's profile in
+    ``configs/default.yaml`` turns on wherever it runs), a family that ships a question-first map template
     (``map_question_first.md``: retrieval) uses it. That gives up the reuse of each chunk's prefix
     by the next question, so it stays off for models that read the question after the document
     well."""

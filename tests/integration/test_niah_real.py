@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from llmxmr.cli import main
 
-from .conftest import FILLER, PASS_KEY, SERVER_N_CTX, SMALL_MODEL
+from .conftest import FILLER, PASS_KEY, SERVER_N_CTX
 
 pytestmark = pytest.mark.integration
 
@@ -17,11 +17,9 @@ pytestmark = pytest.mark.integration
 def test_small_grid_over_http_then_resume(llama_server, tmp_path):
     haystack = tmp_path / "filler.txt"
     haystack.write_text(FILLER * 400, encoding="utf-8")
-    settings = tmp_path / "small-model.yaml"
-    settings.write_text("".join(f"{key.split('.')[0]}:\n  {key.split('.')[1]}: {value}\n" for key, value in SMALL_MODEL.items()))
     out = tmp_path / "grid"
     args = [
-        "bench", "niah", "--config", str(settings), "--haystack", str(haystack), "--lengths", "2k,3k", "--depths", "25,75",
+        "bench", "niah", "--haystack", str(haystack), "--lengths", "2k,3k", "--depths", "25,75",
         "--needle", f"The pass key is {PASS_KEY}. Remember it. {PASS_KEY} is the pass key.",
         "--question", "What is the pass key?", "--answer", PASS_KEY,
         "--base-url", llama_server, "--context-window", str(SERVER_N_CTX), "--chunk-tokens", "2048",

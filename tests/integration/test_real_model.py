@@ -13,7 +13,7 @@ import pytest
 from llmxmr import MapReducePipeline, PipelineConfig
 from llmxmr.clients.openai_compat import OpenAICompatibleClient
 
-from .conftest import FILLER, PASS_KEY, SERVER_N_CTX, SMALL_MODEL, TASK, haystack
+from .conftest import FILLER, PASS_KEY, SERVER_N_CTX, TASK, haystack
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def test_serve_local_answers_a_chat_completion(llama_server):
 def test_pass_key_over_http(llama_server, passkey_document):
     config = PipelineConfig.load(
         task_type="retrieval",
-        **{"llm.base_url": llama_server, "llm.context_window": SERVER_N_CTX, "chunking.chunk_tokens": 2048, **SMALL_MODEL},
+        **{"llm.base_url": llama_server, "llm.context_window": SERVER_N_CTX, "chunking.chunk_tokens": 2048},
     )
     result = MapReducePipeline(config).run(passkey_document, "What is the pass key?")
     assert len(result.chunks) >= 4
@@ -125,7 +125,7 @@ def test_three_questions_over_one_reading_of_an_8k_haystack(llama_server):
     document = TASK + "".join(lines)
     config = PipelineConfig.load(
         task_type="retrieval",
-        **{"llm.base_url": llama_server, "llm.context_window": SERVER_N_CTX, "chunking.chunk_tokens": 2048, **SMALL_MODEL},
+        **{"llm.base_url": llama_server, "llm.context_window": SERVER_N_CTX, "chunking.chunk_tokens": 2048},
     )
     results = MapReducePipeline(config).run_many(document, list(needles))
     for result, (question, (value, _)) in zip(results, needles.items()):

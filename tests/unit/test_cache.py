@@ -28,13 +28,15 @@ def ask(client, *requests):
     return asyncio.run(go())
 
 
-def counting_client() -> ScriptedClient:
-    return ScriptedClient(responder=lambda r: ChatReply(text=f"reply {len(r.messages[0].content)}", prompt_tokens=7, completion_tokens=3))
+def counting_client(model: str = "m") -> ScriptedClient:
+    return ScriptedClient(
+        responder=lambda r: ChatReply(text=f"reply {len(r.messages[0].content)}", prompt_tokens=7, completion_tokens=3), model=model
+    )
 
 
 def test_a_repeated_request_is_answered_from_disk(tmp_path):
     inner = counting_client()
-    client = CachedClient(inner, tmp_path / "cache.sqlite", "model-a")
+    client = CachedClient(inner, tmp_path / "cache.sqlite")
     first, second, other = ask(client, request(), request(), request("hello there"))
     assert len(inner.requests) == 2
     assert (first.text, first.from_cache, first.prompt_tokens) == ("reply 5", False, 7)
@@ -44,27 +46,27 @@ def test_a_repeated_request_is_answered_from_disk(tmp_path):
 
 def test_entries_survive_a_new_process_and_stay_per_model(tmp_path):
     path = tmp_path / "cache.sqlite"
-    ask(CachedClient(counting_client(), path, "model-a"), request())
-    again = counting_client()
-    (reply,) = ask(CachedClient(again, path, "model-a"), request())
+    ask(CachedClient(counting_client("model-a"), path), request())
+    again = counting_client("model-a")
+    (reply,) = ask(CachedClient(again, path), request())
     assert reply.from_cache and again.requests == []
-    other_model = counting_client()
-    (reply,) = ask(CachedClient(other_model, path, "model-b"), request())
+    other_model = counting_client("model-b")
+    (reply,) = ask(CachedClient(other_model, path), request())
     assert not reply.from_cache and len(other_model.requests) == 1
 
 
 def test_sampled_requests_bypass_the_cache_unless_asked(tmp_path):
     inner = counting_client()
-    ask(CachedClient(inner, tmp_path / "c.sqlite", "m"), request(temperature=0.7), request(temperature=0.7))
+    ask(CachedClient(inner, tmp_path / "c.sqlite"), request(temperature=0.7), request(temperature=0.7))
     assert len(inner.requests) == 2
     inner = counting_client()
-    ask(CachedClient(inner, tmp_path / "d.sqlite", "m", sampled=True), request(temperature=0.7), request(temperature=0.7))
+    ask(CachedClient(inner, tmp_path / "d.sqlite", sampled=True), request(temperature=0.7), request(temperature=0.7))
     assert len(inner.requests) == 1
 
 
 def test_a_failed_call_is_not_cached(tmp_path):
     inner = ScriptedClient([RuntimeError("boom")], responder=lambda r: "fine")
-    client = CachedClient(inner, tmp_path / "c.sqlite", "m")
+    client = CachedClient(inner, tmp_path / "c.sqlite")
     with pytest.raises(RuntimeError):
         ask(client, request())
     (reply,) = ask(client, request())
@@ -84,7 +86,7 @@ def test_a_rerun_with_the_cache_makes_no_calls(tmp_path):
     results = []
     for _ in range(2):
         inner = ScriptedClient(responder=reader, counter=WordCounter())
-        client = CachedClient(inner, config.llm.cache, "m")
+        client = CachedClient(inner, config.llm.cache)
         results.append((MapReducePipeline(config, client=client).run(document, "What is the pass key?"), inner))
         asyncio.run(client.aclose())
     (first, first_inner), (second, second_inner) = results
@@ -103,10 +105,10 @@ def test_make_client_wraps_when_configured(tmp_path):
 def test_an_unusable_cache_path_is_a_config_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="cannot open the reply cache"):
-        CachedClient(counting_client(), tmp_path / "file" / "cache.sqlite", "m")
+        CachedClient(counting_client(), tmp_path / "file" / "cache.sqlite")
     (tmp_path / "junk.sqlite").write_bytes(b"not a database" * 100)
     with pytest.raises(ConfigError, match="junk.sqlite"):
-        CachedClient(counting_client(), tmp_path / "junk.sqlite", "m")
+        CachedClient(counting_client(), tmp_path / "junk.sqlite")
 
 
 def test_everything_that_shapes_the_reply_is_in_the_key():
@@ -147,7 +149,7 @@ def test_a_server_that_swaps_its_model_misses_the_cache(tmp_path):
 
 def test_an_unusable_cache_file_costs_calls_not_the_run(tmp_path, capsys):
     inner = counting_client()
-    client = CachedClient(inner, tmp_path / "c.sqlite", "m")
+    client = CachedClient(inner, tmp_path / "c.sqlite")
 
     class Broken:
         def execute(self, *args):

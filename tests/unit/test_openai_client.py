@@ -10,7 +10,7 @@ from llmxmr.clients.base import ChatRequest
 from llmxmr.clients.openai_compat import OpenAICompatibleClient
 from llmxmr.errors import LLMCallError, ServerRefusedError
 from llmxmr.prompts import ChatMessage
-from llmxmr.schemas import MapOutput, json_schema
+from llmxmr.schemas import MapOutput, capped_lengths, json_schema
 
 from ..fake_server import Answer, completion, fake_server, models, sdk_waits
 
@@ -92,14 +92,13 @@ def test_retries_5xx_and_429_honouring_retry_after(monkeypatch):
     assert 0.375 <= waits[0] <= 0.5 and waits[1] == 7.0  # backoff, then the server's Retry-After
 
 
-def test_a_string_cap_goes_into_the_schema_sent():
+def test_the_requests_schema_goes_to_the_server_as_it_is_caps_included():
+    capped = REQUEST.model_copy(update={"json_schema": capped_lengths(json_schema(MapOutput), 200)})
     scripts = {"/v1/models": [models("me")], "/v1/chat/completions": lambda body: completion("{}")}
     with fake_server(scripts) as server:
-        use(server.base_url, lambda c: c.chat(REQUEST), max_string_chars=200)
-        use(server.base_url, lambda c: c.chat(REQUEST))
-    sent = [body["response_format"]["schema"]["properties"] for path, body in server.requests if path == "/v1/chat/completions"]
-    assert sent[0]["rationale"]["maxLength"] == 200 and sent[0]["evidence"]["items"]["maxLength"] == 300
-    assert "maxLength" not in sent[1]["rationale"]  # no cap unless asked for
+        use(server.base_url, lambda c: c.chat(capped))
+    (sent,) = [body["response_format"]["schema"] for path, body in server.requests if path == "/v1/chat/completions"]
+    assert sent == capped.json_schema and sent["properties"]["rationale"]["maxLength"] == 200
 
 
 def test_a_client_kept_across_event_loops_keeps_working():

@@ -17,6 +17,7 @@ from string import Template
 
 from pydantic import BaseModel, Field, computed_field
 
+from ...clients import config_for_client
 from ...clients.base import LLMClient
 from ...config import PipelineConfig
 from ...direct import answer_directly
@@ -217,6 +218,7 @@ class NiahRun:
             max_tokens=JUDGE_MAX_TOKENS,
             temperature=0.0,
             attempts=self.config.generation.validation_attempts,
+            max_string_chars=(await config_for_client(self.config, client)).llm.max_string_chars,
         )
         trace.calls.append(record)
         if verdict is None:
