@@ -191,12 +191,12 @@ class PipelineConfig(_Section):
     def for_model(self, model_name: str) -> PipelineConfig:
         """This config for the model named ``model_name`` (a GGUF path, or the id a server lists):
         the first profile whose name is part of it applies, over the task's preset and under
-        everything the user set. The same config when no profile matches."""
+        everything the user set; none when none matches."""
         name = model_name.lower()
         profile = next((key for key in self.model_profiles if key.lower() in name), None)
-        if profile is None or self._layers is None:
+        if profile == self._profile or self._layers is None:
             return self
-        return self._layers.config(profile, self.model_profiles[profile])
+        return self._layers.config(profile, self.model_profiles[profile]) if profile else self._layers.config()
 
     @property
     def model_profile(self) -> str | None:

@@ -131,3 +131,28 @@ def test_three_questions_over_one_reading_of_an_8k_haystack(llama_server):
     for result, (question, (value, _)) in zip(results, needles.items()):
         assert value in result.answer, (question, result.model_dump_json(indent=1, exclude={"trace"}))
     assert results[0].chunks == results[1].chunks == results[2].chunks and len(results[0].chunks) >= 4
+
+
+def test_pass_key_at_a_third_of_16k_tokens_through_the_harness_on_its_defaults(llama_server, tmp_path):
+    """Issue 20's document, as ``llmxmr bench generate --task passkey --length 16k --n 4`` writes
+    its second example (the key at depth 1/3), through ``bench infinitebench`` on nothing but the
+    harness's and the model's own settings: the server lists the bundled GGUF, so its profile
+    applies as it does in-process."""
+    from click.testing import CliRunner
+
+    from llmxmr.bench.infinitebench.generate import generate, parse_length
+    from llmxmr.cli import main
+
+    example = generate("passkey", parse_length("16k"), 4)[1]
+    data = tmp_path / "passkey.jsonl"
+    data.write_text(json.dumps(dict(example)) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    args = [
+        "bench", "infinitebench", "--task", "passkey", "--data", str(data), "--out", str(out),
+        "--base-url", llama_server, "--context-window", str(SERVER_N_CTX), "--no-progress", "--json",
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (prediction,) = [json.loads(line) for line in (out / "preds_passkey.jsonl").read_text().splitlines()]
+    assert str(example["answer"][0]) in prediction["prediction"], prediction
+    assert prediction["found"] and prediction["failed_calls"] == 0

@@ -47,6 +47,7 @@ def test_a_model_profile_applies_wherever_its_model_runs():
         assert (config.chunking.chunk_tokens, config.llm.max_string_chars, config.llm.map_question_first) == (2048, 200, True)
     other = PipelineConfig.load().for_model("openbmb/MiniCPM3-4B")
     assert other.model_profile is None and other.llm.max_string_chars is None and other.chunking.chunk_tokens is None
+    assert PipelineConfig.load().for_model(BUNDLED_GGUF).for_model("openbmb/MiniCPM3-4B").llm.max_string_chars is None
 
 
 def test_a_model_profile_sits_over_the_tasks_preset_and_under_what_the_user_set(tmp_path, monkeypatch):
