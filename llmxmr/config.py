@@ -1,8 +1,8 @@
 """Settings: types here, values in ``configs/default.yaml``.
 
-Precedence, lowest first: ``configs/default.yaml`` < a preset (the settings a harness gives one of
-its tasks, e.g. ``configs/infinitebench/passkey.yaml``) < the profile of the model in use
-(``model_profiles``, applied by ``for_model`` once a run knows its model) < the user's YAML
+Precedence, lowest first: ``configs/default.yaml`` < the profile of the model in use
+(``model_profiles``, applied by ``for_model`` once a run knows its model) < a preset (the settings
+a harness gives one of its tasks, e.g. ``configs/infinitebench/passkey.yaml``) < the user's YAML
 (``--config``) < environment (``LLMXMR_BASE_URL``, ``LLMXMR_API_KEY``, ``LLMXMR_MODEL``) < explicit
 arguments (CLI flags).
 """
@@ -81,72 +81,6 @@ class GroundingSettings(_Section):
     unsupported_confidence: float = Field(ge=0, le=5)
 
 
-class _Layers:
-    """The layers a config is merged from, kept so that ``for_model`` can put a model profile
-    between the task's defaults and what the user set."""
-
-    def __init__(
-        self,
-        base: dict[str, Any],
-        user: dict[str, Any],
-        environment: dict[str, Any],
-        flags: dict[str, Any],
-        path: str | Path | None,
-    ) -> None:
-        self.base, self.user, self.environment, self.flags, self.path = base, user, environment, flags, path
-
-    def config(self, profile: str | None = None, settings: dict[str, Any] | None = None) -> PipelineConfig:
-        """The config these layers make, with the model profile ``profile`` (its ``settings``)
-        over the task's defaults when one is given."""
-        values = copy.deepcopy(self.base)
-        if profile is not None:
-            _merge(values, _profile_settings(profile, settings or {}), f"model profile {profile}")
-        _merge(values, copy.deepcopy(self.user), str(self.path))
-        _merge(values, copy.deepcopy(self.environment), "the environment")
-        _merge(values, copy.deepcopy(self.flags), "the command line")
-        try:
-            config = PipelineConfig.model_validate(values)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ConfigError(f"invalid setting {where}{self._source(where, profile)}: {first['msg']}") from exc
-        config._layers = self
-        config._profile = profile
-        return config
-
-    def _source(self, dotted: str, profile: str | None) -> str:
-        """Where a bad value came from, as far as can be told: a flag, the environment, a model
-        profile or the file."""
-        if _has_dotted(self.flags, dotted):
-            return " (from the command line)"
-        variable = next((v for v, keys in ENVIRONMENT.items() if ".".join(keys) == dotted), None)
-        if variable and _has_dotted(self.environment, dotted):
-            return f" (from {variable})"
-        if profile is not None and not _has_dotted(self.user, dotted):
-            return f" in model profile {profile}"
-        return f" in {self.path}" if self.path else ""
-
-
-# A profile describes a model that is already chosen, so it cannot choose one.
-_NOT_IN_PROFILES = ("model_profiles", "llm.base_url", "llm.model", "llm.api_key", "embedded.model_path")
-
-
-def _profile_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:
-    for dotted in _NOT_IN_PROFILES:
-        if _has_dotted(settings, dotted):
-            raise ConfigError(f"invalid setting model_profiles.{name}.{dotted}: a model profile cannot set it")
-    return copy.deepcopy(settings)
-
-
-def _has_dotted(values: dict[str, Any], dotted: str) -> bool:
-    *sections, key = dotted.split(".")
-    for section in sections:
-        values = values.get(section)
-        if not isinstance(values, dict):
-            return False
-    return key in values
-
-
 class PipelineConfig(_Section):
     task_type: TaskFamily
     on_chunk_error: Literal["skip", "fail"]
@@ -159,10 +93,14 @@ class PipelineConfig(_Section):
     generation: GenerationSettings
 
     # Per model name (matched case-insensitively as part of the name of the model in use), the
-    # settings that model needs; see ``for_model``.
-    model_profiles: dict[str, dict[str, Any]]
-    _layers: _Layers | None = PrivateAttr(default=None)
+    # settings that model needs; see ``for_model``. null removes a profile.
+    model_profiles: dict[str, dict[str, Any] | None]
+    # Set by ``load``: the dotted keys a preset, the user's YAML, the environment or a flag set,
+    # and the values of configs/default.yaml: a profile changes only what is still at its default.
+    _explicit: frozenset[str] = PrivateAttr(default=frozenset())
+    _defaults: dict[str, Any] = PrivateAttr(default_factory=dict)
     _profile: str | None = PrivateAttr(default=None)
+    _unprofiled: PipelineConfig | None = PrivateAttr(default=None)
 
     @classmethod
     def load(
@@ -170,10 +108,9 @@ class PipelineConfig(_Section):
     ) -> PipelineConfig:
         """Defaults, then ``preset``, then the YAML file at ``path``, then the environment, then
         ``overrides`` (dotted keys such as ``llm.base_url`` or ``chunking.chunk_tokens``; None
-        means unset). A model profile is checked here but applied by ``for_model``."""
-        base = _read_yaml(data_dir("configs") / "default.yaml")
-        if preset:
-            _merge(base, copy.deepcopy(dict(preset)), "the task's preset")
+        means unset). The model profiles are checked here and applied by ``for_model``."""
+        defaults = _read_yaml(data_dir("configs") / "default.yaml")
+        user = _read_yaml(Path(path)) if path is not None else {}
         environment: dict[str, Any] = {}
         for variable, (section, key) in ENVIRONMENT.items():
             if os.environ.get(variable):
@@ -182,30 +119,98 @@ class PipelineConfig(_Section):
         for dotted, value in overrides.items():
             if value is not None:
                 _set_dotted(flags, dotted, value)
-        layers = _Layers(base, _read_yaml(Path(path)) if path is not None else {}, environment, flags, path)
-        config = layers.config()
-        for name, settings in config.model_profiles.items():
-            layers.config(name, settings)  # a bad profile is found now, not once a run meets its model
+        values = copy.deepcopy(defaults)
+        for layer, source in ((dict(preset or {}), "the task's preset"), (user, str(path)), (environment, "the environment"), (flags, "the command line")):
+            _merge(values, copy.deepcopy(layer), source)
+        try:
+            config = cls.model_validate(values)
+        except ValidationError as exc:
+            where = _first_error(exc)
+            raise ConfigError(f"invalid setting {where}{_source(where, path, environment, flags)}: {_message(exc)}") from exc
+        config._explicit = frozenset(key for layer in (preset or {}, user, environment, flags) for key in _dotted_keys(layer))
+        config._defaults = {key: _get_dotted(defaults, key) for key in _dotted_keys(defaults)}
+        for name in config.model_profiles:
+            config._with_profile(name)  # a bad profile is found now, not once a run meets its model
         return config
 
     def for_model(self, model_name: str) -> PipelineConfig:
-        """This config for the model named ``model_name`` (a GGUF path, or the id a server lists):
-        the first profile whose name is part of it applies, over the task's preset and under
-        everything the user set; none when none matches."""
+        """This config for the model named ``model_name`` (a GGUF path, or the id a server lists),
+        with the profile whose name is the longest part of it; without one when none matches. A
+        profile changes only settings still at their defaults (configs/default.yaml): what a
+        harness's preset, the user's YAML, the environment, a flag or code set stays."""
         name = model_name.lower()
-        profile = next((key for key in self.model_profiles if key.lower() in name), None)
-        if profile == self._profile or self._layers is None:
+        matching = [key for key, settings in self.model_profiles.items() if settings is not None and key.lower() in name]
+        profile = max(matching, key=len, default=None)
+        if profile == self._profile:
             return self
-        return self._layers.config(profile, self.model_profiles[profile]) if profile else self._layers.config()
+        unprofiled = self._unprofiled or self
+        return unprofiled if profile is None else unprofiled._with_profile(profile)
 
     @property
     def model_profile(self) -> str | None:
         """The name of the model profile applied (``for_model``), if any."""
         return self._profile
 
+    def _with_profile(self, name: str) -> PipelineConfig:
+        settings = self.model_profiles[name] or {}
+        values = self.model_dump()
+        for dotted in _dotted_keys(settings):
+            if not dotted.startswith(_PROFILE_KEYS):
+                allowed = ", ".join(f"{key}*" if key.endswith(".") else key for key in _PROFILE_KEYS)
+                raise ConfigError(f"invalid setting model_profiles.{name}.{dotted}: a model profile sets only {allowed}")
+            if dotted not in self._explicit and _get_dotted(values, dotted) == self._defaults.get(dotted):
+                _set_dotted(values, dotted, _get_dotted(settings, dotted))
+        try:
+            config = type(self).model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid setting {_first_error(exc)} in model profile {name}: {_message(exc)}") from exc
+        config._explicit, config._defaults = self._explicit, self._defaults
+        config._profile, config._unprofiled = name, self
+        return config
+
     @property
     def uses_embedded_model(self) -> bool:
         return self.llm.base_url is None
+
+
+# What a profile may set: the settings a run reads once it knows its model. (The client, the call
+# budget and the task family are chosen before that.)
+_PROFILE_KEYS = ("chunking.", "generation.", "grounding.", "llm.max_string_chars", "llm.map_question_first", "llm.temperature")
+
+
+def _source(dotted: str, path: str | Path | None, environment: dict[str, Any], flags: dict[str, Any]) -> str:
+    """Where a bad value came from, as far as can be told: a flag, the environment, or the file."""
+    if dotted in _dotted_keys(flags):
+        return " (from the command line)"
+    variable = next((v for v, keys in ENVIRONMENT.items() if ".".join(keys) == dotted), None)
+    if variable and dotted in _dotted_keys(environment):
+        return f" (from {variable})"
+    return f" in {path}" if path else ""
+
+
+def _first_error(exc: ValidationError) -> str:
+    return ".".join(str(part) for part in exc.errors()[0]["loc"])
+
+
+def _message(exc: ValidationError) -> str:
+    return str(exc.errors()[0]["msg"])
+
+
+def _dotted_keys(values: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted paths of the leaves of nested settings; ``model_profiles`` is one leaf."""
+    keys: list[str] = []
+    for key, value in values.items():
+        if isinstance(value, Mapping) and key != "model_profiles":
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _get_dotted(values: Mapping[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        values = values.get(part) if isinstance(values, Mapping) else None
+    return values
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -226,7 +231,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def _merge(base: dict[str, Any], update: dict[str, Any], source: str) -> None:
     for key, value in update.items():
-        if isinstance(base.get(key), dict):
+        if isinstance(base.get(key), dict) and value is not None:  # null replaces a mapping (a profile)
             if not isinstance(value, dict):
                 raise ConfigError(f"invalid setting {key} in {source}: expected a mapping")
             _merge(base[key], value, source)

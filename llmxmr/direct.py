@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pydantic import BaseModel
 
 from .budget import MIN_CHUNK_TOKENS, context_window_of, prompt_tokens, token_counter_for
+from .clients import config_for_client
 from .clients.base import ChatRequest, LLMClient
 from .config import PipelineConfig
 from .errors import ContextTooSmallError, UsageError
@@ -54,6 +55,7 @@ async def answer_directly(
     if not document.strip():
         raise UsageError("the document is empty")
     started = time.perf_counter()
+    config = await config_for_client(config, client)
     counter = await token_counter_for(config, client)
     window = await context_window_of(config, client)
     room = (

@@ -49,7 +49,8 @@ async def call_structured(
     A failed call (bad replies, or an LLM error that retries could not fix) is this call's problem
     and is only recorded; an unreachable server concerns the whole run and propagates. Fields in
     ``omit_fields`` are left out of the schema sent (they keep their defaults); with
-    ``max_string_chars`` (``llm.max_string_chars``), no string in it may be longer."""
+    ``max_string_chars`` (``llm.max_string_chars``), every string without a cap of its own gets
+    that one."""
     record = CallRecord(stage=stage, chunk_indices=chunk_indices)
     conversation = list(messages)
     schema = json_schema(output_type, omit_fields)

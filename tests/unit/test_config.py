@@ -50,38 +50,50 @@ def test_a_model_profile_applies_wherever_its_model_runs():
     assert PipelineConfig.load().for_model(BUNDLED_GGUF).for_model("openbmb/MiniCPM3-4B").llm.max_string_chars is None
 
 
-def test_a_model_profile_sits_over_the_tasks_preset_and_under_what_the_user_set(tmp_path, monkeypatch):
+def test_a_model_profile_changes_only_what_is_still_at_its_default(tmp_path, monkeypatch):
+    """Under a harness's preset (InfiniteBench's chunk size stays), the user's YAML (an explicit
+    null stays), flags (even one equal to the default), the environment, and code that changed
+    the config after loading it."""
     preset = {"chunking": {"chunk_tokens": 4096}, "task_type": "retrieval"}
-    assert PipelineConfig.load(preset=preset).for_model(BUNDLED_GGUF).chunking.chunk_tokens == 2048
-    assert PipelineConfig.load(preset=preset).for_model("other").chunking.chunk_tokens == 4096
+    config = PipelineConfig.load(preset=preset).for_model(BUNDLED_GGUF)
+    assert (config.chunking.chunk_tokens, config.llm.max_string_chars, config.task_type) == (4096, 200, "retrieval")
     path = tmp_path / "mine.yaml"
-    path.write_text("llm:\n  max_string_chars: null\n")  # an explicit null: no cap, even for this model
-    config = PipelineConfig.load(path, preset=preset, **{"chunking.chunk_tokens": 1024}).for_model(BUNDLED_GGUF)
-    assert (config.chunking.chunk_tokens, config.llm.max_string_chars, config.llm.map_question_first) == (1024, None, True)
-    assert config.task_type == "retrieval"  # the preset's other settings stay
+    path.write_text("llm:\n  max_string_chars: null\n")
+    config = PipelineConfig.load(path, **{"llm.map_question_first": False}).for_model(BUNDLED_GGUF)
+    assert (config.chunking.chunk_tokens, config.llm.max_string_chars, config.llm.map_question_first) == (2048, None, False)
     monkeypatch.setenv("LLMXMR_BASE_URL", "http://env/v1")
-    assert PipelineConfig.load(preset=preset).for_model(BUNDLED_GGUF).llm.base_url == "http://env/v1"
+    assert PipelineConfig.load().for_model(BUNDLED_GGUF).llm.base_url == "http://env/v1"
+    changed = PipelineConfig.load()
+    changed.chunking.chunk_tokens = 1000
+    assert changed.for_model(BUNDLED_GGUF).chunking.chunk_tokens == 1000
+    assert PipelineConfig.load() == PipelineConfig.load()
 
 
-def test_a_users_config_may_add_or_change_profiles(tmp_path):
+def test_a_users_config_may_add_change_or_remove_profiles_and_the_longest_name_wins(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text(
         "model_profiles:\n"
         "  qwen2.5-0.5b:\n    llm:\n      max_string_chars: 300\n"
         "  smollm2-135m:\n    chunking:\n      chunk_tokens: 1536\n"
+        "  smollm2-135m-instruct.q4_1:\n    generation:\n      map_max_tokens: 256\n"
     )
     config = PipelineConfig.load(path)
     assert config.for_model("Qwen/Qwen2.5-0.5B-Instruct").llm.max_string_chars == 300
     bundled = config.for_model(BUNDLED_GGUF)
-    assert bundled.chunking.chunk_tokens == 1536 and bundled.llm.max_string_chars == 200  # merged, not replaced
+    assert bundled.model_profile == "smollm2-135m-instruct.q4_1" and bundled.generation.map_max_tokens == 256
+    changed = config.for_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert changed.chunking.chunk_tokens == 1536 and changed.llm.max_string_chars == 200  # merged, not replaced
+    path.write_text("model_profiles:\n  smollm2-135m: null\n")
+    assert PipelineConfig.load(path).for_model(BUNDLED_GGUF).model_profile is None
 
 
 @pytest.mark.parametrize(
     ("profile", "message"),
     [
-        ("  m:\n    llm:\n      base_url: http://elsewhere/v1\n", "model_profiles.m.llm.base_url: a model profile cannot set it"),
+        ("  m:\n    llm:\n      base_url: http://elsewhere/v1\n", "model_profiles.m.llm.base_url: a model profile sets only chunking"),
+        ("  m:\n    task_type: code\n", "model_profiles.m.task_type: a model profile sets only"),
         ("  m:\n    chunking:\n      chunk_tokens: -5\n", "invalid setting chunking.chunk_tokens in model profile m"),
-        ("  m:\n    llm:\n      colour: red\n", "invalid setting llm.colour in model profile m"),
+        ("  m:\n    chunking:\n      colour: red\n", "invalid setting chunking.colour in model profile m"),
         ("  m: 3\n", "invalid setting model_profiles.m in .*mine.yaml: Input should be a valid dictionary"),
     ],
 )

@@ -92,13 +92,15 @@ def test_retries_5xx_and_429_honouring_retry_after(monkeypatch):
     assert 0.375 <= waits[0] <= 0.5 and waits[1] == 7.0  # backoff, then the server's Retry-After
 
 
-def test_the_requests_schema_goes_to_the_server_as_it_is_caps_included():
+def test_the_requests_schema_goes_to_the_server_as_it_is():
     capped = REQUEST.model_copy(update={"json_schema": capped_lengths(json_schema(MapOutput), 200)})
     scripts = {"/v1/models": [models("me")], "/v1/chat/completions": lambda body: completion("{}")}
     with fake_server(scripts) as server:
         use(server.base_url, lambda c: c.chat(capped))
-    (sent,) = [body["response_format"]["schema"] for path, body in server.requests if path == "/v1/chat/completions"]
-    assert sent == capped.json_schema and sent["properties"]["rationale"]["maxLength"] == 200
+        use(server.base_url, lambda c: c.chat(REQUEST))
+    sent = [body["response_format"]["schema"] for path, body in server.requests if path == "/v1/chat/completions"]
+    assert sent == [capped.json_schema, REQUEST.json_schema]
+    assert sent[0]["properties"]["rationale"]["maxLength"] == 200 and "maxLength" not in sent[1]["properties"]["rationale"]
 
 
 def test_a_client_kept_across_event_loops_keeps_working():
