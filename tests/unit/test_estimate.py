@@ -104,6 +104,21 @@ def test_the_figures_hold_for_the_calls_the_run_then_makes(scheduler, questions,
     assert figures.total.prompt_tokens >= sum(prompt_tokens(r.messages, WORDS) for r in scripted.requests)
 
 
+def test_the_map_figures_hold_for_a_model_whose_profile_changes_its_prompts():
+    """The bundled model's profile asks retrieval questions before each chunk too: the estimate
+    applies it as the run does."""
+
+    def bundled() -> ScriptedClient:
+        return ScriptedClient(responder=respond(30), counter=WordCounter(), model="/m/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+    cfg = config(task_type="retrieval")
+    figures = asyncio.run(estimate_cost(cfg, bundled(), [(DOCUMENT, QUESTIONS[:2])]))
+    scripted = bundled()
+    MapReducePipeline(cfg, client=scripted).run_many(DOCUMENT, QUESTIONS[:2])
+    assert (figures.map.calls, figures.map.prompt_tokens) == sent(scripted, "MapOutput")
+    assert figures.model_profile == "smollm2-135m" and "(profile smollm2-135m)" in format_estimate(figures)
+
+
 def test_partials_as_large_as_the_plan_allows_still_fit_the_bounds():
     """Replies close to ``map_max_tokens`` words: the run's collapse comes near its bound."""
     cfg = config()

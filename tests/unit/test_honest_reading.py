@@ -151,12 +151,12 @@ def test_a_found_answer_with_an_unread_chunk_says_so_and_scales_confidence():
     assert result.confidence == pytest.approx(4.5 * (1 - 1 / len(result.chunks)), abs=1e-3)
 
 
-def _cli(tmp_path, monkeypatch, *args: str):
+def _cli(tmp_path, monkeypatch, *args: str, model: str = "scripted"):
     from llmxmr import cli
 
     path = tmp_path / "doc.txt"
     path.write_text(DOCUMENT, encoding="utf-8")
-    client = ScriptedClient(responder=_always_cut_on_key(answer_elsewhere=False), counter=WordCounter())
+    client = ScriptedClient(responder=_always_cut_on_key(answer_elsewhere=False), counter=WordCounter(), model=model)
     original = cli.MapReducePipeline
 
     def with_client(config, **kwargs):
@@ -179,6 +179,14 @@ def test_cli_json_of_a_not_found_result_says_the_reading_was_incomplete(tmp_path
     result = _cli(tmp_path, monkeypatch, "--json")
     payload = json.loads(result.stdout)
     assert payload["found"] is False and payload["complete"] is False and payload["unread_chunks"]
+    assert payload["model_profile"] is None
+
+
+def test_cli_output_names_the_model_profile_that_applied(tmp_path, monkeypatch):
+    text = _cli(tmp_path, monkeypatch, model=BUNDLED_GGUF)
+    assert "(profile smollm2-135m)" in text.output
+    payload = json.loads(_cli(tmp_path, monkeypatch, "--json", model=BUNDLED_GGUF).stdout)
+    assert payload["model_profile"] == "smollm2-135m"
 
 
 # Support for an answer whose quotes were paraphrased.
