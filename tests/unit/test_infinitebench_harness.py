@@ -233,6 +233,8 @@ def test_an_invalid_reply_is_the_models_failure_and_is_written(tmp_path):
 
     report, _ = run_batch(tmp_path, [passkey_example(0, "11111", 5)], client=ScriptedClient(responder=babbler))
     assert report.n == 1 and report.failed_calls > 0 and report.scores["official"] == 0.0
+    (prediction,) = read_finished(tmp_path / "out" / "preds_passkey.jsonl", "mr")
+    assert not prediction.found and prediction.unread_chunks  # the "not found" names what went unread
 
 
 def test_examples_run_concurrently(tmp_path):

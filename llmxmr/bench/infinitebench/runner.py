@@ -67,6 +67,9 @@ class Prediction(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     wall_time_s: float
+    # Chunks whose map call failed for good (map-reduce): a prediction without an answer is then
+    # no statement about the whole document.
+    unread_chunks: list[int] = []
 
 
 class TaskReport(BaseModel):
@@ -174,6 +177,7 @@ class BatchRun:
             results = await pipeline.arun_many(group[0].context, [question for _, question in asked.values()])
             for (place, (label, _)), res in zip(asked.items(), results):
                 prediction = _prediction(group[place], label, "mr", res.answer, res.model, res.found, res.trace)
+                prediction.unread_chunks = res.unread_chunks
                 outcomes[place] = complete_or_error(res.trace, prediction)
         return [outcomes[place] for place in range(len(group))]
 
