@@ -46,6 +46,11 @@ class ServerKind:
     # Others are not sent it: vLLM rejects a non-zero priority unless started with
     # --scheduling-policy priority, and runs smaller values first; OpenAI rejects unknown fields.
     priority: bool = False
+    # Sampling fields sent with every request where the server's defaults are not the model's own
+    # distribution. llama-cpp-python's server penalises repeats (repeat_penalty 1.1, where its
+    # in-process API, llama-server, SGLang and vLLM use 1.0): a reply that must copy the text (a
+    # quote, the value asked for) is pushed off the very tokens it copies.
+    sampling: dict[str, Any] = field(default_factory=dict)
 
     def response_format(self, name: str, schema: dict[str, Any]) -> dict[str, Any]:
         if self.schema_wire == "json_object":  # llama-cpp-python's server takes only this form
@@ -61,7 +66,10 @@ SERVER_KINDS = {
     ),
     "vllm": ServerKind("vllm", "json_schema", "/tokenize", "prompt", {"add_special_tokens": False}),
     "llamacpp": ServerKind("llama.cpp", "json_schema", "/tokenize", "content", props_path="/props"),
-    "me": ServerKind("llama-cpp-python", "json_object", "/extras/tokenize/count", "input", parallel_requests=1),
+    "me": ServerKind(
+        "llama-cpp-python", "json_object", "/extras/tokenize/count", "input", parallel_requests=1,
+        sampling={"repeat_penalty": 1.0},
+    ),
 }
 # smg forwards request bodies as they are; its /v1/tokenize uses tokenizers of its own, not the
 # workers', so there is no tokenize endpoint to use through it.
@@ -216,6 +224,7 @@ class OpenAICompatibleClient:
         }
         if request.json_schema is not None:
             body["response_format"] = self._kind.response_format(request.schema_name or "output", request.json_schema)
+        body.update(self._kind.sampling)
         if request.priority is not None and self._kind.priority:
             body["priority"] = request.priority
         # The SDK's generic POST, with the body as built here: ``chat.completions.create`` would

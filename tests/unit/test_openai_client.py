@@ -67,6 +67,18 @@ def test_llama_cpp_python_gets_json_object_with_schema():
     assert window is None  # llama-cpp-python does not publish n_ctx
 
 
+@pytest.mark.parametrize(("owner", "penalty"), [("me", 1.0), ("sglang", None), ("vllm", None), ("llamacpp", None), ("openai", None)])
+def test_only_llama_cpp_python_is_told_not_to_penalise_repeats(owner, penalty):
+    """Its server's default repeat_penalty (1.1) pushes a reply off the tokens it copies from the
+    text; the other servers sample from the model's own distribution unless told otherwise, and
+    OpenAI rejects fields it does not know."""
+    scripts = {"/v1/models": [models(owner)], "/v1/chat/completions": [completion("{}")], "/workers": [Answer(404, {})]}
+    with fake_server(scripts) as server:
+        use(server.base_url, lambda c: c.chat(REQUEST))
+    body = next(body for path, body in server.requests if path == "/v1/chat/completions")
+    assert body.get("repeat_penalty") == penalty
+
+
 def test_llama_server_window_from_props():
     scripts = {
         "/v1/models": [models("llamacpp")],
