@@ -112,8 +112,10 @@ def test_cli_run_on_a_file(tmp_path):
 
 def test_three_questions_over_one_reading_of_an_8k_haystack(llama_server):
     """Three needles, three questions, one ``run_many`` over one chunking: each answer holds its
-    own value. (llama-cpp-python's server reports no cached tokens; the saving is measured by
-    benchmarks/questions.py.)"""
+    own value. The maps read the document first, the layout that lets the questions share each
+    chunk's prompt prefix (the bundled model's profile asks retrieval questions first instead; on
+    this haystack that layout misses the door code). llama-cpp-python's server reports no cached
+    tokens; the saving is measured by benchmarks/questions.py."""
     needles = {
         "What is the pass key?": ("71432", "The pass key is 71432. Remember it. 71432 is the pass key. "),
         "What is the door code?": ("58264", "The door code is 58264. Remember it. 58264 is the door code. "),
@@ -125,7 +127,7 @@ def test_three_questions_over_one_reading_of_an_8k_haystack(llama_server):
     document = TASK + "".join(lines)
     config = PipelineConfig.load(
         task_type="retrieval",
-        **{"llm.base_url": llama_server, "llm.context_window": SERVER_N_CTX, "chunking.chunk_tokens": 2048},
+        **{"llm.base_url": llama_server, "llm.context_window": SERVER_N_CTX, "chunking.chunk_tokens": 2048, "llm.map_question_first": False},
     )
     results = MapReducePipeline(config).run_many(document, list(needles))
     for result, (question, (value, _)) in zip(results, needles.items()):
