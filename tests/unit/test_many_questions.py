@@ -261,7 +261,12 @@ def test_ctrl_c_cancels_only_the_question_being_answered(tmp_path, monkeypatch):
                 await asyncio.sleep(5)  # cancelled long before this ends
             return await super().chat(request)
 
-    result, scripted = _chat(tmp_path, monkeypatch, f"{QUESTIONS[0]}\n{QUESTIONS[1]}\n", Interrupted())
+    # As from a terminal: a shell without job control starts background jobs with SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result, scripted = _chat(tmp_path, monkeypatch, f"{QUESTIONS[0]}\n{QUESTIONS[1]}\n", Interrupted())
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert result.exit_code == 0, result.output
     assert "(cancelled)" in result.stderr and "Hill" in result.stdout and "KEY-77" not in result.stdout
     assert scripted.in_flight == 0  # the cancelled question's calls were cancelled, not left running
