@@ -28,7 +28,31 @@ from ..tokens import TokenCounter
 from .base import ChatReply, ChatRequest, LLMClient
 
 # Bumped when the key or the stored reply changes meaning, so old entries are never misread.
-_KEY_VERSION = 2
+# 3: a GGUF is named by its contents (``model_identity``), not by where it lies.
+_KEY_VERSION = 3
+# How much of each end of a GGUF file its identity reads: the head holds its metadata (name,
+# quantisation, tokenizer, tensor layout), the tail the last tensors' weights.
+_GGUF_SAMPLE_BYTES = 1 << 20
+
+
+def model_identity(model_name: str) -> str:
+    """The model as the reply cache knows it. A GGUF (the embedded model's path, or the id
+    llama-cpp-python's server lists, which is its path) is named by its file name, size and a
+    digest of its first and last MiB, so the same file answers from the same entries wherever a
+    venv put it; another quantisation or fine-tune differs in size or in those bytes. A GGUF path
+    that is not on this machine keeps its file name; any other name is kept as the server gave it."""
+    if not model_name.lower().endswith(".gguf"):
+        return model_name
+    path = Path(model_name)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as gguf:
+            digest = hashlib.sha256(gguf.read(_GGUF_SAMPLE_BYTES))
+            gguf.seek(max(size - _GGUF_SAMPLE_BYTES, 0))
+            digest.update(gguf.read(_GGUF_SAMPLE_BYTES))
+    except OSError:
+        return f"gguf:{path.name}"
+    return f"gguf:{path.name}:{size}:{digest.hexdigest()[:16]}"
 
 
 def request_key(identity: str, request: ChatRequest) -> str:
@@ -39,10 +63,10 @@ def request_key(identity: str, request: ChatRequest) -> str:
 
 
 class CachedClient:
-    """``CachedClient(client, path)``: the key names the model by ``client.model_name()`` (the id
-    the server lists, the embedded GGUF's path), so two models never share replies, and a model
-    served again at another address finds its own. Settings that change replies (a string cap)
-    are in the request's schema, so in the key."""
+    """``CachedClient(client, path)``: the key names the model by ``model_identity`` of
+    ``client.model_name()`` (the id the server lists, the embedded GGUF), so two models never share
+    replies, and a model served again at another address, or installed in another venv, finds its
+    own. Settings that change replies (a string cap) are in the request's schema, so in the key."""
 
     def __init__(self, inner: LLMClient, path: str | Path, *, sampled: bool = False) -> None:
         self._inner = inner
@@ -63,7 +87,8 @@ class CachedClient:
         if request.temperature > 0 and not self._sampled:
             return await self._inner.chat(request)
         if self._identity is None:
-            self._identity = await self._inner.model_name()
+            name = await self._inner.model_name()
+            self._identity = await asyncio.to_thread(model_identity, name)
         key = request_key(self._identity, request)
         stored = await asyncio.to_thread(self._get, key)
         if stored is not None:

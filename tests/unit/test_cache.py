@@ -8,7 +8,7 @@ import pytest
 
 from llmxmr.clients import make_client
 from llmxmr.clients.base import ChatReply, ChatRequest
-from llmxmr.clients.cache import CachedClient
+from llmxmr.clients.cache import CachedClient, model_identity
 from llmxmr.clients.fake import ScriptedClient
 from llmxmr.config import PipelineConfig
 from llmxmr.errors import ConfigError
@@ -53,6 +53,33 @@ def test_entries_survive_a_new_process_and_stay_per_model(tmp_path):
     other_model = counting_client("model-b")
     (reply,) = ask(CachedClient(other_model, path), request())
     assert not reply.from_cache and len(other_model.requests) == 1
+
+
+def gguf(folder, content: bytes):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "Tiny-Model.Q4_1.gguf"
+    path.write_bytes(content)
+    return str(path)
+
+
+def test_a_gguf_is_the_same_model_wherever_it_lies(tmp_path):
+    """A venv at another path, or another machine, finds the replies of the same file; another
+    quantisation or fine-tune (other bytes, at either end) does not."""
+    weights = b"GGUF" + bytes(range(256)) * 20_000  # past two MiB: head and tail are both read
+    here, there = gguf(tmp_path / "venv-a", weights), gguf(tmp_path / "venv-b", weights)
+    assert model_identity(here) == model_identity(there) and here not in model_identity(here)
+    assert model_identity(gguf(tmp_path / "tail", weights[:-1] + b"x")) != model_identity(here)
+    assert model_identity(gguf(tmp_path / "head", b"GGUF!" + weights[5:])) != model_identity(here)
+    path = tmp_path / "cache.sqlite"
+    ask(CachedClient(counting_client(here), path), request())
+    moved = counting_client(there)
+    (reply,) = ask(CachedClient(moved, path), request())
+    assert reply.from_cache and moved.requests == []
+
+
+def test_names_that_are_no_local_gguf_are_kept_as_given():
+    assert model_identity("/models/elsewhere/Tiny.Q8_0.gguf") == "gguf:Tiny.Q8_0.gguf"
+    assert model_identity("openbmb/MiniCPM3-4B") == "openbmb/MiniCPM3-4B"
 
 
 def test_sampled_requests_bypass_the_cache_unless_asked(tmp_path):
