@@ -197,12 +197,17 @@ def run(
         click.echo(f"[{question.id}] {_summary(result)}", err=True)
 
 
+# Memory for the embedded model's state in 'llmxmr chat', where questions come back to chunks read
+# before; 'run' reads each chunk once per run and keeps configs/default.yaml's 0.
+CHAT_STATE_CACHE_MB = 1024
+
+
 @main.command()
 @click.option("--input", "input_path", required=True, help="Document file, or - for standard input.")
 @click.option("--password", help="Password of an encrypted PDF.")
 @_llm_options
 @click.option("--task-type", type=click.Choice(TASK_FAMILIES), help="Task family, which picks the prompts.")
-@click.option("--state-cache-mb", default=1024, show_default=True, type=click.IntRange(min=0), help="Embedded model: memory for its state after each chunk, so later questions do not read a chunk again.")
+@click.option("--state-cache-mb", type=click.IntRange(min=0), help=f"Embedded model: memory for its state after each chunk, so later questions do not read a chunk again (default: embedded.state_cache_mb if your config sets it, else {CHAT_STATE_CACHE_MB}).")
 @click.option("--no-citations", is_flag=True, help="Print answers without the quotes they rest on.")
 @_reports_errors
 def chat(
@@ -210,7 +215,7 @@ def chat(
     password: str | None,
     settings: _Settings,
     task_type: str | None,
-    state_cache_mb: int,
+    state_cache_mb: int | None,
     no_citations: bool,
 ) -> None:
     """Ask question after question about one document. It is read and chunked once, and the model
@@ -221,7 +226,9 @@ def chat(
     with contextlib.suppress(ImportError):  # line editing and history where the platform has them
         import readline  # noqa: F401
 
-    config = settings.load(task_type=task_type, **{"embedded.state_cache_mb": state_cache_mb})
+    # chat's own default sits where a harness's preset does: beneath the user's YAML and the flag.
+    chat_default = {"embedded": {"state_cache_mb": CHAT_STATE_CACHE_MB}}
+    config = settings.load(preset=chat_default, task_type=task_type, **{"embedded.state_cache_mb": state_cache_mb})
     document = read_document(input_path, max_bytes=int(config.max_document_mb * 2**20), password=password)
     for warning in document.warnings:
         click.echo(f"warning: {document.name}: {warning}", err=True)
@@ -401,7 +408,7 @@ def _serve_local(config: PipelineConfig, model_path: str | None, host: str, port
     if not path.is_file():
         raise UsageError(f"GGUF model file not found: {path}")
     plan = local_servers.LocalServerPlan(
-        model_path=path, host=host, port=port, n_ctx=config.embedded.n_ctx,
+        model_path=path, host=host, port=port, n_ctx=config.embedded.n_ctx, threads=config.embedded.threads,
         extra_buffers=extra_buffers_enabled(config.embedded.extra_buffers, path),
     )  # fmt: skip
     if dry_run:
@@ -519,7 +526,7 @@ def generate(tasks: str, length: str, count: int, seed: int, out: str) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for preds_<task>.jsonl and summary.json.")
 @click.option("--method", type=click.Choice(["mr", "direct"]), default="mr", show_default=True, help="Map-reduce, or one call with the middle cut.")
 @click.option("--limit", type=click.IntRange(min=1), help="The first N examples of each task.")
-@click.option("--examples-in-flight", type=click.IntRange(min=1), help="Examples run at once (default: 8, but no more than the server runs requests at once: 1 embedded or on llama-cpp-python's server).")
+@click.option("--examples-in-flight", type=click.IntRange(min=1), help="Examples run at once (default: 8 for --method mr, twice the concurrency for direct, but no more than the server runs requests at once: 1 embedded or on llama-cpp-python's server).")
 @_llm_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")

@@ -9,6 +9,7 @@ free text: the baseline asks exactly what the benchmark asks.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -50,6 +51,8 @@ async def answer_directly(
 ) -> DirectResult:
     """One call with ``build_messages(document)``, the document's middle cut to fit the window.
 
+    Tokens are counted in a worker thread: a long document (or a server's tokenize endpoint) holds
+    the counter for a while, and the event loop stays free for the other examples' calls in flight.
     A failed call (after the client's own retries) raises ``LLMCallError``: with one call there is
     no partial result to keep."""
     if not document.strip():
@@ -58,18 +61,14 @@ async def answer_directly(
     config = await config_for_client(config, client)
     counter = await token_counter_for(config, client)
     window = await context_window_of(config, client)
-    room = (
-        budget_with_margin(window, counter, config.chunking.safety_margin)
-        - prompt_tokens(build_messages(""), counter)
-        - max_tokens
-    )
+    instructions = await asyncio.to_thread(prompt_tokens, build_messages(""), counter)
+    room = budget_with_margin(window, counter, config.chunking.safety_margin) - instructions - max_tokens
     if room < MIN_CHUNK_TOKENS:
         raise ContextTooSmallError(
             f"the context window ({window} tokens) leaves {max(room, 0)} tokens for the document "
             f"after the prompt and a {max_tokens}-token reply"
         )
-    document_tokens = counter.count_batch([document])[0]
-    kept, kept_tokens = cut_middle(document, document_tokens, room, counter)
+    document_tokens, kept, kept_tokens = await asyncio.to_thread(_cut_to_fit, document, room, counter)
     reply = await client.chat(
         ChatRequest(messages=build_messages(kept), max_tokens=max_tokens, temperature=config.llm.temperature)
     )
@@ -84,6 +83,12 @@ async def answer_directly(
         kept_tokens=kept_tokens,
         trace=trace,
     )
+
+
+def _cut_to_fit(document: str, budget: int, counter: TokenCounter) -> tuple[int, str, int]:
+    """The document's tokens, and the document cut to ``budget`` tokens with its own count."""
+    document_tokens = counter.count_batch([document])[0]
+    return (document_tokens, *cut_middle(document, document_tokens, budget, counter))
 
 
 def cut_middle(text: str, tokens: int, budget: int, counter: TokenCounter) -> tuple[str, int]:

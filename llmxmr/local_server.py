@@ -7,7 +7,7 @@ child, waits until it answers ``/v1/models``, announces the base URL, and stops 
 SIGTERM or SIGHUP. A child that dies is reported in one line; by a signal, with the setting that
 avoids it.
 
-Child usage: python -m llmxmr.local_server MODEL.gguf HOST PORT N_CTX on|off
+Child usage: python -m llmxmr.local_server MODEL.gguf HOST PORT N_CTX THREADS on|off
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,8 @@ class LocalServerPlan:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     n_ctx: int = 8192
+    # CPU threads llama.cpp decodes with (``embedded.threads``); None: one per CPU core.
+    threads: int | None = None
     extra_buffers: bool = True
     startup_timeout_s: float = STARTUP_TIMEOUT_S
 
@@ -51,10 +53,14 @@ class LocalServerPlan:
         host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
         return f"http://{host}:{self.port}/v1"
 
+    @property
+    def thread_count(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
     def command(self) -> list[str]:
         return [
             sys.executable, "-m", "llmxmr.local_server",
-            str(self.model_path), self.host, str(self.port), str(self.n_ctx),
+            str(self.model_path), self.host, str(self.port), str(self.n_ctx), str(self.thread_count),
             "on" if self.extra_buffers else "off",
         ]  # fmt: skip
 
@@ -95,7 +101,7 @@ def _ended_message(code: int, plan: LocalServerPlan, before_ready: bool = False)
     return f"{message}; its log is above"
 
 
-def _serve(model_path: str, host: str, port: int, n_ctx: int, extra_buffers: bool) -> None:
+def _serve(model_path: str, host: str, port: int, n_ctx: int, threads: int, extra_buffers: bool) -> None:
     """The child: llama-cpp-python's server app on one model, in this process."""
     import uvicorn
     from llama_cpp.server.app import create_app
@@ -105,11 +111,16 @@ def _serve(model_path: str, host: str, port: int, n_ctx: int, extra_buffers: boo
 
     if not extra_buffers:
         disable_extra_buffer_types()
-    model = ModelSettings(model=model_path, n_ctx=n_ctx, n_threads=os.cpu_count() or 1, verbose=False)
+    model = ModelSettings(model=model_path, n_ctx=n_ctx, n_threads=threads, verbose=False)
     app = create_app(server_settings=ServerSettings(host=host, port=port), model_settings=[model])
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
+def serve_from_command_line(arguments: Sequence[str]) -> None:
+    """The child's entry point: the arguments ``LocalServerPlan.command`` gives it."""
+    model_path, host, port, n_ctx, threads, extra_buffers = arguments
+    _serve(model_path, host, int(port), int(n_ctx), int(threads), extra_buffers == "on")
+
+
 if __name__ == "__main__":
-    path, host_arg, port_arg, n_ctx_arg, extra = sys.argv[1:6]
-    _serve(path, host_arg, int(port_arg), int(n_ctx_arg), extra == "on")
+    serve_from_command_line(sys.argv[1:])

@@ -35,6 +35,7 @@ def _model_client(config: PipelineConfig) -> LLMClient:
             model=llm.model,
             timeout_s=llm.timeout_s,
             max_retries=llm.max_retries,
+            safety_margin=config.chunking.safety_margin,
         )
     from .embedded import EmbeddedLlamaClient
 

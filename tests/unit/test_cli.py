@@ -345,3 +345,74 @@ def test_a_huge_file_is_refused_before_it_is_read(tmp_path):
     small_limit.write_text("max_document_mb: 0.001\n")
     result = invoke("run", "--input", "-", "--question", "q", "--config", str(small_limit), input=b"word " * 1000)
     assert_one_line_error(result, 2, "standard input is more than 1 KB, over the 1 KB limit")
+
+
+# Settings that the chat and serve commands must not override or drop.
+
+
+def _chat_state_cache_mb(tmp_path, monkeypatch, *args: str) -> int:
+    """The embedded.state_cache_mb a chat session opens its client with."""
+    from llmxmr import cli
+    from llmxmr.clients.fake import ScriptedClient
+
+    opened: list[int] = []
+    monkeypatch.setattr(cli, "make_client", lambda config: opened.append(config.embedded.state_cache_mb) or ScriptedClient())
+    document = tmp_path / "doc.txt"
+    document.write_text("A short document.", encoding="utf-8")
+    result = invoke("chat", "--input", str(document), *args, input=b"")  # no question: it ends at once
+    assert result.exit_code == 0, result.output
+    return opened[0]
+
+
+def test_chat_state_cache_flag_overrides_the_config_only_when_given(tmp_path, monkeypatch):
+    config = tmp_path / "mine.yaml"
+    config.write_text("embedded:\n  state_cache_mb: 256\n")
+    assert _chat_state_cache_mb(tmp_path, monkeypatch, "--config", str(config)) == 256
+    assert _chat_state_cache_mb(tmp_path, monkeypatch, "--config", str(config), "--state-cache-mb", "64") == 64
+    config.write_text("embedded:\n  state_cache_mb: 0\n")  # off, as the config says
+    assert _chat_state_cache_mb(tmp_path, monkeypatch, "--config", str(config)) == 0
+    from llmxmr.cli import CHAT_STATE_CACHE_MB
+
+    assert _chat_state_cache_mb(tmp_path, monkeypatch) == CHAT_STATE_CACHE_MB  # chat's own default
+
+
+def _fake_llama_cpp_server(monkeypatch) -> dict[str, object]:
+    """llama-cpp-python's server app and uvicorn, faked: the model settings the child would load
+    its model with."""
+    import sys
+    from types import ModuleType, SimpleNamespace
+
+    loaded: dict[str, object] = {}
+    app = ModuleType("llama_cpp.server.app")
+    app.create_app = lambda server_settings, model_settings: loaded.update(vars(model_settings[0]))  # type: ignore[attr-defined]
+    settings = ModuleType("llama_cpp.server.settings")
+    settings.ModelSettings = SimpleNamespace  # type: ignore[attr-defined]
+    settings.ServerSettings = SimpleNamespace  # type: ignore[attr-defined]
+    uvicorn = ModuleType("uvicorn")
+    uvicorn.run = lambda *args, **kwargs: None  # type: ignore[attr-defined]
+    modules = {"llama_cpp": ModuleType("llama_cpp"), "llama_cpp.server": ModuleType("llama_cpp.server")}
+    modules.update({"llama_cpp.server.app": app, "llama_cpp.server.settings": settings, "uvicorn": uvicorn})
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return loaded
+
+
+@pytest.mark.parametrize(("configured", "threads"), [("embedded:\n  threads: 3\n", 3), ("", None)])
+def test_serve_local_loads_the_model_with_the_configured_threads(tmp_path, monkeypatch, configured, threads):
+    """embedded.threads reaches the child's llama.cpp model; unset, one thread per core."""
+    import os
+    import shlex
+
+    from llmxmr import local_server
+
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    config = tmp_path / "mine.yaml"
+    config.write_text(configured)
+    result = invoke("serve", "--local", "--model", str(model), "--config", str(config), "--extra-buffers", "on", "--dry-run")
+    assert result.exit_code == 0, result.output
+    command = shlex.split(result.stdout)
+    assert command[1:3] == ["-m", "llmxmr.local_server"]
+    loaded = _fake_llama_cpp_server(monkeypatch)
+    local_server.serve_from_command_line(command[3:])  # the child, given the arguments serve starts it with
+    assert loaded["n_threads"] == (threads or os.cpu_count())

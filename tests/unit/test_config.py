@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from llmxmr.config import PipelineConfig
@@ -45,9 +47,20 @@ def test_a_model_profile_applies_wherever_its_model_runs():
         config = PipelineConfig.load(**{"llm.base_url": "http://server/v1"}).for_model(name)
         assert config.model_profile == "smollm2-135m"
         assert (config.chunking.chunk_tokens, config.llm.max_string_chars, config.llm.map_question_first) == (2048, 200, True)
-    other = PipelineConfig.load().for_model("openbmb/MiniCPM3-4B")
+    other = PipelineConfig.load().for_model("Qwen/Qwen2.5-7B-Instruct")
     assert other.model_profile is None and other.llm.max_string_chars is None and other.chunking.chunk_tokens is None
     assert PipelineConfig.load().for_model(BUNDLED_GGUF).for_model("openbmb/MiniCPM3-4B").llm.max_string_chars is None
+
+
+@pytest.mark.parametrize("name", ["openbmb/MiniCPM3-4B", "/models/minicpm3-4b-q4_k_m.gguf"])
+def test_minicpm3_gets_its_chunk_size_from_its_profile(name):
+    """LLM x MapReduce's 3,000-token chunks follow MiniCPM3 by its name, served or in-process,
+    with no config file for it."""
+    from llmxmr.clients import config_for_client
+    from llmxmr.clients.fake import ScriptedClient
+
+    config = asyncio.run(config_for_client(PipelineConfig.load(), ScriptedClient(model=name)))
+    assert config.model_profile == "minicpm3" and config.chunking.chunk_tokens == 3000
 
 
 def test_a_model_profile_changes_only_what_is_still_at_its_default(tmp_path, monkeypatch):
@@ -114,6 +127,8 @@ def test_api_key_is_kept_secret(monkeypatch):
 def test_sglang_profile_is_valid():
     config = PipelineConfig.load(data_dir("configs") / "sglang-minicpm3.yaml")
     assert config.llm.context_window == 32768
+    # The chunk size is the model profile's, not the file's: a harness's preset still outranks it.
+    assert config.chunking.chunk_tokens is None and config.for_model(config.llm.model or "").chunking.chunk_tokens == 3000
 
 
 @pytest.mark.parametrize("family", TASK_FAMILIES)

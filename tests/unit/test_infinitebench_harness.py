@@ -3,6 +3,8 @@ that resume, examples sharing a context read once, all with the scripted fake cl
 
 from __future__ import annotations
 
+import threading
+
 import asyncio
 import json
 import re
@@ -425,3 +427,62 @@ def test_direct_makes_one_call_per_example_even_when_they_share_a_context(tmp_pa
     report, client = run_batch(tmp_path, SHELVES, method="direct", client=ScriptedClient(responder=reader, counter=WordCounter()))
     assert len(client.requests) == 6 and all(r.json_schema is None for r in client.requests)
     assert chunkings == [] and (report.n, report.documents) == (6, 2)
+
+
+# ---- the direct baseline in flight ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("concurrency", "examples"), [(3, 8), (10, 12)])
+def test_direct_examples_overlap_up_to_the_concurrency(tmp_path, concurrency, examples):
+    """--concurrency bounds the direct calls in flight, and is reached: not held to the 8 examples
+    that map-reduce keeps on a server."""
+    from click.testing import CliRunner
+
+    from llmxmr.cli import main
+    from tests.fake_server import Answer, completion, fake_server, models
+
+    data = tmp_path / "passkey.jsonl"
+    data.write_text("".join(passkey_example(i, f"{50000 + i}", depth=3, lines=10).model_dump_json() + "\n" for i in range(examples)))
+    full = threading.Event()
+
+    def held(body: dict) -> Answer:
+        """Each reply waits until as many calls as the concurrency allows are in flight (or 10 s)."""
+        if server.in_flight >= concurrency:
+            full.set()
+        full.wait(10)
+        return completion("50000")
+
+    scripts = {"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": held}
+    args = ["bench", "infinitebench", "--task", "passkey", "--data", str(data), "--out", str(tmp_path / "out"), "--method", "direct"]
+    with fake_server(scripts) as server:
+        args += ["--base-url", server.base_url, "--tokenizer", "tiktoken", "--concurrency", str(concurrency), "--no-progress"]
+        result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert sum(path == "/v1/chat/completions" for path, _ in server.requests) == examples
+    assert server.max_in_flight == concurrency
+
+
+def test_direct_counts_tokens_off_the_event_loop():
+    """Counting a long document takes a while; the event loop stays free for other calls."""
+    import threading
+
+    from llmxmr.direct import answer_directly
+    from llmxmr.prompts import ChatMessage
+
+    class ThreadRecordingCounter(WordCounter):
+        def __init__(self) -> None:
+            self.threads: set[int] = set()
+
+        def count_batch(self, texts):
+            self.threads.add(threading.get_ident())
+            return super().count_batch(texts)
+
+    counter = ThreadRecordingCounter()
+    client = ScriptedClient(["42"], counter=counter, window=1000)
+
+    async def answer() -> int:
+        await answer_directly(client, PipelineConfig.load(), lambda text: [ChatMessage(role="user", content=text)], FILLER * 100, 16)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(answer())
+    assert counter.threads and loop_thread not in counter.threads

@@ -214,7 +214,8 @@ def test_serve_local_dry_run_prints_the_command_with_the_decision(probes, model)
     result = CliRunner().invoke(main, ["serve", "--local", "--model", str(model), "--n-ctx", "4096", "--dry-run"])
     assert result.exit_code == 0, result.output
     command = result.stdout.split()
-    assert command[-5:] == [str(model), "127.0.0.1", str(local_servers.DEFAULT_PORT), "4096", "off"]
+    threads = str(local_servers.LocalServerPlan(model_path=model).thread_count)  # unset: one per core
+    assert command[-6:] == [str(model), "127.0.0.1", str(local_servers.DEFAULT_PORT), "4096", threads, "off"]
     assert "llmxmr.local_server" in command
 
 

@@ -332,3 +332,33 @@ def test_load_predictions_rejects_bad_lines(tmp_path: Path, line: str, message: 
 def test_load_predictions_missing_file(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="cannot read predictions file"):
         load_predictions(tmp_path / "absent.jsonl")
+
+
+@pytest.fixture
+def without_rouge_score(monkeypatch):
+    """As if the bench extra were not installed: importing rouge_score fails."""
+    import sys
+
+    from llmxmr.bench.infinitebench import scorers
+
+    monkeypatch.setitem(sys.modules, "rouge_score", None)
+    scorers._rouge_lsum_scorer.cache_clear()
+    yield
+    scorers._rouge_lsum_scorer.cache_clear()
+
+
+def test_without_rouge_score_en_sum_fails_before_the_run_naming_the_package_and_extra(tmp_path, without_rouge_score):
+    """rouge-score comes with the bench extra; a run of En.Sum without it stops before any call,
+    in one line, rather than after hours of predictions it cannot score."""
+    from click.testing import CliRunner
+
+    from llmxmr.cli import main
+
+    data = tmp_path / "longbook_sum_eng.jsonl"
+    data.write_text(json.dumps({"id": 0, "context": "A book.", "input": "", "answer": ["A summary."]}) + "\n")
+    args = ["bench", "infinitebench", "--task", "longbook_sum_eng", "--data", str(data), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, [*args, "--base-url", "http://127.0.0.1:9/v1"])  # nothing listens there
+    assert result.exit_code == 2, result.output
+    assert result.output == "error: scoring longbook_sum_eng needs the 'rouge-score' package: pip install 'llmxmr[bench]'\n"
+    assert not (tmp_path / "out" / "preds_longbook_sum_eng.jsonl").exists()
+    assert score_example("passkey", "71432", ["71432"]) == 1.0  # the other tasks score without it

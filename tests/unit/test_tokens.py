@@ -51,3 +51,35 @@ def test_hf_tokenizer_missing_directory(tmp_path):
 
     with pytest.raises(ConfigError, match="tokenizer directory not found"):
         HFTokenizerCounter(tmp_path / "absent")
+
+
+def test_a_server_counters_fallback_estimate_keeps_the_configured_margin(monkeypatch):
+    """A count the server does not give in time is estimated and raised by chunking.safety_margin
+    from the config (here 0.5, so doubled), not by a margin of the counter's own."""
+    import asyncio
+    import math
+
+    from llmxmr.clients import make_client
+    from llmxmr.clients.tokenize import ServerTokenCounter
+    from llmxmr.config import PipelineConfig
+
+    from ..fake_server import Answer, fake_server, models
+
+    monkeypatch.setattr(ServerTokenCounter, "COUNT_TIMEOUT_S", 0.3)
+    text = "The pass key is 71432. Remember it. " * 20
+    in_time, too_late = Answer(body={"count": 5}), Answer(body={"count": 5}, delay_s=2.0)
+    scripts = {"/v1/models": [models("me")], "/extras/tokenize/count": [in_time, too_late]}  # llama-cpp-python
+
+    async def count(config: PipelineConfig) -> int:
+        client = make_client(config)
+        try:
+            counter = await client.token_counter()  # its probe is counted in time
+            assert isinstance(counter, ServerTokenCounter)
+            return counter.count_batch([text])[0]
+        finally:
+            await client.aclose()
+
+    with fake_server(scripts) as server:
+        config = PipelineConfig.load(**{"llm.base_url": server.base_url, "chunking.safety_margin": 0.5})
+        counted = asyncio.run(count(config))
+    assert counted == math.ceil(TiktokenCounter().count_batch([text])[0] * 2)

@@ -42,14 +42,15 @@ from ...pipeline import MapReducePipeline
 from ...trace import Trace
 from .. import Method
 from .data import DataSource, read_examples
-from .scorers import SCORERS, score_predictions
+from .scorers import SCORERS, check_scorer_packages, score_predictions
 from .tasks import Example, direct_messages, ground_truth, question_for, task_config
 
 # Records the SHA-256 of each task's data file, so a resumed run reads the same examples.
 SOURCES_FILE = "sources.json"
 SUMMARY_FILE = "summary.json"
-# Examples at once on a server that batches requests (fewer where the server runs fewer at once);
-# for map-reduce, groups of examples that share a context.
+# Map-reduce groups of examples that share a context, at once on a server that batches requests
+# (fewer where the server runs fewer at once). A direct example is one call, so the call budget
+# (``llm.concurrency``) is what bounds direct examples; they get the executor's default, twice it.
 EXAMPLES_ON_SERVER = 8
 
 
@@ -114,6 +115,8 @@ class BatchRun:
 
     async def run(self, tasks: Sequence[str], files: dict[str, Path], limit: int | None = None) -> list[TaskReport]:
         """Runs the first ``limit`` examples of ``files[task]`` for each task, in turn."""
+        for task in tasks:  # a missing scorer package is found before predictions it cannot score
+            check_scorer_packages(task)
         configs = {task: self.config_for(task) for task in tasks}
         async with self._executor:
             for task in tasks:  # every data file is checked before hours are spent on the first task
@@ -144,20 +147,21 @@ class BatchRun:
             work=predict if self.method == "direct" else Together(lambda e: contexts[str(e.id)], predict_together),
             sink=_predictions_file(path),
             config=config,
-            on_server=EXAMPLES_ON_SERVER,
+            on_server=EXAMPLES_ON_SERVER if self.method == "mr" else None,
         )
         return self._report(task, path, await self._executor.run(job), contexts)
 
     async def _predict_directly(self, task: str, config: PipelineConfig, shared: Shared, example: Example) -> Prediction:
         """One call with the document cut to fit, as InfiniteBench does."""
         label = ground_truth(task, example)
-        direct = await answer_directly(
-            shared.client,
-            config,
-            lambda context: direct_messages(task, example, context),
-            example.context,
-            task_config(task).direct_max_tokens,
-        )
+        async with shared.calls.slot("direct", shared.calls.join()):  # within llm.concurrency
+            direct = await answer_directly(
+                shared.client,
+                config,
+                lambda context: direct_messages(task, example, context),
+                example.context,
+                task_config(task).direct_max_tokens,
+            )
         return _prediction(example, label, "direct", direct.answer, direct.model, True, direct.trace)
 
     async def _predict_together(

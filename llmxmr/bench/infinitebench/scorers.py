@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
-from ...errors import LlmxmrError, UsageError
+from ...errors import MissingExtraError, UsageError
 
 GroundTruth = Union[str, int, float, Sequence[Any]]
 ScoreFn = Callable[[str, Any], float]
@@ -338,11 +338,12 @@ def _qa_char_f1(pred: str, label: Any) -> float:
 
 @functools.lru_cache(maxsize=1)
 def _rouge_lsum_scorer() -> Any:
-    # Imported on first use: rouge_score pulls in nltk, which other tasks do not need.
+    # Imported on first use, from the bench extra: rouge_score pulls in nltk, absl and numpy, which
+    # no other task needs.
     try:
         from rouge_score import rouge_scorer
-    except ImportError as exc:  # pragma: no cover - rouge-score is a dependency
-        raise LlmxmrError("scoring longbook_sum_eng needs the 'rouge-score' package: pip install rouge-score") from exc
+    except ImportError as exc:
+        raise MissingExtraError("rouge-score", "bench", "scoring longbook_sum_eng") from exc
     # What 🤗 evaluate's "rouge" metric builds by default: no stemmer, the default tokenizer
     # (lowercase, [a-z0-9]+ tokens), and for rougeLsum sentences split on "\n" only.
     return rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=False)
@@ -486,6 +487,9 @@ _LENIENT: dict[str, ScoreFn] = {
 
 _REGISTRY: dict[str, dict[str, ScoreFn]] = {"official": _OFFICIAL, "lenient": _LENIENT}
 
+# What a task's scorers load from an extra (both scorers of these tasks use it).
+_SCORER_PACKAGES: dict[str, Callable[[], object]] = {"longbook_sum_eng": _rouge_lsum_scorer}
+
 
 # --------------------------------------------------------------------------------------------
 # Public API
@@ -497,6 +501,14 @@ def check_task(task: str) -> str:
     if task not in TASKS:
         raise UsageError(f"unknown InfiniteBench task {task!r}; valid tasks: {', '.join(TASKS)}")
     return task
+
+
+def check_scorer_packages(task: str) -> None:
+    """Raises ``MissingExtraError`` if scoring ``task`` needs a package that is not installed: a
+    run checks before it makes predictions it could not score."""
+    load = _SCORER_PACKAGES.get(task)
+    if load is not None:
+        load()
 
 
 def check_scorer(scorer: str) -> str:
