@@ -1,9 +1,9 @@
 """What a run will cost, before it is paid (``--dry-run``): chunks, calls and prompt tokens per
 stage, and how many of the map prompt tokens a prefix cache can serve.
 
-Nothing here calls the model. The figures come from the code a run goes through: the client's
-token counter and context window, the question allowance and token plans
-(``budget.plan_questions``), the chunker (``pipeline.cut_chunks``) and the map messages. So:
+Nothing here calls the model. The figures are a walk over the plan a run would follow
+(``plan.plan_reading``: the client's token counter and context window, the token plans, the
+chunks), with the run's map messages and its collapse rounds (``collapse.collapse_round``). So:
 
 * **map** is exact: one call per chunk and question, and the prompt tokens of every one of them,
   counted as ``budget.prompt_tokens`` counts a prompt (a reask, after a reply that fails
@@ -29,22 +29,17 @@ from .budget import (
     PARTIAL_HEADER_TOKENS,
     TEMPLATE_TOKENS_PER_MESSAGE,
     TokenPlan,
-    plan_questions,
     prompt_tokens,
     prompts_tokens,
-    token_counter_for,
 )
-from .chunking import Chunk
 from .clients import config_for_client
 from .clients.base import LLMClient
 from .config import PipelineConfig
 from .documents import read_text
 from .errors import UsageError
-from .families import family
-from .families.workarounds import maps_for_the_model
-from .pipeline import checked_questions, cut_chunks
-from .prompts import ChatMessage, PromptSet
-from .stages.collapse import collapse_messages, group_to_fit
+from .plan import ReadingPlan, plan_reading
+from .prompts import ChatMessage
+from .stages.collapse import collapse_messages, collapse_round
 from .stages.map import map_messages, map_prefix
 from .stages.reduce import reduce_messages
 from .tokens import TokenCounter
@@ -159,27 +154,22 @@ async def estimate_cost(
     token counter, as in a run; it is left open. Documents are taken one at a time, so an iterator
     that reads each when its turn comes holds one at once."""
     config = await config_for_client(config, client)
-    prompts = maps_for_the_model(family(config.task_type).prompts, config.llm.map_question_first)
-    counter = await token_counter_for(config, client)
-    instructions = _prefix_tokens(map_prefix(prompts), counter)
     costs: list[DocumentCost] = []
-    window = 0
+    instructions: int | None = None
     for text, questions in documents:
-        asked = checked_questions(text, questions)
-        plans = await plan_questions(config, client, prompts, asked, counter)
-        window = plans[0].window
-        # The same for every question: the allowance, not the question, sizes the chunks.
-        chunks = await asyncio.to_thread(cut_chunks, config, text, plans[0].chunk_tokens, counter)
-        costs.append(await asyncio.to_thread(_document_cost, config, prompts, asked, plans, chunks, counter, instructions))
-    if not costs:
+        plan = await plan_reading(config, client, questions, text)
+        if instructions is None:  # the map system message: the same for every document
+            instructions = _prefix_tokens(map_prefix(plan.prompts), plan.counter)
+        costs.append(await asyncio.to_thread(_document_cost, config, plan, instructions))
+    if instructions is None:
         raise UsageError("no document to estimate")
     return CostEstimate(
         model=client.describe(),
         model_profile=config.model_profile,
         task_type=config.task_type,
-        tokenizer=counter.name,
-        exact_counts=counter.exact,
-        window=window,
+        tokenizer=plan.counter.name,
+        exact_counts=plan.counter.exact,
+        window=plan.window,
         instructions_tokens=instructions,
         documents=costs,
     )
@@ -191,15 +181,8 @@ def _prefix_tokens(messages: list[ChatMessage], counter: TokenCounter) -> int:
     return prompt_tokens(messages, counter) - TEMPLATE_TOKENS_PER_MESSAGE
 
 
-def _document_cost(
-    config: PipelineConfig,
-    prompts: PromptSet,
-    questions: list[str],
-    plans: list[TokenPlan],
-    chunks: list[Chunk],
-    counter: TokenCounter,
-    instructions: int,
-) -> DocumentCost:
+def _document_cost(config: PipelineConfig, plan: ReadingPlan, instructions: int) -> DocumentCost:
+    prompts, counter, questions, chunks = plan.prompts, plan.counter, plan.questions, plan.chunks
     map_tokens = chunk_prefixes = question_parts = 0
     for chunk in chunks:  # one chunk at a time: a long document's prompts are never all held at once
         *calls, prefix = prompts_tokens(
@@ -210,11 +193,11 @@ def _document_cost(
         map_tokens += sum(calls)
         chunk_prefixes += prefix - instructions
         question_parts += sum(calls) - prefix * len(calls)
-    later = [_later_stages(config, prompts, question, plan, len(chunks), counter) for question, plan in zip(questions, plans)]
+    later = [_later_stages(config, plan, question, token_plan) for question, token_plan in zip(questions, plan.token_plans)]
     return DocumentCost(
         questions=len(questions),
         chunks=len(chunks),
-        chunk_tokens=plans[0].chunk_tokens,
+        chunk_tokens=plan.chunk_tokens,
         map=StageCost(calls=len(chunks) * len(questions), prompt_tokens=map_tokens, bound=False),
         collapse=StageCost(calls=sum(calls for calls, _, _ in later), prompt_tokens=sum(t for _, t, _ in later), bound=True),
         reduce=StageCost(calls=len(questions), prompt_tokens=sum(t for _, _, t in later), bound=True),
@@ -223,17 +206,15 @@ def _document_cost(
     )
 
 
-def _later_stages(
-    config: PipelineConfig, prompts: PromptSet, question: str, plan: TokenPlan, chunks: int, counter: TokenCounter
-) -> tuple[int, int, int]:
+def _later_stages(config: PipelineConfig, plan: ReadingPlan, question: str, token_plan: TokenPlan) -> tuple[int, int, int]:
     """At most how many collapse calls one question makes, their prompt tokens, and the prompt
     tokens of its reduce call.
 
-    The collapse rounds are those of ``pipeline._Run._collapse_in_rounds`` (the streaming
-    scheduler makes the same groups) with every chunk answering and every partial answer as large
-    as its reply may be: ``generation.map_max_tokens`` plus the header after the map, and the
-    larger of that and ``generation.collapse_max_tokens`` plus the header after a collapse (the
-    token plan's own assumption). Smaller partials only do better: greedy grouping of consecutive
+    The collapse rounds are ``collapse.collapse_round``'s, as the pipeline's schedulers make them,
+    with every chunk answering and every partial answer as large as its reply may be:
+    ``generation.map_max_tokens`` plus the header after the map, and the larger of that and
+    ``generation.collapse_max_tokens`` plus the header after a collapse (the token plan's own
+    assumption). Smaller partials only do better: greedy grouping of consecutive
     partials under a budget closes a group only when it holds at least as many as a group of the
     largest ones, so no round of a run has more partials or merges than the simulated round, and
     a run stops collapsing no later. A round's collapse prompts hold at most all of its partials,
@@ -241,26 +222,22 @@ def _later_stages(
     smaller.
 
     The assumption is the token plan's, and a merged partial can break it: it also shows the
-    verified quotes it carries forward from its inputs (``collapse.ground_collapse_reply``), so
+    verified quotes it carries forward from its inputs (``QuotingFamily.ground_collapse``), so
     when many chunks answer, merged partials grow with their groups and a run can take more
     rounds than simulated."""
     generation = config.generation
-    collapse_fixed = prompt_tokens(collapse_messages(prompts, question, []), counter)
-    reduce_fixed = prompt_tokens(reduce_messages(prompts, question, []), counter)
-    sizes = [generation.map_max_tokens + PARTIAL_HEADER_TOKENS] * chunks
+    collapse_fixed = prompt_tokens(collapse_messages(plan.prompts, question, []), plan.counter)
+    reduce_fixed = prompt_tokens(reduce_messages(plan.prompts, question, []), plan.counter)
+    sizes = [generation.map_max_tokens + PARTIAL_HEADER_TOKENS] * len(plan.chunks)
     merged_size = max(generation.collapse_max_tokens + PARTIAL_HEADER_TOKENS, sizes[0])
-    calls = tokens = reduce_input = 0
-    while True:
-        reduce_input = max(reduce_input, min(sum(sizes), plan.reduce_tokens))
-        if len(sizes) <= 1 or sum(sizes) <= plan.reduce_tokens:
-            break
-        groups = group_to_fit(sizes, plan.collapse_tokens)
-        if all(len(group) == 1 for group in groups):  # as ``collapse.pairs`` (the plan rules it out)
-            groups = [range(i, min(i + 2, len(sizes))) for i in range(0, len(sizes), 2)]
+    calls = tokens = 0
+    reduce_input = min(sum(sizes), token_plan.reduce_tokens)
+    while (groups := collapse_round(sizes, token_plan.collapse_tokens, token_plan.reduce_tokens)) is not None:
         merges = sum(len(group) > 1 for group in groups)
         calls += merges
         tokens += merges * collapse_fixed + sum(sizes)
         sizes = [merged_size] * len(groups)
+        reduce_input = max(reduce_input, min(sum(sizes), token_plan.reduce_tokens))
     return calls, tokens, reduce_fixed + reduce_input
 
 

@@ -8,41 +8,31 @@ synchronous callers.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import sys
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from pydantic import BaseModel, computed_field
 from tqdm import tqdm
 
-from .budget import (
-    PARTIAL_HEADER_TOKENS,
-    TokenPlan,
-    concurrency_of,
-    plan_questions,
-    token_counter_for,
-)
-from .chunking import Chunk, chunk_text
+from .budget import PARTIAL_HEADER_TOKENS, TokenPlan, concurrency_of
+from .chunking import Chunk
 from .clients import config_for_client, make_client
 from .clients.base import LLMClient
 from .config import PipelineConfig
 from .documents import Document
-from .errors import LLMCallError, UsageError
-from .families import family
-from .families.workarounds import maps_for_the_model
+from .errors import LLMCallError
 from .grounding import Citation, DocumentIndex
-from .prompts import ChatMessage, PromptSet
+from .partials import Partial, render_partial
+from .plan import LastChunking, ReadingPlan, checked_questions, plan_reading
+from .prompts import ChatMessage
 from .scheduling import CallBudget, gather_or_cancel, in_order
 from .schemas import CollapseOutput, FinalAnswer, MapOutput
 from .stages import collapse, reduce
 from .stages.map import map_messages
-from .stages.partials import Partial, render_partial
 from .structured import call_structured
-from .clients.tokenize import ServerTokenCounter
-from .tokens import TiktokenCounter, TokenCounter
 from .trace import CallRecord, CallStage, Trace
 
 T = TypeVar("T")
@@ -111,7 +101,7 @@ class MapReducePipeline:
         self._client = client
         self._calls = budget
         self._progress = progress
-        self._last_chunking: dict[str, Any] = {}
+        self._last_chunking = LastChunking()
 
     def run(self, document: str | Document, question: str) -> PipelineResult:
         return asyncio.run(self.arun(document, question))
@@ -131,7 +121,7 @@ class MapReducePipeline:
         chunk reuses the server's cached prefix of it (see ``_Run._start_maps``). Grounding,
         collapse and reduce run per question, as in a run of that question alone."""
         text = document.text if isinstance(document, Document) else document
-        asked = checked_questions(text, questions)
+        asked = checked_questions(text, questions)  # before a client is opened for nothing
         client = self._client or make_client(self.config)
         try:
             config = await config_for_client(self.config, client)
@@ -143,30 +133,6 @@ class MapReducePipeline:
         if isinstance(document, Document):
             results = [r.model_copy(update={"citations": [located(c, document) for c in r.citations]}) for r in results]
         return results
-
-
-def checked_questions(text: str, questions: Sequence[str]) -> list[str]:
-    """The questions as a run asks them (stripped); no question, an empty one or an empty
-    document is a ``UsageError``."""
-    asked = [question.strip() for question in questions]
-    if not asked or not all(asked):
-        raise UsageError("the question is empty" if asked else "no question was asked")
-    if not text.strip():
-        raise UsageError("the document is empty")
-    return asked
-
-
-def cut_chunks(config: PipelineConfig, text: str, chunk_tokens: int, counter: TokenCounter) -> list[Chunk]:
-    """The chunks a run cuts ``text`` into (``chunking.chunk_text`` with the config's settings)."""
-    return chunk_text(
-        text,
-        chunk_tokens,
-        counter,
-        # A tokenizer behind HTTP checks whole chunks; sentences are estimated locally.
-        estimator=TiktokenCounter() if isinstance(counter, ServerTokenCounter) else None,
-        overlap_tokens=config.chunking.overlap_tokens,
-        min_fill=config.chunking.min_fill,
-    )
 
 
 def located(citation: Citation, document: Document) -> Citation:
@@ -204,17 +170,17 @@ class _Question:
 
 
 class _Run:
-    """The state of one run: its client, prompts, call budget and place in it, the document as
-    read once, its questions, and the progress bar."""
+    """The state of one run: its client, its plan (prompts, token plans, chunks), call budget and
+    place in it, the document as read once, its questions, and the progress bar."""
+
+    plan: ReadingPlan
 
     def __init__(
-        self, config: PipelineConfig, client: LLMClient, calls: CallBudget, progress: bool, memo: dict[str, Any]
+        self, config: PipelineConfig, client: LLMClient, calls: CallBudget, progress: bool, last_chunking: LastChunking
     ) -> None:
         self.config = config
-        self.memo = memo  # the pipeline's last chunking (see ``_chunks``)
+        self.last_chunking = last_chunking  # the pipeline's, reused by its next run
         self.client = client
-        self.family = family(config.task_type)
-        self.prompts: PromptSet = maps_for_the_model(self.family.prompts, config.llm.map_question_first)
         self.calls = calls
         self.place = calls.join()
         self.tasks: list[asyncio.Future[Any]] = []
@@ -223,58 +189,37 @@ class _Run:
     async def execute(self, document: str, questions: list[str]) -> list[PipelineResult]:
         started = time.perf_counter()
         self.document = DocumentIndex(document)
-        asked = [_Question(text, index) for index, text in enumerate(questions)]
         try:
-            counter = await token_counter_for(self.config, self.client)
-            estimated_before = counter.estimated if isinstance(counter, ServerTokenCounter) else 0
-            plans = await plan_questions(self.config, self.client, self.prompts, questions, counter)
-            # The same for every question: the allowance, not the question, sizes the chunks.
-            chunks = await self._chunks(document, plans[0].chunk_tokens, counter)
-            maps = self._start_maps(chunks, asked)
+            self.plan = await plan_reading(self.config, self.client, questions, document, self.last_chunking)
+            asked = [_Question(text, index) for index, text in enumerate(self.plan.questions)]
+            maps = self._start_maps(self.plan.chunks, asked)
             results = await gather_or_cancel(
-                self._answer(question, maps[question.index], plan, counter, chunks, started)
-                for question, plan in zip(asked, plans)
+                self._answer(question, maps[question.index], token_plan, started)
+                for question, token_plan in zip(asked, self.plan.token_plans)
             )
         except BaseException:
             await self._cancel_all()
             raise
         finally:
             self.bar.close()
-        if isinstance(counter, ServerTokenCounter):  # shared by a batch's runs: this run's share, about
-            estimated = counter.estimated - estimated_before
+        estimated = self.plan.counts_estimated()
+        if estimated:
             results = [
                 r.model_copy(update={"trace": r.trace.model_copy(update={"estimated_token_counts": estimated})})
                 for r in results
             ]
         return results
 
-    async def _chunks(self, document: str, chunk_tokens: int, counter: TokenCounter) -> list[Chunk]:
-        """The document's chunks, cut once per document and size: a pipeline asked about the same
-        document again (``llmxmr chat``) reuses the last chunks it cut."""
-        chunking = self.config.chunking
-        digest = hashlib.sha256(document.encode("utf-8", "surrogatepass")).hexdigest()
-        key = (digest, chunk_tokens, counter.name, chunking.overlap_tokens, chunking.min_fill)
-        if self.memo.get("key") != key:
-            chunks = await asyncio.to_thread(cut_chunks, self.config, document, chunk_tokens, counter)
-            self.memo.clear()
-            self.memo.update(key=key, chunks=chunks)
-        return self.memo["chunks"]
-
     async def _answer(
-        self,
-        question: _Question,
-        maps: list[asyncio.Future[Partial | None]],
-        plan: TokenPlan,
-        counter: TokenCounter,
-        chunks: list[Chunk],
-        started: float,
+        self, question: _Question, maps: list[asyncio.Future[Partial | None]], token_plan: TokenPlan, started: float
     ) -> PipelineResult:
         """Collapse and reduce one question's map replies into its result."""
+        chunks = self.plan.chunks
         if self.config.scheduler == "streaming":
-            partials = await self._collapse_streaming(maps, question, plan, counter)
+            partials = await self._collapse_streaming(maps, question, token_plan)
         else:
             partials = [p async for batch in in_order(maps) for p in batch if _informative(p)]
-            partials = await self._collapse_in_rounds(partials, question, plan, counter)
+            partials = await self._collapse_in_rounds(partials, question, token_plan)
         found = reduce.supported(partials)
         unread_note = reduce.unread_note([r for r in question.failed if r.stage == "map"], len(chunks))
         final = await self._reduce(partials, question) if found else reduce.nothing_found(len(partials), unread_note)
@@ -330,7 +275,7 @@ class _Run:
                 max_tokens=max_tokens,
                 temperature=self.config.llm.temperature,
                 attempts=self.config.generation.validation_attempts,
-                omit_fields=self.family.omitted_fields,
+                omit_fields=self.plan.family.omitted_fields,
                 max_string_chars=self.config.llm.max_string_chars,
             )
             if warms is not None:
@@ -390,7 +335,7 @@ class _Run:
         try:
             output, record = await self._call(
                 "map",
-                map_messages(self.prompts, question.text, chunk.text),
+                map_messages(self.plan.prompts, question.text, chunk.text),
                 MapOutput,
                 [chunk.index],
                 self.config.generation.map_max_tokens,
@@ -410,86 +355,75 @@ class _Run:
         if output is None:
             self._record(question, record)
             return None
-        grounded = self.family.ground_map(output, chunk, self.document, question.text, self.config.grounding)
+        grounded = self.plan.family.ground_map(output, chunk, self.document, question.text, self.config.grounding)
         self._record(question, record, grounded.check)
         return grounded.partial
 
-    async def _sizes(self, partials: list[Partial], counter: TokenCounter) -> list[int]:
+    async def _sizes(self, partials: list[Partial]) -> list[int]:
         rendered = [render_partial(p) for p in partials]
-        return [n + PARTIAL_HEADER_TOKENS for n in await asyncio.to_thread(counter.count_batch, rendered)]
+        return [n + PARTIAL_HEADER_TOKENS for n in await asyncio.to_thread(self.plan.counter.count_batch, rendered)]
 
-    async def _collapse_in_rounds(
-        self, partials: list[Partial], question: _Question, plan: TokenPlan, counter: TokenCounter
-    ) -> list[Partial]:
+    async def _collapse_in_rounds(self, partials: list[Partial], question: _Question, token_plan: TokenPlan) -> list[Partial]:
         """The barrier scheduler: each round waits for all of the previous one."""
-        while len(partials) > 1:
-            sizes = await self._sizes(partials, counter)
-            if sum(sizes) <= plan.reduce_tokens:
-                return partials
-            groups = [[partials[i] for i in g] for g in collapse.group_to_fit(sizes, plan.collapse_tokens)]
-            if all(len(group) == 1 for group in groups):
-                groups = collapse.pairs(partials)
-            merged = await gather_or_cancel(self._collapse_group(group, question) for group in groups)
+        while len(partials) > 1:  # one partial needs no sizes to go to the reduce
+            sizes = await self._sizes(partials)
+            groups = collapse.collapse_round(sizes, token_plan.collapse_tokens, token_plan.reduce_tokens)
+            if groups is None:
+                break
+            merged = await gather_or_cancel(self._collapse_group([partials[i] for i in g], question) for g in groups)
             partials = [p for p in merged if _informative(p)]
         return partials
 
     async def _collapse_streaming(
-        self,
-        level: list[asyncio.Future[Partial | None]],
-        question: _Question,
-        plan: TokenPlan,
-        counter: TokenCounter,
+        self, level: list[asyncio.Future[Partial | None]], question: _Question, token_plan: TokenPlan
     ) -> list[Partial]:
         """The streaming scheduler: the same groups as ``_collapse_in_rounds``, each started as
         soon as its members are done and the round is known to be needed."""
         while True:
-            partials, outputs = await self._stream_round(level, question, plan, counter)
+            partials, outputs = await self._stream_round(level, question, token_plan)
             if outputs is None:
                 return partials
             level = outputs
 
     async def _stream_round(
-        self,
-        inputs: list[asyncio.Future[Partial | None]],
-        question: _Question,
-        plan: TokenPlan,
-        counter: TokenCounter,
+        self, inputs: list[asyncio.Future[Partial | None]], question: _Question, token_plan: TokenPlan
     ) -> tuple[list[Partial], list[asyncio.Future[Partial | None]] | None]:
-        """One collapse round over ``inputs`` as they finish, in order. Greedy grouping closes a
-        group as soon as the next partial would not fit it. A round is needed once the partials
-        seen so far exceed the reduce budget; until then closed groups wait. Returns the round's
-        partials and, if it collapsed, the futures of its groups (the next round's inputs)."""
+        """One collapse round over ``inputs`` as they finish, in order: ``collapse.collapse_round``
+        decided as the partials arrive. Greedy grouping closes a group as soon as the next partial
+        would not fit it. A round is needed once the partials seen so far exceed the reduce budget;
+        until then closed groups wait. Returns the round's partials and, if it collapsed, the
+        futures of its groups (the next round's inputs)."""
         partials: list[Partial] = []
-        grouper: collapse.Grouper[Partial] = collapse.Grouper(plan.collapse_tokens)
-        groups: list[list[Partial]] = []
+        grouper = collapse.Grouper(token_plan.collapse_tokens)
+        groups: list[range] = []
         outputs: list[asyncio.Future[Partial | None]] = []
         total = 0
         needed = False
 
-        def launch(ready: list[list[Partial]]) -> None:
-            for members in ready:
-                outputs.append(self._spawn(self._collapse_group(members, question)))
+        def launch(ready: list[range]) -> None:
+            for group in ready:
+                outputs.append(self._spawn(self._collapse_group([partials[i] for i in group], question)))
 
         async for batch in in_order(inputs):
             arrived = [p for p in batch if _informative(p)]
-            for partial, size in zip(arrived, await self._sizes(arrived, counter) if arrived else []):
+            for partial, size in zip(arrived, await self._sizes(arrived) if arrived else []):
                 partials.append(partial)
                 total += size
-                closed = grouper.add(partial, size)
+                closed = grouper.add(size)
                 if closed:
                     groups.append(closed)
                     if needed:
                         launch([closed])
-                if not needed and total > plan.reduce_tokens and len(partials) > 1:
+                if not needed and collapse.collapse_needed(len(partials), total, token_plan.reduce_tokens):
                     needed = True
                     launch(groups)
         if not needed:
             return partials, None
         last = grouper.close()
         groups.append(last)
-        if all(len(members) == 1 for members in groups):  # singletons cost no call: regroup them
+        if all(len(group) == 1 for group in groups):  # singletons cost no call: regroup them
             outputs.clear()
-            launch(collapse.pairs(partials))
+            launch(collapse.pairs(len(partials)))
         else:
             launch([last])
         return partials, outputs
@@ -501,7 +435,7 @@ class _Run:
         self.bar.total += 1
         output, record = await self._call(
             "collapse",
-            collapse.collapse_messages(self.prompts, question.text, group),
+            collapse.collapse_messages(self.plan.prompts, question.text, group),
             CollapseOutput,
             collapse.merged_indices(group),
             self.config.generation.collapse_max_tokens,
@@ -510,7 +444,7 @@ class _Run:
         if output is None:
             self._record(question, record)
             return collapse.fallback(group)
-        partial, check = collapse.ground_collapse_reply(output, group, self.family, self.config.grounding)
+        partial, check = self.plan.family.ground_collapse(output, group, self.config.grounding)
         self._record(question, record, check)
         return partial
 
@@ -519,7 +453,7 @@ class _Run:
         self.bar.total += 1
         output, record = await self._call(
             "reduce",
-            reduce.reduce_messages(self.prompts, question.text, partials),
+            reduce.reduce_messages(self.plan.prompts, question.text, partials),
             FinalAnswer,
             collapse.merged_indices(partials),
             self.config.generation.reduce_max_tokens,
@@ -528,7 +462,7 @@ class _Run:
         if output is None:
             self._record(question, record)
             return reduce.fallback(partials)
-        checked, problem = self.family.checked_final(output, partials, question.text)
+        checked, problem = self.plan.family.checked_final(output, partials, question.text)
         if checked is None:
             self._record(question, record, f"{problem}; the most confident partial answer stands")
             return reduce.fallback(partials)
@@ -541,5 +475,5 @@ class _Run:
 WARM_UP_WAIT_S = 30.0
 
 
-def _informative(partial: Partial | None) -> bool:
+def _informative(partial: Partial | None) -> TypeGuard[Partial]:
     return partial is not None and partial.answer.has_information

@@ -2,8 +2,8 @@
 
 A family owns its prompt set, whether its replies quote their chunk (and which fields count as
 quotes), how a map answer is checked against those quotes, what a collapse may carry forward, and
-what a final answer must satisfy. The stages and the pipeline ask the family; they never branch on
-its name.
+what a final answer must satisfy. The pipeline asks the family and never branches on its name;
+the stages, below the families, know none.
 """
 
 from __future__ import annotations
@@ -12,10 +12,19 @@ from dataclasses import dataclass
 
 from ..chunking import Chunk
 from ..config import GroundingSettings
-from ..grounding import Citation, DocumentIndex, locate_all, sentence_stating
+from ..grounding import (
+    Citation,
+    DocumentIndex,
+    carried_forward,
+    contains_phrase,
+    locate_all,
+    sentence_stating,
+)
+from ..partials import Partial, Support
 from ..prompts import PromptSet, load_prompts
 from ..schemas import CollapseOutput, FinalAnswer, MapOutput
-from ..stages.partials import Partial, Support
+from ..stages.collapse import fallback, merged_indices
+from .workarounds import WORDS_ECHOED_FROM_THE_PROMPT
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,7 @@ class QuotingFamily:
         if citations:
             return GroundedReply(partial_of(output, chunk, citations, "verified"), found)
         # The quotes were paraphrased, not copied; the text may still state the answer itself.
-        stated = sentence_stating(output.answer or "", question, chunk, document)
+        stated = sentence_stating(output.answer or "", question, chunk, document, ignoring=WORDS_ECHOED_FROM_THE_PROMPT)
         if stated is not None:
             return GroundedReply(
                 partial_of(output, chunk, [stated], "verified"),
@@ -79,6 +88,42 @@ class QuotingFamily:
         return GroundedReply(
             partial_of(capped, chunk, [], "unverified"),
             f"{found}: unsupported, confidence capped at {settings.unsupported_confidence:g}",
+        )
+
+    def ground_collapse(
+        self, output: CollapseOutput, group: list[Partial], settings: GroundingSettings
+    ) -> tuple[Partial, str | None]:
+        """The merged partial answer with the verified quotes it carries forward, and what grounding
+        decided (for the trace). A collapse cannot verify anything new: its quotes count when they
+        repeat quotes of its inputs that were found in the text, or when its answer restates the
+        answer of a verified input (whose quotes it then carries)."""
+        indices = merged_indices(group)
+        inputs = [citation for partial in group for citation in partial.citations]
+        carried = carried_forward(output.evidence, inputs, settings.fuzzy_threshold)
+        if not carried and output.answer:
+            carried = [c for p in group if p.support != "unverified" and _restates(output.answer, p) for c in p.citations]
+        supports = {partial.support for partial in group}
+        if output.answer is None and "verified" in supports and settings.mode != "off":
+            return fallback(group), "the merged reply dropped the verified answers; the best verified input stands"
+        if settings.mode == "off" or supports == {"unchecked"}:
+            return Partial(chunk_indices=indices, answer=output, citations=_unique(carried or inputs)), None
+        problem = self.merged_value_problem(output, carried) if carried else None
+        if problem:
+            return fallback(group), f"{problem}; the best verified input stands"
+        if carried:
+            return Partial(chunk_indices=indices, answer=output, citations=_unique(carried), support="verified"), None
+        if "verified" in supports:
+            if settings.mode == "strict" or self.merges_need_a_carried_quote:
+                return fallback(group), "the merged answer repeats no verified quote; the best verified input stands"
+            verified = [c for p in group if p.support == "verified" for c in p.citations]
+            return (
+                Partial(chunk_indices=indices, answer=output, citations=_unique(verified), support="verified"),
+                "no quote carried forward; the verified quotes of its inputs stand",
+            )
+        capped = output.model_copy(update={"confidence": min(output.confidence, settings.unsupported_confidence)})
+        return (
+            Partial(chunk_indices=indices, answer=capped, support="unverified"),
+            f"no input was verified: confidence capped at {settings.unsupported_confidence:g}",
         )
 
     def merged_value_problem(self, output: CollapseOutput, carried: list[Citation]) -> str | None:
@@ -109,3 +154,15 @@ class UnquotedFamily(QuotingFamily):
 
 def partial_of(output: MapOutput, chunk: Chunk, citations: list[Citation], support: Support) -> Partial:
     return Partial(chunk_indices=[chunk.index], answer=output, citations=citations, support=support)
+
+
+def _restates(answer: str, partial: Partial) -> bool:
+    """Whether one answer holds the other as whole words ("71432" restates "it is 71432", but
+    "7143" does not restate "71432")."""
+    theirs = partial.answer.answer or ""
+    return bool(theirs.strip()) and (contains_phrase(answer, theirs) or contains_phrase(theirs, answer))
+
+
+def _unique(citations: list[Citation]) -> list[Citation]:
+    spans = {(c.start, c.end): c for c in citations}
+    return [spans[span] for span in sorted(spans)]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ..grounding import Citation, normalise
+from ..partials import Partial, render_partials
 from ..prompts import ChatMessage, PromptSet
 from ..schemas import FinalAnswer
 from ..trace import CallRecord
-from .partials import Partial, render_partials
 
 NOT_FOUND = "The document does not appear to contain the answer"
 NOTHING_FOUND = f"{NOT_FOUND}: no part of it holds information relevant to the question."

@@ -4,8 +4,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llmxmr.schemas import MapOutput
-from llmxmr.stages.collapse import fallback, group_to_fit, merged_indices
-from llmxmr.stages.partials import Partial, label
+from llmxmr.partials import Partial, label
+from llmxmr.stages.collapse import collapse_round, fallback, group_to_fit, merged_indices
 
 
 @given(sizes=st.lists(st.integers(min_value=1, max_value=50), max_size=60), budget=st.integers(min_value=50, max_value=200))
@@ -20,6 +20,25 @@ def test_groups_are_consecutive_cover_everything_and_fit(sizes, budget):
 
 def test_an_item_over_budget_stands_alone():
     assert group_to_fit([10, 500, 10], 100) == [range(0, 1), range(1, 2), range(2, 3)]
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=80), max_size=60),
+    collapse_budget=st.integers(min_value=50, max_value=200),
+    reduce_budget=st.integers(min_value=50, max_value=400),
+)
+def test_a_round_is_made_only_when_the_partials_do_not_fit_the_reduce_and_it_shrinks_them(sizes, collapse_budget, reduce_budget):
+    groups = collapse_round(sizes, collapse_budget, reduce_budget)
+    if len(sizes) <= 1 or sum(sizes) <= reduce_budget:
+        assert groups is None
+    else:
+        assert groups is not None and [i for group in groups for i in group] == list(range(len(sizes)))
+        assert len(groups) < len(sizes)  # each round merges something, so collapsing ends
+
+
+def test_partials_too_large_to_share_a_group_are_merged_in_pairs():
+    assert collapse_round([60, 60, 60], 100, 100) == [range(0, 2), range(2, 3)]
+    assert collapse_round([30, 30, 30, 60], 100, 100) == [range(0, 3), range(3, 4)]  # else greedy groups
 
 
 def partial(indices, answer, confidence):

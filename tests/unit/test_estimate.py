@@ -119,6 +119,20 @@ def test_the_map_figures_hold_for_a_model_whose_profile_changes_its_prompts():
     assert figures.model_profile == "smollm2-135m" and "(profile smollm2-135m)" in format_estimate(figures)
 
 
+@pytest.mark.parametrize("scheduler", ["streaming", "barrier"])
+def test_the_dry_run_counts_the_calls_of_the_run_it_plans(scheduler):
+    """The rule of ``--dry-run``: it walks the plan the run follows (``plan.plan_reading``) and
+    makes the collapse rounds the run's schedulers make (``collapse.collapse_round``). So with
+    replies as long as the plan allows, its map, collapse and reduce calls are the run's own."""
+    cfg = config(scheduler=scheduler)
+    figures = estimate(cfg, [(DOCUMENT, QUESTIONS)])
+    scripted = client(rationale_words=None)
+    MapReducePipeline(cfg, client=scripted).run_many(DOCUMENT, QUESTIONS)
+    calls = {schema: sent(scripted, schema)[0] for schema in ("MapOutput", "CollapseOutput", "FinalAnswer")}
+    assert calls["CollapseOutput"] >= len(QUESTIONS)  # the partials had to collapse before the reduce
+    assert (figures.map.calls, figures.collapse.calls, figures.reduce.calls) == tuple(calls.values())
+
+
 def test_partials_as_large_as_the_plan_allows_still_fit_the_bounds():
     """Replies close to ``map_max_tokens`` words: the run's collapse comes near its bound."""
     cfg = config()

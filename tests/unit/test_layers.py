@@ -1,5 +1,5 @@
 """The shape of the house: import contracts between layers, and task families as policies that the
-stages and the pipeline ask instead of branching on a family's name."""
+pipeline asks instead of branching on a family's name."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "llmxmr"
 
 
 def test_the_import_contracts_hold():
-    """pyproject.toml's [tool.importlinter]: the library never imports the CLI or the harnesses,
-    chunking and token counting do no network I/O, clients know no stages."""
+    """pyproject.toml's [tool.importlinter]: every import goes down the layers (the library never
+    imports the CLI or the harnesses, the stages know no task family, clients know no stages), and
+    chunking and token counting do no network I/O."""
     lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
     if lint is None:
         pytest.skip("import-linter (the dev extra) is not installed")

@@ -233,11 +233,11 @@ def test_chat_answers_question_after_question_and_ends_on_an_empty_line(tmp_path
 
 
 def test_chat_ends_on_end_of_input_and_chunks_the_document_once(tmp_path, monkeypatch):
-    from llmxmr import pipeline
+    from llmxmr import plan
 
     calls = []
-    original = pipeline.chunk_text
-    monkeypatch.setattr(pipeline, "chunk_text", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = plan.chunk_text
+    monkeypatch.setattr(plan, "chunk_text", lambda *a, **k: calls.append(1) or original(*a, **k))
     result, _ = _chat(tmp_path, monkeypatch, f"{QUESTIONS[0]}\n{QUESTIONS[1]}\n")
     assert result.exit_code == 0 and "Hill" in result.stdout
     assert len(calls) == 1

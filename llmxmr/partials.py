@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ..grounding import Citation
-from ..schemas import PartialAnswer
+from .grounding import Citation
+from .schemas import PartialAnswer
 
 # verified: some of its quotes were found in the document; unverified: none was (it can only pass
 # with its confidence capped); unchecked: grounding is off, or the task family does not quote.
