@@ -1,8 +1,9 @@
 """Split a long document into chunks that fit a token budget, at the most natural boundary.
 
-Boundaries, best first: paragraph (a blank line), sentence (``. ! ?`` and ``。！？；``), line, word,
-and as a last resort a cut between tokens. A chunk ends at the best boundary that still leaves it at
-least ``min_fill`` of the budget full, so chunks are both natural and large.
+Boundaries, best first: paragraph (a blank line), sentence (``sentence_spans``: the one sentence
+splitter, which grounding uses too), line, word, and as a last resort a cut between tokens. A chunk
+ends at the best boundary that still leaves it at least ``min_fill`` of the budget full, so chunks
+are both natural and large.
 
 The cost is linear in the document: the text is cut once into sentence-sized segments, each segment
 is counted once (in one batch), chunks are packed from the counts, and each packed chunk is counted
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -27,16 +28,33 @@ from pydantic import BaseModel, ConfigDict
 from .errors import ContextTooSmallError
 from .tokens import TokenCounter
 
-# Sentence punctuation (with closing quotes/brackets) and the whitespace after it, or any run of
-# whitespace that contains a line break. Which one matched, and how many line breaks the match
-# holds, decide the boundary's level.
-_BOUNDARY = re.compile(
-    r"[.!?…]+[\"'”’)\]»]*\s+"  # Latin sentence end: needs whitespace after it ("3.14" is no end)
-    r"|[。！？；]+[”’」』）》]*\s*"  # CJK sentence end: no whitespace follows in Chinese text
-    r"|\s*\n\s*"  # a line break, or a blank line when there are two
+# Where a sentence may end: Latin punctuation (with closing quotes or brackets) and the whitespace
+# after it, which it needs ("3.14" and "U.S.Army" hold no end); or CJK punctuation, which needs none
+# (Chinese puts no space after it; its full-width semicolon joins clauses long enough to count as
+# sentences). ``_ends_sentence`` decides whether a Latin candidate is an end.
+_SENTENCE_END = re.compile(
+    r"(?P<latin>[.!?…]+)[\"'”’)\]»]*\s+"
+    r"|(?P<cjk>[。！？；]+)[”’」』）》]*\s*"
 )
+# A sentence end, or any run of whitespace that contains a line break. Whether a sentence ended and
+# how many line breaks the match holds decide the boundary's level.
+_BOUNDARY = re.compile(rf"{_SENTENCE_END.pattern}|\s*\n\s*")
 _WORD = re.compile(r"\s+")
-_CJK_OR_LATIN_END = re.compile(r"[.!?…。！？；]")
+
+# Shortened words whose period ends no sentence because a name follows them ("Mr. Darcy",
+# "St. Paul", "Kramer vs. Kramer"), compared case-folded.
+_TITLES = frozenset(
+    "mr mrs ms mx messrs mme mlle dr prof rev hon st mt ft capt col gen lt sgt maj adm gov sen rep pres vs cf".split()
+)
+# Shortened words whose period ends no sentence when a number follows them ("No. 5", "Fig. 3").
+_BEFORE_A_NUMBER = frozenset("no nos fig figs vol vols pp ch sec art eq".split())
+# An initial or a dotted abbreviation: letters, each but the last followed by a period ("J" of
+# "J.", "J.R.R", "U.S", "e.g", "p.m").
+_DOTTED = re.compile(r"(?:[^\W\d_]\.)*[^\W\d_]")
+# A longer word is taken for no abbreviation: this holds every title, and dotted ones of up to eight
+# letters ("U.S.S.R").
+_LONGEST_ABBREVIATION = 15
+_OPENING_MARKS = "\"'“‘([«"
 
 
 class Level(IntEnum):
@@ -86,6 +104,7 @@ def chunk_text(
     if not text:
         return []
     scale = 1.0
+    counter_for_segments: TokenCounter
     if estimator is not None:
         scale = _ratio(text[:CALIBRATION_CHARS], counter, estimator)
         counter_for_segments = _Scaled(estimator, scale)
@@ -122,20 +141,91 @@ class _Scaled:
         return [round(n * self._scale) for n in self._estimator.count_batch(texts)]
 
 
+def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
+    """The sentences of ``text[start:end]``, in order, as spans of ``text`` without the whitespace
+    around them. The one sentence splitter: chunking cuts at the same ends. Linear in the length,
+    and a function of ``text[start:end]`` alone."""
+    end = len(text) if end is None else end
+    spans: list[tuple[int, int]] = []
+    position = start
+    for match in _sentence_ends(text, start, end):
+        _append_stripped(spans, text, position, match.end())
+        position = match.end()
+    _append_stripped(spans, text, position, end)
+    return spans
+
+
+def _sentence_ends(text: str, start: int, end: int) -> Iterator[re.Match[str]]:
+    """The ends of the sentences of ``text[start:end]``: each match spans the punctuation and the
+    whitespace after it."""
+    for match in _SENTENCE_END.finditer(text, start, end):
+        if _ends_sentence(text, match, start, end):
+            yield match
+
+
+def _append_stripped(spans: list[tuple[int, int]], text: str, start: int, end: int) -> None:
+    piece = text[start:end]
+    stripped = piece.strip()
+    if stripped:
+        left = start + len(piece) - len(piece.lstrip())
+        spans.append((left, left + len(stripped)))
+
+
+def _ends_sentence(text: str, match: re.Match[str], start: int, end: int) -> bool:
+    """Whether a candidate end (a match of ``_SENTENCE_END`` in ``text[start:end]``) ends a sentence.
+
+    CJK punctuation always does. Latin punctuation does not when the next word starts with a small
+    letter ("e.g. apples", "Wait... then", "“Stop!” she said"), nor a period after an initial or a
+    dotted abbreviation ("J.R.R. Tolkien", "U.S. Army"), after a title ("Mr. Darcy") or after "No."
+    and its kind before a number ("No. 5"). The cost of a miss is a longer sentence; the cost of a
+    false end is a name or a quote cut in two, so where the text leaves it open ("in the U.S. The
+    Army"), no end is the answer. The pronoun "I" ends too many sentences ("So did I.") to count as
+    an initial."""
+    if match.group("cjk"):
+        return True
+    following = text[match.end()] if match.end() < end else ""
+    if following.islower():
+        return False
+    if match.group("latin") != ".":
+        return True
+    word = _word_before(text, match.start(), start)
+    if word != "I" and _DOTTED.fullmatch(word):
+        return False
+    folded = word.casefold()
+    return folded not in _TITLES and not (folded in _BEFORE_A_NUMBER and following.isdigit())
+
+
+def _word_before(text: str, at: int, start: int) -> str:
+    """The word of ``text[start:at]`` that ends at ``at``, without opening quotes or brackets; ""
+    when whitespace ends there or the word is longer than any abbreviation."""
+    window = text[max(start, at - _LONGEST_ABBREVIATION - 1) : at]
+    if not window or window[-1].isspace():
+        return ""
+    word = window.split()[-1]
+    # Filling the whole window, it may run on before it: too long either way.
+    return "" if len(word) > _LONGEST_ABBREVIATION else word.lstrip(_OPENING_MARKS)
+
+
 def _boundaries(text: str) -> list[tuple[int, Level]]:
     found: list[tuple[int, Level]] = []
     for match in _BOUNDARY.finditer(text):
-        piece = match.group()
-        if piece.count("\n") >= 2:
-            level = Level.PARAGRAPH
-        elif _CJK_OR_LATIN_END.match(piece):
-            level = Level.SENTENCE
-        else:
-            level = Level.LINE
-        found.append((match.end(), level))
+        level = _level(text, match)
+        if level is not None:
+            found.append((match.end(), level))
     if not found or found[-1][0] != len(text):
         found.append((len(text), Level.PARAGRAPH))
     return found
+
+
+def _level(text: str, match: re.Match[str]) -> Level | None:
+    """The level of the boundary a match of ``_BOUNDARY`` makes; None for a period that ends no
+    sentence and no line ("Mr. Darcy")."""
+    piece = match.group()
+    if piece.count("\n") >= 2:
+        return Level.PARAGRAPH
+    if (match.group("latin") or match.group("cjk")) and _ends_sentence(text, match, 0, len(text)):
+        return Level.SENTENCE
+    return Level.LINE if "\n" in piece else None
 
 
 def _segments(text: str, budget: int, counter: TokenCounter) -> list[_Segment]:

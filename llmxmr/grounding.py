@@ -26,7 +26,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 from rapidfuzz import fuzz
 
-from .chunking import Chunk
+from .chunking import Chunk, sentence_spans
 from .schemas import MAX_QUOTE_CHARS  # longer quotes (from servers that ignore maxLength) are cut to it
 
 # A quote this short ("answer", "the key") would be found almost anywhere and proves nothing.
@@ -254,7 +254,7 @@ def locate_all(
     """The quotes of a map reply that were found in or at the edge of its chunk, each span once,
     in document order."""
     region = cache(lambda: _region(chunk, document))  # built only when a quote is not verbatim
-    found = {}
+    found: dict[tuple[int, int], Citation] = {}
     for quote in quotes:
         whole = _locate(quote, chunk, region, document, threshold)
         # Not found whole, a quote of several sentences counts by the sentences that are in the
@@ -278,16 +278,9 @@ def _outermost(citations: list[Citation]) -> list[Citation]:
     return kept
 
 
-# After . ! ? and whitespace, or straight before a capital (a needle pasted after a sentence's
-# period: "back again.The pass key is ..."); after 。！？ always. Not after the period of a title
-# before a name ("Mrs. Hill").
-_TITLES = "".join(rf"(?<!\b{title}\.)" for title in ("Mr", "Mrs", "Ms", "Dr", "St", "Jr", "Sr", "Prof", "Capt", "Col", "Gen", "Rev"))
-_SENTENCE_END = re.compile(rf"{_TITLES}(?<=[.!?])\s+|(?<=[.!?])(?=[A-Z])|(?<=[。！？])")
-
-
 def sentences_of(text: str) -> list[str]:
-    """The sentences of ``text``, in order."""
-    return [part.strip() for part in _SENTENCE_END.split(text) if part.strip()]
+    """The sentences of ``text``, in order, cut where chunking cuts them (``sentence_spans``)."""
+    return [text[start:end] for start, end in sentence_spans(text)]
 
 
 def _sentences(quote: str) -> list[str]:
@@ -314,68 +307,66 @@ def carried_forward(quotes: Sequence[str], citations: Sequence[Citation], thresh
     return kept
 
 
-def sentence_stating(answer: str, question: str, chunk: Chunk, document: DocumentIndex) -> Citation | None:
+def sentence_stating(
+    answer: str, question: str, chunk: Chunk, document: DocumentIndex, ignoring: frozenset[str] = frozenset()
+) -> Citation | None:
     """The first sentence of the chunk that writes every distinctive word of ``answer`` (numbers,
     names, long words) and shares a content word with ``question``: the text's own support for an
     answer whose quotes were paraphrased instead of copied. None when the answer has no
     distinctive word (a "yes", a choice letter) or none beyond the question's own ("Colonel
-    Forster's regiment" asked about his regiment): any text on the topic would seem to state it."""
-    wanted = distinctive_words(answer)
-    asked = content_words(question)
+    Forster's regiment" asked about his regiment): any text on the topic would seem to state it.
+    Words in ``ignoring`` count as function words (a family's workaround for what its model echoes)."""
+    wanted = distinctive_words(answer, ignoring)
+    asked = content_words(question, ignoring=ignoring)
     if not wanted - asked:
         return None
-    start = chunk.overlap_start
-    for sentence_start, sentence_end in _sentence_spans(document.text, start, chunk.end):
+    for sentence_start, sentence_end in sentence_spans(document.text, chunk.overlap_start, chunk.end):
         words = set(WORD.findall(document.text[sentence_start:sentence_end].casefold()))
         if wanted <= words and (not asked or asked & words):
             return _cited(chunk, document, sentence_start, sentence_end, "stated", 100.0)
     return None
 
 
-def _sentence_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    """The spans of the sentences of ``text[start:end]``, without their surrounding whitespace."""
-    spans = []
-    position = start
-    for boundary in [*(m for m in _SENTENCE_END.finditer(text, start, end)), None]:
-        stop = boundary.start() if boundary else end
-        piece = text[position:stop]
-        if piece.strip():
-            left = position + len(piece) - len(piece.lstrip())
-            spans.append((left, left + len(piece.strip())))
-        position = boundary.end() if boundary else end
-    return spans
-
-
-# Words that say nothing about what a question is after.
-_STOPWORDS = frozenset(
+# English function words: they say nothing of what a question asks or an answer states, whoever
+# wrote them, so the rule is right for every model. Words that only a family's model or requests
+# make empty (``families.workarounds``) come in as ``ignoring``.
+_FUNCTION_WORDS = frozenset(
     "the and for are was were what which who whom whose when where why how this that these those "
-    "with from into about there their them they you your please tell give find provide extract "
-    "answer question text document below above following specified corresponding is".split()
+    "with from into about there their them they you your is".split()
 )
 WORD = re.compile(r"\w+")
 # A word at least this long is rare enough to tell one sentence from another.
 _LONG_WORD = 8
 
 
-def content_words(text: str, keep_digits: bool = False) -> set[str]:
+def content_words(text: str, keep_digits: bool = False, ignoring: frozenset[str] = frozenset()) -> set[str]:
     """The words of ``text`` (case-folded) that can say what it is about: three letters or more and
-    not a stopword; with ``keep_digits``, also any word with a digit."""
+    neither a function word nor in ``ignoring``; with ``keep_digits``, also any word with a digit."""
     return {
         word
         for word in WORD.findall(text.casefold())
-        if (keep_digits and any(ch.isdigit() for ch in word)) or (len(word) >= 3 and word not in _STOPWORDS)
+        if (keep_digits and any(ch.isdigit() for ch in word))
+        or (len(word) >= 3 and word not in _FUNCTION_WORDS and word not in ignoring)
     }
 
 
-def distinctive_words(answer: str) -> set[str]:
+def distinctive_words(answer: str, ignoring: frozenset[str] = frozenset()) -> set[str]:
     """The words of an answer that few sentences write (case-folded): those with a digit, names
-    (capitalised after the first word; not "I"), and long words that are not stopwords."""
+    (capitalised after the first word), and long words; none a function word or in ``ignoring``.
+
+    The pronoun "I" is no name: English capitalises it wherever it stands, so it tells no sentence
+    from another. That is a rule of the language, right for every model (the bundled model's
+    first-person replies showed the need: "Well, I am very glad ...")."""
     words = WORD.findall(answer)
     return {
         word.casefold()
         for position, word in enumerate(words)
-        if any(ch.isdigit() for ch in word)
-        or (position > 0 and word != "I" and word[0].isupper() and word.casefold() not in _STOPWORDS)
-        or (len(word) >= _LONG_WORD and word.casefold() not in _STOPWORDS)
+        if word.casefold() not in _FUNCTION_WORDS
+        and word.casefold() not in ignoring
+        and (
+            any(ch.isdigit() for ch in word)
+            or (position > 0 and word != "I" and word[0].isupper())
+            or len(word) >= _LONG_WORD
+        )
     }
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from ..chunking import Chunk
 from ..config import GroundingSettings
 from ..grounding import WORD, Citation, DocumentIndex, content_words, locate_all, normalise, sentences_of
+from ..partials import Partial
 from ..schemas import CollapseOutput, FinalAnswer, MapOutput
-from ..stages.partials import Partial
 from .base import GroundedReply, QuotingFamily, partial_of
-from .workarounds import evidence_for_an_unwritten_answer, sentences_for_a_null_answer
+from .workarounds import WORDS_ECHOED_FROM_THE_PROMPT, evidence_for_an_unwritten_answer, sentences_for_a_null_answer
 
 
 class RetrievalFamily(QuotingFamily):
@@ -82,24 +82,25 @@ ONLY_NAMES_REQUEST = "the answer only names what the request asks for, with no v
 def only_names_request(answer: str, request: str) -> bool:
     """Whether every content word of ``answer`` is one of the request's ("the pass key" asked for
     the pass key): such an answer holds no value."""
-    answer_words = content_words(answer, keep_digits=True)
-    return bool(answer_words) and answer_words <= content_words(request)
+    answer_words = _content_words(answer, keep_digits=True)
+    return bool(answer_words) and answer_words <= _content_words(request)
 
 
 def names_request(text: str, request: str) -> bool:
     """Whether ``text`` shares a content word with ``request`` (any text does, for a request of
-    stopwords only): a sentence that holds a requested value names what it is the value of."""
-    wanted = content_words(request)
-    return not wanted or bool(wanted & content_words(text))
+    function and prompt words only): a sentence that holds a requested value names what it is the
+    value of."""
+    wanted = _content_words(request)
+    return not wanted or bool(wanted & _content_words(text))
 
 
 def checked_value(answer: str, evidence: str, request: str, text: str) -> tuple[str | None, str | None]:
     """The value a retrieval reply may contribute, and what the check decided (None: kept as is).
 
     A value counts only if every content word of it occurs in ``text`` (any word with a digit;
-    other words of three letters or more that are not stopwords, so "The answer is 71432" passes on
-    "71432"), the value says more than the request's own words ("the pass key" is no pass key),
-    and the value or its evidence shares such a word with the request."""
+    other words of three letters or more that are neither function nor prompt words, so "The answer
+    is 71432" passes on "71432"), the value says more than the request's own words ("the pass key"
+    is no pass key), and the value or its evidence shares such a word with the request."""
     problem = value_problem(answer, evidence, request, text)
     if problem is None:
         return answer, None
@@ -107,14 +108,20 @@ def checked_value(answer: str, evidence: str, request: str, text: str) -> tuple[
 
 
 def value_problem(answer: str, evidence: str, request: str, text: str) -> str | None:
-    answer_words = content_words(answer, keep_digits=True)
+    answer_words = _content_words(answer, keep_digits=True)
     if answer_words - set(WORD.findall(text.casefold())) or (
         not answer_words and normalise(answer).text not in normalise(text).text
     ):
         return "the answer does not occur in the chunk"
     if only_names_request(answer, request):
         return ONLY_NAMES_REQUEST
-    wanted = content_words(request)
-    if wanted and not wanted & content_words(f"{answer} {evidence}"):
+    wanted = _content_words(request)
+    if wanted and not wanted & _content_words(f"{answer} {evidence}"):
         return "neither the answer nor its evidence mentions what the request asks for"
     return None
+
+
+def _content_words(text: str, keep_digits: bool = False) -> set[str]:
+    """Grounding's content words, without the words a request or the bundled model's reply echoes
+    from the prompt (``families.workarounds``)."""
+    return content_words(text, keep_digits, ignoring=WORDS_ECHOED_FROM_THE_PROMPT)

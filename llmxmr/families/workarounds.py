@@ -6,11 +6,26 @@ supports; none of them lets through a value that is not written in the found quo
 choose which of the text's own words stand for the answer. The prompt workaround, the string cap
 and the chunk size are switched on by the bundled model's profile (``configs/default.yaml``:
 ``model_profiles``), wherever that model runs.
+
+Grounding sits below the families and cannot import them: a workaround it applies comes in as an
+argument from the family (``WORDS_ECHOED_FROM_THE_PROMPT`` as ``ignoring``). What grounding keeps
+for itself is right for every model (English function words, "I" is no name, numbers must match).
 """
 
 from __future__ import annotations
 
 from ..prompts import PromptSet
+
+# Words of the prompts and of requests written as instructions ("Please extract the value
+# corresponding to the specified key in the JSON object below"), which say nothing of what is asked
+# or found. SmolLM2 writes its value as a sentence about the task ("The answer is 71432"), so a
+# value check that read them would look for "answer" in the text; and a request's "text" or
+# "below" would let any sentence holding them name the request. The retrieval family reads
+# requests and replies without them; grounding's own rules do not know them.
+WORDS_ECHOED_FROM_THE_PROMPT = frozenset(
+    "please tell give find provide extract answer question text document below above following "
+    "specified corresponding".split()
+)
 
 
 def maps_for_the_model(prompts: PromptSet, question_first: bool) -> PromptSet:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmxmr.chunking import chunk_text
+from llmxmr.chunking import chunk_text, sentence_spans
 from llmxmr.errors import ContextTooSmallError
 from llmxmr.tokens import TiktokenCounter
 
@@ -118,3 +118,87 @@ def test_estimator_counts_segments_and_the_exact_counter_checks_chunks():
     assert _own_text(text, chunks) == text
     assert all(exact.count_batch([c.text])[0] <= 200 for c in chunks)
     assert all(c.tokens >= 100 for c in chunks[:-1])  # calibrated: chunks are not half empty
+
+
+# The sentence splitter that chunking and grounding share.
+
+
+def _sentences(text):
+    return [text[start:end] for start, end in sentence_spans(text)]
+
+
+@pytest.mark.parametrize(
+    ("text", "sentences"),
+    [
+        ("J.R.R. Tolkien wrote it. The U.S. Army came.", ["J.R.R. Tolkien wrote it.", "The U.S. Army came."]),
+        ("Mr. Darcy bowed. Mrs. Bennet (and Dr. Jones) did not.", ["Mr. Darcy bowed.", "Mrs. Bennet (and Dr. Jones) did not."]),
+        ("Fruit, e.g. apples, i.e. food. Then we ate.", ["Fruit, e.g. apples, i.e. food.", "Then we ate."]),
+        ("Pi is 3.14 here. It costs $3.50.", ["Pi is 3.14 here.", "It costs $3.50."]),
+        ("Wait... then what? He left... And so did I. Then she came.", ["Wait... then what?", "He left...", "And so did I.", "Then she came."]),
+        ("He left…. She stayed.", ["He left….", "She stayed."]),
+        ("See No. 5 and Fig. 3. No. It was not.", ["See No. 5 and Fig. 3.", "No.", "It was not."]),
+        ("A. Smith came. “Stop!” she said. “Go.” He went.", ["A. Smith came.", "“Stop!” she said.", "“Go.”", "He went."]),
+        ("U.S.Army units moved. Then.", ["U.S.Army units moved.", "Then."]),
+        ("他来了。她走了！你好吗？我们走；好", ["他来了。", "她走了！", "你好吗？", "我们走；", "好"]),
+        ("  Spaces around.  \n Lines too.\n", ["Spaces around.", "Lines too."]),
+    ],
+)
+def test_sentences_end_where_a_sentence_ends_not_at_initials_abbreviations_or_decimals(text, sentences):
+    assert _sentences(text) == sentences
+
+
+def test_a_period_straight_before_a_capital_ends_no_sentence():
+    """The NIAH harness used to paste needles after a period ("back again.The pass key is"), and
+    sentences were once split there; it now keeps needles apart, and "U.S.Army" stays whole."""
+    assert _sentences("There and back again.The pass key is 71432.") == ["There and back again.The pass key is 71432."]
+
+
+TRICKY = ["J.R.R. Tolkien", "the U.S. Army", "Mr. Darcy", "e.g. apples", "3.14", "wait... then", "No. 5", "J. Smith"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sentences=st.lists(
+        st.lists(st.sampled_from(["word", "Name", "7", *TRICKY]), min_size=1, max_size=6).map(" ".join),
+        min_size=1,
+        max_size=12,
+    ),
+    ends=st.lists(st.sampled_from([". ", "! ", "? ", ".\n", ". ", "... "]), min_size=12, max_size=12),
+)
+def test_sentences_built_from_tricky_words_come_back_whole(sentences, ends):
+    """Sentences that start with a capital, whatever initials, abbreviations, decimals and
+    ellipses they hold inside, are split back exactly."""
+    written = [sentence[0].upper() + sentence[1:] + end[0 : len(end.rstrip())] for sentence, end in zip(sentences, ends)]
+    text = "".join(sentence + end[len(end.rstrip()) :] for sentence, end in zip(written, ends))
+    assert _sentences(text) == written
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("aZI.!?… \n\t。；\"”(5")), max_size=200), data=st.data())
+def test_sentence_spans_cover_every_word_once_and_depend_only_on_the_slice(text, data):
+    start = data.draw(st.integers(min_value=0, max_value=len(text)))
+    end = data.draw(st.integers(min_value=start, max_value=len(text)))
+    spans = sentence_spans(text, start, end)
+    assert all(start <= a < b <= end for a, b in spans)
+    assert all(b <= c for (_, b), (c, _) in zip(spans, spans[1:]))
+    assert all(text[a:b] == text[a:b].strip() for a, b in spans)
+    covered = set().union(*(range(a, b) for a, b in spans))
+    assert all(text[i].isspace() for i in range(start, end) if i not in covered)
+    assert spans == [(a + start, b + start) for a, b in sentence_spans(text[start:end])]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    sentences=st.lists(
+        st.lists(st.sampled_from(["word", *TRICKY]), min_size=1, max_size=4).map(" ".join), min_size=2, max_size=60
+    ),
+    budget=st.integers(min_value=20, max_value=60),
+)
+def test_chunks_end_where_the_splitter_ends_a_sentence(sentences, budget):
+    """Sentences of at most 13 words under a budget of 20 or more: none needs cutting inside, so
+    chunking cuts where the shared splitter ends a sentence, never after "Mr." or "U.S."."""
+    text = "".join(f"Then {sentence}. " for sentence in sentences)
+    chunks = chunk_text(text, budget, COUNTER)
+    sentence_ends = {end for _, end in sentence_spans(text)}
+    assert all(len(text[: c.end].rstrip()) in sentence_ends for c in chunks)
+

@@ -13,10 +13,21 @@ from llmxmr.chunking import Chunk
 from llmxmr.clients.base import ChatRequest
 from llmxmr.clients.fake import ScriptedClient
 from llmxmr.families import family
-from llmxmr.grounding import Citation, DocumentIndex, carried_forward, locate_all, normalise
+from llmxmr.families.retrieval import checked_value, names_request
+from llmxmr.families.workarounds import WORDS_ECHOED_FROM_THE_PROMPT
+from llmxmr.grounding import (
+    Citation,
+    DocumentIndex,
+    carried_forward,
+    content_words,
+    distinctive_words,
+    locate_all,
+    normalise,
+    sentence_stating,
+    sentences_of,
+)
+from llmxmr.partials import Partial
 from llmxmr.schemas import CollapseOutput, MapOutput
-from llmxmr.stages.collapse import ground_collapse_reply
-from llmxmr.stages.partials import Partial
 
 from ..conftest import WordCounter, final_reply, partial_reply
 
@@ -123,6 +134,21 @@ def test_a_quote_of_several_sentences_counts_by_the_sentences_in_the_text():
     assert [c.quote for c in locate_all([chinese], whole(text), DocumentIndex(text), THRESHOLD)] == ["密码是 71432，请记住。"]
 
 
+def test_a_quote_split_into_sentences_keeps_initials_and_abbreviations_whole():
+    text = "Intro.\nJ.R.R. Tolkien served in the U.S. Army with Mr. Darcy. Outro.\n"
+    quote = "J.R.R. Tolkien served in the U.S. Army with Mr. Darcy. He then wrote a book about it."
+    assert sentences_of(quote) == ["J.R.R. Tolkien served in the U.S. Army with Mr. Darcy.", "He then wrote a book about it."]
+    citations = locate_all([quote], whole(text), DocumentIndex(text), THRESHOLD)
+    assert [c.quote for c in citations] == ["J.R.R. Tolkien served in the U.S. Army with Mr. Darcy."]
+
+
+def test_a_stating_sentence_is_cited_whole_across_abbreviations():
+    fact = "The U.S. Army paid Mr. Hill 4071 dollars for the tin."
+    text = f"Nothing here. {fact} Nothing there."
+    stated = sentence_stating("4071", "How much did the Army pay for the tin?", whole(text), DocumentIndex(text))
+    assert stated is not None and stated.match == "stated" and stated.quote == fact
+
+
 def test_a_copy_beside_the_chunk_does_not_hide_the_one_inside_it():
     sentence = "The pass key is 71432."
     text = f"{sentence}\n{'Filler words here. ' * 5}\n{sentence.upper()}\nMore filler after it."
@@ -164,7 +190,7 @@ def test_a_collapse_cannot_pass_off_a_truncated_value_as_verified():
     settings = PipelineConfig.load().grounding
     for quotes in (["The pass key is 7143"], ["secret"], [verified.quote]):
         merged = CollapseOutput(extracted_information="", evidence=quotes, rationale="", answer="7143", confidence=5)
-        partial, check = ground_collapse_reply(merged, group, family("retrieval"), settings)
+        partial, check = family("retrieval").ground_collapse(merged, group, settings)
         assert partial.answer.answer == "71432" and check is not None and "best verified input stands" in check
 
 
@@ -173,6 +199,44 @@ def test_evidence_past_three_quotes_is_dropped_not_failed():
         {"extracted_information": "", "evidence": ["a", " ", "b", "c", "d"], "rationale": "", "answer": "x", "confidence": 1}
     )
     assert reply.evidence == ["a", "b", "c"]
+
+
+# --- which words say what a question asks or an answer states -------------------------------
+
+
+def test_function_words_never_count_and_prompt_words_only_when_a_family_says_so():
+    """Function words are a rule of English, right for every model; the words of the prompt are
+    the retrieval family's workaround (``families.workarounds``), passed in as ``ignoring``."""
+    request = "Please find the pass key in the text below."
+    assert content_words(request) == {"please", "find", "pass", "key", "text", "below"}
+    assert content_words(request, ignoring=WORDS_ECHOED_FROM_THE_PROMPT) == {"pass", "key"}
+    answer = "According to the document, Collins"
+    assert distinctive_words(answer) == {"according", "document", "collins"}
+    assert distinctive_words(answer, WORDS_ECHOED_FROM_THE_PROMPT) == {"according", "collins"}
+
+
+def test_a_stating_sentence_need_not_write_the_prompt_words_an_answer_echoes_when_the_family_says_so():
+    text = "Nothing here. The tin was marked 4071 by Mrs. Hill. Nothing there."
+    chunk, document = whole(text), DocumentIndex(text)
+    answer, question = "The document says 4071", "What was the tin marked?"
+    assert sentence_stating(answer, question, chunk, document) is None  # "document" is not in the text
+    stated = sentence_stating(answer, question, chunk, document, ignoring=WORDS_ECHOED_FROM_THE_PROMPT)
+    assert stated is not None and stated.quote == "The tin was marked 4071 by Mrs. Hill."
+
+
+def test_the_pronoun_i_is_no_name_for_any_model():
+    assert distinctive_words("Well, I am very glad of Netherfield") == {"netherfield"}
+    assert distinctive_words("It was Plan B") == {"plan", "b"}  # other one-letter capitals may be names
+
+
+def test_retrieval_reads_requests_and_replies_without_the_words_of_the_prompt():
+    text = "The pass key is 71432. The text below is long."
+    # SmolLM2 writes its value as a sentence about the task.
+    evidence = "The pass key is 71432."
+    assert checked_value("The answer is 71432", evidence, "What is the pass key?", text) == ("The answer is 71432", None)
+    # A request's instructions name nothing: "text" and "below" do not make a sentence about it.
+    assert not names_request("The text below is long.", "Please find the pass key in the text below.")
+    assert names_request("The pass key is 71432.", "Please find the pass key in the text below.")
 
 
 # --- the policies, end to end with the scripted client ---------------------------------------

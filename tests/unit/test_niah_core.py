@@ -20,6 +20,7 @@ from llmxmr.bench.niah.haystack import (
 )
 from llmxmr.bench.niah.needles import CLASSIC, NeedleSet, custom_needle, recall, ruler_needles
 from llmxmr.errors import UsageError
+from llmxmr.grounding import sentences_of
 
 ESSAYS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "paul_graham_essays"
 PERIOD = 13  # cl100k_base's token for "."
@@ -113,6 +114,32 @@ def test_no_sentence_end_before_the_depth_puts_the_needle_first(enc):
     haystack = enc.encode_ordinary("word " * 3000)
     context = build_context(haystack, ["NEEDLE"], 2000, 50)
     assert context.placements[0].token_offset == 0 and context.text.startswith("NEEDLE")
+
+
+PASS_KEY = "The pass key is 71432. Remember it."  # a custom needle: no space of its own
+
+
+@pytest.mark.parametrize("depth", [10, 50, 90])
+def test_a_needle_without_a_space_of_its_own_never_glues_onto_the_sentence_before(enc, haystack, depth):
+    """The reference pasted it straight after the period ("...filler.The pass key is"); here a
+    space goes before it and counts in its tokens, so the context still fills its length exactly."""
+    context = build_context(haystack, [PASS_KEY], 4000, depth)
+    (placement,) = context.placements
+    assert context.text.startswith(PASS_KEY, placement.char_offset)
+    assert context.text[: placement.char_offset].endswith(". ")  # the haystack's period, then the space
+    trimmed = _trimmed(enc, haystack, [f" {PASS_KEY}"], 3800)
+    _assert_at_sentence_break(trimmed, placement.token_offset, depth)
+    assert enc.decode(_joined(enc, haystack, [f" {PASS_KEY}"], context, 3800)) == context.text
+    assert "The pass key is 71432." in sentences_of(context.text)
+
+
+def test_a_needle_that_starts_the_context_goes_in_as_given_and_needles_that_meet_are_kept_apart(haystack):
+    first = build_context(haystack, [PASS_KEY], 4000, 0)
+    assert first.text.startswith(PASS_KEY) and first.placements[0].char_offset == 0
+    needles = ["The code is 4071.", "The door is red."]
+    last = build_context(haystack, needles, 4000, 100)
+    assert last.text.endswith(" The code is 4071. The door is red.")
+    assert [last.text.startswith(needles[p.needle], p.char_offset) for p in last.placements] == [True, True]
 
 
 @pytest.mark.parametrize("length", [1000, 2048, 5000, 12000])

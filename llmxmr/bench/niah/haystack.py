@@ -12,6 +12,10 @@ and ``llm_multi_needle_haystack_tester.py``), working in cl100k_base tokens as i
   the reply (200 as in the reference), so haystack + needles fill ``context_length - buffer``.
 * A needle goes at ``int(len(haystack) * depth / 100)``, moved back to just after the nearest
   preceding "." token so that it starts a sentence; at depth 100 it is appended at the very end.
+  Unlike the reference, which pasted a needle straight after the period ("...back again.The pass
+  key is ..."), a needle that does not start with whitespace gets a space before it, so that it
+  never glues onto the sentence before (or onto the needle before, where several meet); the needle
+  that starts the context is inserted as given. The space is part of the needle's tokens.
   With several needles, the first goes at ``depth`` and the others follow every
   ``(100 - depth) / len(needles)`` percent, as the reference's multi-needle test spaces them.
   Unlike the reference, which measured each depth on the context grown by the needles already
@@ -35,6 +39,7 @@ import functools
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import tiktoken
@@ -59,8 +64,9 @@ class Placement(BaseModel):
 
     needle: int  # index into the needle list
     depth_percent: float  # the depth asked for this needle
-    token_offset: int  # the needle's first token in the context's token list
-    char_offset: int  # the needle's first character in Context.text
+    # The needle's first token in the context's token list, the space that keeps it apart included.
+    token_offset: int
+    char_offset: int  # the needle's own first character in Context.text (after that space)
 
 
 class Context(BaseModel):
@@ -118,28 +124,33 @@ def build_context(
     haystack: list[int], needles: list[str], context_length: int, depth_percent: float, buffer: int = 200
 ) -> Context:
     """``needles`` hidden in the start of ``haystack``, in ``context_length - buffer`` tokens, the
-    first at ``depth_percent`` and the others evenly spaced after it."""
+    first at ``depth_percent`` and the others evenly spaced after it, each kept apart from the
+    text before it."""
     if not 0 <= depth_percent <= 100:  # also refuses NaN
         raise UsageError(f"depth {depth_percent} is outside 0..100")
     if not needles:
         raise UsageError("at least one needle is needed")
-    encoding = haystack_encoding()
-    needle_tokens = [encoding.encode_ordinary(needle) for needle in needles]
-    room = haystack_room(context_length, sum(len(tokens) for tokens in needle_tokens), buffer)
-    if len(haystack) < room:
-        raise UsageError(
-            f"the haystack has {len(haystack)} tokens, fewer than the {room} a context of "
-            f"{context_length} needs: load it with at least {context_length} tokens"
-        )
-    trimmed = haystack[:room]
-    depths = _needle_depths(depth_percent, len(needles))
-    points = [_insertion_point(trimmed, depth, _sentence_end_tokens()) for depth in depths]
-    return _assemble(trimmed, needles, needle_tokens, depths, points)
+    apart = [_kept_apart(needle) for needle in needles]
+    layout = _layout(haystack, apart, context_length, depth_percent, buffer)
+    if layout.points[0] == 0 and apart[0] != needles[0]:
+        # The first needle starts the context: no text before it to keep apart from. Without the
+        # space it may take another number of tokens, which changes the haystack's room and, in
+        # rare cases, moves the point off the start; then the space stays.
+        as_given = _layout(haystack, [needles[0], *apart[1:]], context_length, depth_percent, buffer)
+        if as_given.points[0] == 0:
+            layout = as_given
+    return _assemble(layout, needles)
+
+
+def _kept_apart(needle: str) -> str:
+    """The needle as it goes in after text: with a space before it unless it starts with
+    whitespace, so that it starts a sentence of its own ("back again. The pass key is ...")."""
+    return needle if needle[:1].isspace() else f" {needle}"
 
 
 def check_lengths(lengths: list[int], needles: list[str], buffer: int) -> None:
     """Refuses, before anything runs, a grid whose shortest length has no room for the needles."""
-    needle_tokens = sum(len(haystack_encoding().encode_ordinary(needle)) for needle in needles)
+    needle_tokens = sum(len(haystack_encoding().encode_ordinary(_kept_apart(needle))) for needle in needles)
     haystack_room(min(lengths), needle_tokens, buffer)
 
 
@@ -153,6 +164,32 @@ def haystack_room(context_length: int, needle_tokens: int, buffer: int) -> int:
             f"too few for needles of {needle_tokens} tokens"
         )
     return room
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The needles as inserted and their tokens, the haystack trimmed to leave room for them, and
+    each needle's depth and insertion point in the trimmed haystack."""
+
+    needles: list[str]
+    needle_tokens: list[list[int]]
+    haystack: list[int]
+    depths: list[float]
+    points: list[int]
+
+
+def _layout(haystack: list[int], needles: list[str], context_length: int, depth_percent: float, buffer: int) -> _Layout:
+    needle_tokens = [haystack_encoding().encode_ordinary(needle) for needle in needles]
+    room = haystack_room(context_length, sum(len(tokens) for tokens in needle_tokens), buffer)
+    if len(haystack) < room:
+        raise UsageError(
+            f"the haystack has {len(haystack)} tokens, fewer than the {room} a context of "
+            f"{context_length} needs: load it with at least {context_length} tokens"
+        )
+    trimmed = haystack[:room]
+    depths = _needle_depths(depth_percent, len(needles))
+    points = [_insertion_point(trimmed, depth, _sentence_end_tokens()) for depth in depths]
+    return _Layout(needles, needle_tokens, trimmed, depths, points)
 
 
 def _needle_depths(first: float, count: int) -> list[float]:
@@ -177,10 +214,9 @@ def _insertion_point(haystack: list[int], depth: float, sentence_ends: frozenset
     return point
 
 
-def _assemble(
-    haystack: list[int], needles: list[str], needle_tokens: list[list[int]], depths: list[float], points: list[int]
-) -> Context:
-    """Joins the haystack's pieces and the needles, decoding each piece once.
+def _assemble(layout: _Layout, given: list[str]) -> Context:
+    """Joins the haystack's pieces and the needles as inserted, decoding each piece once; each
+    placement's character offset is that of the needle as ``given`` (after any space added).
 
     The pieces cut the haystack at the start, after a "." token or at its end, all character
     boundaries but the end, which may split a UTF-8 character when the trim fell inside one; its
@@ -188,18 +224,21 @@ def _assemble(
     character), so the pieces' texts join into what decoding everything at once gives, and their
     lengths give exact character offsets."""
     encoding = haystack_encoding()
+    haystack = layout.haystack
     parts: list[str] = []
     placements: list[Placement] = []
     chars = tokens = previous = 0
-    for index, (point, depth) in enumerate(zip(points, depths)):
+    for index, (point, depth) in enumerate(zip(layout.points, layout.depths)):
         piece = encoding.decode(haystack[previous:point])
         chars += len(piece)
         tokens += point - previous
         parts.append(piece)
-        placements.append(Placement(needle=index, depth_percent=depth, token_offset=tokens, char_offset=chars))
-        parts.append(needles[index])
-        chars += len(needles[index])
-        tokens += len(needle_tokens[index])
+        needle = layout.needles[index]
+        own_start = chars + len(needle) - len(given[index])
+        placements.append(Placement(needle=index, depth_percent=depth, token_offset=tokens, char_offset=own_start))
+        parts.append(needle)
+        chars += len(needle)
+        tokens += len(layout.needle_tokens[index])
         previous = point
     parts.append(encoding.decode(haystack[previous:]))
     text = "".join(parts)
