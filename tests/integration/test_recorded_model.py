@@ -1,28 +1,35 @@
-"""The pipeline against the real thing: llama.cpp serving the bundled SmolLM2-135M, over HTTP and
-in-process, and the CLI as a user runs it."""
+"""The pipeline against the bundled SmolLM2-135M's recorded replies: the real server client over
+HTTP, the real pipeline and grounding, the replies the real llama.cpp server gave (``tests/replay.py``;
+``LLMXMR_RECORD=1`` records them again)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import subprocess
-import sys
-from pathlib import Path
+import shutil
 
 import pytest
 
 from llmxmr import MapReducePipeline, PipelineConfig
 from llmxmr.clients.openai_compat import OpenAICompatibleClient
 
-from .conftest import FILLER, PASS_KEY, SERVER_N_CTX, TASK, haystack
+from ..conftest import SERVER_N_CTX
+from ..haystacks import FILLER, PASS_KEY, TASK, key_line
+from ..replay import ReplayMiss, ReplyStore, replay_server
 
 pytestmark = pytest.mark.integration
 
 
-def test_server_is_recognised_with_its_tokenizer(llama_server):
-    import asyncio
+def retrieval_config(base_url: str, **settings) -> PipelineConfig:
+    return PipelineConfig.load(
+        task_type="retrieval",
+        **{"llm.base_url": base_url, "llm.context_window": SERVER_N_CTX, "chunking.chunk_tokens": 2048, **settings},
+    )
 
+
+def test_server_is_recognised_with_its_tokenizer(model_server):
     async def probe():
-        client = OpenAICompatibleClient(llama_server)
+        client = OpenAICompatibleClient(model_server)
         try:
             counter = await client.token_counter()
             assert counter is not None and counter.exact
@@ -35,22 +42,8 @@ def test_server_is_recognised_with_its_tokenizer(llama_server):
     assert tokens > 5
 
 
-def test_serve_local_answers_a_chat_completion(llama_server):
-    import httpx
-
-    body = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0}
-    response = httpx.post(f"{llama_server}/chat/completions", json=body, timeout=120)
-    assert response.status_code == 200
-    reply = response.json()["choices"][0]
-    assert reply["message"]["content"].strip() and reply["finish_reason"] in ("stop", "length")
-
-
-def test_pass_key_over_http(llama_server, passkey_document):
-    config = PipelineConfig.load(
-        task_type="retrieval",
-        **{"llm.base_url": llama_server, "llm.context_window": SERVER_N_CTX, "chunking.chunk_tokens": 2048},
-    )
-    result = MapReducePipeline(config).run(passkey_document, "What is the pass key?")
+def test_pass_key_over_http(model_server, passkey_document):
+    result = MapReducePipeline(retrieval_config(model_server)).run(passkey_document, "What is the pass key?")
     assert len(result.chunks) >= 4
     assert PASS_KEY in result.answer, result.model_dump_json(indent=1, exclude={"trace"})
     assert result.found
@@ -61,14 +54,7 @@ def test_pass_key_over_http(llama_server, passkey_document):
     assert all(PASS_KEY not in json.dumps(c.output) for i, c in map_calls.items() if i != key_chunk)
 
 
-def test_pass_key_embedded(passkey_document):
-    config = PipelineConfig.load(task_type="retrieval")
-    result = MapReducePipeline(config).run(passkey_document, "What is the pass key?")
-    assert result.model.startswith("embedded llama.cpp model SmolLM2")
-    assert PASS_KEY in result.answer, result.model_dump_json(indent=1, exclude={"trace"})
-
-
-def test_a_pdf_on_the_embedded_model_is_answered_and_cited_by_page(tmp_path):
+def test_a_pdf_is_answered_and_cited_by_page(model_server, tmp_path):
     """Three pages of filler with the pass key on page 2: the answer, and page 2 as its source."""
     pytest.importorskip("pypdfium2")
     from llmxmr import read_document
@@ -76,46 +62,18 @@ def test_a_pdf_on_the_embedded_model_is_answered_and_cited_by_page(tmp_path):
     from ..unit.document_fixtures import pdf_bytes
 
     filler = [FILLER.strip()] * 40  # InfiniteBench's pass-key layout: filler lines, the key on page 2
-    key = f"The pass key is {PASS_KEY}. Remember it. {PASS_KEY} is the pass key."
-    pages = ["\n".join([TASK.strip(), *filler]), "\n".join([*filler[:4], key, *filler[:4]]), "\n".join(filler)]
+    pages = ["\n".join([TASK.strip(), *filler]), "\n".join([*filler[:4], key_line().strip(), *filler[:4]]), "\n".join(filler)]
     path = tmp_path / "report.pdf"
     path.write_bytes(pdf_bytes(pages))
-    config = PipelineConfig.load(task_type="retrieval")
-    result = MapReducePipeline(config).run(read_document(str(path)), "What is the pass key?")
+    result = MapReducePipeline(retrieval_config(model_server)).run(read_document(str(path)), "What is the pass key?")
     assert PASS_KEY in result.answer, result.model_dump_json(indent=1, exclude={"trace"})
     assert result.citations and {citation.page for citation in result.citations} == {2}
 
 
-def test_cli_run_on_a_file(tmp_path):
-    """The installed console script, run from outside the checkout: what ``pip install .`` gives a
-    user, prompts and configs included."""
-    document = tmp_path / "haystack.txt"
-    document.write_text(haystack(repeats=120, depth=0.3), encoding="utf-8")
-    trace = tmp_path / "trace.json"
-    script = Path(sys.executable).parent / "llmxmr"
-    completed = subprocess.run(
-        [
-            str(script), "run",
-            "--input", str(document),
-            "--question", "What is the pass key?",
-            "--task-type", "retrieval",
-            "--json", "--trace", str(trace),
-        ],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr
-    result = json.loads(completed.stdout)
-    assert PASS_KEY in result["answer"]
-    calls = json.loads(trace.read_text())["trace"]["calls"]
-    assert {call["stage"] for call in calls} >= {"map", "reduce"}
-
-
-def test_three_questions_over_one_reading_of_an_8k_haystack(llama_server):
+def test_three_questions_over_one_reading_of_an_8k_haystack(model_server):
     """Three needles, three questions, one ``run_many`` over one chunking: each answer holds its
     own value. The maps read the document first, the layout that lets the questions share each
-    chunk's prompt prefix (the bundled model's profile asks retrieval questions first instead; on
-    this haystack that layout misses the door code). llama-cpp-python's server reports no cached
-    tokens; the saving is measured by benchmarks/questions.py."""
+    chunk's prompt prefix."""
     needles = {
         "What is the pass key?": ("71432", "The pass key is 71432. Remember it. 71432 is the pass key. "),
         "What is the door code?": ("58264", "The door code is 58264. Remember it. 58264 is the door code. "),
@@ -125,17 +83,14 @@ def test_three_questions_over_one_reading_of_an_8k_haystack(llama_server):
     for depth, (_, needle) in zip((0.2, 0.5, 0.8), needles.values()):
         lines.insert(int(len(lines) * depth), needle)
     document = TASK + "".join(lines)
-    config = PipelineConfig.load(
-        task_type="retrieval",
-        **{"llm.base_url": llama_server, "llm.context_window": SERVER_N_CTX, "chunking.chunk_tokens": 2048, "llm.map_question_first": False},
-    )
+    config = retrieval_config(model_server, **{"llm.map_question_first": False})
     results = MapReducePipeline(config).run_many(document, list(needles))
     for result, (question, (value, _)) in zip(results, needles.items()):
         assert value in result.answer, (question, result.model_dump_json(indent=1, exclude={"trace"}))
     assert results[0].chunks == results[1].chunks == results[2].chunks and len(results[0].chunks) >= 4
 
 
-def test_pass_key_at_a_third_of_16k_tokens_through_the_harness_on_its_defaults(llama_server, tmp_path):
+def test_pass_key_at_a_third_of_16k_tokens_through_the_harness_on_its_defaults(model_server, tmp_path):
     """Issue 20's document, as ``llmxmr bench generate --task passkey --length 16k --n 4`` writes
     its second example (the key at depth 1/3), through ``bench infinitebench`` on nothing but the
     harness's and the model's own settings: the server lists the bundled GGUF, so its profile
@@ -151,10 +106,33 @@ def test_pass_key_at_a_third_of_16k_tokens_through_the_harness_on_its_defaults(l
     out = tmp_path / "out"
     args = [
         "bench", "infinitebench", "--task", "passkey", "--data", str(data), "--out", str(out),
-        "--base-url", llama_server, "--context-window", str(SERVER_N_CTX), "--no-progress", "--json",
+        "--base-url", model_server, "--context-window", str(SERVER_N_CTX), "--no-progress", "--json",
     ]  # fmt: skip
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     (prediction,) = [json.loads(line) for line in (out / "preds_passkey.jsonl").read_text().splitlines()]
     assert str(example["answer"][0]) in prediction["prediction"], prediction
     assert prediction["found"] and prediction["failed_calls"] == 0
+
+
+def test_a_changed_prompt_misses_the_store_and_names_its_scenario(passkey_document, tmp_path, monkeypatch):
+    """Replay never hides a change: one more sentence in the system prompt every call sends, and
+    the recorded scenario fails, saying which one and how to record it again."""
+    from llmxmr import prompts
+    from llmxmr.resources import data_dir
+
+    changed = tmp_path / "prompts"
+    shutil.copytree(data_dir("prompts"), changed)
+    system = changed / "shared" / "system.md"
+    system.write_text(system.read_text(encoding="utf-8") + "\nBe brief.\n", encoding="utf-8")
+    monkeypatch.setattr(prompts, "data_dir", lambda name: changed if name == "prompts" else data_dir(name))
+    prompts.load_prompts.cache_clear()
+    store = ReplyStore.load("test_pass_key_over_http")
+    try:
+        with replay_server(store) as base_url:
+            result = MapReducePipeline(retrieval_config(base_url)).run(passkey_document, "What is the pass key?")
+    finally:
+        prompts.load_prompts.cache_clear()
+    with pytest.raises(ReplayMiss, match="integration scenario 'test_pass_key_over_http'.*LLMXMR_RECORD=1"):
+        store.check()
+    assert result.unread_chunks and not result.complete  # the misses were refused, not answered

@@ -1,4 +1,4 @@
-"""A small needle-in-a-haystack grid end to end against the real llama.cpp server."""
+"""A small needle-in-a-haystack grid end to end against the bundled model's recorded replies."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from click.testing import CliRunner
 
 from llmxmr.cli import main
 
-from .conftest import FILLER, PASS_KEY, SERVER_N_CTX
+from ..conftest import SERVER_N_CTX
+from ..haystacks import FILLER, PASS_KEY
 
 pytestmark = pytest.mark.integration
 
 
-def test_small_grid_over_http_then_resume(llama_server, tmp_path):
+def test_small_grid_over_http_then_resume(model_server, tmp_path):
     haystack = tmp_path / "filler.txt"
     haystack.write_text(FILLER * 400, encoding="utf-8")
     out = tmp_path / "grid"
@@ -22,7 +23,7 @@ def test_small_grid_over_http_then_resume(llama_server, tmp_path):
         "bench", "niah", "--haystack", str(haystack), "--lengths", "2k,3k", "--depths", "25,75",
         "--needle", f"The pass key is {PASS_KEY}. Remember it. {PASS_KEY} is the pass key.",
         "--question", "What is the pass key?", "--answer", PASS_KEY,
-        "--base-url", llama_server, "--context-window", str(SERVER_N_CTX), "--chunk-tokens", "2048",
+        "--base-url", model_server, "--context-window", str(SERVER_N_CTX), "--chunk-tokens", "2048",
         # One cell at a time: the server answers one request at a time, and a second cell's calls
         # would only make the first one's token counting wait behind them.
         "--cells-in-flight", "1", "--out", str(out), "--no-progress", "--json",
