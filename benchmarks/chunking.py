@@ -36,6 +36,7 @@ import platform
 import time
 import tracemalloc
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -145,13 +146,13 @@ def main() -> None:
     for source, (base, separator) in sources.items():
         for size in sizes:
             text = repeated_to(base, size, encoding, separator)
-            seconds, chunks = best_of(args.repeat, lambda: chunk_text(text, args.budget, counter))
-            floor, ids = best_of(args.repeat, lambda: encoding.encode_ordinary(text))
+            seconds, chunks = best_of(args.repeat, partial(chunk_text, text, args.budget, counter))
+            floor, ids = best_of(args.repeat, partial(encoding.encode_ordinary, text))
             assert "".join(text[c.start : c.end] for c in chunks) == text
             tokens, count = len(ids), len(chunks)
             chunk_tokens, largest = sum(c.tokens for c in chunks), max(c.tokens for c in chunks)
             del chunks, ids
-            peak = peak_mb(lambda: chunk_text(text, args.budget, counter))
+            peak = peak_mb(partial(chunk_text, text, args.budget, counter))
             rows.append(
                 {
                     "source": source,
@@ -208,7 +209,9 @@ def main() -> None:
             )
     print("\ntargets:")
     for check in checks:
-        print(f"  {check['source']:17} {check['target']:48} {check['value']:>6.2f}  {'met' if check['met'] else 'MISSED'}")
+        print(
+            f"  {check['source']:17} {check['target']:48} {check['value']:>6.2f}  {'met' if check['met'] else 'MISSED'}"
+        )
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(

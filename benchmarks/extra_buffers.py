@@ -31,7 +31,8 @@ _PREFILL = """
 import json, sys, time
 from llama_cpp import Llama
 from llmxmr.llama_safety import disable_extra_buffer_types
-path, setting, prompt_tokens, repeats, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+path, setting = sys.argv[1], sys.argv[2]
+prompt_tokens, repeats, threads = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 if setting == "off":
     disable_extra_buffer_types()
 llama = Llama(path, n_ctx=max(4096, prompt_tokens + 64), n_threads=threads, verbose=False)
@@ -47,7 +48,16 @@ print(json.dumps({"tokens": len(tokens), "seconds": best}))
 
 
 def prefill(setting: str, prompt_tokens: int, repeats: int, threads: int) -> dict[str, object]:
-    command = [sys.executable, "-c", _PREFILL, str(default_model_path()), setting, str(prompt_tokens), str(repeats), str(threads)]
+    command = [
+        sys.executable,
+        "-c",
+        _PREFILL,
+        str(default_model_path()),
+        setting,
+        str(prompt_tokens),
+        str(repeats),
+        str(threads),
+    ]
     finished = subprocess.run(command, capture_output=True, text=True, check=False)
     if finished.returncode != 0:
         how = signal_name(-finished.returncode) if finished.returncode < 0 else f"exit {finished.returncode}"
@@ -72,17 +82,35 @@ def main() -> None:
     verdict = probe(probe_command(model))
     rows = [prefill(setting, args.prompt_tokens, args.repeats, threads) for setting in ("on", "off")]
 
-    amx = sorted({flag for flag in Path("/proc/cpuinfo").read_text().split() if flag.startswith("amx")}) if Path("/proc/cpuinfo").exists() else []
-    print(f"probe: {'safe' if verdict.safe else 'unsafe'} ({verdict.detail}) in {verdict.seconds:.2f} s; CPU AMX flags: {', '.join(amx) or 'none'}")
+    amx = (
+        sorted({flag for flag in Path("/proc/cpuinfo").read_text().split() if flag.startswith("amx")})
+        if Path("/proc/cpuinfo").exists()
+        else []
+    )
+    print(
+        f"probe: {'safe' if verdict.safe else 'unsafe'} ({verdict.detail}) in {verdict.seconds:.2f} s; "
+        f"CPU AMX flags: {', '.join(amx) or 'none'}"
+    )
     print(f"{'extra buffers':<14}{'prompt tokens':>14}{'prefill s':>11}{'tokens/s':>10}")
     for row in rows:
         if "died" in row:
             print(f"{row['extra_buffers']:<14}{'died: ' + str(row['died']):>35}")
         else:
-            print(f"{row['extra_buffers']:<14}{row['prompt_tokens']:>14,}{row['prefill_s']:>11.3f}{row['tokens_per_s']:>10,.1f}")
-    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "threads": threads, "amx_flags": amx, "cpu": cpu_fingerprint()}
+            print(
+                f"{row['extra_buffers']:<14}{row['prompt_tokens']:>14,}{row['prefill_s']:>11.3f}{row['tokens_per_s']:>10,.1f}"
+            )
+    machine = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "threads": threads,
+        "amx_flags": amx,
+        "cpu": cpu_fingerprint(),
+    }
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": machine, "model": model.name, "probe": verdict.model_dump(), "prefill": rows}, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps({"machine": machine, "model": model.name, "probe": verdict.model_dump(), "prefill": rows}, indent=2)
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ Each format is read in a fresh process (``--measure``): the imports first, then 
 mark (``ru_maxrss``) across the first read, above where it stood after the imports: it counts the
 file's bytes, the parsers' C memory (PDFium, libxml2) and the text; tracemalloc would see only
 Python's share. ``words`` are those of the extracted text; ``pages`` are real pages for the PDF
-and words / 300 (a printed book page) for the other formats. ``vs map call`` is the extraction time over the time of one LLM call of the
-embedded model, from ``benchmarks/results/e2e.json`` (its wall time over its calls) when present.
+and words / 300 (a printed book page) for the other formats. ``vs map call`` is the extraction time
+over the time of one LLM call of the embedded model, from ``benchmarks/results/e2e.json`` (its wall
+time over its calls) when present.
 
 Prints a table and writes benchmarks/results/extraction.json.
 """
@@ -147,7 +148,8 @@ def line_stream(prose: list[str]) -> Iterator[str]:
 def write_epub(book: list[Chapter]) -> bytes:
     container = (
         '<?xml version="1.0"?><container version="1.0" xmlns="urn:oasis:names:tc:opendocument:xmlns:container">'
-        '<rootfiles><rootfile full-path="OEBPS/content.opf" media-type="application/oebps-package+xml"/></rootfiles></container>'
+        '<rootfiles><rootfile full-path="OEBPS/content.opf" media-type="application/oebps-package+xml"/>'
+        "</rootfiles></container>"
     )
     items = "".join(f'<item id="c{i}" href="c{i}.xhtml" media-type="application/xhtml+xml"/>' for i in range(len(book)))
     spine = "".join(f'<itemref idref="c{i}"/>' for i in range(len(book)))
@@ -173,7 +175,8 @@ def write_epub(book: list[Chapter]) -> bytes:
 
 def html_sections(chapter: Chapter) -> str:
     return "".join(
-        f"<h2>{title}</h2>" + "".join(f"<p>{escape(p)}</p>" for p in paragraphs) for title, paragraphs in chapter.sections
+        f"<h2>{title}</h2>" + "".join(f"<p>{escape(p)}</p>" for p in paragraphs)
+        for title, paragraphs in chapter.sections
     )
 
 
@@ -183,8 +186,8 @@ def write_html(book: list[Chapter]) -> bytes:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Bench</title>'
         '<script>var analytics = "tracking";</script></head><body>'
-        f'<header><nav>{nav}</nav><p>Sign in to read more books.</p></header>'
-        f'<main><article><h1>The Book</h1>{body}</article></main>'
+        f"<header><nav>{nav}</nav><p>Sign in to read more books.</p></header>"
+        f"<main><article><h1>The Book</h1>{body}</article></main>"
         "<footer><p>This eBook is for the use of anyone anywhere at no cost.</p><p>Privacy · Terms</p></footer>"
         "</body></html>"
     ).encode()
@@ -237,11 +240,11 @@ def build(fmt: str, prose: list[str], book: list[Chapter], pdf_pages: int) -> by
 def measure(path: Path, repeat: int) -> dict[str, Any]:
     """Run in the child: warm the imports, then time ``repeat`` reads; the high-water mark's growth
     over the first read is its peak memory (ru_maxrss is in KB on Linux)."""
-    from llmxmr.documents import read_document
-
     import docx  # noqa: F401  (the imports are not the extraction's cost)
     import pypdfium2  # noqa: F401
     import trafilatura  # noqa: F401
+
+    from llmxmr.documents import read_document
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     best = float("inf")
@@ -275,7 +278,9 @@ def map_call_seconds() -> tuple[float | None, str]:
     if not E2E.is_file():
         return None, f"{E2E} not found"
     run = json.loads(E2E.read_text())["run"]
-    return run["wall_s"] / run["calls"], f"{E2E.name}: {run['wall_s']} s wall / {run['calls']} calls, {json.loads(E2E.read_text())['model']}"
+    return run["wall_s"] / run[
+        "calls"
+    ], f"{E2E.name}: {run['wall_s']} s wall / {run['calls']} calls, {json.loads(E2E.read_text())['model']}"
 
 
 def row_for(fmt: str, data: bytes, measured: dict[str, Any], map_call: float | None) -> dict[str, Any]:
@@ -319,7 +324,10 @@ def main() -> None:
     book = chapters(prose)
     map_call, map_call_note = map_call_seconds()
     print(f"prose: {source_note}")
-    print(f"{words:,} words in {len(book)} chapters; PDF {args.pdf_pages} pages; best of {args.repeat}; {os.cpu_count()} CPUs")
+    print(
+        f"{words:,} words in {len(book)} chapters; PDF {args.pdf_pages} pages; best of {args.repeat}; "
+        f"{os.cpu_count()} CPUs"
+    )
     print(f"one map call: {f'{map_call:.1f} s' if map_call else '-'} ({map_call_note})\n")
 
     header = (
@@ -340,7 +348,8 @@ def main() -> None:
             rows.append(row)
             vs = row["vs_map_call"]
             print(
-                f"{fmt:9} {row['file_mb']:>8.2f} {row['text_mb']:>8.2f} {row['words']:>8,} {row['pages']:>6,} {row['sections']:>8,} "
+                f"{fmt:9} {row['file_mb']:>8.2f} {row['text_mb']:>8.2f} {row['words']:>8,} {row['pages']:>6,} "
+                f"{row['sections']:>8,} "
                 f"{row['seconds']:>8.3f} {row['pages_per_s']:>8,.0f} {row['file_mb_per_s']:>7.2f} "
                 f"{row['text_mb_per_s']:>9.2f} {row['peak_mb']:>8.1f} {f'{vs:.2f}x' if vs is not None else '-':>11}"
             )

@@ -147,7 +147,9 @@ async def run_mode(task: str, mode: str, docs: list[Case], args: argparse.Namesp
             result = await MapReducePipeline(config, client=client).arun(case.context, case.question)
             runs.append(_run_row(task, case, result))
             needle = case.expected is not None
-            print(f"  {task} {mode} #{case.id} needle={needle}: {result.answer[:40]!r} found={result.found}", flush=True)
+            print(
+                f"  {task} {mode} #{case.id} needle={needle}: {result.answer[:40]!r} found={result.found}", flush=True
+            )
     finally:
         await client.aclose()
     present = [r for r in runs if r["needle"]]
@@ -184,7 +186,19 @@ def _run_row(task: str, case: Case, result: PipelineResult) -> dict[str, Any]:
     }
 
 
-COLUMNS = ("task", "grounding", "present", "recall", "absent", "false_answers", "hallucination_rate", "calls", "cache_hits", "tokens", "wall_s")
+COLUMNS = (
+    "task",
+    "grounding",
+    "present",
+    "recall",
+    "absent",
+    "false_answers",
+    "hallucination_rate",
+    "calls",
+    "cache_hits",
+    "tokens",
+    "wall_s",
+)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -226,7 +240,9 @@ def main() -> None:
     parser.add_argument("--chunk-tokens", type=int, help="Tokens per chunk (default: the task's and model's).")
     parser.add_argument("--modes", default="off,cap", help="Grounding modes, in order; the first calls the model.")
     parser.add_argument(
-        "--cache", type=Path, help="Reply cache to keep (default: a temporary one): another checkout reads the same replies."
+        "--cache",
+        type=Path,
+        help="Reply cache to keep (default: a temporary one): another checkout reads the same replies.",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="Where the JSON goes.")
     parser.add_argument("--base-url", help="An OpenAI-compatible server (default: the embedded model).")

@@ -112,9 +112,10 @@ def ideal_makespan(calls: list[CallRecord], latencies: list[float], slots: int) 
     map_of = {c.chunk_indices[0]: i for i, c in enumerate(calls) if c.stage == "map"}
     first_map = map_of.get(min(map_of)) if map_of else None
     producers = [
-        i for i, c in enumerate(calls)
+        i
+        for i, c in enumerate(calls)
         if c.stage == "collapse" or (c.stage == "map" and c.output is not None and c.output.get("answer") is not None)
-    ]  # fmt: skip
+    ]
     for i, call in enumerate(calls):
         if call.stage == "map":
             if first_map is not None and i != first_map:
@@ -241,7 +242,7 @@ def main() -> None:
                     calls = result.trace.calls
                     applied = [latency_of(c.output) for c in calls]
                     missing = sum(1 for a in applied if a is None)
-                    durations = [a if a is not None else c.latency_s for a, c in zip(applied, calls)]
+                    durations = [a if a is not None else c.latency_s for a, c in zip(applied, calls, strict=True)]
                     ideal = ideal_makespan(calls, durations, slots)
                     stages = {s: sum(1 for c in calls if c.stage == s) for s in ("map", "collapse", "reduce")}
                     row = {

@@ -349,7 +349,7 @@ def model_runs(args: argparse.Namespace) -> None:
                     )
                     shown = ", ".join(
                         f"{s:.1f}" + (f" ({r:.2f}x)" if i and r is not None else "")
-                        for i, (s, r) in enumerate(zip(seconds, ratios))
+                        for i, (s, r) in enumerate(zip(seconds, ratios, strict=True))
                     )
                     print(
                         f"{mode:9}  {questions:>2}  {len(results[0].chunks):>6}  {sums['calls']:>5}  "

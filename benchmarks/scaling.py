@@ -161,7 +161,7 @@ async def run_batch_workload(config: PipelineConfig, items: list[Any]) -> tuple[
 
 def shares_of(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> tuple[list[int], list[float], float | None]:
     """Completions served by each worker between two ``/sim/stats``, their fractions, max/min."""
-    served = [a["served"] - b["served"] for a, b in zip(after, before)]
+    served = [a["served"] - b["served"] for a, b in zip(after, before, strict=True)]
     total = sum(served)
     shares = [s / total for s in served] if total else [0.0 for _ in served]
     ratio = max(shares) / min(shares) if min(shares) > 0 else None

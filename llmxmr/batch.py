@@ -181,12 +181,14 @@ async def run_batch(
         async def answer(group: Sequence[BatchItem], shared: Shared) -> list[BatchResult | LlmxmrError]:
             document: str | Document | None = group[0].document
             if document is None:  # read when its turn comes (any format: citations get pages and sections)
-                document = await asyncio.to_thread(read_document, group[0].path or "", max_bytes=int(config.max_document_mb * 2**20))
+                document = await asyncio.to_thread(
+                    read_document, group[0].path or "", max_bytes=int(config.max_document_mb * 2**20)
+                )
             pipeline = MapReducePipeline(config, client=shared.client, budget=shared.calls)
             answers = await pipeline.arun_many(document, [item.question for item in group])
             check_same_model((r.model for r in finished), answers[0].model, results.path)
             lines: list[BatchResult | LlmxmrError] = []
-            for item, result in zip(group, answers):
+            for item, result in zip(group, answers, strict=True):
                 lines.append(complete_or_error(result.trace, _result_line(item, result)))
                 if not isinstance(lines[-1], LlmxmrError):
                     bar_postfix.add(result)
@@ -276,11 +278,14 @@ def _result_line(item: BatchItem, result: PipelineResult) -> BatchResult:
 
 def format_report(report: BatchReport) -> str:
     rows: list[tuple[str, Any]] = [
-        ("documents", f"{report.documents:,} ({report.new:,} new, {report.found:,} answered; {report.distinct_documents:,} distinct)"),
+        (
+            "documents",
+            f"{report.documents:,} ({report.new:,} new, {report.found:,} answered; "
+            f"{report.distinct_documents:,} distinct)",
+        ),
         ("failures", f"{report.failures:,} documents without a result, {report.failed_calls:,} failed calls"),
         ("calls", f"{report.calls:,}" + (f" (at most {report.concurrency:,} in flight)" if report.concurrency else "")),
         ("tokens", f"{report.prompt_tokens:,} prompt, {report.completion_tokens:,} completion"),
         ("wall time", f"{report.run_time_s:,.1f} s"),
     ]
     return "\n".join(f"{name:<10} {value}" for name, value in rows)
-

@@ -51,8 +51,7 @@ async def token_counter_for(config: PipelineConfig, client: LLMClient) -> TokenC
             return counter
         if setting == "server":
             raise ConfigError(
-                f"{client.describe()} has no tokenize endpoint; use --tokenizer tiktoken "
-                "or a local tokenizer directory"
+                f"{client.describe()} has no tokenize endpoint; use --tokenizer tiktoken or a local tokenizer directory"
             )
         return TiktokenCounter()
     return HFTokenizerCounter(setting)
@@ -91,7 +90,7 @@ def prompts_tokens(prompts: Sequence[Sequence[ChatMessage]], counter: TokenCount
     """``prompt_tokens`` of each prompt, counted in one batch, each distinct text once (prompts
     that share a system message, or a chunk, count it once)."""
     texts = list(dict.fromkeys(message.content for messages in prompts for message in messages))
-    counts = dict(zip(texts, counter.count_batch(texts)))
+    counts = dict(zip(texts, counter.count_batch(texts), strict=True))
     return [
         sum(counts[message.content] for message in messages) + TEMPLATE_TOKENS_PER_MESSAGE * (len(messages) + 1)
         for messages in prompts
@@ -123,7 +122,11 @@ def plan_tokens(
     ``question_allowance``), not by the question."""
     generation = config.generation
     usable = budget_with_margin(window, counter, config.chunking.safety_margin)
-    map_fixed = prompt_tokens(map_messages(prompts, "", ""), counter) + allowance * prompts.question_slots + generation.map_max_tokens
+    map_fixed = (
+        prompt_tokens(map_messages(prompts, "", ""), counter)
+        + allowance * prompts.question_slots
+        + generation.map_max_tokens
+    )
     chunk_tokens = usable - map_fixed
     if config.chunking.chunk_tokens is not None:
         chunk_tokens = min(chunk_tokens, config.chunking.chunk_tokens)

@@ -26,7 +26,7 @@ def start_child(command: list[str]) -> subprocess.Popen[bytes]:
         command,
         stdout=sys.__stderr__,  # a server's log goes to stderr, so that llmxmr's stdout has only its URL
         start_new_session=True,  # its own process group: the terminal's Ctrl-C reaches llmxmr only
-        preexec_fn=_exit_with_parent(),  # noqa: PLW1509  (one system call, resolved before the fork)
+        preexec_fn=_exit_with_parent(),  # noqa: PLW1509 (one system call, resolved before the fork)
     )
 
 

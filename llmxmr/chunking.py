@@ -98,9 +98,7 @@ def chunk_text(
     """Chunks of at most ``budget`` tokens of ``counter`` (overlap included), in document order."""
     own_budget = budget - overlap_tokens
     if own_budget < 1:
-        raise ContextTooSmallError(
-            f"no room for document text: chunk budget {budget} tokens, overlap {overlap_tokens}"
-        )
+        raise ContextTooSmallError(f"no room for document text: chunk budget {budget} tokens, overlap {overlap_tokens}")
     if not text:
         return []
     scale = 1.0
@@ -238,7 +236,7 @@ def _segments(text: str, budget: int, counter: TokenCounter) -> list[_Segment]:
             start = end
     counts = counter.count_batch([text[s:e] for s, e, _ in spans])
     segments: list[_Segment] = []
-    for (s, e, level), tokens in zip(spans, counts):
+    for (s, e, level), tokens in zip(spans, counts, strict=True):
         if tokens <= budget:
             segments.append(_Segment(s, e, tokens, level))
         else:
@@ -251,9 +249,9 @@ def _split_oversized(text: str, segment: _Segment, budget: int, counter: TokenCo
     cuts = [m.end() for m in _WORD.finditer(text, segment.start, segment.end)]
     ends = [c for c in cuts if segment.start < c < segment.end] + [segment.end]
     starts = [segment.start] + ends[:-1]
-    counts = counter.count_batch([text[s:e] for s, e in zip(starts, ends)])
+    counts = counter.count_batch([text[s:e] for s, e in zip(starts, ends, strict=True)])
     pieces: list[_Segment] = []
-    for s, e, tokens in zip(starts, ends, counts):
+    for s, e, tokens in zip(starts, ends, counts, strict=True):
         level = segment.level if e == segment.end else Level.WORD
         piece = _Segment(s, e, tokens, level)
         pieces.extend([piece] if tokens <= budget else _split_by_tokens(text, piece, budget, counter))
@@ -266,9 +264,9 @@ def _split_by_tokens(text: str, segment: _Segment, budget: int, counter: TokenCo
     step = max(1, math.ceil((segment.end - segment.start) / parts))
     starts = list(range(segment.start, segment.end, step))
     ends = starts[1:] + [segment.end]
-    counts = counter.count_batch([text[s:e] for s, e in zip(starts, ends)])
+    counts = counter.count_batch([text[s:e] for s, e in zip(starts, ends, strict=True)])
     pieces: list[_Segment] = []
-    for s, e, tokens in zip(starts, ends, counts):
+    for s, e, tokens in zip(starts, ends, counts, strict=True):
         level = segment.level if e == segment.end else Level.TOKEN
         piece = _Segment(s, e, tokens, level)
         if tokens <= budget or e - s == 1:
@@ -303,9 +301,7 @@ def _pack(segments: list[_Segment], budget: int, min_fill: float) -> list[range]
     return groups
 
 
-def _with_overlap(
-    text: str, segments: list[_Segment], groups: list[range], overlap_tokens: int
-) -> list[Chunk]:
+def _with_overlap(text: str, segments: list[_Segment], groups: list[range], overlap_tokens: int) -> list[Chunk]:
     chunks: list[Chunk] = []
     for index, group in enumerate(groups):
         start, end = segments[group.start].start, segments[group.stop - 1].end
@@ -343,22 +339,26 @@ def _verified(
     chunks = _with_overlap(text, segments, groups, overlap_tokens)
     actual = counter.count_batch([chunk.text for chunk in chunks])
     for _ in range(MAX_REPACK_ROUNDS):
-        over = [i for i, (group, tokens) in enumerate(zip(groups, actual)) if tokens > budget and len(group) > 1]
+        over = [
+            i
+            for i, (group, tokens) in enumerate(zip(groups, actual, strict=True))
+            if tokens > budget and len(group) > 1
+        ]
         if not over:
             break
         new_groups: list[range] = []
         new_actual: list[int | None] = []
-        for i, (group, tokens) in enumerate(zip(groups, actual)):
+        for i, (group, tokens) in enumerate(zip(groups, actual, strict=True)):
             parts = _repacked(segments, group, tokens, budget, overlap_tokens, min_fill) if i in over else [group]
             new_groups.extend(parts)
             new_actual.extend([tokens] if i not in over else [None] * len(parts))
         groups = new_groups
         chunks = _with_overlap(text, segments, groups, overlap_tokens)
         todo = [i for i, tokens in enumerate(new_actual) if tokens is None]
-        for i, tokens in zip(todo, counter.count_batch([chunks[i].text for i in todo])):
+        for i, tokens in zip(todo, counter.count_batch([chunks[i].text for i in todo]), strict=True):
             new_actual[i] = tokens
         actual = [tokens or 0 for tokens in new_actual]
-    return [chunk.model_copy(update={"tokens": tokens}) for chunk, tokens in zip(chunks, actual)]
+    return [chunk.model_copy(update={"tokens": tokens}) for chunk, tokens in zip(chunks, actual, strict=True)]
 
 
 def _repacked(

@@ -9,11 +9,11 @@ import os
 import shlex
 import sys
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import wraps
+from functools import partial, wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -25,13 +25,14 @@ from .config import PipelineConfig
 from .documents import read_document
 from .errors import LlmxmrError, UsageError
 from .estimate import CostEstimate, batch_documents, estimate_cost, format_estimate, questions_by_document
-from .grounding import Citation
 from .executor import write_atomically
+from .grounding import Citation
 from .pipeline import MapReducePipeline, PipelineResult
 from .prompts import TASK_FAMILIES
 from .questions import Question, read_questions
 
 if TYPE_CHECKING:
+    from .bench import Method
     from .bench.infinitebench.data import DataSource
     from .bench.infinitebench.runner import BatchRun
 
@@ -104,14 +105,22 @@ def _llm_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     options = [
         click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML settings file."),
-        click.option("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:30000/v1 (default: embedded model)."),
+        click.option(
+            "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:30000/v1 (default: embedded model)."
+        ),
         click.option("--api-key", help="API key for the server (or LLMXMR_API_KEY)."),
         click.option("--model", help="Model name on the server (default: the first it lists)."),
-        click.option("--chunk-tokens", type=click.IntRange(min=1), help="Most document tokens per chunk (default: as many as fit; InfiniteBench 4096; the bundled model 2048)."),
+        click.option(
+            "--chunk-tokens",
+            type=click.IntRange(min=1),
+            help="Most document tokens per chunk "
+            "(default: as many as fit; InfiniteBench 4096; the bundled model 2048).",
+        ),
         click.option(
             "--concurrency",
             type=click.IntRange(min=1),
-            help="LLM calls in flight at once, shared by a batch's documents (default: 64 per server or gateway worker).",
+            help="LLM calls in flight at once, shared by a batch's documents "
+            "(default: 64 per server or gateway worker).",
         ),
         click.option("--context-window", type=click.IntRange(min=1), help="Model context window in tokens."),
         click.option("--tokenizer", help="auto, tiktoken, server, or a local Hugging Face tokenizer directory."),
@@ -124,7 +133,8 @@ def _llm_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--grounding",
             type=click.Choice(["off", "cap", "strict"]),
-            help="Answers whose quotes are not in the text: trusted (off), capped or dropped (cap; default), dropped (strict).",
+            help="Answers whose quotes are not in the text: "
+            "trusted (off), capped or dropped (cap; default), dropped (strict).",
         ),
     ]
     for option in reversed(options):
@@ -140,16 +150,30 @@ def main() -> None:
 
 @main.command()
 @click.option("--input", "input_path", required=True, help="Document file, or - for standard input.")
-@click.option("--question", "question_texts", multiple=True, help="A question about the document (repeat for several: one reading answers them all).")
-@click.option("--questions", "questions_path", type=click.Path(dir_okay=False), help='File of questions: one per line, or JSONL {"id", "question"}.')
+@click.option(
+    "--question",
+    "question_texts",
+    multiple=True,
+    help="A question about the document (repeat for several: one reading answers them all).",
+)
+@click.option(
+    "--questions",
+    "questions_path",
+    type=click.Path(dir_okay=False),
+    help='File of questions: one per line, or JSONL {"id", "question"}.',
+)
 @click.option("--password", help="Password of an encrypted PDF.")
 @_llm_options
 @click.option("--task-type", type=click.Choice(TASK_FAMILIES), help="Task family, which picks the prompts.")
-@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON (several questions: one object per line).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the whole result as JSON (several questions: one object per line)."
+)
 @click.option("--no-citations", is_flag=True, help="Print the answer without the quotes it rests on.")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Write every call to this JSON file.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--dry-run", is_flag=True, help="Make no LLM call: print the chunks, calls and prompt tokens the run would take.")
+@click.option(
+    "--dry-run", is_flag=True, help="Make no LLM call: print the chunks, calls and prompt tokens the run would take."
+)
 @_reports_errors
 def run(
     input_path: str,
@@ -180,13 +204,17 @@ def run(
         (result,) = results
         if trace_path:
             write_atomically(Path(trace_path), result.model_dump_json(indent=2))
-        click.echo(result.model_dump_json(indent=2, exclude={"trace": {"calls"}}) if as_json else _answer_text(result, no_citations))
+        click.echo(
+            result.model_dump_json(indent=2, exclude={"trace": {"calls"}})
+            if as_json
+            else _answer_text(result, no_citations)
+        )
         click.echo(_summary(result), err=True)
         return
     if trace_path:
-        traced = [{"id": q.id, **r.model_dump(mode="json")} for q, r in zip(questions, results)]
+        traced = [{"id": q.id, **r.model_dump(mode="json")} for q, r in zip(questions, results, strict=True)]
         write_atomically(Path(trace_path), json.dumps(traced, indent=2))
-    for number, (question, result) in enumerate(zip(questions, results), 1):
+    for number, (question, result) in enumerate(zip(questions, results, strict=True), 1):
         if as_json:
             click.echo(json.dumps({"id": question.id, **result.model_dump(mode="json", exclude={"trace": {"calls"}})}))
         else:
@@ -207,7 +235,12 @@ CHAT_STATE_CACHE_MB = 1024
 @click.option("--password", help="Password of an encrypted PDF.")
 @_llm_options
 @click.option("--task-type", type=click.Choice(TASK_FAMILIES), help="Task family, which picks the prompts.")
-@click.option("--state-cache-mb", type=click.IntRange(min=0), help=f"Embedded model: memory for its state after each chunk, so later questions do not read a chunk again (default: embedded.state_cache_mb if your config sets it, else {CHAT_STATE_CACHE_MB}).")
+@click.option(
+    "--state-cache-mb",
+    type=click.IntRange(min=0),
+    help="Embedded model: memory for its state after each chunk, so later questions do not read a chunk again "
+    f"(default: embedded.state_cache_mb if your config sets it, else {CHAT_STATE_CACHE_MB}).",
+)
 @click.option("--no-citations", is_flag=True, help="Print answers without the quotes they rest on.")
 @_reports_errors
 def chat(
@@ -232,7 +265,7 @@ def chat(
     document = read_document(input_path, max_bytes=int(config.max_document_mb * 2**20), password=password)
     for warning in document.warnings:
         click.echo(f"warning: {document.name}: {warning}", err=True)
-    with asyncio.Runner() as runner:
+    with asyncio.Runner() as runner:  # one event loop across the questions, and Ctrl-C cancels one
         client = make_client(config)
         pipeline = MapReducePipeline(config, client=client, progress=True)
         try:
@@ -284,7 +317,10 @@ def _answer_text(result: PipelineResult, no_citations: bool) -> str:
     if result.found and not result.complete:
         unread = len(result.unread_chunks)
         them = "it" if unread == 1 else "them"
-        lines.append(f"(incomplete: {unread} of {len(result.chunks)} chunks unread, the confidence scaled; a rerun retries {them})")
+        lines.append(
+            f"(incomplete: {unread} of {len(result.chunks)} chunks unread, the confidence scaled; "
+            f"a rerun retries {them})"
+        )
     if result.citations and not no_citations:
         lines.append(_citations(result.citations))
     return "\n".join(lines)
@@ -295,7 +331,10 @@ def _citations(citations: list[Citation]) -> str:
     for number, citation in enumerate(citations, 1):
         quote = " ".join(citation.quote.split())
         where = f"{citation.location}, " if citation.location else ""
-        lines.append(f'  [{number}] {where}chunk {citation.chunk}, line {citation.line}, chars {citation.start}-{citation.end}: "{quote}"')
+        lines.append(
+            f"  [{number}] {where}chunk {citation.chunk}, line {citation.line}, "
+            f'chars {citation.start}-{citation.end}: "{quote}"'
+        )
     return "\n".join(lines)
 
 
@@ -309,19 +348,39 @@ def _summary(result: PipelineResult) -> str:
     profile = f" (profile {result.model_profile})" if result.model_profile else ""
     return (
         f"confidence {result.confidence:g}/5 · {len(result.chunks)} chunks · {totals.calls} calls{reasks}{failed} · "
-        f"{totals.prompt_tokens + totals.completion_tokens:,} tokens{cached} · {totals.wall_time_s:.1f} s · {result.model}{profile}"
+        f"{totals.prompt_tokens + totals.completion_tokens:,} tokens{cached} · {totals.wall_time_s:.1f} s · "
+        f"{result.model}{profile}"
     )
 
 
 @main.command()
-@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False), help='JSONL: {"id", "question", "document" | "path"} per line.')
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for results.jsonl and summary.json.")
-@click.option("--documents-in-flight", type=click.IntRange(min=1), help="Documents open at once (default: twice the concurrency, but no more than the server runs requests at once: 1 embedded or on llama-cpp-python's server).")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help='JSONL: {"id", "question", "document" | "path"} per line.',
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for results.jsonl and summary.json.",
+)
+@click.option(
+    "--documents-in-flight",
+    type=click.IntRange(min=1),
+    help="Documents open at once (default: twice the concurrency, but no more than the server runs requests "
+    "at once: 1 embedded or on llama-cpp-python's server).",
+)
 @_llm_options
 @click.option("--task-type", type=click.Choice(TASK_FAMILIES), help="Task family, which picks the prompts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the totals as JSON instead of a table.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--dry-run", is_flag=True, help="Make no LLM call: print the chunks, calls and prompt tokens the run would take.")
+@click.option(
+    "--dry-run", is_flag=True, help="Make no LLM call: print the chunks, calls and prompt tokens the run would take."
+)
 @_reports_errors
 def batch(
     input_path: str,
@@ -354,18 +413,52 @@ def batch(
         sys.exit(130)
     click.echo(report.model_dump_json(indent=2) if as_json else batches.format_report(report))
     if report.failures:
-        raise LlmxmrError(f"{report.failures} document(s) failed and have no result; rerun the same command to retry them")
+        raise LlmxmrError(
+            f"{report.failures} document(s) failed and have no result; rerun the same command to retry them"
+        )
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.option("--local", is_flag=True, help="Serve a local GGUF with llama.cpp (llama-cpp-python's server) instead of SGLang.")
-@click.option("--model-path", "--model", "model_path", help=f"SGLang: Hugging Face id or local path (default {serving.DEFAULT_MODEL}); --local: a GGUF file (default: the bundled SmolLM2).")
+@click.option(
+    "--local", is_flag=True, help="Serve a local GGUF with llama.cpp (llama-cpp-python's server) instead of SGLang."
+)
+@click.option(
+    "--model-path",
+    "--model",
+    "model_path",
+    help=f"SGLang: Hugging Face id or local path (default {serving.DEFAULT_MODEL}); "
+    "--local: a GGUF file (default: the bundled SmolLM2).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), help=f"Default: 30000 (SGLang), {local_servers.DEFAULT_PORT} (--local).")
-@click.option("--context-length", "--n-ctx", "context_length", type=click.IntRange(min=256), help="Context window in tokens (SGLang: the model's own; --local: embedded.n_ctx).")
-@click.option("--dp", "dp_size", default=1, show_default=True, type=click.IntRange(min=1), help="Replicas of the model on this node (SGLang's --dp-size).")
-@click.option("--extra-buffers", type=click.Choice(["auto", "on", "off"]), help="--local: llama.cpp's extra buffer types (default: embedded.extra_buffers, auto).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML settings file (--local reads its embedded section).")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), help=f"Default: 30000 (SGLang), {local_servers.DEFAULT_PORT} (--local)."
+)
+@click.option(
+    "--context-length",
+    "--n-ctx",
+    "context_length",
+    type=click.IntRange(min=256),
+    help="Context window in tokens (SGLang: the model's own; --local: embedded.n_ctx).",
+)
+@click.option(
+    "--dp",
+    "dp_size",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Replicas of the model on this node (SGLang's --dp-size).",
+)
+@click.option(
+    "--extra-buffers",
+    type=click.Choice(["auto", "on", "off"]),
+    help="--local: llama.cpp's extra buffer types (default: embedded.extra_buffers, auto).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="YAML settings file (--local reads its embedded section).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the command instead of running it.")
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 @_reports_errors
@@ -387,12 +480,15 @@ def serve(
     if local:
         if extra or dp_size != 1:
             raise UsageError("--local takes no --dp and no extra server arguments")
-        config = PipelineConfig.load(config_path, **{"embedded.extra_buffers": extra_buffers, "embedded.n_ctx": context_length})
+        flags: dict[str, Any] = {"embedded.extra_buffers": extra_buffers, "embedded.n_ctx": context_length}
+        config = PipelineConfig.load(config_path, **flags)
         _serve_local(config, model_path, host, port or local_servers.DEFAULT_PORT, dry_run)
         return
     if extra_buffers or config_path:
         raise UsageError("--extra-buffers and --config go with --local")
-    command = serving.sglang_command(model_path or serving.DEFAULT_MODEL, host, port or 30000, context_length, extra, dp_size)
+    command = serving.sglang_command(
+        model_path or serving.DEFAULT_MODEL, host, port or 30000, context_length, extra, dp_size
+    )
     if dry_run:
         click.echo(shlex.join(command))
         return
@@ -408,9 +504,13 @@ def _serve_local(config: PipelineConfig, model_path: str | None, host: str, port
     if not path.is_file():
         raise UsageError(f"GGUF model file not found: {path}")
     plan = local_servers.LocalServerPlan(
-        model_path=path, host=host, port=port, n_ctx=config.embedded.n_ctx, threads=config.embedded.threads,
+        model_path=path,
+        host=host,
+        port=port,
+        n_ctx=config.embedded.n_ctx,
+        threads=config.embedded.threads,
         extra_buffers=extra_buffers_enabled(config.embedded.extra_buffers, path),
-    )  # fmt: skip
+    )
     if dry_run:
         click.echo(shlex.join(plan.command()))
         return
@@ -425,12 +525,33 @@ def _serve_local(config: PipelineConfig, model_path: str | None, host: str, port
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.option("--workers", required=True, help="Comma-separated worker URLs, e.g. http://10.0.0.1:30000,http://10.0.0.2:30000.")
-@click.option("--host", default=gateways.LOOPBACK, show_default=True, help="Address to listen on; the gateway has no authentication.")
+@click.option(
+    "--workers", required=True, help="Comma-separated worker URLs, e.g. http://10.0.0.1:30000,http://10.0.0.2:30000."
+)
+@click.option(
+    "--host",
+    default=gateways.LOOPBACK,
+    show_default=True,
+    help="Address to listen on; the gateway has no authentication.",
+)
 @click.option("--port", default=gateways.DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--policy", type=click.Choice(gateways.POLICIES), help="How smg picks a worker (default: power_of_two; round_robin for one worker).")
-@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Port of smg's Prometheus metrics on 127.0.0.1 (default: a free one).")
-@click.option("--startup-timeout", default=gateways.STARTUP_TIMEOUT_S, show_default=True, type=click.FloatRange(min=1), help="Seconds to wait for every worker to register.")
+@click.option(
+    "--policy",
+    type=click.Choice(gateways.POLICIES),
+    help="How smg picks a worker (default: power_of_two; round_robin for one worker).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Port of smg's Prometheus metrics on 127.0.0.1 (default: a free one).",
+)
+@click.option(
+    "--startup-timeout",
+    default=gateways.STARTUP_TIMEOUT_S,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="Seconds to wait for every worker to register.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the command instead of running it.")
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 @_reports_errors
@@ -479,7 +600,9 @@ def bench() -> None:
 @bench.command()
 @click.option("--task", required=True, help="InfiniteBench task, e.g. passkey or longbook_qa_eng.")
 @click.option("--preds", required=True, help='Predictions JSONL: {"id", "prediction", "ground_truth"} per line.')
-@click.option("--scorer", default="official", show_default=True, help="official (InfiniteBench) or lenient (LLM x MapReduce).")
+@click.option(
+    "--scorer", default="official", show_default=True, help="official (InfiniteBench) or lenient (LLM x MapReduce)."
+)
 @click.option("--model", help='Only for math_calc: "gpt4" applies InfiniteBench\'s GPT-4 rule.')
 @click.option("--json", "as_json", is_flag=True, help="Print {task, scorer, n, score} as JSON.")
 @_reports_errors
@@ -495,7 +618,12 @@ def score(task: str, preds: str, scorer: str, model: str | None, as_json: bool) 
 
 
 @bench.command()
-@click.option("--task", "tasks", required=True, help="Comma-separated synthetic tasks: passkey, number_string, kv_retrieval, math_find.")
+@click.option(
+    "--task",
+    "tasks",
+    required=True,
+    help="Comma-separated synthetic tasks: passkey, number_string, kv_retrieval, math_find.",
+)
 @click.option("--length", required=True, help="Context length in cl100k tokens, e.g. 16k, 128k, 2000.")
 @click.option("--n", "count", default=20, show_default=True, type=click.IntRange(min=1), help="Examples per task.")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -523,14 +651,33 @@ def generate(tasks: str, length: str, count: int, seed: int, out: str) -> None:
 @click.option("--data", "data_file", type=click.Path(dir_okay=False), help="One task's JSONL file.")
 @click.option("--hf", is_flag=True, help="Download the data from the Hugging Face Hub (needs llmxmr[hf]).")
 @click.option("--hf-revision", help="Dataset commit, branch or tag for --hf (default: main, pinned at the first run).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for preds_<task>.jsonl and summary.json.")
-@click.option("--method", type=click.Choice(["mr", "direct"]), default="mr", show_default=True, help="Map-reduce, or one call with the middle cut.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for preds_<task>.jsonl and summary.json.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["mr", "direct"]),
+    default="mr",
+    show_default=True,
+    help="Map-reduce, or one call with the middle cut.",
+)
 @click.option("--limit", type=click.IntRange(min=1), help="The first N examples of each task.")
-@click.option("--examples-in-flight", type=click.IntRange(min=1), help="Examples run at once (default: 8 for --method mr, twice the concurrency for direct, but no more than the server runs requests at once: 1 embedded or on llama-cpp-python's server).")
+@click.option(
+    "--examples-in-flight",
+    type=click.IntRange(min=1),
+    help="Examples run at once (default: 8 for --method mr, twice the concurrency for direct, but no more than "
+    "the server runs requests at once: 1 embedded or on llama-cpp-python's server).",
+)
 @_llm_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--dry-run", is_flag=True, help="Make no LLM call: print the chunks, calls and prompt tokens the run would take.")
+@click.option(
+    "--dry-run", is_flag=True, help="Make no LLM call: print the chunks, calls and prompt tokens the run would take."
+)
 @_reports_errors
 def infinitebench(
     tasks: str,
@@ -539,7 +686,7 @@ def infinitebench(
     hf: bool,
     hf_revision: str | None,
     out_dir: str,
-    method: str,
+    method: Method,
     limit: int | None,
     examples_in_flight: int | None,
     settings: _Settings,
@@ -567,7 +714,7 @@ def infinitebench(
         source = data.DataSource(data_dir=data_dir, data_file=data_file)
     runner = BatchRun(
         out_dir,
-        method=method,  # type: ignore[arg-type]
+        method=method,
         config_path=settings.config_path,
         overrides=settings.overrides,
         examples_in_flight=examples_in_flight,
@@ -582,14 +729,16 @@ def infinitebench(
     except KeyboardInterrupt:
         click.echo(f"interrupted: finished predictions are in {out_dir}; rerun the same command to resume", err=True)
         sys.exit(130)
-    summary = write_summary(out_dir, method, source, reports)  # type: ignore[arg-type]
+    summary = write_summary(out_dir, method, source, reports)
     click.echo(json.dumps(summary, indent=2) if as_json else format_table(reports))
     failed = sum(r.failed_examples for r in reports)
     if failed:
         raise LlmxmrError(f"{failed} example(s) failed and have no prediction; rerun the same command to retry them")
 
 
-def _estimate_tasks(runner: BatchRun, names: list[str], source: DataSource, limit: int | None, as_json: bool, method: str) -> None:
+def _estimate_tasks(
+    runner: BatchRun, names: list[str], source: DataSource, limit: int | None, as_json: bool, method: str
+) -> None:
     """``infinitebench --dry-run``: each task's estimate over its examples, those that share a
     context together, as the run groups them."""
     from .bench.infinitebench.data import read_examples
@@ -601,16 +750,16 @@ def _estimate_tasks(runner: BatchRun, names: list[str], source: DataSource, limi
     jobs = []
     for task in names:
         examples = read_examples(source.path_for(task), limit)
-        grouped = questions_by_document(examples, lambda e: text_sha256(e.context), lambda e: question_for(task, e))
+        grouped = questions_by_document(examples, lambda e: text_sha256(e.context), partial(question_for, task))
         jobs.append((runner.config_for(task), [(first.context, questions) for first, questions in grouped]))
-    estimates = dict(zip(names, _estimated(jobs)))
+    estimates = dict(zip(names, _estimated(jobs), strict=True))
     if as_json:
         click.echo(json.dumps({task: e.model_dump(mode="json") for task, e in estimates.items()}, indent=2))
     else:
         click.echo("\n\n".join(f"{task}\n{format_estimate(e)}" for task, e in estimates.items()))
 
 
-def _estimated(jobs: list[tuple[PipelineConfig, Iterable[tuple[str, Sequence[str]]]]]) -> list[CostEstimate]:
+def _estimated(jobs: Sequence[tuple[PipelineConfig, Iterable[tuple[str, Sequence[str]]]]]) -> list[CostEstimate]:
     """``estimate_cost`` of each (config, documents), through one client opened from the first
     config: it gives the context window and the token counter; no LLM call is made."""
     import asyncio
@@ -635,25 +784,81 @@ def _task_list(tasks: str) -> list[str]:
 
 
 @bench.command()
-@click.option("--haystack", type=click.Path(exists=True), help="A folder of .txt files (read in name order) or one text file.")
-@click.option("--lengths", default="2k:16k:4", show_default=True, help="Context lengths in tokens: a list (2k,8k,32k) or min:max:count.")
-@click.option("--depths", default="0:100:5", show_default=True, help="Needle depths in percent: a list (0,50,100) or min:max:count.")
-@click.option("--depth-spacing", type=click.Choice(["linear", "sigmoid"]), default="linear", show_default=True, help="How a depth range is spaced.")
+@click.option(
+    "--haystack", type=click.Path(exists=True), help="A folder of .txt files (read in name order) or one text file."
+)
+@click.option(
+    "--lengths",
+    default="2k:16k:4",
+    show_default=True,
+    help="Context lengths in tokens: a list (2k,8k,32k) or min:max:count.",
+)
+@click.option(
+    "--depths",
+    default="0:100:5",
+    show_default=True,
+    help="Needle depths in percent: a list (0,50,100) or min:max:count.",
+)
+@click.option(
+    "--depth-spacing",
+    type=click.Choice(["linear", "sigmoid"]),
+    default="linear",
+    show_default=True,
+    help="How a depth range is spaced.",
+)
 @click.option("--needle", help="Your own needle sentence (default: the San Francisco sandwich).")
 @click.option("--question", help="The question that --needle answers.")
-@click.option("--answer", "answers", multiple=True, help="A string the answer must contain (repeatable); each must occur in --needle.")
+@click.option(
+    "--answer",
+    "answers",
+    multiple=True,
+    help="A string the answer must contain (repeatable); each must occur in --needle.",
+)
 @click.option("--ruler-keys", type=click.IntRange(min=1), help="RULER-style needles: keys asked for (multi-query).")
 @click.option("--ruler-values", type=click.IntRange(min=1), help="RULER-style: values per asked key (multi-value).")
 @click.option("--ruler-distractors", type=click.IntRange(min=0), help="RULER-style: needles of keys not asked for.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the RULER-style keys and values.")
-@click.option("--method", type=click.Choice(["mr", "direct"]), default="mr", show_default=True, help="Map-reduce, or one call with the middle cut.")
-@click.option("--judge", is_flag=True, help="Also grade each answer 1-10 with the model, as the reference test does; the heatmap shows that grade.")
-@click.option("--buffer", default=200, show_default=True, type=click.IntRange(min=0), help="Tokens of each length left for the prompt and reply, as in the reference test.")
-@click.option("--cells-in-flight", type=click.IntRange(min=1), help="Cells run at once (default: 4, but no more than the server runs requests at once: 1 embedded or on llama-cpp-python's server).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder: cells/, run.json, heatmap.png, grid.csv, summary.json.")
-@click.option("--plot-only", "plot_dir", type=click.Path(file_okay=False, exists=True), help="Redraw the heatmap, CSV and summary of a run folder; run nothing.")
+@click.option(
+    "--method",
+    type=click.Choice(["mr", "direct"]),
+    default="mr",
+    show_default=True,
+    help="Map-reduce, or one call with the middle cut.",
+)
+@click.option(
+    "--judge",
+    is_flag=True,
+    help="Also grade each answer 1-10 with the model, as the reference test does; the heatmap shows that grade.",
+)
+@click.option(
+    "--buffer",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Tokens of each length left for the prompt and reply, as in the reference test.",
+)
+@click.option(
+    "--cells-in-flight",
+    type=click.IntRange(min=1),
+    help="Cells run at once (default: 4, but no more than the server runs requests at once: "
+    "1 embedded or on llama-cpp-python's server).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Run folder: cells/, run.json, heatmap.png, grid.csv, summary.json.",
+)
+@click.option(
+    "--plot-only",
+    "plot_dir",
+    type=click.Path(file_okay=False, exists=True),
+    help="Redraw the heatmap, CSV and summary of a run folder; run nothing.",
+)
 @_llm_options
-@click.option("--task-type", type=click.Choice(TASK_FAMILIES), help="Prompt family for --method mr (default: retrieval).")
+@click.option(
+    "--task-type", type=click.Choice(TASK_FAMILIES), help="Prompt family for --method mr (default: retrieval)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_reports_errors
@@ -669,7 +874,7 @@ def niah(
     ruler_values: int | None,
     ruler_distractors: int | None,
     seed: int,
-    method: str,
+    method: Method,
     judge: bool,
     buffer: int,
     cells_in_flight: int | None,
@@ -714,7 +919,7 @@ def niah(
     run_settings = RunSettings(
         haystack=str(Path(haystack).resolve()),
         needles=needle_set,
-        method=method,  # type: ignore[arg-type]
+        method=method,
         judge=judge,
         buffer=buffer,
         task_type=config.task_type,

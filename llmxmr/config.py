@@ -23,7 +23,11 @@ from .llama_safety import ExtraBuffers
 from .prompts import TaskFamily
 from .resources import data_dir
 
-ENVIRONMENT = {"LLMXMR_BASE_URL": ("llm", "base_url"), "LLMXMR_API_KEY": ("llm", "api_key"), "LLMXMR_MODEL": ("llm", "model")}
+ENVIRONMENT = {
+    "LLMXMR_BASE_URL": ("llm", "base_url"),
+    "LLMXMR_API_KEY": ("llm", "api_key"),
+    "LLMXMR_MODEL": ("llm", "model"),
+}
 
 
 class _Section(BaseModel):
@@ -120,14 +124,23 @@ class PipelineConfig(_Section):
             if value is not None:
                 _set_dotted(flags, dotted, value)
         values = copy.deepcopy(defaults)
-        for layer, source in ((dict(preset or {}), "the task's preset"), (user, str(path)), (environment, "the environment"), (flags, "the command line")):
+        for layer, source in (
+            (dict(preset or {}), "the task's preset"),
+            (user, str(path)),
+            (environment, "the environment"),
+            (flags, "the command line"),
+        ):
             _merge(values, copy.deepcopy(layer), source)
         try:
             config = cls.model_validate(values)
         except ValidationError as exc:
             where = _first_error(exc)
-            raise ConfigError(f"invalid setting {where}{_source(where, path, environment, flags)}: {_message(exc)}") from exc
-        config._explicit = frozenset(key for layer in (preset or {}, user, environment, flags) for key in _dotted_keys(layer))
+            raise ConfigError(
+                f"invalid setting {where}{_source(where, path, environment, flags)}: {_message(exc)}"
+            ) from exc
+        config._explicit = frozenset(
+            key for layer in (preset or {}, user, environment, flags) for key in _dotted_keys(layer)
+        )
         config._defaults = {key: _get_dotted(defaults, key) for key in _dotted_keys(defaults)}
         for name in config.model_profiles:
             config._with_profile(name)  # a bad profile is found now, not once a run meets its model
@@ -139,7 +152,9 @@ class PipelineConfig(_Section):
         profile changes only settings still at their defaults (configs/default.yaml): what a
         harness's preset, the user's YAML, the environment, a flag or code set stays."""
         name = model_name.lower()
-        matching = [key for key, settings in self.model_profiles.items() if settings is not None and key.lower() in name]
+        matching = [
+            key for key, settings in self.model_profiles.items() if settings is not None and key.lower() in name
+        ]
         profile = max(matching, key=len, default=None)
         if profile == self._profile:
             return self
@@ -157,7 +172,9 @@ class PipelineConfig(_Section):
         for dotted in _dotted_keys(settings):
             if not dotted.startswith(_PROFILE_KEYS):
                 allowed = ", ".join(f"{key}*" if key.endswith(".") else key for key in _PROFILE_KEYS)
-                raise ConfigError(f"invalid setting model_profiles.{name}.{dotted}: a model profile sets only {allowed}")
+                raise ConfigError(
+                    f"invalid setting model_profiles.{name}.{dotted}: a model profile sets only {allowed}"
+                )
             if dotted not in self._explicit and _get_dotted(values, dotted) == self._defaults.get(dotted):
                 _set_dotted(values, dotted, _get_dotted(settings, dotted))
         try:
@@ -175,7 +192,14 @@ class PipelineConfig(_Section):
 
 # What a profile may set: the settings a run reads once it knows its model. (The client, the call
 # budget and the task family are chosen before that.)
-_PROFILE_KEYS = ("chunking.", "generation.", "grounding.", "llm.max_string_chars", "llm.map_question_first", "llm.temperature")
+_PROFILE_KEYS = (
+    "chunking.",
+    "generation.",
+    "grounding.",
+    "llm.max_string_chars",
+    "llm.map_question_first",
+    "llm.temperature",
+)
 
 
 def _source(dotted: str, path: str | Path | None, environment: dict[str, Any], flags: dict[str, Any]) -> str:
@@ -208,9 +232,10 @@ def _dotted_keys(values: Mapping[str, Any], prefix: str = "") -> list[str]:
 
 
 def _get_dotted(values: Mapping[str, Any], dotted: str) -> Any:
+    found: Any = values
     for part in dotted.split("."):
-        values = values.get(part) if isinstance(values, Mapping) else None
-    return values
+        found = found.get(part) if isinstance(found, Mapping) else None
+    return found
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

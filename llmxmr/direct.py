@@ -72,7 +72,9 @@ async def answer_directly(
     reply = await client.chat(
         ChatRequest(messages=build_messages(kept), max_tokens=max_tokens, temperature=config.llm.temperature)
     )
-    record = CallRecord(stage="direct", chunk_indices=[], attempts=1, output={"text": reply.text, "finish_reason": reply.finish_reason})
+    record = CallRecord(
+        stage="direct", chunk_indices=[], attempts=1, output={"text": reply.text, "finish_reason": reply.finish_reason}
+    )
     add_usage(record, reply)
     record.latency_s = round(time.perf_counter() - started, 4)
     trace = Trace(calls=[record], wall_time_s=time.perf_counter() - started)

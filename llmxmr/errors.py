@@ -31,9 +31,7 @@ class MissingExtraError(UsageError):
     """An optional dependency is needed for what was asked."""
 
     def __init__(self, package: str, extra: str, purpose: str) -> None:
-        super().__init__(
-            f"{purpose} needs the '{package}' package: pip install 'llmxmr[{extra}]'"
-        )
+        super().__init__(f"{purpose} needs the '{package}' package: pip install 'llmxmr[{extra}]'")
 
 
 class ServerError(LlmxmrError):

@@ -193,20 +193,27 @@ def _document_cost(config: PipelineConfig, plan: ReadingPlan, instructions: int)
         map_tokens += sum(calls)
         chunk_prefixes += prefix - instructions
         question_parts += sum(calls) - prefix * len(calls)
-    later = [_later_stages(config, plan, question, token_plan) for question, token_plan in zip(questions, plan.token_plans)]
+    later = [
+        _later_stages(config, plan, question, token_plan)
+        for question, token_plan in zip(questions, plan.token_plans, strict=True)
+    ]
     return DocumentCost(
         questions=len(questions),
         chunks=len(chunks),
         chunk_tokens=plan.chunk_tokens,
         map=StageCost(calls=len(chunks) * len(questions), prompt_tokens=map_tokens, bound=False),
-        collapse=StageCost(calls=sum(calls for calls, _, _ in later), prompt_tokens=sum(t for _, t, _ in later), bound=True),
+        collapse=StageCost(
+            calls=sum(calls for calls, _, _ in later), prompt_tokens=sum(t for _, t, _ in later), bound=True
+        ),
         reduce=StageCost(calls=len(questions), prompt_tokens=sum(t for _, _, t in later), bound=True),
         chunk_prefix_tokens=chunk_prefixes,
         question_tokens=question_parts,
     )
 
 
-def _later_stages(config: PipelineConfig, plan: ReadingPlan, question: str, token_plan: TokenPlan) -> tuple[int, int, int]:
+def _later_stages(
+    config: PipelineConfig, plan: ReadingPlan, question: str, token_plan: TokenPlan
+) -> tuple[int, int, int]:
     """At most how many collapse calls one question makes, their prompt tokens, and the prompt
     tokens of its reduce call.
 
@@ -273,8 +280,15 @@ def format_estimate(estimate: CostEstimate) -> str:
         "",
         f"{'stage':<10}{'calls':>16}{'prompt tokens':>22}",
     ]
-    for name, stage in (("map", estimate.map), ("collapse", estimate.collapse), ("reduce", estimate.reduce), ("total", estimate.total)):
-        lines.append(f"{name:<10}{_figure(stage.calls, stage.bound):>16}{_figure(stage.prompt_tokens, stage.bound):>22}")
+    for name, stage in (
+        ("map", estimate.map),
+        ("collapse", estimate.collapse),
+        ("reduce", estimate.reduce),
+        ("total", estimate.total),
+    ):
+        lines.append(
+            f"{name:<10}{_figure(stage.calls, stage.bound):>16}{_figure(stage.prompt_tokens, stage.bound):>22}"
+        )
     map_tokens = estimate.map.prompt_tokens
     share = estimate.cacheable_tokens / map_tokens if map_tokens else 0.0
     lines += [

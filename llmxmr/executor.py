@@ -233,7 +233,7 @@ class Executor:
                         bar.set_postfix_str(job.postfix(), refresh=False)
                     bar.update(len(unit))
             done: list[tuple[str, Result]] = []
-            for item, outcome in zip(unit, outcomes):
+            for item, outcome in zip(unit, outcomes, strict=True):
                 if isinstance(outcome, LlmxmrError):
                     failures += 1
                     log(f"{job.name} {job.unit} {job.key(item)} failed: {outcome}")

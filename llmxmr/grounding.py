@@ -88,7 +88,9 @@ class _Normalised:
         if start <= self.normalised_starts[first]:
             begin = self.original_starts[first]
         else:
-            begin = min(self.original_starts[first] + (start - self.normalised_starts[first]), self.original_ends[first])
+            begin = min(
+                self.original_starts[first] + (start - self.normalised_starts[first]), self.original_ends[first]
+            )
         if end >= self.normalised_ends[last]:
             finish = self.original_ends[last]
         else:
@@ -248,9 +250,7 @@ def contains_phrase(text: str, phrase: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(wanted)}(?!\w)", normalise(text).text) is not None
 
 
-def locate_all(
-    quotes: Sequence[str], chunk: Chunk, document: DocumentIndex, threshold: float
-) -> list[Citation]:
+def locate_all(quotes: Sequence[str], chunk: Chunk, document: DocumentIndex, threshold: float) -> list[Citation]:
     """The quotes of a map reply that were found in or at the edge of its chunk, each span once,
     in document order."""
     region = cache(lambda: _region(chunk, document))  # built only when a quote is not verbatim
@@ -300,7 +300,11 @@ def carried_forward(quotes: Sequence[str], citations: Sequence[Citation], thresh
             if long_enough(wanted) and (
                 contains_phrase(cited, wanted)
                 or contains_phrase(wanted, cited)
-                or (fuzz.ratio(wanted, cited) >= threshold and same_numbers(wanted, cited) and same_numbers(cited, wanted))
+                or (
+                    fuzz.ratio(wanted, cited) >= threshold
+                    and same_numbers(wanted, cited)
+                    and same_numbers(cited, wanted)
+                )
             ):
                 kept.append(citation)
                 break
@@ -369,4 +373,3 @@ def distinctive_words(answer: str, ignoring: frozenset[str] = frozenset()) -> se
             or len(word) >= _LONG_WORD
         )
     }
-

@@ -84,15 +84,22 @@ def probe(command: Sequence[str], timeout_s: float | None = None) -> ProbeVerdic
     try:
         finished = subprocess.run(list(command), capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
-        return ProbeVerdict(safe=False, detail=f"the probe did not finish in {timeout_s:g} s", seconds=timeout_s, cacheable=False)
+        return ProbeVerdict(
+            safe=False, detail=f"the probe did not finish in {timeout_s:g} s", seconds=timeout_s, cacheable=False
+        )
     seconds = round(time.monotonic() - started, 3)
     if finished.returncode == 0:
         return ProbeVerdict(safe=True, detail="the probe decoded with them on", seconds=seconds, cacheable=True)
     if finished.returncode < 0:
-        return ProbeVerdict(safe=False, detail=f"a probe died of {signal_name(-finished.returncode)}", seconds=seconds, cacheable=True)
+        return ProbeVerdict(
+            safe=False, detail=f"a probe died of {signal_name(-finished.returncode)}", seconds=seconds, cacheable=True
+        )
     last_line = (finished.stderr.strip().splitlines() or ["no output"])[-1]
     return ProbeVerdict(
-        safe=False, detail=f"the probe exited with code {finished.returncode}: {last_line}", seconds=seconds, cacheable=False
+        safe=False,
+        detail=f"the probe exited with code {finished.returncode}: {last_line}",
+        seconds=seconds,
+        cacheable=False,
     )
 
 
@@ -176,7 +183,7 @@ def disable_extra_buffer_types() -> None:
 
     if getattr(native.llama_model_default_params, "_llmxmr_without_extra_buffers", False):
         return
-    if "use_extra_bufts" not in {name for name, _ in native.llama_model_params._fields_}:
+    if "use_extra_bufts" not in {field[0] for field in native.llama_model_params._fields_}:
         raise ConfigError(
             "this llama-cpp-python build cannot turn llama.cpp's extra buffer types off; "
             "upgrade llama-cpp-python, or set embedded.extra_buffers: on if this CPU runs them"

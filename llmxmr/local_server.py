@@ -88,7 +88,9 @@ def _wait_until_ready(process: subprocess.Popen[bytes], plan: LocalServerPlan) -
             if server.get_json("/models") is not None:  # the model is loaded once it is listed
                 return
             if time.monotonic() >= deadline:
-                raise LocalServerError(f"the local llama.cpp server at {plan.base_url} did not answer in {plan.startup_timeout_s:g} s")
+                raise LocalServerError(
+                    f"the local llama.cpp server at {plan.base_url} did not answer in {plan.startup_timeout_s:g} s"
+                )
             time.sleep(POLL_S)
     raise LocalServerError(_ended_message(process.returncode, plan, before_ready=True))
 
@@ -97,7 +99,10 @@ def _ended_message(code: int, plan: LocalServerPlan, before_ready: bool = False)
     when = " before it was ready" if before_ready else ""
     message = f"the local llama.cpp server {how_it_ended(code)}{when}"
     if code < 0 and plan.extra_buffers:
-        return f"{message}; if this CPU cannot run llama.cpp's extra buffer types, set embedded.extra_buffers: off (--extra-buffers off)"
+        return (
+            f"{message}; if this CPU cannot run llama.cpp's extra buffer types, "
+            "set embedded.extra_buffers: off (--extra-buffers off)"
+        )
     return f"{message}; its log is above"
 
 

@@ -69,7 +69,7 @@ def _text_protocol(text: str) -> dict[str, Any] | None:
     if not matches:
         return None
     fields: dict[str, Any] = {}
-    for match, following in zip(matches, matches[1:] + [None]):
+    for match, following in zip(matches, matches[1:] + [None], strict=True):
         key = next(k for k in _LABELS if match.group(k))
         end = following.start() if following else len(text)
         fields.setdefault(key, text[match.end() : end].strip())

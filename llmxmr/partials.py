@@ -27,7 +27,7 @@ class Partial(BaseModel):
 
 
 def label(chunk_indices: list[int]) -> str:
-    """"Chunk 3", "Chunks 3-5", or "Chunks 3, 5, 9" when chunks without information fell out."""
+    """The label "Chunk 3", "Chunks 3-5", or "Chunks 3, 5, 9" when chunks without information fell out."""
     first, last = chunk_indices[0], chunk_indices[-1]
     if first == last:
         return f"Chunk {first}"
@@ -36,7 +36,11 @@ def label(chunk_indices: list[int]) -> str:
     return "Chunks " + ", ".join(str(index) for index in chunk_indices)
 
 
-_SUPPORT_NOTE = {"verified": "; quoted from the text", "unverified": "; unverified: no quote found in the text", "unchecked": ""}
+_SUPPORT_NOTE = {
+    "verified": "; quoted from the text",
+    "unverified": "; unverified: no quote found in the text",
+    "unchecked": "",
+}
 
 
 def render_partial(partial: Partial) -> str:

@@ -186,6 +186,10 @@ class _Run:
         self.tasks: list[asyncio.Future[Any]] = []
         self.bar = tqdm(total=0, desc="map", unit="call", file=sys.stderr, disable=not progress, leave=False)
 
+    def _expect(self, calls: int) -> None:
+        """``calls`` more calls in the progress bar's total (tqdm types it as optional; it is set)."""
+        self.bar.total = (self.bar.total or 0) + calls
+
     async def execute(self, document: str, questions: list[str]) -> list[PipelineResult]:
         started = time.perf_counter()
         self.document = DocumentIndex(document)
@@ -195,7 +199,7 @@ class _Run:
             maps = self._start_maps(self.plan.chunks, asked)
             results = await gather_or_cancel(
                 self._answer(question, maps[question.index], token_plan, started)
-                for question, token_plan in zip(asked, self.plan.token_plans)
+                for question, token_plan in zip(asked, self.plan.token_plans, strict=True)
             )
         except BaseException:
             await self._cancel_all()
@@ -305,7 +309,9 @@ class _Run:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
-    def _start_maps(self, chunks: list[Chunk], questions: list[_Question]) -> list[list[asyncio.Future[Partial | None]]]:
+    def _start_maps(
+        self, chunks: list[Chunk], questions: list[_Question]
+    ) -> list[list[asyncio.Future[Partial | None]]]:
         """One task per chunk and question; the futures of each question, in chunk order.
 
         Serving engines reuse a prompt prefix only once it is cached, so calls wait in line for
@@ -315,7 +321,7 @@ class _Run:
         and the other questions' calls of that chunk follow it as soon as it is answered, ahead of
         later chunks, reusing the chunk's prefix (on a server with one slot and in-process too,
         where the previous prompt is the cache), while other chunks' calls keep the server busy."""
-        self.bar.total += len(chunks) * len(questions)
+        self._expect(len(chunks) * len(questions))
         self.bar.refresh()
         futures: list[list[asyncio.Future[Partial | None]]] = [[] for _ in questions]
         first: _WarmUp | None = None
@@ -363,7 +369,9 @@ class _Run:
         rendered = [render_partial(p) for p in partials]
         return [n + PARTIAL_HEADER_TOKENS for n in await asyncio.to_thread(self.plan.counter.count_batch, rendered)]
 
-    async def _collapse_in_rounds(self, partials: list[Partial], question: _Question, token_plan: TokenPlan) -> list[Partial]:
+    async def _collapse_in_rounds(
+        self, partials: list[Partial], question: _Question, token_plan: TokenPlan
+    ) -> list[Partial]:
         """The barrier scheduler: each round waits for all of the previous one."""
         while len(partials) > 1:  # one partial needs no sizes to go to the reduce
             sizes = await self._sizes(partials)
@@ -406,7 +414,7 @@ class _Run:
 
         async for batch in in_order(inputs):
             arrived = [p for p in batch if _informative(p)]
-            for partial, size in zip(arrived, await self._sizes(arrived) if arrived else []):
+            for partial, size in zip(arrived, await self._sizes(arrived) if arrived else [], strict=True):
                 partials.append(partial)
                 total += size
                 closed = grouper.add(size)
@@ -432,7 +440,7 @@ class _Run:
         if len(group) == 1:
             return group[0]
         self.bar.set_description("collapse")
-        self.bar.total += 1
+        self._expect(1)
         output, record = await self._call(
             "collapse",
             collapse.collapse_messages(self.plan.prompts, question.text, group),
@@ -450,7 +458,7 @@ class _Run:
 
     async def _reduce(self, partials: list[Partial], question: _Question) -> FinalAnswer:
         self.bar.set_description("reduce")
-        self.bar.total += 1
+        self._expect(1)
         output, record = await self._call(
             "reduce",
             reduce.reduce_messages(self.plan.prompts, question.text, partials),

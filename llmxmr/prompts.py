@@ -14,7 +14,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 from string import Template
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -22,10 +22,14 @@ from .errors import ConfigError
 from .resources import data_dir
 
 TaskFamily = Literal["qa", "choice", "retrieval", "code", "math", "summary", "zh"]
-TASK_FAMILIES: tuple[str, ...] = TaskFamily.__args__  # type: ignore[attr-defined]
+TASK_FAMILIES: tuple[str, ...] = get_args(TaskFamily)
 Stage = Literal["map", "collapse", "reduce"]
 
-_RUNTIME_VARIABLES = {"map": {"question", "chunk"}, "collapse": {"question", "partials"}, "reduce": {"question", "partials"}}
+_RUNTIME_VARIABLES = {
+    "map": {"question", "chunk"},
+    "collapse": {"question", "partials"},
+    "reduce": {"question", "partials"},
+}
 # What a map template may put after the chunk besides the question: its closing delimiter and a
 # short ask. What comes after the chunk is paid for by every question.
 MAX_TEMPLATE_AFTER_CHUNK = 200
@@ -71,9 +75,7 @@ class PromptSet(BaseModel):
     @property
     def question_slots(self) -> int:
         """How many times a map prompt writes the question."""
-        return sum(
-            (m.group("named") or m.group("braced")) == "question" for m in Template.pattern.finditer(self.map)
-        )
+        return sum((m.group("named") or m.group("braced")) == "question" for m in Template.pattern.finditer(self.map))
 
     def question_first(self) -> PromptSet:
         """This set with its question-first map template (which holds the instructions itself)."""
@@ -129,7 +131,9 @@ def _check_document_first(path: Path, text: str) -> None:
     before the chunk, or no two questions would share its prefix."""
     before = text[: text.index("$chunk")]
     if _placeholders(before) or len(before) > MAX_TEMPLATE_BEFORE_CHUNK:
-        raise ConfigError(f"{path}: the chunk must come first (the instructions go in map_system.md), then the question")
+        raise ConfigError(
+            f"{path}: the chunk must come first (the instructions go in map_system.md), then the question"
+        )
     after = text[text.index("$chunk") + len("$chunk") :].replace("$question", "")
     if len(after) > MAX_TEMPLATE_AFTER_CHUNK:
         raise ConfigError(f"{path}: only the question and a short ask may follow the chunk")
@@ -151,7 +155,9 @@ def load_prompts(family: str, root: Path | None = None) -> PromptSet:
     instructions = root / family / "map_system.md"
     map_system = Template(_read(instructions)).safe_substitute(snippets)
     if _placeholders(map_system):
-        raise ConfigError(f"{instructions}: the map instructions are the same for every call; no placeholder may be in them")
+        raise ConfigError(
+            f"{instructions}: the map instructions are the same for every call; no placeholder may be in them"
+        )
     question_first = root / family / "map_question_first.md"
     if question_first.exists():
         stages["map_question_first"] = Template(_read(question_first)).safe_substitute(snippets)

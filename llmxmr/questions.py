@@ -30,7 +30,9 @@ def read_questions(path: Path) -> list[Question]:
     for number, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 is text
         if not line.strip():
             continue
-        question = _parsed(line, number, path) if line.lstrip().startswith("{") else Question(id=number, question=line.strip())
+        question = (
+            _parsed(line, number, path) if line.lstrip().startswith("{") else Question(id=number, question=line.strip())
+        )
         if not question.question.strip():
             raise UsageError(f"{path}:{number}: the question is empty")
         questions.append(question)
@@ -47,4 +49,6 @@ def _parsed(line: str, number: int, path: Path) -> Question:
     try:
         return Question.model_validate(json.loads(line))
     except (ValueError, ValidationError) as exc:
-        raise UsageError(f'{path}:{number}: not a question line ({{"id": ..., "question": ...}}): {exc}'.splitlines()[0]) from exc
+        raise UsageError(
+            f'{path}:{number}: not a question line ({{"id": ..., "question": ...}}): {exc}'.splitlines()[0]
+        ) from exc

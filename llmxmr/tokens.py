@@ -68,9 +68,7 @@ class HFTokenizerCounter:
             raise MissingExtraError("transformers", "hf", "--tokenizer PATH") from exc
         if not Path(path).is_dir():
             raise ConfigError(f"tokenizer directory not found: {path}")
-        self._tokenizer = AutoTokenizer.from_pretrained(
-            str(path), local_files_only=True, trust_remote_code=False
-        )
+        self._tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
         self.name = f"hf:{path}"
 
     def count_batch(self, texts: Sequence[str]) -> list[int]:

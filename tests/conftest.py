@@ -95,7 +95,13 @@ def partial_reply(
     if evidence is None:
         evidence = [info] if answer is not None else []
     return json.dumps(
-        {"extracted_information": info, "evidence": evidence, "rationale": rationale, "answer": answer, "confidence": confidence}
+        {
+            "extracted_information": info,
+            "evidence": evidence,
+            "rationale": rationale,
+            "answer": answer,
+            "confidence": confidence,
+        }
     )
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Union
+from typing import Any
 
 import openai
 import pytest
@@ -33,7 +33,9 @@ class Answer:
     reset: bool = False
 
 
-def completion(content: str, *, prompt_tokens: int = 10, completion_tokens: int = 5, cached: int | None = None) -> Answer:
+def completion(
+    content: str, *, prompt_tokens: int = 10, completion_tokens: int = 5, cached: int | None = None
+) -> Answer:
     usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -55,7 +57,7 @@ def completion(content: str, *, prompt_tokens: int = 10, completion_tokens: int 
 
 # A script is a list of answers given in turn (the last one repeats), or a function of the
 # request body.
-Script = Union[list[Answer], Callable[[Any], Answer]]
+Script = list[Answer] | Callable[[Any], Answer]
 
 
 @dataclass
@@ -88,7 +90,9 @@ class FakeServer:
 
 
 def models(owned_by: str, **card: Any) -> Answer:
-    return Answer(body={"object": "list", "data": [{"id": "test-model", "object": "model", "owned_by": owned_by, **card}]})
+    return Answer(
+        body={"object": "list", "data": [{"id": "test-model", "object": "model", "owned_by": owned_by, **card}]}
+    )
 
 
 def sdk_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
@@ -175,7 +179,7 @@ def fake_server(scripts: dict[str, Script]) -> Iterator[FakeServer]:
             pass
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]  # clients that hang up
+    httpd.handle_error = lambda request, client_address: None  # clients that hang up
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
 

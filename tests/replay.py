@@ -91,7 +91,13 @@ class ReplyStore:
         reply = upstream.get(route) if body is None else upstream.post(route, json=body)
         response = reply.json()
         key = exchange_key(route, body)
-        self.exchanges[key] = {"key": key, "route": route, "about": _about(body), "status": reply.status_code, "response": response}
+        self.exchanges[key] = {
+            "key": key,
+            "route": route,
+            "about": _about(body),
+            "status": reply.status_code,
+            "response": response,
+        }
         return Answer(reply.status_code, response)
 
     def miss_message(self) -> str:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ConfigError, LLMCallError, MissingExtraError
 from ..llama_safety import ExtraBuffers, disable_extra_buffer_types, extra_buffers_enabled
@@ -45,9 +45,7 @@ class LlamaTokenCounter:
         self.name = f"gguf:{name}"
 
     def count_batch(self, texts: Sequence[str]) -> list[int]:
-        return [
-            len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)) for text in texts
-        ]
+        return [len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)) for text in texts]
 
 
 class EmbeddedLlamaClient:
@@ -128,8 +126,8 @@ class EmbeddedLlamaClient:
 
         with self._model_lock:
             llama_cpp.llama_perf_context_reset(self._llama.ctx)
-            completion = self._llama.create_chat_completion(**kwargs)
-            return completion, int(llama_cpp.llama_perf_context(self._llama.ctx).n_p_eval)
+            completion = self._llama.create_chat_completion(**kwargs)  # never streamed: one response
+            return cast("dict[str, Any]", completion), int(llama_cpp.llama_perf_context(self._llama.ctx).n_p_eval)
 
     async def context_window(self) -> int | None:
         return int(self._llama.n_ctx())

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Union
 
 from ..tokens import TokenCounter
 from .base import ChatReply, ChatRequest
 
-Script = Union[str, ChatReply, Exception, Callable[[ChatRequest], Union[str, ChatReply]]]
+Script = str | ChatReply | Exception | Callable[[ChatRequest], str | ChatReply]
 
 
 class ScriptedClient:

@@ -23,9 +23,9 @@ from openai.types.chat import ChatCompletion
 
 from ..errors import LLMCallError, LlmxmrError, ServerRefusedError, ServerUnavailableError
 from ..tokens import TokenCounter
-from .tokenize import ServerTokenCounter
 from ..transport import CONNECT_TIMEOUT_S, ServerEndpoints
 from .base import ChatReply, ChatRequest
+from .tokenize import ServerTokenCounter
 
 T = TypeVar("T")
 
@@ -61,13 +61,22 @@ class ServerKind:
 GENERIC = ServerKind("openai-compatible", "json_schema")
 SERVER_KINDS = {
     "sglang": ServerKind(
-        "sglang", "json_schema", "/v1/tokenize", "prompt", {"add_special_tokens": False}, tokenize_batches=True,
+        "sglang",
+        "json_schema",
+        "/v1/tokenize",
+        "prompt",
+        {"add_special_tokens": False},
+        tokenize_batches=True,
         priority=True,
     ),
     "vllm": ServerKind("vllm", "json_schema", "/tokenize", "prompt", {"add_special_tokens": False}),
     "llamacpp": ServerKind("llama.cpp", "json_schema", "/tokenize", "content", props_path="/props"),
     "me": ServerKind(
-        "llama-cpp-python", "json_object", "/extras/tokenize/count", "input", parallel_requests=1,
+        "llama-cpp-python",
+        "json_object",
+        "/extras/tokenize/count",
+        "input",
+        parallel_requests=1,
         sampling={"repeat_penalty": 1.0},
     ),
 }

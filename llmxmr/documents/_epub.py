@@ -116,7 +116,9 @@ def _refuse_drm(archive: Archive, chapters: list[str]) -> None:
         algorithm = next(iter(data.xpath(".//*[local-name()='EncryptionMethod']/@Algorithm")), "")
         uri = next(iter(data.xpath(".//*[local-name()='CipherReference']/@URI")), "")
         if algorithm not in FONT_OBFUSCATION and posixpath.normpath(unquote(uri)) in chapters:
-            raise UsageError(f"{archive.raw.name} is a DRM-protected EPUB: its text is encrypted; read a copy without DRM")
+            raise UsageError(
+                f"{archive.raw.name} is a DRM-protected EPUB: its text is encrypted; read a copy without DRM"
+            )
 
 
 def _xml(archive: Archive, member: str) -> Any:

@@ -136,6 +136,7 @@ def main_text(data: bytes) -> list[Block]:
     """The main text of a web page by trafilatura, favouring recall (a question may be about any
     paragraph); empty when trafilatura finds none."""
     import trafilatura
+    from trafilatura.settings import Document as Extraction
 
     result = trafilatura.bare_extraction(
         data,
@@ -148,7 +149,7 @@ def main_text(data: bytes) -> list[Block]:
         include_images=False,
         with_metadata=False,
     )
-    if result is None or result.body is None:
+    if not isinstance(result, Extraction) or result.body is None:  # a dict only if as_dict were asked
         return []
     return blocks_of(result.body, TRAFILATURA)
 

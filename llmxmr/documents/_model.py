@@ -12,7 +12,7 @@ import bisect
 import re
 from array import array
 from functools import cached_property
-from itertools import chain
+from itertools import chain, pairwise
 from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, computed_field, model_validator
@@ -64,7 +64,7 @@ class Document(BaseModel):
         if len(self.section_starts) != len(self.section_paths):
             raise ValueError("section_starts and section_paths differ in length")
         for name, starts in (("page_starts", self.page_starts), ("section_starts", self.section_starts)):
-            if any(later < earlier for earlier, later in zip(starts, starts[1:])):
+            if any(later < earlier for earlier, later in pairwise(starts)):
                 raise ValueError(f"{name} is not sorted")
         return self
 

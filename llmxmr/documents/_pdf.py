@@ -47,7 +47,8 @@ def _open(pdfium: Any, raw: RawDocument, password: str | None) -> Any:
             if password is None:
                 raise UsageError(f"{raw.name} is an encrypted PDF: pass its password with --password") from None
             raise UsageError(
-                f"{raw.name} is an encrypted PDF and the password given does not open it: pass the right one with --password"
+                f"{raw.name} is an encrypted PDF and the password given does not open it: "
+                "pass the right one with --password"
             ) from None
         if exc.err_code == pdfium.raw.FPDF_ERR_SECURITY:
             raise UsageError(

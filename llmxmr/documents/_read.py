@@ -92,8 +92,7 @@ def decode_text(data: bytes, name: str) -> str:
         text = data.decode(encoding)
     except UnicodeDecodeError as exc:
         raise UsageError(
-            f"{name} is not valid {encoding.upper()} text (bad byte at offset {exc.start}); "
-            "convert it to UTF-8"
+            f"{name} is not valid {encoding.upper()} text (bad byte at offset {exc.start}); convert it to UTF-8"
         ) from None
     if not text.strip():
         raise UsageError(f"{name} is empty")
@@ -109,7 +108,9 @@ def check_extracted(text: str, name: str, what: str, max_bytes: int | None) -> N
     if max_bytes is not None and 4 * len(text) > max_bytes:
         size = len(text.encode("utf-8"))
         if size > max_bytes:
-            raise UsageError(f"the text of {name} is {size_label(size)}, over the {size_label(max_bytes)} limit ({LIMIT_HINT})")
+            raise UsageError(
+                f"the text of {name} is {size_label(size)}, over the {size_label(max_bytes)} limit ({LIMIT_HINT})"
+            )
 
 
 def import_extra(module: str, package: str, what: str) -> ModuleType:

@@ -101,7 +101,9 @@ class QuotingFamily:
         inputs = [citation for partial in group for citation in partial.citations]
         carried = carried_forward(output.evidence, inputs, settings.fuzzy_threshold)
         if not carried and output.answer:
-            carried = [c for p in group if p.support != "unverified" and _restates(output.answer, p) for c in p.citations]
+            carried = [
+                c for p in group if p.support != "unverified" and _restates(output.answer, p) for c in p.citations
+            ]
         supports = {partial.support for partial in group}
         if output.answer is None and "verified" in supports and settings.mode != "off":
             return fallback(group), "the merged reply dropped the verified answers; the best verified input stands"

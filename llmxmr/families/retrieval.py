@@ -43,6 +43,8 @@ class RetrievalFamily(QuotingFamily):
         )
         if not quoted:
             return GroundedReply(None, f"{found}, none naming what the request asks for: counts as no information")
+        answer: str | None
+        problem: str | None
         if output.answer is None:
             answer, problem = sentences_for_a_null_answer(quoted)
         else:
@@ -52,7 +54,9 @@ class RetrievalFamily(QuotingFamily):
         # What the partial keeps as its information is the found sentences, not the reply's own
         # text: a later stage must not read an invented sentence as the document's.
         supported = output.model_copy(update={"answer": answer, "extracted_information": quoted})
-        return GroundedReply(partial_of(supported, chunk, naming, "verified"), f"{found}; {problem}" if problem else found)
+        return GroundedReply(
+            partial_of(supported, chunk, naming, "verified"), f"{found}; {problem}" if problem else found
+        )
 
     def merged_value_problem(self, output: CollapseOutput, carried: list[Citation]) -> str | None:
         if output.answer is None:
@@ -69,7 +73,9 @@ class RetrievalFamily(QuotingFamily):
         their chunks and the request) or their found quotes, and say more than the request."""
         if answer.answer is not None and only_names_request(answer.answer, question):
             return None, ONLY_NAMES_REQUEST
-        source = "\n".join([*(p.answer.answer or "" for p in partials), *(c.quote for p in partials for c in p.citations)])
+        source = "\n".join(
+            [*(p.answer.answer or "" for p in partials), *(c.quote for p in partials for c in p.citations)]
+        )
         kept, problem = checked_value(answer.answer, "", "", source)
         if kept is not None:
             return answer, None

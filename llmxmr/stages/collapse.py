@@ -79,4 +79,6 @@ def fallback(group: list[Partial]) -> Partial:
     """When a collapse call fails: keep the group's most confident partial answer (the earliest on
     a tie; verified ones first), so the run goes on with the best evidence it had."""
     best = max(group, key=lambda partial: (partial.support != "unverified", partial.answer.confidence))
-    return Partial(chunk_indices=merged_indices(group), answer=best.answer, citations=best.citations, support=best.support)
+    return Partial(
+        chunk_indices=merged_indices(group), answer=best.answer, citations=best.citations, support=best.support
+    )

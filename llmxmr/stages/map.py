@@ -8,7 +8,6 @@ import re
 
 from ..prompts import ChatMessage, PromptSet
 
-
 # The tags the map prompts put around a chunk. A document that contains them (this README does)
 # must not be able to close the quoted part early and speak as the prompt: inside a chunk, every
 # spelling of them (any case, spaces inside the brackets) gets a zero-width space after "<",

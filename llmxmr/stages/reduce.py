@@ -78,6 +78,7 @@ def fallback(partials: list[Partial]) -> FinalAnswer:
     """When the reduce call fails or its answer fails a check: the most confident partial answer
     stands as the final one."""
     best = max(partials, key=lambda partial: (partial.support != "unverified", partial.answer.confidence))
+    assert best.answer.answer is not None  # reduce reads informative partials only
     return FinalAnswer(
         rationale=f"The most confident partial answer stands (no usable reduce reply). {best.answer.rationale}",
         answer=best.answer.answer,

@@ -67,7 +67,13 @@ def running_gateway(workers: list[FakeServer], log: Path, *options: str) -> Iter
     urls = ",".join(worker.base_url for worker in workers)
     command = [sys.executable, "-m", "llmxmr", "gateway", "--workers", urls, "--port", str(free_port()), *options]
     with log.open("w") as sink:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=sink, text=True, preexec_fn=default_sigint)
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=sink,
+            text=True,
+            preexec_fn=default_sigint,  # noqa: PLW1509 (one system call)
+        )
     try:
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()

@@ -23,8 +23,8 @@ from ..fake_server import Answer, FakeServer, completion
 from ..unit.test_cli import assert_one_line_error, invoke
 from .conftest import (
     STOP_TIMEOUT_S,
-    Gateway,
     WORKER_CONTEXT,
+    Gateway,
     alive,
     running_gateway,
     sglang_workers,
@@ -83,12 +83,16 @@ def shared_gateway(three_workers_gateway) -> tuple[Gateway, list[FakeServer]]:
 
 
 def maps_served(worker: FakeServer) -> int:
-    return sum(1 for path, body in list(worker.requests) if path == "/v1/chat/completions" and schema_of(body) == "MapOutput")
+    return sum(
+        1 for path, body in list(worker.requests) if path == "/v1/chat/completions" and schema_of(body) == "MapOutput"
+    )
 
 
 def run_through(base_url: str):
     # No context window is given: the client finds it through the gateway's /workers.
-    config = PipelineConfig.load(**{"llm.base_url": base_url, "chunking.chunk_tokens": CHUNK_TOKENS, "llm.tokenizer": "tiktoken"})
+    config = PipelineConfig.load(
+        **{"llm.base_url": base_url, "chunking.chunk_tokens": CHUNK_TOKENS, "llm.tokenizer": "tiktoken"}
+    )
     return MapReducePipeline(config).run(document(), QUESTION)
 
 
@@ -200,7 +204,9 @@ def test_an_unreachable_gateway_is_one_line_naming_it(tmp_path):
     with sglang_workers(1, reply) as workers, running_gateway(workers, tmp_path / "gateway.log") as gateway:
         base_url = gateway.base_url
     (tmp_path / "doc.txt").write_text(document(50))
-    result = invoke("run", "--input", str(tmp_path / "doc.txt"), "--question", QUESTION, "--base-url", base_url, "--no-progress")
+    result = invoke(
+        "run", "--input", str(tmp_path / "doc.txt"), "--question", QUESTION, "--base-url", base_url, "--no-progress"
+    )
     assert_one_line_error(result, 1, f"cannot reach the LLM server at {base_url}")
 
 

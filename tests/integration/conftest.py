@@ -10,6 +10,7 @@ import pytest
 from ..haystacks import haystack
 from ..replay import ReplyStore, recording, replay_server
 
+
 @pytest.fixture(scope="session")
 def passkey_document() -> str:
     return haystack(repeats=340, depth=0.6)  # about 8k tokens

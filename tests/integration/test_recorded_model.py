@@ -62,7 +62,11 @@ def test_a_pdf_is_answered_and_cited_by_page(model_server, tmp_path):
     from ..unit.document_fixtures import pdf_bytes
 
     filler = [FILLER.strip()] * 40  # InfiniteBench's pass-key layout: filler lines, the key on page 2
-    pages = ["\n".join([TASK.strip(), *filler]), "\n".join([*filler[:4], key_line().strip(), *filler[:4]]), "\n".join(filler)]
+    pages = [
+        "\n".join([TASK.strip(), *filler]),
+        "\n".join([*filler[:4], key_line().strip(), *filler[:4]]),
+        "\n".join(filler),
+    ]
     path = tmp_path / "report.pdf"
     path.write_bytes(pdf_bytes(pages))
     result = MapReducePipeline(retrieval_config(model_server)).run(read_document(str(path)), "What is the pass key?")
@@ -77,15 +81,18 @@ def test_three_questions_over_one_reading_of_an_8k_haystack(model_server):
     needles = {
         "What is the pass key?": ("71432", "The pass key is 71432. Remember it. 71432 is the pass key. "),
         "What is the door code?": ("58264", "The door code is 58264. Remember it. 58264 is the door code. "),
-        "What is the locker number?": ("30917", "The locker number is 30917. Remember it. 30917 is the locker number. "),
+        "What is the locker number?": (
+            "30917",
+            "The locker number is 30917. Remember it. 30917 is the locker number. ",
+        ),
     }
     lines = [FILLER] * 340  # about 8k tokens
-    for depth, (_, needle) in zip((0.2, 0.5, 0.8), needles.values()):
+    for depth, (_, needle) in zip((0.2, 0.5, 0.8), needles.values(), strict=True):
         lines.insert(int(len(lines) * depth), needle)
     document = TASK + "".join(lines)
     config = retrieval_config(model_server, **{"llm.map_question_first": False})
     results = MapReducePipeline(config).run_many(document, list(needles))
-    for result, (question, (value, _)) in zip(results, needles.items()):
+    for result, (question, (value, _)) in zip(results, needles.items(), strict=True):
         assert value in result.answer, (question, result.model_dump_json(indent=1, exclude={"trace"}))
     assert results[0].chunks == results[1].chunks == results[2].chunks and len(results[0].chunks) >= 4
 

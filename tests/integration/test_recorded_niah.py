@@ -33,7 +33,12 @@ def test_small_grid_over_http_then_resume(model_server, tmp_path):
     summary = json.loads(result.stdout)["summary"]
     assert summary["cells"] == 4 and summary["calls"] >= 8  # a map and a reduce per cell at least
     cells = [json.loads(path.read_text()) for path in sorted((out / "cells").glob("*.json"))]
-    assert {(c["context_length"], c["depth_percent"]) for c in cells} == {(2048, 25), (2048, 75), (3072, 25), (3072, 75)}
+    assert {(c["context_length"], c["depth_percent"]) for c in cells} == {
+        (2048, 25),
+        (2048, 75),
+        (3072, 25),
+        (3072, 75),
+    }
     assert all(c["model"].startswith("llama-cpp-python at ") for c in cells)
     # The 135M model decodes greedily, so a cell scores the same each run on one CPU; at least half
     # must be found, so one flipped cell on another CPU does not turn the harness test red.

@@ -21,6 +21,7 @@ from llmxmr.scheduling import CallBudget
 
 from ..conftest import WordCounter, final_reply, map_parts, map_requests, partial_reply
 
+
 def document(name: str) -> str:
     """Four chunks at 120 words each; one of the middle ones names the document's code."""
     filler = f"The weather in {name} was mild and nothing else happened that day. " * 18  # 216 words
@@ -183,7 +184,10 @@ def test_the_command_writes_results_prints_totals_and_resumes(tmp_path, monkeypa
     args = ["batch", "--input", str(source), "--out", str(tmp_path / "out"), "--chunk-tokens", "120", "--no-progress"]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
-    assert "documents  3 (3 new, 3 answered; 3 distinct)" in first.stdout and "calls      15 (at most 64 in flight)" in first.stdout
+    assert (
+        "documents  3 (3 new, 3 answered; 3 distinct)" in first.stdout
+        and "calls      15 (at most 64 in flight)" in first.stdout
+    )
     assert clients[0].closed
     second = CliRunner().invoke(main, [*args, "--json"])
     assert json.loads(second.stdout)["new"] == 0 and len(clients) == 1  # nothing to do: no client opened
@@ -236,7 +240,9 @@ def test_a_document_waiting_for_a_slot_still_warms_up_before_its_other_maps(monk
         for slot in held:
             await slot.__aenter__()
         client = Recording(responder=reader, counter=WordCounter(), delay_s=0.02)
-        run = asyncio.ensure_future(MapReducePipeline(config(), client=client, budget=budget).arun(document("doc1"), "What is the code?"))
+        run = asyncio.ensure_future(
+            MapReducePipeline(config(), client=client, budget=budget).arun(document("doc1"), "What is the code?")
+        )
         await asyncio.sleep(0.3)
         for slot in held:
             await slot.__aexit__(None, None, None)
@@ -256,7 +262,9 @@ QUESTIONS = {"code": "What is the code?", "colour": "What is the colour?", "pass
 def two_facts(name: str) -> str:
     """About six chunks: the document's code in one, its colour in another, no password."""
     filler = f"The weather in {name} was mild and nothing else happened that day. " * 18
-    return f"{filler}\n\nThe code of {name} is {name}-7.\n\n{filler}\n\nThe colour of {name} is {name}-blue.\n\n{filler}"
+    return (
+        f"{filler}\n\nThe code of {name} is {name}-7.\n\n{filler}\n\nThe colour of {name} is {name}-blue.\n\n{filler}"
+    )
 
 
 def asked(request: ChatRequest) -> str:
@@ -284,14 +292,17 @@ def test_lines_about_one_document_are_answered_from_one_reading(tmp_path, chunki
     text = about("doc1", "code", "colour", "password")
     files = [
         BatchItem(id="doc2-code", question=QUESTIONS["code"], path=str(tmp_path / "docs" / "b.txt")),
-        BatchItem(id="doc2-colour", question=QUESTIONS["colour"], path=str(tmp_path / "docs" / ".." / "docs" / "b.txt")),
+        BatchItem(
+            id="doc2-colour", question=QUESTIONS["colour"], path=str(tmp_path / "docs" / ".." / "docs" / "b.txt")
+        ),
     ]
     batch = [text[0], files[0], text[1], files[1], text[2]]
     report, client = run(tmp_path, batch, ScriptedClient(responder=fact_reader, counter=WordCounter()))
     assert len(chunkings) == 2 and chunkings[0] == chunkings[1] == 6
     assert len(map_requests(client)) == 6 * 3 + 6 * 2
     assert sorted((owner(r), asked(r)) for r in map_requests(client)) == sorted(
-        [("doc1", q) for q in ("code", "colour", "password") for _ in range(6)] + [("doc2", q) for q in ("code", "colour") for _ in range(6)]
+        [("doc1", q) for q in ("code", "colour", "password") for _ in range(6)]
+        + [("doc2", q) for q in ("code", "colour") for _ in range(6)]
     )
     answers = {r.id: (r.answer, r.found) for r in read_results(tmp_path / "out" / "results.jsonl")}
     assert answers == {
@@ -334,7 +345,9 @@ def test_a_rerun_asks_only_the_questions_of_a_document_left_unanswered(tmp_path,
     path.write_text("".join(line for line in first if '"doc1-colour"' not in line))
     chunkings.clear()
     report, client = run(tmp_path, batch, ScriptedClient(responder=fact_reader, counter=WordCounter()))
-    assert chunkings == [6] and {asked(r) for r in map_requests(client)} == {"colour"} and len(map_requests(client)) == 6
+    assert (
+        chunkings == [6] and {asked(r) for r in map_requests(client)} == {"colour"} and len(map_requests(client)) == 6
+    )
     assert (report.documents, report.new, report.distinct_documents) == (3, 1, 1)
     again = {r.id: r.model_dump(exclude={"wall_time_s"}) for r in read_results(path)}
     assert again == {r.id: r.model_dump(exclude={"wall_time_s"}) for r in map(BatchResult.model_validate_json, first)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+
 import pytest
 
 from llmxmr.clients import make_client
@@ -30,7 +31,8 @@ def ask(client, *requests):
 
 def counting_client(model: str = "m") -> ScriptedClient:
     return ScriptedClient(
-        responder=lambda r: ChatReply(text=f"reply {len(r.messages[0].content)}", prompt_tokens=7, completion_tokens=3), model=model
+        responder=lambda r: ChatReply(text=f"reply {len(r.messages[0].content)}", prompt_tokens=7, completion_tokens=3),
+        model=model,
     )
 
 
@@ -104,12 +106,16 @@ def test_a_rerun_with_the_cache_makes_no_calls(tmp_path):
     def reader(r: ChatRequest) -> str:
         if r.schema_name == "MapOutput":
             found = "71432" in r.messages[-1].content.rsplit("<document_part>", 1)[1]
-            return partial_reply("71432" if found else None, 5.0 if found else 0.0, info="The pass key is 71432." if found else "")
+            return partial_reply(
+                "71432" if found else None, 5.0 if found else 0.0, info="The pass key is 71432." if found else ""
+            )
         return final_reply("71432")
 
     filler = [f"Filler sentence number {i}." for i in range(600)]  # every chunk differs
     document = " ".join(filler[:300] + ["The pass key is 71432."] + filler[300:])
-    config = PipelineConfig.load(task_type="retrieval", **{"chunking.chunk_tokens": 300, "llm.cache": str(tmp_path / "c.sqlite")})
+    config = PipelineConfig.load(
+        task_type="retrieval", **{"chunking.chunk_tokens": 300, "llm.cache": str(tmp_path / "c.sqlite")}
+    )
     results = []
     for _ in range(2):
         inner = ScriptedClient(responder=reader, counter=WordCounter())

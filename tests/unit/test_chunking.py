@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,7 +26,7 @@ def test_chunks_cover_text_exactly_in_order_and_fit(text, budget):
     assert _own_text(text, chunks) == text
     assert [c.index for c in chunks] == list(range(len(chunks)))
     assert all(c.start < c.end for c in chunks)
-    assert all(a.end == b.start for a, b in zip(chunks, chunks[1:]))
+    assert all(a.end == b.start for a, b in pairwise(chunks))
     assert all(COUNTER.count_batch([c.text])[0] <= budget for c in chunks)
 
 
@@ -131,13 +133,22 @@ def _sentences(text):
     ("text", "sentences"),
     [
         ("J.R.R. Tolkien wrote it. The U.S. Army came.", ["J.R.R. Tolkien wrote it.", "The U.S. Army came."]),
-        ("Mr. Darcy bowed. Mrs. Bennet (and Dr. Jones) did not.", ["Mr. Darcy bowed.", "Mrs. Bennet (and Dr. Jones) did not."]),
+        (
+            "Mr. Darcy bowed. Mrs. Bennet (and Dr. Jones) did not.",
+            ["Mr. Darcy bowed.", "Mrs. Bennet (and Dr. Jones) did not."],
+        ),
         ("Fruit, e.g. apples, i.e. food. Then we ate.", ["Fruit, e.g. apples, i.e. food.", "Then we ate."]),
         ("Pi is 3.14 here. It costs $3.50.", ["Pi is 3.14 here.", "It costs $3.50."]),
-        ("Wait... then what? He left... And so did I. Then she came.", ["Wait... then what?", "He left...", "And so did I.", "Then she came."]),
+        (
+            "Wait... then what? He left... And so did I. Then she came.",
+            ["Wait... then what?", "He left...", "And so did I.", "Then she came."],
+        ),
         ("He left…. She stayed.", ["He left….", "She stayed."]),
         ("See No. 5 and Fig. 3. No. It was not.", ["See No. 5 and Fig. 3.", "No.", "It was not."]),
-        ("A. Smith came. “Stop!” she said. “Go.” He went.", ["A. Smith came.", "“Stop!” she said.", "“Go.”", "He went."]),
+        (
+            "A. Smith came. “Stop!” she said. “Go.” He went.",
+            ["A. Smith came.", "“Stop!” she said.", "“Go.”", "He went."],
+        ),
         ("U.S.Army units moved. Then.", ["U.S.Army units moved.", "Then."]),
         ("他来了。她走了！你好吗？我们走；好", ["他来了。", "她走了！", "你好吗？", "我们走；", "好"]),
         ("  Spaces around.  \n Lines too.\n", ["Spaces around.", "Lines too."]),
@@ -168,19 +179,22 @@ TRICKY = ["J.R.R. Tolkien", "the U.S. Army", "Mr. Darcy", "e.g. apples", "3.14",
 def test_sentences_built_from_tricky_words_come_back_whole(sentences, ends):
     """Sentences that start with a capital, whatever initials, abbreviations, decimals and
     ellipses they hold inside, are split back exactly."""
-    written = [sentence[0].upper() + sentence[1:] + end[0 : len(end.rstrip())] for sentence, end in zip(sentences, ends)]
-    text = "".join(sentence + end[len(end.rstrip()) :] for sentence, end in zip(written, ends))
+    written = [
+        sentence[0].upper() + sentence[1:] + end[0 : len(end.rstrip())]
+        for sentence, end in zip(sentences, ends, strict=False)
+    ]
+    text = "".join(sentence + end[len(end.rstrip()) :] for sentence, end in zip(written, ends, strict=False))
     assert _sentences(text) == written
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=st.text(alphabet=st.sampled_from(list("aZI.!?… \n\t。；\"”(5")), max_size=200), data=st.data())
+@given(text=st.text(alphabet=st.sampled_from(list('aZI.!?… \n\t。；"”(5')), max_size=200), data=st.data())
 def test_sentence_spans_cover_every_word_once_and_depend_only_on_the_slice(text, data):
     start = data.draw(st.integers(min_value=0, max_value=len(text)))
     end = data.draw(st.integers(min_value=start, max_value=len(text)))
     spans = sentence_spans(text, start, end)
     assert all(start <= a < b <= end for a, b in spans)
-    assert all(b <= c for (_, b), (c, _) in zip(spans, spans[1:]))
+    assert all(b <= c for (_, b), (c, _) in pairwise(spans))
     assert all(text[a:b] == text[a:b].strip() for a, b in spans)
     covered = set().union(*(range(a, b) for a, b in spans))
     assert all(text[i].isspace() for i in range(start, end) if i not in covered)
@@ -201,4 +215,3 @@ def test_chunks_end_where_the_splitter_ends_a_sentence(sentences, budget):
     chunks = chunk_text(text, budget, COUNTER)
     sentence_ends = {end for _, end in sentence_spans(text)}
     assert all(len(text[: c.end].rstrip()) in sentence_ends for c in chunks)
-

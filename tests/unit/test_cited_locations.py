@@ -85,7 +85,7 @@ def test_run_prints_the_page_of_each_citation_and_json_carries_it(tmp_path, monk
     path.write_bytes(pdf_bytes(PAGES))
     shown = _run_cli(monkeypatch, "--input", str(path))
     assert shown.exit_code == 0, shown.output
-    assert f'[1] p. 2, chunk' in shown.stdout and PLANTED in shown.stdout
+    assert "[1] p. 2, chunk" in shown.stdout and PLANTED in shown.stdout
     as_json = json.loads(_run_cli(monkeypatch, "--input", str(path), "--json").stdout)
     assert as_json["citations"][0]["page"] == 2 and as_json["citations"][0]["location"] == "p. 2"
 

@@ -217,7 +217,15 @@ def _passkey_file(tmp_path, keys: list[str]):
     path = tmp_path / "data" / "passkey.jsonl"
     path.parent.mkdir(exist_ok=True)
     lines = [
-        json.dumps({"id": i, "context": f"Filler. The pass key is {key}. More filler.", "input": "What is the pass key?", "answer": [key], "options": []})
+        json.dumps(
+            {
+                "id": i,
+                "context": f"Filler. The pass key is {key}. More filler.",
+                "input": "What is the pass key?",
+                "answer": [key],
+                "options": [],
+            }
+        )
         for i, key in enumerate(keys)
     ]
     path.write_text("\n".join(lines) + "\n")
@@ -258,11 +266,24 @@ def test_bench_infinitebench_needs_exactly_one_data_source(tmp_path):
     result = invoke("bench", "infinitebench", "--task", "passkey", "--out", str(tmp_path / "o"))
     assert_one_line_error(result, 2, "exactly one of --data-dir, --data or --hf")
     data_dir = _passkey_file(tmp_path, ["1"])
-    result = invoke("bench", "infinitebench", "--task", "passkey,kv_retrieval", "--data", str(data_dir / "passkey.jsonl"), "--out", str(tmp_path / "o"))
+    result = invoke(
+        "bench",
+        "infinitebench",
+        "--task",
+        "passkey,kv_retrieval",
+        "--data",
+        str(data_dir / "passkey.jsonl"),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert_one_line_error(result, 2, "--data holds one task's examples")
-    result = invoke("bench", "infinitebench", "--task", "kv_retrieval", "--data-dir", str(data_dir), "--out", str(tmp_path / "o"))
+    result = invoke(
+        "bench", "infinitebench", "--task", "kv_retrieval", "--data-dir", str(data_dir), "--out", str(tmp_path / "o")
+    )
     assert_one_line_error(result, 2, "no kv_retrieval.jsonl in")
-    result = invoke("bench", "infinitebench", "--task", "passkeys", "--data-dir", str(data_dir), "--out", str(tmp_path / "o"))
+    result = invoke(
+        "bench", "infinitebench", "--task", "passkeys", "--data-dir", str(data_dir), "--out", str(tmp_path / "o")
+    )
     assert_one_line_error(result, 2, "unknown InfiniteBench task")
 
 
@@ -275,12 +296,23 @@ def test_bench_generate_writes_official_jsonl(tmp_path):
         assert [row["id"] for row in rows] == [0, 1, 2]
         assert all(set(row) == {"id", "context", "input", "answer", "options"} for row in rows)
     single = tmp_path / "one.jsonl"
-    assert invoke("bench", "generate", "--task", "kv_retrieval", "--length", "2k", "--n", "1", "--out", str(single)).exit_code == 0
+    assert (
+        invoke(
+            "bench", "generate", "--task", "kv_retrieval", "--length", "2k", "--n", "1", "--out", str(single)
+        ).exit_code
+        == 0
+    )
     assert len(single.read_text().splitlines()) == 1
-    result = invoke("bench", "generate", "--task", "passkey,kv_retrieval", "--length", "2k", "--out", str(tmp_path / "x.jsonl"))
+    result = invoke(
+        "bench", "generate", "--task", "passkey,kv_retrieval", "--length", "2k", "--out", str(tmp_path / "x.jsonl")
+    )
     assert_one_line_error(result, 2, "takes one task")
-    assert_one_line_error(invoke("bench", "generate", "--task", "code_run", "--length", "2k", "--out", str(out)), 2, "code_run")
-    assert_one_line_error(invoke("bench", "generate", "--task", "passkey", "--length", "lots", "--out", str(out)), 2, "lots")
+    assert_one_line_error(
+        invoke("bench", "generate", "--task", "code_run", "--length", "2k", "--out", str(out)), 2, "code_run"
+    )
+    assert_one_line_error(
+        invoke("bench", "generate", "--task", "passkey", "--length", "lots", "--out", str(out)), 2, "lots"
+    )
 
 
 def test_run_with_a_cache_twice_asks_the_server_once(tmp_path):
@@ -318,19 +350,59 @@ def test_the_api_key_appears_nowhere_but_the_authorization_header(tmp_path, monk
     data_dir = _passkey_file(tmp_path, ["12345"])
     replies = [completion(partial_reply("12345", 5, info="The pass key is 12345.")), completion(final_reply("12345"))]
     outputs = []
-    with fake_server({"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": replies * 2}) as server:
+    with fake_server(
+        {"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": replies * 2}
+    ) as server:
         common = ["--base-url", server.base_url, "--tokenizer", "tiktoken", "--no-progress"]
-        outputs.append(invoke("run", "--input", str(document), "--question", "What is the pass key?", "--api-key", SECRET, "--json", "--trace", str(tmp_path / "trace.json"), *common))
+        outputs.append(
+            invoke(
+                "run",
+                "--input",
+                str(document),
+                "--question",
+                "What is the pass key?",
+                "--api-key",
+                SECRET,
+                "--json",
+                "--trace",
+                str(tmp_path / "trace.json"),
+                *common,
+            )
+        )
         monkeypatch.setenv("LLMXMR_API_KEY", SECRET)
-        outputs.append(invoke("bench", "infinitebench", "--task", "passkey", "--data-dir", str(data_dir), "--out", str(tmp_path / "ib"), "--json", *common))
+        outputs.append(
+            invoke(
+                "bench",
+                "infinitebench",
+                "--task",
+                "passkey",
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(tmp_path / "ib"),
+                "--json",
+                *common,
+            )
+        )
         assert set(server.authorizations) == {f"Bearer {SECRET}"}
-    refusing = {"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": [Answer(401, {"error": {"message": "bad key"}})]}
+    refusing = {
+        "/v1/models": [models("vllm", max_model_len=4096)],
+        "/v1/chat/completions": [Answer(401, {"error": {"message": "bad key"}})],
+    }
     with fake_server(refusing) as server:
-        outputs.append(invoke("run", "--input", str(document), "--question", "q", "--base-url", server.base_url, "-v", "--no-progress"))
-    outputs.append(invoke("run", "--input", str(document), "--question", "q", "--base-url", "http://127.0.0.1:9/v1", "-v"))
+        outputs.append(
+            invoke(
+                "run", "--input", str(document), "--question", "q", "--base-url", server.base_url, "-v", "--no-progress"
+            )
+        )
+    outputs.append(
+        invoke("run", "--input", str(document), "--question", "q", "--base-url", "http://127.0.0.1:9/v1", "-v")
+    )
     assert [r.exit_code for r in outputs] == [0, 0, 1, 1]
     assert "refused the request (HTTP 401: bad key)" in outputs[2].output
-    texts = [r.output for r in outputs] + [p.read_text() for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".txt")]
+    texts = [r.output for r in outputs] + [
+        p.read_text() for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".txt")
+    ]
     assert all(SECRET not in text for text in texts)
     assert all(SECRET[-8:] not in text for text in texts)
 
@@ -356,7 +428,9 @@ def _chat_state_cache_mb(tmp_path, monkeypatch, *args: str) -> int:
     from llmxmr.clients.fake import ScriptedClient
 
     opened: list[int] = []
-    monkeypatch.setattr(cli, "make_client", lambda config: opened.append(config.embedded.state_cache_mb) or ScriptedClient())
+    monkeypatch.setattr(
+        cli, "make_client", lambda config: opened.append(config.embedded.state_cache_mb) or ScriptedClient()
+    )
     document = tmp_path / "doc.txt"
     document.write_text("A short document.", encoding="utf-8")
     result = invoke("chat", "--input", str(document), *args, input=b"")  # no question: it ends at once
@@ -384,12 +458,12 @@ def _fake_llama_cpp_server(monkeypatch) -> dict[str, object]:
 
     loaded: dict[str, object] = {}
     app = ModuleType("llama_cpp.server.app")
-    app.create_app = lambda server_settings, model_settings: loaded.update(vars(model_settings[0]))  # type: ignore[attr-defined]
+    app.create_app = lambda server_settings, model_settings: loaded.update(vars(model_settings[0]))
     settings = ModuleType("llama_cpp.server.settings")
-    settings.ModelSettings = SimpleNamespace  # type: ignore[attr-defined]
-    settings.ServerSettings = SimpleNamespace  # type: ignore[attr-defined]
+    settings.ModelSettings = SimpleNamespace
+    settings.ServerSettings = SimpleNamespace
     uvicorn = ModuleType("uvicorn")
-    uvicorn.run = lambda *args, **kwargs: None  # type: ignore[attr-defined]
+    uvicorn.run = lambda *args, **kwargs: None
     modules = {"llama_cpp": ModuleType("llama_cpp"), "llama_cpp.server": ModuleType("llama_cpp.server")}
     modules.update({"llama_cpp.server.app": app, "llama_cpp.server.settings": settings, "uvicorn": uvicorn})
     for name, module in modules.items():
@@ -409,7 +483,9 @@ def test_serve_local_loads_the_model_with_the_configured_threads(tmp_path, monke
     model.write_bytes(b"GGUF")
     config = tmp_path / "mine.yaml"
     config.write_text(configured)
-    result = invoke("serve", "--local", "--model", str(model), "--config", str(config), "--extra-buffers", "on", "--dry-run")
+    result = invoke(
+        "serve", "--local", "--model", str(model), "--config", str(config), "--extra-buffers", "on", "--dry-run"
+    )
     assert result.exit_code == 0, result.output
     command = shlex.split(result.stdout)
     assert command[1:3] == ["-m", "llmxmr.local_server"]

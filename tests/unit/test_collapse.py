@@ -1,20 +1,24 @@
 from __future__ import annotations
 
+from itertools import pairwise
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmxmr.schemas import MapOutput
 from llmxmr.partials import Partial, label
+from llmxmr.schemas import MapOutput
 from llmxmr.stages.collapse import collapse_round, fallback, group_to_fit, merged_indices
 
 
-@given(sizes=st.lists(st.integers(min_value=1, max_value=50), max_size=60), budget=st.integers(min_value=50, max_value=200))
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=50), max_size=60), budget=st.integers(min_value=50, max_value=200)
+)
 def test_groups_are_consecutive_cover_everything_and_fit(sizes, budget):
     groups = group_to_fit(sizes, budget)
     assert [i for group in groups for i in group] == list(range(len(sizes)))
     assert all(sum(sizes[i] for i in group) <= budget for group in groups)
     # Greedy: a group closes only when the next item would not fit.
-    for group, following in zip(groups, groups[1:]):
+    for group, following in pairwise(groups):
         assert sum(sizes[i] for i in group) + sizes[following.start] > budget
 
 
@@ -27,7 +31,9 @@ def test_an_item_over_budget_stands_alone():
     collapse_budget=st.integers(min_value=50, max_value=200),
     reduce_budget=st.integers(min_value=50, max_value=400),
 )
-def test_a_round_is_made_only_when_the_partials_do_not_fit_the_reduce_and_it_shrinks_them(sizes, collapse_budget, reduce_budget):
+def test_a_round_is_made_only_when_the_partials_do_not_fit_the_reduce_and_it_shrinks_them(
+    sizes, collapse_budget, reduce_budget
+):
     groups = collapse_round(sizes, collapse_budget, reduce_budget)
     if len(sizes) <= 1 or sum(sizes) <= reduce_budget:
         assert groups is None

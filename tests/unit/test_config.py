@@ -46,7 +46,11 @@ def test_a_model_profile_applies_wherever_its_model_runs():
     for name in (BUNDLED_GGUF, "HuggingFaceTB/smollm2-135m-instruct"):
         config = PipelineConfig.load(**{"llm.base_url": "http://server/v1"}).for_model(name)
         assert config.model_profile == "smollm2-135m"
-        assert (config.chunking.chunk_tokens, config.llm.max_string_chars, config.llm.map_question_first) == (2048, 200, True)
+        assert (config.chunking.chunk_tokens, config.llm.max_string_chars, config.llm.map_question_first) == (
+            2048,
+            200,
+            True,
+        )
     other = PipelineConfig.load().for_model("Qwen/Qwen2.5-7B-Instruct")
     assert other.model_profile is None and other.llm.max_string_chars is None and other.chunking.chunk_tokens is None
     assert PipelineConfig.load().for_model(BUNDLED_GGUF).for_model("openbmb/MiniCPM3-4B").llm.max_string_chars is None
@@ -73,7 +77,11 @@ def test_a_model_profile_changes_only_what_is_still_at_its_default(tmp_path, mon
     path = tmp_path / "mine.yaml"
     path.write_text("llm:\n  max_string_chars: null\n")
     config = PipelineConfig.load(path, **{"llm.map_question_first": False}).for_model(BUNDLED_GGUF)
-    assert (config.chunking.chunk_tokens, config.llm.max_string_chars, config.llm.map_question_first) == (2048, None, False)
+    assert (config.chunking.chunk_tokens, config.llm.max_string_chars, config.llm.map_question_first) == (
+        2048,
+        None,
+        False,
+    )
     monkeypatch.setenv("LLMXMR_BASE_URL", "http://env/v1")
     assert PipelineConfig.load().for_model(BUNDLED_GGUF).llm.base_url == "http://env/v1"
     changed = PipelineConfig.load()
@@ -103,7 +111,10 @@ def test_a_users_config_may_add_change_or_remove_profiles_and_the_longest_name_w
 @pytest.mark.parametrize(
     ("profile", "message"),
     [
-        ("  m:\n    llm:\n      base_url: http://elsewhere/v1\n", "model_profiles.m.llm.base_url: a model profile sets only chunking"),
+        (
+            "  m:\n    llm:\n      base_url: http://elsewhere/v1\n",
+            "model_profiles.m.llm.base_url: a model profile sets only chunking",
+        ),
         ("  m:\n    task_type: code\n", "model_profiles.m.task_type: a model profile sets only"),
         ("  m:\n    chunking:\n      chunk_tokens: -5\n", "invalid setting chunking.chunk_tokens in model profile m"),
         ("  m:\n    chunking:\n      colour: red\n", "invalid setting chunking.colour in model profile m"),
@@ -128,7 +139,9 @@ def test_sglang_profile_is_valid():
     config = PipelineConfig.load(data_dir("configs") / "sglang-minicpm3.yaml")
     assert config.llm.context_window == 32768
     # The chunk size is the model profile's, not the file's: a harness's preset still outranks it.
-    assert config.chunking.chunk_tokens is None and config.for_model(config.llm.model or "").chunking.chunk_tokens == 3000
+    assert (
+        config.chunking.chunk_tokens is None and config.for_model(config.llm.model or "").chunking.chunk_tokens == 3000
+    )
 
 
 @pytest.mark.parametrize("family", TASK_FAMILIES)

@@ -26,7 +26,11 @@ from .document_fixtures import (
 )
 
 PLANTED = "The vault code is 7341 and only Ada knows it."
-PDF_PAGES = ["Page one opens the report\nand ends with the word alpha", f"Page two begins here.\n{PLANTED}", "Page three closes it."]
+PDF_PAGES = [
+    "Page one opens the report\nand ends with the word alpha",
+    f"Page two begins here.\n{PLANTED}",
+    "Page three closes it.",
+]
 LONG = "This paragraph is long enough prose for an extractor to believe it is content, with clauses, commas and words. "
 PAGE = f"""<!DOCTYPE html><html><head><title>Site</title><script>var tracking = 1;</script></head><body>
 <header><nav><a href="/">Home</a> <a href="/about">About us</a> <a href="/shop">Shop</a></nav></header>
@@ -267,7 +271,9 @@ def test_html_detected_by_content_whatever_the_extension(tmp_path):
 
 def test_a_page_without_main_text_keeps_its_body(tmp_path):
     pytest.importorskip("trafilatura")
-    document = read_document(write(tmp_path, "tiny.html", "<html><body><h1>Note</h1><p>Back at noon.</p></body></html>"))
+    document = read_document(
+        write(tmp_path, "tiny.html", "<html><body><h1>Note</h1><p>Back at noon.</p></body></html>")
+    )
     assert "Back at noon." in document.text
 
 
@@ -282,9 +288,17 @@ def test_html_without_text(tmp_path):
 # --- EPUB ----------------------------------------------------------------------------------------
 
 CHAPTERS = [
-    ("One", f"<section><h1>Chapter 1</h1><h2>Longbourn</h2><p>{LONG * 4}</p><p>The Bennets live at Longbourn.</p></section>"),
+    (
+        "One",
+        f"<section><h1>Chapter 1</h1><h2>Longbourn</h2><p>{LONG * 4}</p>"
+        "<p>The Bennets live at Longbourn.</p></section>",
+    ),
     ("Two", "<div><h1>Chapter 2</h1><p>Short.</p></div>"),  # trafilatura folds it into "Chapter 2 Short."
-    ("Three", f"<h1>Chapter 12</h1><p>{LONG * 2}</p><h2>Netherfield</h2><p>Mr. Bingley rents Netherfield Park.<br/>{LONG * 3}</p>"),
+    (
+        "Three",
+        f"<h1>Chapter 12</h1><p>{LONG * 2}</p><h2>Netherfield</h2>"
+        f"<p>Mr. Bingley rents Netherfield Park.<br/>{LONG * 3}</p>",
+    ),
 ]
 
 
@@ -298,7 +312,13 @@ def test_epub_spine_order_headings_and_a_short_chapter(tmp_path):
     assert document.locate(document.text.index("The Bennets")).label == "Chapter 1 › Longbourn"
     bingley = document.text.index("Mr. Bingley rents Netherfield Park.\nThis paragraph")  # <br/> is a line break
     assert document.locate(bingley).label == "Chapter 12 › Netherfield"
-    assert document.section_paths == (("Chapter 2",), ("Chapter 1",), ("Chapter 1", "Longbourn"), ("Chapter 12",), ("Chapter 12", "Netherfield"))
+    assert document.section_paths == (
+        ("Chapter 2",),
+        ("Chapter 1",),
+        ("Chapter 1", "Longbourn"),
+        ("Chapter 12",),
+        ("Chapter 12", "Netherfield"),
+    )
 
 
 def test_epub_detected_by_content_named_docx(tmp_path):
@@ -321,10 +341,16 @@ def test_epub_chapter_encodings_and_entities(tmp_path):
     ("damage", "reason"),
     [
         (lambda m: m.pop("OEBPS/content.opf"), "OEBPS/content.opf is missing"),
-        (lambda m: m.update({"META-INF/container.xml": b"<container><rootfiles/></container>"}), "names no package file"),
+        (
+            lambda m: m.update({"META-INF/container.xml": b"<container><rootfiles/></container>"}),
+            "names no package file",
+        ),
         (lambda m: m.update({"OEBPS/content.opf": b"<package><manifest>"}), "OEBPS/content.opf:"),
         (lambda m: m.pop("OEBPS/text/chapter 1.xhtml"), "OEBPS/text/chapter 1.xhtml is missing"),
-        (lambda m: m.update({"OEBPS/content.opf": m["OEBPS/content.opf"].replace(b'idref="c1"', b'idref="gone"')}), "'gone'"),
+        (
+            lambda m: m.update({"OEBPS/content.opf": m["OEBPS/content.opf"].replace(b'idref="c1"', b'idref="gone"')}),
+            "'gone'",
+        ),
     ],
 )
 def test_damaged_epub(tmp_path, damage, reason):
@@ -440,7 +466,9 @@ def test_docx_without_text(tmp_path):
 # --- damaged archives and zip bombs --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "kind"), [("book.epub", "EPUB"), ("report.docx", "DOCX"), ("archive.zip", "zip archive")])
+@pytest.mark.parametrize(
+    ("name", "kind"), [("book.epub", "EPUB"), ("report.docx", "DOCX"), ("archive.zip", "zip archive")]
+)
 def test_truncated_archive(tmp_path, name, kind):
     needs_docs()
     data = epub_bytes(CHAPTERS)
@@ -451,7 +479,9 @@ def test_truncated_archive(tmp_path, name, kind):
 
 
 def test_zip_that_is_neither_epub_nor_docx(tmp_path):
-    path = write(tmp_path, "sheet.xlsx", zip_bytes({"[Content_Types].xml": b"<Types/>", "xl/workbook.xml": b"<workbook/>"}))
+    path = write(
+        tmp_path, "sheet.xlsx", zip_bytes({"[Content_Types].xml": b"<Types/>", "xl/workbook.xml": b"<workbook/>"})
+    )
     with pytest.raises(UsageError) as excinfo:
         read_document(path)
     one_line_usage_error(excinfo, path, "is a zip archive, not an EPUB or DOCX")
@@ -464,7 +494,9 @@ def test_zip_bomb_by_unpacked_size_is_refused_before_extraction(tmp_path, name, 
     members["padding.bin"] = bytes(5 * 2**20)  # 5 MB of zeros: a few KB packed
     path = write(tmp_path, name, zip_bytes(members))
     opened = []
-    monkeypatch.setattr(zipfile.ZipFile, "open", lambda *args, **kwargs: opened.append(args) or pytest.fail("extracted"))
+    monkeypatch.setattr(
+        zipfile.ZipFile, "open", lambda *args, **kwargs: opened.append(args) or pytest.fail("extracted")
+    )
     with pytest.raises(UsageError) as excinfo:
         read_document(path, max_bytes=2**20)
     one_line_usage_error(excinfo, path, "would unpack to 5 MB, over the 4 MB limit for an EPUB or DOCX", "zip bomb?")

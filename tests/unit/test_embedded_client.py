@@ -28,7 +28,10 @@ class _FakeLlama:
     def create_chat_completion(self, **kwargs: Any) -> dict[str, Any]:
         self.completions.append(kwargs)
         message = {"role": "assistant", "content": partial_reply("42", info="The answer is 42.")}
-        return {"choices": [{"message": message, "finish_reason": "stop"}], "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
+        return {
+            "choices": [{"message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+        }
 
     def close(self) -> None:
         pass
@@ -37,9 +40,9 @@ class _FakeLlama:
 @pytest.fixture
 def embedded(monkeypatch, tmp_path) -> EmbeddedLlamaClient:
     llama_cpp = ModuleType("llama_cpp")
-    llama_cpp.Llama = _FakeLlama  # type: ignore[attr-defined]
-    llama_cpp.llama_perf_context_reset = lambda ctx: None  # type: ignore[attr-defined]
-    llama_cpp.llama_perf_context = lambda ctx: SimpleNamespace(n_p_eval=10)  # type: ignore[attr-defined]
+    llama_cpp.Llama = _FakeLlama
+    llama_cpp.llama_perf_context_reset = lambda ctx: None
+    llama_cpp.llama_perf_context = lambda ctx: SimpleNamespace(n_p_eval=10)
     monkeypatch.setitem(sys.modules, "llama_cpp", llama_cpp)
     model = tmp_path / "model.gguf"
     model.write_bytes(b"GGUF")
@@ -51,10 +54,17 @@ def _string_caps_sent(client: EmbeddedLlamaClient, max_string_chars: int | None)
     messages = [ChatMessage(role="user", content="read this")]
     asyncio.run(
         call_structured(
-            client, messages, MapOutput, stage="map", chunk_indices=[0], max_tokens=256, temperature=0.0,
-            attempts=1, max_string_chars=max_string_chars,
+            client,
+            messages,
+            MapOutput,
+            stage="map",
+            chunk_indices=[0],
+            max_tokens=256,
+            temperature=0.0,
+            attempts=1,
+            max_string_chars=max_string_chars,
         )
-    )  # fmt: skip
+    )
     (completion,) = client._llama.completions
     client._llama.completions.clear()
     properties = completion["response_format"]["schema"]["properties"]

@@ -234,7 +234,9 @@ def test_batch_dry_run_counts_a_shared_document_once_and_makes_no_call(tmp_path,
     source.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     scripted = offline
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli.main, ["batch", "--input", str(source), "--out", str(out), "--chunk-tokens", "120", "--dry-run", "--json"])
+    result = CliRunner().invoke(
+        cli.main, ["batch", "--input", str(source), "--out", str(out), "--chunk-tokens", "120", "--dry-run", "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert scripted.requests == [] and not out.exists()  # nothing paid, nothing written
     figures = CostEstimate.model_validate_json(result.stdout)
@@ -248,9 +250,24 @@ def test_infinitebench_dry_run_groups_examples_by_context_and_makes_no_call(tmp_
 
     haystack = "The grass is green. The sky is blue. " * 400
     examples = [
-        {"id": 0, "context": haystack + "The pass key is 71432. " + haystack, "input": "What is the pass key?", "answer": ["71432"]},
-        {"id": 1, "context": haystack + "The pass key is 90210. " + haystack, "input": "What is the pass key?", "answer": ["90210"]},
-        {"id": 2, "context": haystack + "The pass key is 71432. " + haystack, "input": "Tell me the pass key.", "answer": ["71432"]},
+        {
+            "id": 0,
+            "context": haystack + "The pass key is 71432. " + haystack,
+            "input": "What is the pass key?",
+            "answer": ["71432"],
+        },
+        {
+            "id": 1,
+            "context": haystack + "The pass key is 90210. " + haystack,
+            "input": "What is the pass key?",
+            "answer": ["90210"],
+        },
+        {
+            "id": 2,
+            "context": haystack + "The pass key is 71432. " + haystack,
+            "input": "Tell me the pass key.",
+            "answer": ["71432"],
+        },
     ]
     data = tmp_path / "passkey.jsonl"
     data.write_text("".join(json.dumps(example) + "\n" for example in examples), encoding="utf-8")
@@ -262,7 +279,10 @@ def test_infinitebench_dry_run_groups_examples_by_context_and_makes_no_call(tmp_
     assert scripted.requests == [] and not out.exists()
     figures = CostEstimate.model_validate_json(json.dumps(json.loads(result.stdout)["passkey"]))
     assert [d.questions for d in figures.documents] == [2, 1]  # the first context is asked twice
-    assert figures.task_type == "retrieval" and figures.map.calls == 2 * figures.documents[0].chunks + figures.documents[1].chunks
+    assert (
+        figures.task_type == "retrieval"
+        and figures.map.calls == 2 * figures.documents[0].chunks + figures.documents[1].chunks
+    )
     table = CliRunner().invoke(cli.main, args)
     assert table.exit_code == 0 and table.stdout.startswith("passkey\n2 documents, 3 questions")
     direct = CliRunner().invoke(cli.main, [*args, "--method", "direct"])

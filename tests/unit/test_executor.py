@@ -76,8 +76,11 @@ def holder(tmp_path):
     """A real second process holding the lock of ``tmp_path / "out"``."""
     process = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(tmp_path / "out")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPOSITORY,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPOSITORY,
+    )
     assert process.stdout.readline() == "held\n"
     yield process
     process.kill()
@@ -147,7 +150,10 @@ def test_groups_run_as_one_unit_and_each_item_is_saved_or_failed_alone(tmp_path)
         calls.append(list(items))
         if failing and "13" in items:
             raise LlmxmrError("lost the reading")
-        return [LlmxmrError("lost a call") if failing and item == "21" else Line(id=item, value=2 * int(item)) for item in items]
+        return [
+            LlmxmrError("lost a call") if failing and item == "21" else Line(id=item, value=2 * int(item))
+            for item in items
+        ]
 
     def job(ids: list[str]) -> Job:
         return job_of(tmp_path, ids, Together(group=lambda item: item[-1], work=by_group))
@@ -157,7 +163,10 @@ def test_groups_run_as_one_unit_and_each_item_is_saved_or_failed_alone(tmp_path)
     assert calls == [["11", "21", "31"], ["12", "22"], ["13", "23"]]
     assert (stats.items, stats.new, stats.failed, stats.in_flight) == (7, 4, 3, 1)
     assert lines_file(tmp_path / "lines.jsonl").finished() == {"11", "31", "12", "22"}
-    assert sorted(logged) == [f"test line {i} failed: lost {what}" for i, what in (("13", "the reading"), ("21", "a call"), ("23", "the reading"))]
+    assert sorted(logged) == [
+        f"test line {i} failed: lost {what}"
+        for i, what in (("13", "the reading"), ("21", "a call"), ("23", "the reading"))
+    ]
     calls.clear()
     failing = False
     stats = run(tmp_path, job(["11", "12", "21", "13", "31", "22", "23", "33"]), in_flight=1)
@@ -196,8 +205,15 @@ def test_items_in_flight_default_to_what_the_server_runs_at_once(tmp_path):
 
 def test_files_per_item_are_whole_and_partial_ones_are_not_finished(tmp_path):
     cells = tmp_path / "cells"
-    job = Job(name="grid", unit="cell", items=["a", "b"], key=str, work=lambda item, shared: double("1", shared),
-              sink=JsonFiles(cells), config=config())  # fmt: skip
+    job = Job(
+        name="grid",
+        unit="cell",
+        items=["a", "b"],
+        key=str,
+        work=lambda item, shared: double("1", shared),
+        sink=JsonFiles(cells),
+        config=config(),
+    )
     run(tmp_path, job)
     (cells / "b.json").rename(cells / "b.json.partial")  # killed mid-write
     assert JsonFiles(cells).finished() == {"a"}

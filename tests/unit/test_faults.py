@@ -94,7 +94,10 @@ def test_a_refused_connection_is_reported_as_unreachable():
     [
         (Answer(200, raw=b"<html>Bad Gateway</html>"), "unreadable reply"),
         (Answer(200, raw=json.dumps(completion("x").body).encode()[:60]), "unreadable reply"),
-        (Answer(200, {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}), "no choices"),
+        (
+            Answer(200, {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}),
+            "no choices",
+        ),
     ],
     ids=["not-json", "truncated-json", "empty-choices"],
 )
@@ -166,7 +169,12 @@ def test_a_pipeline_under_faults_never_repeats_a_call_that_succeeded_nor_exceeds
     document = " ".join(f"Sentence {i} of the document." for i in range(1500))
     with fake_server({"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": respond}) as server:
         config = PipelineConfig.load(
-            **{"llm.base_url": server.base_url, "llm.concurrency": 3, "llm.tokenizer": "tiktoken", "chunking.chunk_tokens": 200}
+            **{
+                "llm.base_url": server.base_url,
+                "llm.concurrency": 3,
+                "llm.tokenizer": "tiktoken",
+                "chunking.chunk_tokens": 200,
+            }
         )
         result = MapReducePipeline(config).run(document, "What is it about?")
     assert len(result.chunks) > 10 and not result.failed_calls
@@ -188,12 +196,18 @@ def test_a_chunk_that_keeps_failing_is_skipped_or_stops_the_run_from_the_command
             return Answer(503, {"error": {"message": "overloaded"}})
         if body["response_format"]["json_schema"]["name"] == "MapOutput":
             found = "12345" in part
-            return completion(partial_reply("12345" if found else None, 5.0 if found else 0.0, info="The pass key is 12345." if found else ""))
+            return completion(
+                partial_reply(
+                    "12345" if found else None, 5.0 if found else 0.0, info="The pass key is 12345." if found else ""
+                )
+            )
         return completion(final_reply("12345"))
 
     document = tmp_path / "doc.txt"
     filler = [f"Filler sentence {i}." for i in range(400)]
-    document.write_text(" ".join([*filler[:300], "The pass key is 12345.", *filler[300:]]) + "\n\n" + "POISON here. " * 20)
+    document.write_text(
+        " ".join([*filler[:300], "The pass key is 12345.", *filler[300:]]) + "\n\n" + "POISON here. " * 20
+    )
     with fake_server({"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": respond}) as server:
         args = ["run", "--input", str(document), "--question", "What is the pass key?", "--task-type", "retrieval"]
         args += ["--base-url", server.base_url, "--tokenizer", "tiktoken", "--chunk-tokens", "200", "--no-progress"]
@@ -204,4 +218,7 @@ def test_a_chunk_that_keeps_failing_is_skipped_or_stops_the_run_from_the_command
         assert result["confidence"] < 4.5 and "HTTP 503: overloaded" in result["failed_calls"][0]["error"]
         stopped = CliRunner().invoke(main, [*args, "--on-chunk-error", "fail"], catch_exceptions=False)
     assert stopped.exit_code == 1
-    assert re.search(rf"error: map call for chunk\(s\) \[\d+\] failed: .*{re.escape(server.base_url)}.*HTTP 503: overloaded", stopped.output)
+    assert re.search(
+        rf"error: map call for chunk\(s\) \[\d+\] failed: .*{re.escape(server.base_url)}.*HTTP 503: overloaded",
+        stopped.output,
+    )

@@ -42,19 +42,33 @@ def test_extra_arguments_come_last_so_they_override():
 
 @pytest.mark.parametrize(
     ("host", "url"),
-    [("0.0.0.0", "http://127.0.0.1:5/v1"), ("::", "http://[::1]:5/v1"), ("::1", "http://[::1]:5/v1"), ("gw.local", "http://gw.local:5/v1")],
+    [
+        ("0.0.0.0", "http://127.0.0.1:5/v1"),
+        ("::", "http://[::1]:5/v1"),
+        ("::1", "http://[::1]:5/v1"),
+        ("gw.local", "http://gw.local:5/v1"),
+    ],
 )
 def test_the_printed_url_is_one_a_client_on_this_host_can_use(host, url):
     assert gateways.GatewayPlan(workers=("http://w:1",), metrics_port=1, host=host, port=5).base_url == url
 
 
 def test_worker_urls_are_reduced_to_their_roots():
-    assert gateways.parse_workers(" http://a:1/v1 , http://b:2/,https://c:3 ") == ("http://a:1", "http://b:2", "https://c:3")
+    assert gateways.parse_workers(" http://a:1/v1 , http://b:2/,https://c:3 ") == (
+        "http://a:1",
+        "http://b:2",
+        "https://c:3",
+    )
 
 
 @pytest.mark.parametrize(
     ("text", "fragment"),
-    [(",", "names no worker"), ("a:1", "not of the form"), ("ftp://a:1", "not of the form"), ("http://a:1,http://a:1/v1", "listed twice")],
+    [
+        (",", "names no worker"),
+        ("a:1", "not of the form"),
+        ("ftp://a:1", "not of the form"),
+        ("http://a:1,http://a:1/v1", "listed twice"),
+    ],
 )
 def test_bad_worker_lists(text, fragment):
     with pytest.raises(UsageError, match=fragment):
@@ -62,7 +76,9 @@ def test_bad_worker_lists(text, fragment):
 
 
 def test_dry_run_prints_the_command_with_a_free_metrics_port():
-    result = invoke("gateway", "--workers", "http://a:1,http://b:2", "--port", "31999", "--policy", "cache_aware", "--dry-run")
+    result = invoke(
+        "gateway", "--workers", "http://a:1,http://b:2", "--port", "31999", "--policy", "cache_aware", "--dry-run"
+    )
     assert result.exit_code == 0, result.output
     command = result.output.split()
     assert command[1:4] == ["-m", "smg", "launch"] and flag(command, "--port") == "31999"
@@ -72,7 +88,10 @@ def test_dry_run_prints_the_command_with_a_free_metrics_port():
 
 
 def test_the_default_policy_is_power_of_two_which_smg_refuses_for_one_worker():
-    assert flag(invoke("gateway", "--workers", "http://a:1,http://b:2", "--dry-run").output.split(), "--policy") == "power_of_two"
+    assert (
+        flag(invoke("gateway", "--workers", "http://a:1,http://b:2", "--dry-run").output.split(), "--policy")
+        == "power_of_two"
+    )
     assert flag(invoke("gateway", "--workers", "http://a:1", "--dry-run").output.split(), "--policy") == "round_robin"
 
 
@@ -83,7 +102,9 @@ def test_dry_run_passes_extra_arguments_and_a_given_metrics_port():
 
 
 def test_a_bad_worker_list_is_a_usage_error():
-    assert_one_line_error(invoke("gateway", "--workers", "localhost:30000", "--dry-run"), 2, "not of the form http://HOST:PORT")
+    assert_one_line_error(
+        invoke("gateway", "--workers", "localhost:30000", "--dry-run"), 2, "not of the form http://HOST:PORT"
+    )
 
 
 def test_without_smg_the_command_names_the_extra(monkeypatch):
@@ -137,7 +158,8 @@ def test_stop_kills_the_whole_group_even_when_sigterm_is_ignored(monkeypatch):
     monkeypatch.setattr(gateways, "STOP_TIMEOUT_S", 0.5)
     # A leader that ignores SIGTERM, with a child of its own that would be orphaned.
     script = "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-    script += "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); print(child.pid, flush=True); time.sleep(60)"
+    script += "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+    script += "print(child.pid, flush=True); time.sleep(60)"
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, start_new_session=True)
     child = int(process.stdout.readline())
     gateways.stop(process)

@@ -27,7 +27,9 @@ from ..fake_server import Answer, completion, fake_server, models
 REQUEST = ChatRequest(messages=[ChatMessage(role="user", content="hi")], max_tokens=32, priority=2)
 
 
-def worker(url: str, context_length: int | None, *, healthy: bool = True, runtime: str = "sglang", model: str = "test-model") -> dict[str, Any]:
+def worker(
+    url: str, context_length: int | None, *, healthy: bool = True, runtime: str = "sglang", model: str = "test-model"
+) -> dict[str, Any]:
     """One entry of smg 1.13's GET /workers, as it lists a worker (fields llmxmr does not read trimmed)."""
     return {
         "id": url,
@@ -68,7 +70,9 @@ def chat_bodies(server) -> list[dict[str, Any]]:
 
 
 def test_the_window_behind_a_gateway_is_the_smallest_worker_context():
-    scripts = gateway_scripts(worker("http://a:1", 8192), worker("http://b:1", 4096, healthy=False), worker("http://c:1", 16384))
+    scripts = gateway_scripts(
+        worker("http://a:1", 8192), worker("http://b:1", 4096, healthy=False), worker("http://c:1", 16384)
+    )
 
     async def probe(client: OpenAICompatibleClient) -> tuple[int | None, int, str]:
         return await client.context_window(), await client.worker_count(), client.describe()
@@ -141,7 +145,16 @@ def test_later_stages_ask_for_a_higher_priority():
 
     async def priority_of(stage: str) -> int | None:
         client = ScriptedClient(responder=lambda request: partial_reply(None, 0))
-        await call_structured(client, REQUEST.messages, MapOutput, stage=stage, chunk_indices=[0], max_tokens=32, temperature=0.0, attempts=1)
+        await call_structured(
+            client,
+            REQUEST.messages,
+            MapOutput,
+            stage=stage,
+            chunk_indices=[0],
+            max_tokens=32,
+            temperature=0.0,
+            attempts=1,
+        )
         return client.requests[0].priority
 
     priorities = {stage: asyncio.run(priority_of(stage)) for stage in ("map", "collapse", "reduce")}

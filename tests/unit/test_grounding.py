@@ -128,16 +128,23 @@ def test_a_quote_of_several_sentences_counts_by_the_sentences_in_the_text():
     citations = locate_all([looped], whole(TEXT), DocumentIndex(TEXT), THRESHOLD)
     assert [c.quote for c in citations] == ["The pass key is 71432."]  # "Remember it.": too short alone
     mixed = "The grass is green. The pass key is 55555."  # one real sentence, one invented
-    assert [c.quote for c in locate_all([mixed], whole(TEXT), DocumentIndex(TEXT), THRESHOLD)] == ["The grass is green."]
+    assert [c.quote for c in locate_all([mixed], whole(TEXT), DocumentIndex(TEXT), THRESHOLD)] == [
+        "The grass is green."
+    ]
     chinese = "密码是 71432，请记住。密码是 71432，请记住。"
     text = "前言。\n密码是 71432，请记住。\n结束。"
-    assert [c.quote for c in locate_all([chinese], whole(text), DocumentIndex(text), THRESHOLD)] == ["密码是 71432，请记住。"]
+    assert [c.quote for c in locate_all([chinese], whole(text), DocumentIndex(text), THRESHOLD)] == [
+        "密码是 71432，请记住。"
+    ]
 
 
 def test_a_quote_split_into_sentences_keeps_initials_and_abbreviations_whole():
     text = "Intro.\nJ.R.R. Tolkien served in the U.S. Army with Mr. Darcy. Outro.\n"
     quote = "J.R.R. Tolkien served in the U.S. Army with Mr. Darcy. He then wrote a book about it."
-    assert sentences_of(quote) == ["J.R.R. Tolkien served in the U.S. Army with Mr. Darcy.", "He then wrote a book about it."]
+    assert sentences_of(quote) == [
+        "J.R.R. Tolkien served in the U.S. Army with Mr. Darcy.",
+        "He then wrote a book about it.",
+    ]
     citations = locate_all([quote], whole(text), DocumentIndex(text), THRESHOLD)
     assert [c.quote for c in citations] == ["J.R.R. Tolkien served in the U.S. Army with Mr. Darcy."]
 
@@ -196,7 +203,13 @@ def test_a_collapse_cannot_pass_off_a_truncated_value_as_verified():
 
 def test_evidence_past_three_quotes_is_dropped_not_failed():
     reply = MapOutput.model_validate(
-        {"extracted_information": "", "evidence": ["a", " ", "b", "c", "d"], "rationale": "", "answer": "x", "confidence": 1}
+        {
+            "extracted_information": "",
+            "evidence": ["a", " ", "b", "c", "d"],
+            "rationale": "",
+            "answer": "x",
+            "confidence": 1,
+        }
     )
     assert reply.evidence == ["a", "b", "c"]
 
@@ -233,7 +246,10 @@ def test_retrieval_reads_requests_and_replies_without_the_words_of_the_prompt():
     text = "The pass key is 71432. The text below is long."
     # SmolLM2 writes its value as a sentence about the task.
     evidence = "The pass key is 71432."
-    assert checked_value("The answer is 71432", evidence, "What is the pass key?", text) == ("The answer is 71432", None)
+    assert checked_value("The answer is 71432", evidence, "What is the pass key?", text) == (
+        "The answer is 71432",
+        None,
+    )
     # A request's instructions name nothing: "text" and "below" do not make a sentence about it.
     assert not names_request("The text below is long.", "Please find the pass key in the text below.")
     assert names_request("The pass key is 71432.", "Please find the pass key in the text below.")
@@ -318,7 +334,9 @@ def test_a_retrieval_value_comes_from_a_found_sentence_that_names_the_request():
             info = f"The weather was mild and nothing happened that day. {KEY} The wea"
             return partial_reply("nothing happened that day", 5, info=info, evidence=["the pass key"])
         if request.schema_name == "MapOutput":
-            return partial_reply("The weather was mild", 5, info="The weather was mild.", evidence=["The weather was mild"])
+            return partial_reply(
+                "The weather was mild", 5, info="The weather was mild.", evidence=["The weather was mild"]
+            )
         answers = re.findall(r"^Answer: (.+)$", request.messages[-1].content, flags=re.M)
         return final_reply(answers[0], 5, [])
 
@@ -470,7 +488,8 @@ def test_citations_appear_in_the_cli_output_and_json(monkeypatch, tmp_path):
     document = tmp_path / "doc.txt"
     document.write_text(WITH_KEY)
     monkeypatch.setattr(
-        "llmxmr.pipeline.make_client", lambda config: ScriptedClient(responder=honest_or_inventive, counter=WordCounter())
+        "llmxmr.pipeline.make_client",
+        lambda config: ScriptedClient(responder=honest_or_inventive, counter=WordCounter()),
     )
     base = ["run", "--input", str(document), "--question", "What is the pass key?", "--task-type", "retrieval"]
     base += ["--chunk-tokens", "120", "--no-progress"]
@@ -483,8 +502,18 @@ def test_citations_appear_in_the_cli_output_and_json(monkeypatch, tmp_path):
     assert hidden.stdout.strip() == "71432"
     payload = json.loads(CliRunner().invoke(main, [*base, "--json"]).stdout)
     assert payload["citations"] == [
-        {"chunk": payload["citations"][0]["chunk"], "start": WITH_KEY.index(KEY), "end": WITH_KEY.index(KEY) + len(KEY),
-         "line": line, "quote": KEY, "match": "exact", "score": 100.0, "page": None, "section": [], "location": None}
+        {
+            "chunk": payload["citations"][0]["chunk"],
+            "start": WITH_KEY.index(KEY),
+            "end": WITH_KEY.index(KEY) + len(KEY),
+            "line": line,
+            "quote": KEY,
+            "match": "exact",
+            "score": 100.0,
+            "page": None,
+            "section": [],
+            "location": None,
+        }
     ]
     unchecked = CliRunner().invoke(main, [*base, "--grounding", "off"])
     assert unchecked.exit_code == 0 and unchecked.stdout.splitlines()[0] == "55555"  # the flag took effect

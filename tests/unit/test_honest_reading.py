@@ -1,4 +1,4 @@
-""""Not found" must be true: replies cut at the length limit are rescued under a tighter schema,
+"""A "not found" must be true: replies cut at the length limit are rescued under a tighter schema,
 a result with unread chunks says so instead of claiming the document lacks the answer, a sentence
 of the text that states a paraphrase-quoted answer supports it, token counting never fails a run,
 and the InfiniteBench harness defaults to the seed's chunk size and the server's parallelism."""
@@ -13,16 +13,16 @@ import pytest
 from click.testing import CliRunner
 
 from llmxmr import MapReducePipeline, PipelineConfig
-from llmxmr.executor import default_in_flight
 from llmxmr.bench.infinitebench.runner import BatchRun
 from llmxmr.cli import main
 from llmxmr.clients.base import ChatReply, ChatRequest
 from llmxmr.clients.fake import ScriptedClient
 from llmxmr.clients.openai_compat import server_root
+from llmxmr.clients.tokenize import ServerTokenCounter
+from llmxmr.executor import default_in_flight
 from llmxmr.prompts import ChatMessage
 from llmxmr.schemas import MapOutput, json_schema
 from llmxmr.structured import call_structured, rescue_string_chars
-from llmxmr.clients.tokenize import ServerTokenCounter
 from llmxmr.tokens import TiktokenCounter
 
 from ..conftest import WordCounter, final_reply, partial_reply
@@ -37,7 +37,14 @@ MESSAGES = [ChatMessage(role="user", content="read this")]
 def structured(client: ScriptedClient, attempts: int = 3, max_tokens: int = 512):
     return asyncio.run(
         call_structured(
-            client, MESSAGES, MapOutput, stage="map", chunk_indices=[0], max_tokens=max_tokens, temperature=0.0, attempts=attempts
+            client,
+            MESSAGES,
+            MapOutput,
+            stage="map",
+            chunk_indices=[0],
+            max_tokens=max_tokens,
+            temperature=0.0,
+            attempts=attempts,
         )
     )
 
@@ -104,7 +111,9 @@ DOCUMENT = "\n\n".join([FILLER, FILLER, f"{FILLER} {KEY}", FILLER])
 
 
 def _pipeline_config(**overrides: Any) -> PipelineConfig:
-    return PipelineConfig.load(task_type="retrieval", **{"chunking.chunk_tokens": 450, "llm.concurrency": 2, **overrides})
+    return PipelineConfig.load(
+        task_type="retrieval", **{"chunking.chunk_tokens": 450, "llm.concurrency": 2, **overrides}
+    )
 
 
 def _always_cut_on_key(answer_elsewhere: bool):
@@ -163,7 +172,18 @@ def _cli(tmp_path, monkeypatch, *args: str, model: str = "scripted"):
         return original(config, client=client)
 
     monkeypatch.setattr(cli, "MapReducePipeline", with_client)
-    command = ["run", "--input", str(path), "--question", "What is the pass key?", "--task-type", "retrieval", "--chunk-tokens", "450", *args]
+    command = [
+        "run",
+        "--input",
+        str(path),
+        "--question",
+        "What is the pass key?",
+        "--task-type",
+        "retrieval",
+        "--chunk-tokens",
+        "450",
+        *args,
+    ]
     return CliRunner().invoke(main, command)
 
 
@@ -240,7 +260,7 @@ def test_an_answer_made_of_the_questions_own_words_is_not_stated_by_a_sentence_o
 def test_a_reply_in_the_first_person_is_not_stated_by_any_sentence_with_an_i():
     """SmolLM2 on the fact benchmark: "I am very glad that you have taken the liberty..." was
     supported by a sentence of dialogue holding "I" and a word of the question."""
-    document = f"{PROSE}\n\n\"I did not say so,\" said she of the blue tin.\n\n{PROSE}"
+    document = f'{PROSE}\n\n"I did not say so," said she of the blue tin.\n\n{PROSE}'
     result = _qa(document, "Well, I am very glad of your reply", evidence=["glad of it"])
     assert not result.found
 
@@ -259,7 +279,9 @@ def test_a_server_that_does_not_count_in_time_gives_an_estimate_on_the_large_sid
     scripts = {"/extras/tokenize/count": [Answer(body={"count": 5}, delay_s=2.0)]}
     text = "The pass key is 71432. Remember it. " * 20
     with fake_server(scripts) as server:
-        counter = ServerTokenCounter(server_root(server.base_url), "/extras/tokenize/count", "input", safety_margin=0.15)
+        counter = ServerTokenCounter(
+            server_root(server.base_url), "/extras/tokenize/count", "input", safety_margin=0.15
+        )
         try:
             (count,) = counter.count_batch([text])
         finally:
@@ -272,7 +294,9 @@ def test_a_server_that_does_not_count_in_time_gives_an_estimate_on_the_large_sid
 def test_a_server_that_counts_in_time_is_exact(monkeypatch):
     scripts = {"/extras/tokenize/count": [Answer(body={"count": 5})]}
     with fake_server(scripts) as server:
-        counter = ServerTokenCounter(server_root(server.base_url), "/extras/tokenize/count", "input", safety_margin=0.15)
+        counter = ServerTokenCounter(
+            server_root(server.base_url), "/extras/tokenize/count", "input", safety_margin=0.15
+        )
         try:
             assert counter.count_batch(["hello there"]) == [5] and counter.estimated == 0
         finally:
@@ -317,7 +341,15 @@ def test_a_string_cap_goes_into_every_attempts_schema_and_a_rescue_only_lowers_i
     client = ScriptedClient([CUT, VALID])
     asyncio.run(
         call_structured(
-            client, MESSAGES, MapOutput, stage="map", chunk_indices=[0], max_tokens=512, temperature=0.0, attempts=3, max_string_chars=250
+            client,
+            MESSAGES,
+            MapOutput,
+            stage="map",
+            chunk_indices=[0],
+            max_tokens=512,
+            temperature=0.0,
+            attempts=3,
+            max_string_chars=250,
         )
     )
     first, rescued = (string_caps(request.json_schema) for request in client.requests)

@@ -3,17 +3,15 @@ that resume, examples sharing a context read once, all with the scripted fake cl
 
 from __future__ import annotations
 
-import threading
-
 import asyncio
 import json
 import re
+import threading
 
 import pytest
 
-from llmxmr.bench.infinitebench.data import read_examples
 from llmxmr import MapReducePipeline
-from llmxmr.bench.infinitebench.data import DataSource
+from llmxmr.bench.infinitebench.data import DataSource, read_examples
 from llmxmr.bench.infinitebench.runner import BatchRun, format_table, read_finished, write_summary
 from llmxmr.bench.infinitebench.scorers import TASKS
 from llmxmr.bench.infinitebench.tasks import Example, direct_messages, ground_truth, question_for, task_config
@@ -39,7 +37,9 @@ EXAMPLES = {
     "longbook_choice_eng": Example(id=0, context="ctx", input="Who wins?", answer=["Carol"], options=OPTIONS),
     "longbook_qa_chn": Example(id=0, context="ctx", input="谁是主角？", answer=["小明"]),
     "longdialogue_qa_eng": Example(id=0, context="ctx", input="", answer=["JOHN"]),
-    "code_debug": Example(id=0, context="ctx", input="", answer=["func_b"], options=["func_a", "func_b", "func_c", "func_d"]),
+    "code_debug": Example(
+        id=0, context="ctx", input="", answer=["func_b"], options=["func_a", "func_b", "func_c", "func_d"]
+    ),
     "code_run": Example(id=0, context="ctx", input="What is the return value of func_7(-3)?", answer=[12]),
     "math_find": Example(
         id=0,
@@ -146,7 +146,9 @@ def test_cut_middle_keeps_both_ends_within_budget():
 
 
 def passkey_example(identifier: int, key: str, depth: int, lines: int = 120) -> Example:
-    context = FILLER * depth + f"The pass key is {key}. Remember it. {key} is the pass key.\n" + FILLER * (lines - depth)
+    context = (
+        FILLER * depth + f"The pass key is {key}. Remember it. {key} is the pass key.\n" + FILLER * (lines - depth)
+    )
     return Example(id=identifier, context=context, input="What is the pass key?", answer=[key])
 
 
@@ -268,7 +270,9 @@ def test_an_unreachable_server_stops_the_batch(tmp_path):
     down = ServerUnavailableError("http://127.0.0.1:9/v1", "connection refused")
     client = ScriptedClient([down], responder=reader, counter=WordCounter())
     with pytest.raises(ServerUnavailableError):
-        run_batch(tmp_path, [passkey_example(0, "11111", 5), passkey_example(1, "22222", 5)], client=client, in_flight=1)
+        run_batch(
+            tmp_path, [passkey_example(0, "11111", 5), passkey_example(1, "22222", 5)], client=client, in_flight=1
+        )
     assert not (tmp_path / "out" / "preds_passkey.jsonl").read_text()
 
 
@@ -345,7 +349,10 @@ def boxes_context(shelf: int, lines: int = 120) -> str:
 
 def box_example(identifier: int, shelf: int, box: str) -> Example:
     return Example(
-        id=identifier, context=boxes_context(shelf), input=f"What is the pass key of box {box}?", answer=[f"{shelf}{BOXES[box][1:]}"]
+        id=identifier,
+        context=boxes_context(shelf),
+        input=f"What is the pass key of box {box}?",
+        answer=[f"{shelf}{BOXES[box][1:]}"],
     )
 
 
@@ -359,7 +366,9 @@ def box_reader(request: ChatRequest) -> str:
         return reader(request)
     chunk, _ = map_parts(request)
     sentence = re.search(rf"The pass key of box {box_of(request)} is (\d+)\.", chunk)
-    return partial_reply(sentence.group(1), 5.0, info=sentence.group(0)) if sentence else partial_reply(None, 0.0, info="")
+    return (
+        partial_reply(sentence.group(1), 5.0, info=sentence.group(0)) if sentence else partial_reply(None, 0.0, info="")
+    )
 
 
 # Two shelves, three boxes each, the examples of one shelf not next to each other in the file.
@@ -383,14 +392,23 @@ def test_each_example_gets_what_it_got_before_grouping(tmp_path):
     """The predictions of examples read together equal those of each example run alone."""
     run_batch(tmp_path, SHELVES, client=ScriptedClient(responder=box_reader, counter=WordCounter()))
     fields = ("prediction", "found", "calls", "failed_calls", "prompt_tokens", "completion_tokens")
-    together = {p.id: [getattr(p, f) for f in fields] for p in read_finished(tmp_path / "out" / "preds_passkey.jsonl", "mr")}
+    together = {
+        p.id: [getattr(p, f) for f in fields] for p in read_finished(tmp_path / "out" / "preds_passkey.jsonl", "mr")
+    }
     config = BatchRun(tmp_path / "alone", overrides={"chunking.chunk_tokens": 300}).config_for("passkey")
 
     def alone(example: Example) -> list:
         client = ScriptedClient(responder=box_reader, counter=WordCounter())
         result = MapReducePipeline(config, client=client).run(example.context, question_for("passkey", example))
         totals = result.trace.totals
-        return [result.answer, result.found, totals.calls, totals.failed_calls, totals.prompt_tokens, totals.completion_tokens]
+        return [
+            result.answer,
+            result.found,
+            totals.calls,
+            totals.failed_calls,
+            totals.prompt_tokens,
+            totals.completion_tokens,
+        ]
 
     assert together == {e.id: alone(e) for e in SHELVES}
 
@@ -424,7 +442,9 @@ def test_an_example_that_lost_a_call_is_not_written_while_its_group_mates_are(tm
 
 
 def test_direct_makes_one_call_per_example_even_when_they_share_a_context(tmp_path, chunkings):
-    report, client = run_batch(tmp_path, SHELVES, method="direct", client=ScriptedClient(responder=reader, counter=WordCounter()))
+    report, client = run_batch(
+        tmp_path, SHELVES, method="direct", client=ScriptedClient(responder=reader, counter=WordCounter())
+    )
     assert len(client.requests) == 6 and all(r.json_schema is None for r in client.requests)
     assert chunkings == [] and (report.n, report.documents) == (6, 2)
 
@@ -442,7 +462,9 @@ def test_direct_examples_overlap_up_to_the_concurrency(tmp_path, concurrency, ex
     from tests.fake_server import Answer, completion, fake_server, models
 
     data = tmp_path / "passkey.jsonl"
-    data.write_text("".join(passkey_example(i, f"{50000 + i}", depth=3, lines=10).model_dump_json() + "\n" for i in range(examples)))
+    data.write_text(
+        "".join(passkey_example(i, f"{50000 + i}", depth=3, lines=10).model_dump_json() + "\n" for i in range(examples))
+    )
     full = threading.Event()
 
     def held(body: dict) -> Answer:
@@ -453,9 +475,28 @@ def test_direct_examples_overlap_up_to_the_concurrency(tmp_path, concurrency, ex
         return completion("50000")
 
     scripts = {"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": held}
-    args = ["bench", "infinitebench", "--task", "passkey", "--data", str(data), "--out", str(tmp_path / "out"), "--method", "direct"]
+    args = [
+        "bench",
+        "infinitebench",
+        "--task",
+        "passkey",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "out"),
+        "--method",
+        "direct",
+    ]
     with fake_server(scripts) as server:
-        args += ["--base-url", server.base_url, "--tokenizer", "tiktoken", "--concurrency", str(concurrency), "--no-progress"]
+        args += [
+            "--base-url",
+            server.base_url,
+            "--tokenizer",
+            "tiktoken",
+            "--concurrency",
+            str(concurrency),
+            "--no-progress",
+        ]
         result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert sum(path == "/v1/chat/completions" for path, _ in server.requests) == examples
@@ -481,7 +522,9 @@ def test_direct_counts_tokens_off_the_event_loop():
     client = ScriptedClient(["42"], counter=counter, window=1000)
 
     async def answer() -> int:
-        await answer_directly(client, PipelineConfig.load(), lambda text: [ChatMessage(role="user", content=text)], FILLER * 100, 16)
+        await answer_directly(
+            client, PipelineConfig.load(), lambda text: [ChatMessage(role="user", content=text)], FILLER * 100, 16
+        )
         return threading.get_ident()
 
     loop_thread = asyncio.run(answer())

@@ -40,7 +40,13 @@ def respond(body: dict) -> Answer:
 def write_data(folder: Path) -> None:
     folder.mkdir()
     lines = [
-        {"id": i, "context": f"Filler. The pass key is {10000 + i}. Filler.", "input": "What is the pass key?", "answer": [str(10000 + i)], "options": []}
+        {
+            "id": i,
+            "context": f"Filler. The pass key is {10000 + i}. Filler.",
+            "input": "What is the pass key?",
+            "answer": [str(10000 + i)],
+            "options": [],
+        }
         for i in range(EXAMPLES)
     ]
     (folder / "passkey.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -49,7 +55,8 @@ def write_data(folder: Path) -> None:
 def command(base_url: str, data: Path, out: Path) -> list[str]:
     return [
         sys.executable, "-m", "llmxmr", "bench", "infinitebench", "--task", "passkey", "--data-dir", str(data),
-        "--out", str(out), "--base-url", base_url, "--tokenizer", "tiktoken", "--examples-in-flight", "4", "--no-progress",
+        "--out", str(out), "--base-url", base_url, "--tokenizer", "tiktoken", "--examples-in-flight", "4",
+        "--no-progress",
     ]  # fmt: skip
 
 
@@ -71,7 +78,9 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
         while kills < 5:
             before = len(preds.read_text().splitlines()) if preds.exists() else 0
             target = before + rng.randint(3, 12)  # let a few more examples finish, then kill
-            process = subprocess.Popen(command(server.base_url, data, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            process = subprocess.Popen(
+                command(server.base_url, data, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             while process.poll() is None and (not preds.exists() or preds.read_text().count("\n") < target):
                 time.sleep(0.005)
             if process.poll() is not None:
@@ -98,7 +107,10 @@ def test_ctrl_c_stops_cleanly_keeps_finished_work_and_says_how_to_resume(tmp_pat
     scripts = {"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": respond}
     with fake_server(scripts) as server:
         process = subprocess.Popen(
-            command(server.base_url, data, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint
+            command(server.base_url, data, out),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=default_sigint,  # noqa: PLW1509 (one system call)
         )
         while process.poll() is None and (not preds.exists() or preds.read_text().count("\n") < 5):
             time.sleep(0.005)
@@ -182,13 +194,19 @@ def test_sigkill_during_a_niah_grid_loses_no_cell(tmp_path):
     haystack = tmp_path / "hay.txt"
     haystack.write_text(" ".join(f"Sentence number {i} is plain filler." for i in range(400)))
     rng = random.Random(1)
-    with fake_server({"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": respond_niah}) as server:
+    with fake_server(
+        {"/v1/models": [models("vllm", max_model_len=4096)], "/v1/chat/completions": respond_niah}
+    ) as server:
         out = tmp_path / "killed"
         kills = 0
         while kills < 4:
             target = len(list((out / "cells").glob("*.json"))) + rng.randint(2, 5) if (out / "cells").exists() else 2
-            process = subprocess.Popen(niah_command(server.base_url, haystack, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            while process.poll() is None and (not (out / "cells").exists() or len(list((out / "cells").glob("*.json"))) < target):
+            process = subprocess.Popen(
+                niah_command(server.base_url, haystack, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            while process.poll() is None and (
+                not (out / "cells").exists() or len(list((out / "cells").glob("*.json"))) < target
+            ):
                 time.sleep(0.005)
             if process.poll() is not None:
                 break

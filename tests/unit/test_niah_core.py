@@ -65,7 +65,7 @@ def _joined(enc, haystack, needles, context: Context, target):
     trimmed = _trimmed(enc, haystack, needles, target)
     tokens: list[int] = []
     previous = inserted = 0
-    for placement, needle in zip(context.placements, _needle_tokens(enc, needles)):
+    for placement, needle in zip(context.placements, _needle_tokens(enc, needles), strict=True):
         point = placement.token_offset - inserted
         tokens += trimmed[previous:point] + needle
         previous, inserted = point, inserted + len(needle)
@@ -182,7 +182,7 @@ def test_needles_are_spaced_evenly_after_the_first(enc, haystack, depth, expecte
     assert [p.depth_percent for p in context.placements] == pytest.approx(expected)
     assert [p.needle for p in context.placements] == [0, 1, 2, 3]
     inserted = 0
-    for placement, tokens in zip(context.placements, _needle_tokens(enc, needles)):
+    for placement, tokens in zip(context.placements, _needle_tokens(enc, needles), strict=True):
         # Depths are measured on the haystack alone, not on the context grown by earlier needles.
         point = placement.token_offset - inserted
         if placement.depth_percent == 0:
@@ -306,7 +306,8 @@ def test_parse_lengths_lists_and_ranges():
 
 
 @pytest.mark.parametrize(
-    "text", ["", "1k,,2k", "abc", "0", "1k:2k", "1k:2k:3:4", "2k:1k:3", "1k:2k:0", "1k:2k:x", "1k:2k:\u00b2", "1k:2k:1001"]
+    "text",
+    ["", "1k,,2k", "abc", "0", "1k:2k", "1k:2k:3:4", "2k:1k:3", "1k:2k:0", "1k:2k:x", "1k:2k:\u00b2", "1k:2k:1001"],
 )
 def test_parse_lengths_errors(text):
     with pytest.raises(UsageError) as error:

@@ -10,8 +10,8 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from llmxmr.bench.niah.needles import CLASSIC, CLASSIC_NEEDLE, ruler_needles
 from llmxmr.bench.niah import plot
+from llmxmr.bench.niah.needles import CLASSIC, CLASSIC_NEEDLE, ruler_needles
 from llmxmr.bench.niah.plot import score_grid, summarize
 from llmxmr.bench.niah.runner import CellResult, NiahRun, RunSettings, judge_messages, load_cells
 from llmxmr.cli import main
@@ -49,14 +49,35 @@ def reader(request: ChatRequest) -> str:
 
 
 def run(
-    tmp_path, haystack, *, lengths=(400, 800), depths=(0.0, 50.0, 100.0), client=None, cells_in_flight=None, config=(), **settings
+    tmp_path,
+    haystack,
+    *,
+    lengths=(400, 800),
+    depths=(0.0, 50.0, 100.0),
+    client=None,
+    cells_in_flight=None,
+    config=(),
+    **settings,
 ):
-    values = {"haystack": str(haystack), "needles": CLASSIC, "method": "mr", "judge": False, "buffer": 50, "task_type": "retrieval"}
+    values = {
+        "haystack": str(haystack),
+        "needles": CLASSIC,
+        "method": "mr",
+        "judge": False,
+        "buffer": 50,
+        "task_type": "retrieval",
+    }
     values.update(settings)
     client = client or ScriptedClient(responder=reader, counter=WordCounter())
     config = PipelineConfig.load(task_type=values["task_type"], **{"chunking.chunk_tokens": 150, **dict(config)})
     runner = NiahRun(
-        RunSettings(**values), tmp_path / "out", config, client=client, cells_in_flight=cells_in_flight, progress=False, log=lambda _: None
+        RunSettings(**values),
+        tmp_path / "out",
+        config,
+        client=client,
+        cells_in_flight=cells_in_flight,
+        progress=False,
+        log=lambda _: None,
     )
     cells = asyncio.run(runner.run(list(lengths), list(depths)))
     return cells, client, runner
@@ -129,7 +150,9 @@ def test_a_cell_that_lost_a_call_is_not_written_and_is_retried(tmp_path, haystac
 
 def test_direct_method_sees_the_needle_only_when_it_survives_the_cut(tmp_path, haystack):
     client = ScriptedClient(responder=reader, counter=WordCounter(), window=600)
-    cells, client, _ = run(tmp_path, haystack, lengths=(2000,), depths=(0.0, 50.0, 100.0), method="direct", client=client)
+    cells, client, _ = run(
+        tmp_path, haystack, lengths=(2000,), depths=(0.0, 50.0, 100.0), method="direct", client=client
+    )
     scores = {c.depth_percent: c.score for c in cells}
     assert scores == {0.0: 1.0, 50.0: 0.0, 100.0: 1.0}
     assert all(c.kept_tokens < c.context_tokens for c in cells)
@@ -141,9 +164,24 @@ def test_grid_means_and_missing_cells():
 
     def cell(length, depth, score):
         return CellResult(
-            model="m", method="mr", context_length=length, context_tokens=length, kept_tokens=length,
-            depth_percent=depth, needles=["x"], placements=[], question="q", expected=["x"], response="r",
-            found=True, recall=score, score=score, duration_s=1.0, calls=2, failed_calls=0, prompt_tokens=10,
+            model="m",
+            method="mr",
+            context_length=length,
+            context_tokens=length,
+            kept_tokens=length,
+            depth_percent=depth,
+            needles=["x"],
+            placements=[],
+            question="q",
+            expected=["x"],
+            response="r",
+            found=True,
+            recall=score,
+            score=score,
+            duration_s=1.0,
+            calls=2,
+            failed_calls=0,
+            prompt_tokens=10,
             completion_tokens=1,
         )
 
@@ -156,18 +194,36 @@ def test_cli_writes_heatmap_csv_summary_and_redraws(tmp_path, haystack, monkeypa
     client = ScriptedClient(responder=reader, counter=WordCounter())
     monkeypatch.setattr("llmxmr.executor.make_client", lambda config: client)
     out = tmp_path / "run"
-    args = ["bench", "niah", "--haystack", str(haystack), "--lengths", "400,800", "--depths", "0:100:3", "--buffer", "50"]
+    args = [
+        "bench",
+        "niah",
+        "--haystack",
+        str(haystack),
+        "--lengths",
+        "400,800",
+        "--depths",
+        "0:100:3",
+        "--buffer",
+        "50",
+    ]
     args += ["--chunk-tokens", "150", "--out", str(out), "--no-progress"]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "mean score 1.000 of 1 · 6 cells" in result.output
     assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
     rows = list(csv.reader((out / "grid.csv").open()))
-    assert rows == [["depth_percent", "400", "800"], ["0", "1.0000", "1.0000"], ["50", "1.0000", "1.0000"], ["100", "1.0000", "1.0000"]]
+    assert rows == [
+        ["depth_percent", "400", "800"],
+        ["0", "1.0000", "1.0000"],
+        ["50", "1.0000", "1.0000"],
+        ["100", "1.0000", "1.0000"],
+    ]
     (out / "heatmap.png").unlink()
     titles = []
     draw = plot.draw_heatmap
-    monkeypatch.setattr(plot, "draw_heatmap", lambda grid, path, title, top: (titles.append(title), draw(grid, path, title, top)))
+    monkeypatch.setattr(
+        plot, "draw_heatmap", lambda grid, path, title, top: (titles.append(title), draw(grid, path, title, top))
+    )
     again = CliRunner().invoke(main, ["bench", "niah", "--plot-only", str(out), "--json"], catch_exceptions=False)
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["summary"]["cells"] == 6 and (out / "heatmap.png").exists()
@@ -187,7 +243,9 @@ def test_cli_task_type_comes_from_config_unless_the_flag_says_otherwise(tmp_path
 
     def task_type(out, *extra):
         args = ["bench", "niah", "--haystack", str(haystack), "--lengths", "400", "--depths", "50", "--buffer", "50"]
-        result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / out), "--no-progress", *extra], catch_exceptions=False)
+        result = CliRunner().invoke(
+            main, [*args, "--out", str(tmp_path / out), "--no-progress", *extra], catch_exceptions=False
+        )
         assert result.exit_code == 0, result.output
         return json.loads((tmp_path / out / "run.json").read_text())["task_type"]
 
@@ -217,7 +275,14 @@ def test_cli_needle_options_are_checked(tmp_path, haystack, monkeypatch):
     assert result.exit_code == 2 and "--haystack" in result.output
     # The retrieval check keeps values from sentences naming the request: a question sharing no
     # word with its needle would score 0 whatever the model did.
-    unnamed = ("--needle", "The access code for the vault is 4417.", "--question", "Which PIN opens the safe?", "--answer", "4417")
+    unnamed = (
+        "--needle",
+        "The access code for the vault is 4417.",
+        "--question",
+        "Which PIN opens the safe?",
+        "--answer",
+        "4417",
+    )
     result = invoke(*unnamed)
     assert result.exit_code == 2 and "shares no word with the needle" in result.output
     assert not (tmp_path / "o").exists()

@@ -67,7 +67,9 @@ def test_llama_cpp_python_gets_json_object_with_schema():
     assert window is None  # llama-cpp-python does not publish n_ctx
 
 
-@pytest.mark.parametrize(("owner", "penalty"), [("me", 1.0), ("sglang", None), ("vllm", None), ("llamacpp", None), ("openai", None)])
+@pytest.mark.parametrize(
+    ("owner", "penalty"), [("me", 1.0), ("sglang", None), ("vllm", None), ("llamacpp", None), ("openai", None)]
+)
 def test_only_llama_cpp_python_is_told_not_to_penalise_repeats(owner, penalty):
     """Its server's default repeat_penalty (1.1) pushes a reply off the tokens it copies from the
     text; the other servers sample from the model's own distribution unless told otherwise, and
@@ -112,7 +114,9 @@ def test_the_requests_schema_goes_to_the_server_as_it_is():
         use(server.base_url, lambda c: c.chat(REQUEST))
     sent = [body["response_format"]["schema"] for path, body in server.requests if path == "/v1/chat/completions"]
     assert sent == [capped.json_schema, REQUEST.json_schema]
-    assert sent[0]["properties"]["rationale"]["maxLength"] == 200 and "maxLength" not in sent[1]["properties"]["rationale"]
+    assert (
+        sent[0]["properties"]["rationale"]["maxLength"] == 200 and "maxLength" not in sent[1]["properties"]["rationale"]
+    )
 
 
 def test_a_client_kept_across_event_loops_keeps_working():
@@ -128,18 +132,28 @@ def test_a_client_kept_across_event_loops_keeps_working():
 
 @pytest.mark.parametrize("status", [400, 404])
 def test_no_retry_on_client_errors(status):
-    scripts = {"/v1/models": [models("sglang")], "/v1/chat/completions": [Answer(status, {"error": {"message": "nope"}})]}
+    scripts = {
+        "/v1/models": [models("sglang")],
+        "/v1/chat/completions": [Answer(status, {"error": {"message": "nope"}})],
+    }
     with fake_server(scripts) as server:
-        with pytest.raises(LLMCallError, match=f"sglang at {server.base_url} \\(test-model\\) answered HTTP {status}: nope"):
+        with pytest.raises(
+            LLMCallError, match=f"sglang at {server.base_url} \\(test-model\\) answered HTTP {status}: nope"
+        ):
             use(server.base_url, lambda c: c.chat(REQUEST))
     assert sum(1 for path, _ in server.requests if path == "/v1/chat/completions") == 1
 
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_a_refused_key_stops_the_run_without_retry(status):
-    scripts = {"/v1/models": [models("sglang")], "/v1/chat/completions": [Answer(status, {"error": {"message": "bad key"}})]}
+    scripts = {
+        "/v1/models": [models("sglang")],
+        "/v1/chat/completions": [Answer(status, {"error": {"message": "bad key"}})],
+    }
     with fake_server(scripts) as server:
-        with pytest.raises(ServerRefusedError, match=f"refused the request \\(HTTP {status}: bad key\\); check --api-key"):
+        with pytest.raises(
+            ServerRefusedError, match=f"refused the request \\(HTTP {status}: bad key\\); check --api-key"
+        ):
             use(server.base_url, lambda c: c.chat(REQUEST))
     assert sum(1 for path, _ in server.requests if path == "/v1/chat/completions") == 1
 

@@ -32,12 +32,7 @@ def test_first_json_object_in_prose():
 
 
 def test_paper_text_protocol():
-    reply = (
-        "Extracted Information: The pass key is 123.\n"
-        "Rationale: It is stated.\n"
-        "Answer: 123\n"
-        "Confidence Score: 5/5"
-    )
+    reply = "Extracted Information: The pass key is 123.\nRationale: It is stated.\nAnswer: 123\nConfidence Score: 5/5"
     fields = parse_reply(reply)
     assert fields == {
         "extracted_information": "The pass key is 123.",
@@ -49,7 +44,9 @@ def test_paper_text_protocol():
 
 
 def test_text_protocol_no_information_and_markdown_labels():
-    reply = "**Extracted Information:** nothing\n**Reasoning:** none\n**Answer:** [NO INFORMATION]\n**Confidence Score:** 0"
+    reply = (
+        "**Extracted Information:** nothing\n**Reasoning:** none\n**Answer:** [NO INFORMATION]\n**Confidence Score:** 0"
+    )
     fields = parse_reply(reply)
     assert fields["answer"] is None
     assert not MapOutput.model_validate(fields).has_information
@@ -93,8 +90,7 @@ def test_final_answer_may_not_be_empty():
 
 
 def test_embedded_length_caps_reach_every_string_and_list():
-    from llmxmr.schemas import MAX_LIST_ITEMS, capped_lengths
-    from llmxmr.schemas import json_schema
+    from llmxmr.schemas import MAX_LIST_ITEMS, capped_lengths, json_schema
 
     final = capped_lengths(json_schema(FinalAnswer), 300)["properties"]
     assert final["supporting_chunks"]["maxItems"] == MAX_LIST_ITEMS and final["answer"]["maxLength"] == 300

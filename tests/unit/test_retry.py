@@ -67,14 +67,21 @@ def test_backoff_doubles_from_half_a_second_to_eight_less_up_to_a_quarter_at_ran
 
 @pytest.mark.parametrize(
     ("headers", "wait"),
-    [({"Retry-After": "7"}, 7.0), ({"Retry-After": " 1.5 "}, 1.5), ({"Retry-After": "120"}, 120.0), ({"Retry-After-Ms": "250"}, 0.25)],
+    [
+        ({"Retry-After": "7"}, 7.0),
+        ({"Retry-After": " 1.5 "}, 1.5),
+        ({"Retry-After": "120"}, 120.0),
+        ({"Retry-After-Ms": "250"}, 0.25),
+    ],
 )
 def test_the_servers_retry_after_is_waited_for_up_to_two_minutes(monkeypatch, headers, wait):
     assert waits_before_success(monkeypatch, [Answer(429, {}, headers)]) == [wait]
 
 
 def test_retry_after_as_an_http_date(monkeypatch):
-    (wait,) = waits_before_success(monkeypatch, [Answer(503, {}, {"Retry-After": formatdate(time.time() + 30, usegmt=True)})])
+    (wait,) = waits_before_success(
+        monkeypatch, [Answer(503, {}, {"Retry-After": formatdate(time.time() + 30, usegmt=True)})]
+    )
     assert 28.0 <= wait <= 30.0
 
 

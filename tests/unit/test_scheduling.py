@@ -17,7 +17,9 @@ from llmxmr.scheduling import PrioritySemaphore, in_order
 
 from ..conftest import WordCounter, final_reply, partial_reply
 
-SECTIONS = [f"Section {i} says the letter is {chr(65 + i % 26)} and nothing else matters here. " * 12 for i in range(24)]
+SECTIONS = [
+    f"Section {i} says the letter is {chr(65 + i % 26)} and nothing else matters here. " * 12 for i in range(24)
+]
 DOCUMENT = "\n\n".join(SECTIONS)
 
 
@@ -71,7 +73,9 @@ def run(scheduler: str, client: ScriptedClient, **overrides):
     # The scripted answers are letters, not quotes: grounding (tested elsewhere) would set them aside.
     values = {"scheduler": scheduler, "chunking.chunk_tokens": 120, "llm.concurrency": 4, "llm.context_window": 700}
     values["grounding.mode"] = "off"
-    values.update({"generation.map_max_tokens": 64, "generation.collapse_max_tokens": 64, "generation.reduce_max_tokens": 64})
+    values.update(
+        {"generation.map_max_tokens": 64, "generation.collapse_max_tokens": 64, "generation.reduce_max_tokens": 64}
+    )
     values.update(overrides)
     return MapReducePipeline(PipelineConfig.load(**values), client=client).run(DOCUMENT, "Which letters?")
 
@@ -144,7 +148,9 @@ class FailingClient(JitteryClient):
 def test_a_failure_cancels_every_call_of_the_run():
     client = FailingClient(3, fail_at=6, error=LLMCallError("boom"))  # a later map, others in flight
     values = {"chunking.chunk_tokens": 120, "llm.concurrency": 4, "llm.context_window": 700}
-    values.update({"generation.map_max_tokens": 64, "generation.collapse_max_tokens": 64, "generation.reduce_max_tokens": 64})
+    values.update(
+        {"generation.map_max_tokens": 64, "generation.collapse_max_tokens": 64, "generation.reduce_max_tokens": 64}
+    )
     config = PipelineConfig.load(on_chunk_error="fail", **values)
 
     async def scenario() -> int:
@@ -173,7 +179,9 @@ def test_priority_semaphore_serves_lower_priority_first_then_in_order():
             async with semaphore.slot((priority,)):
                 order.append(name)
 
-        tasks = [asyncio.ensure_future(take(n, p)) for n, p in [("map1", 2), ("map2", 2), ("collapse", 1), ("reduce", 0)]]
+        tasks = [
+            asyncio.ensure_future(take(n, p)) for n, p in [("map1", 2), ("map2", 2), ("collapse", 1), ("reduce", 0)]
+        ]
         await asyncio.sleep(0)
         semaphore.release()
         await asyncio.gather(*tasks)

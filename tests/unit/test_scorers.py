@@ -56,9 +56,7 @@ PUBLISHED: dict[str, dict[str, float | str]] = {
 
 
 @pytest.mark.integration  # the released predictions of ../shared, scored in full: seconds a row
-@pytest.mark.parametrize(
-    ("model", "task"), [(model, task) for model, row in PUBLISHED.items() for task in row]
-)
+@pytest.mark.parametrize(("model", "task"), [(model, task) for model, row in PUBLISHED.items() for task in row])
 def test_official_reproduces_published_table(model: str, task: str) -> None:
     path = RELEASED_PREDS / model / f"preds_{task}.jsonl"
     if not path.is_file():
@@ -75,10 +73,19 @@ def test_official_reproduces_published_table(model: str, task: str) -> None:
 def test_registry_has_all_twelve_tasks() -> None:
     assert len(TASKS) == 12
     assert set(TASKS) == {
-        "passkey", "number_string", "kv_retrieval", "longbook_sum_eng", "longbook_qa_eng",
-        "longbook_choice_eng", "longbook_qa_chn", "longdialogue_qa_eng", "code_debug",
-        "code_run", "math_find", "math_calc",
-    }  # fmt: skip
+        "passkey",
+        "number_string",
+        "kv_retrieval",
+        "longbook_sum_eng",
+        "longbook_qa_eng",
+        "longbook_choice_eng",
+        "longbook_qa_chn",
+        "longdialogue_qa_eng",
+        "code_debug",
+        "code_run",
+        "math_find",
+        "math_calc",
+    }
     assert SCORERS == ("official", "lenient")
 
 
@@ -359,6 +366,9 @@ def test_without_rouge_score_en_sum_fails_before_the_run_naming_the_package_and_
     args = ["bench", "infinitebench", "--task", "longbook_sum_eng", "--data", str(data), "--out", str(tmp_path / "out")]
     result = CliRunner().invoke(main, [*args, "--base-url", "http://127.0.0.1:9/v1"])  # nothing listens there
     assert result.exit_code == 2, result.output
-    assert result.output == "error: scoring longbook_sum_eng needs the 'rouge-score' package: pip install 'llmxmr[bench]'\n"
+    assert (
+        result.output
+        == "error: scoring longbook_sum_eng needs the 'rouge-score' package: pip install 'llmxmr[bench]'\n"
+    )
     assert not (tmp_path / "out" / "preds_longbook_sum_eng.jsonl").exists()
     assert score_example("passkey", "71432", ["71432"]) == 1.0  # the other tasks score without it

@@ -116,7 +116,7 @@ def test_line_by_line_encoding_is_cl100k(sim):
     tokenizer = sim.ChatTokenizer()
     text = (
         "CHAPTER 1. Loomings.\n\nCall me Ishmael.  \n  Some years ago\u2014never mind how long precisely\u2014\r\n"
-        "having little or no money in my purse,\n\n\n   and nothing particular\t\n\"to interest me on shore,\"\n"
+        'having little or no money in my purse,\n\n\n   and nothing particular\t\n"to interest me on shore,"\n'
         "I thought I would sail about a little.\n123 4567 'tis\n\n<document_part>\nx\n</document_part>\n"
     )
     for piece in (text, text * 3, text.replace("\n", " \n"), "\n" + text, text + " "):

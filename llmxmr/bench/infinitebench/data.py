@@ -43,7 +43,7 @@ class DataSource(BaseModel):
 
 def read_examples(path: str | Path, limit: int | None = None) -> list[Example]:
     """The first ``limit`` examples of a JSONL file (all when None)."""
-    examples = []
+    examples: list[Example] = []
     for example in _iter_examples(Path(path)):
         if limit is not None and len(examples) >= limit:
             break
@@ -79,7 +79,9 @@ def pinned_revision(out_dir: str | Path, requested: str | None) -> str:
         try:
             name, commit = record.read_text(encoding="utf-8").split()
         except ValueError:
-            raise UsageError(f"{record} is damaged: expected '<revision> <commit>'; remove it to resolve again") from None
+            raise UsageError(
+                f"{record} is damaged: expected '<revision> <commit>'; remove it to resolve again"
+            ) from None
         if requested in (None, name, commit):
             return commit
         raise UsageError(f"{out_dir} holds predictions for {HF_DATASET}@{commit} ({name}); use another --out")

@@ -1,7 +1,8 @@
 """Offline, seeded generators of InfiniteBench's four synthetic tasks, at any target length.
 
 InfiniteBench released its synthetic tasks at fixed lengths. These generators rebuild them at a
-length of our choosing, following how InfiniteBench constructed them (OpenBMB/InfiniteBench, ``data/construct_synthetic_dataset.py``):
+length of our choosing, following how InfiniteBench constructed them (OpenBMB/InfiniteBench,
+``data/construct_synthetic_dataset.py``):
 
 * ``passkey``: the line "The grass is green. ... There and back again." repeated, with the needle
   "The pass key is {key}. Remember it. {key} is the pass key." inserted between two lines; the
@@ -23,8 +24,8 @@ Examples follow the released JSONL schema: ``{"id", "context", "input", "answer"
 default): the cost of one repeated unit is measured on a sample of 64 units, then one count of a
 full context corrects the estimate by whole units. That full count is made once per example for
 kv_retrieval and math_find, once per task for passkey and number_string (whose contexts differ
-only by the needle's digits and place), whatever the length. Everything is drawn from ``random.Random(seed)``: the same task,
-length, count and seed give the same examples.
+only by the needle's digits and place), whatever the length. Everything is drawn from
+``random.Random(seed)``: the same task, length, count and seed give the same examples.
 """
 
 from __future__ import annotations
@@ -105,9 +106,7 @@ def parse_length(text: str) -> int:
     return int(match.group(1)) * _LENGTH_UNITS[match.group(2).lower()]
 
 
-def generate(
-    task: str, length: int, n: int, seed: int = 0, counter: TokenCounter | None = None
-) -> list[Example]:
+def generate(task: str, length: int, n: int, seed: int = 0, counter: TokenCounter | None = None) -> list[Example]:
     """``n`` examples of a synthetic task whose contexts have about ``length`` tokens each."""
     if task not in SYNTHETIC_TASKS:
         raise UsageError(f"unknown synthetic task {task!r}: expected one of {', '.join(SYNTHETIC_TASKS)}")

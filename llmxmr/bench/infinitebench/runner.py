@@ -151,7 +151,9 @@ class BatchRun:
         )
         return self._report(task, path, await self._executor.run(job), contexts)
 
-    async def _predict_directly(self, task: str, config: PipelineConfig, shared: Shared, example: Example) -> Prediction:
+    async def _predict_directly(
+        self, task: str, config: PipelineConfig, shared: Shared, example: Example
+    ) -> Prediction:
         """One call with the document cut to fit, as InfiniteBench does."""
         label = ground_truth(task, example)
         async with shared.calls.slot("direct", shared.calls.join()):  # within llm.concurrency
@@ -179,7 +181,7 @@ class BatchRun:
         if asked:
             pipeline = MapReducePipeline(config, client=shared.client, budget=shared.calls)
             results = await pipeline.arun_many(group[0].context, [question for _, question in asked.values()])
-            for (place, (label, _)), res in zip(asked.items(), results):
+            for (place, (label, _)), res in zip(asked.items(), results, strict=True):
                 prediction = _prediction(group[place], label, "mr", res.answer, res.model, res.found, res.trace)
                 prediction.unread_chunks = res.unread_chunks
                 outcomes[place] = complete_or_error(res.trace, prediction)

@@ -38,11 +38,11 @@ import string
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from ...errors import MissingExtraError, UsageError
 
-GroundTruth = Union[str, int, float, Sequence[Any]]
+GroundTruth = str | int | float | Sequence[Any]
 ScoreFn = Callable[[str, Any], float]
 
 TASKS: tuple[str, ...] = (
@@ -232,7 +232,7 @@ def _math_calc_prefix(pred: str, label: Any, drop_first: bool = False) -> float:
     if drop_first:
         numbers = numbers[1:]
     matched = 0
-    for expected, got in zip(label, numbers):
+    for expected, got in zip(label, numbers, strict=False):
         if expected != got:
             break
         matched += 1
@@ -609,9 +609,7 @@ def _first_key(obj: Mapping[str, Any], keys: Sequence[str], where: str) -> Any:
     raise UsageError(f"{where}: missing {' or '.join(repr(k) for k in keys)}")
 
 
-def score_file(
-    task: str, path: str | Path, scorer: str = "official", *, model: str | None = None
-) -> dict[str, Any]:
+def score_file(task: str, path: str | Path, scorer: str = "official", *, model: str | None = None) -> dict[str, Any]:
     """Scores a predictions file: ``{"task", "scorer", "n", "score"}`` with ``score`` ×100."""
     check_task(task)
     check_scorer(scorer)

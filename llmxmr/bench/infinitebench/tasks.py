@@ -99,7 +99,9 @@ def _variables(task: str, example: Example, context: str) -> dict[str, str]:
     if task in ("longbook_choice_eng", "code_debug"):
         if len(example.options) != len(OPTION_LETTERS):
             raise UsageError(f"{task} example {example.id}: expected 4 options, got {len(example.options)}")
-        values["options"] = "\n".join(f"{letter}. {text}" for letter, text in zip(OPTION_LETTERS, example.options))
+        values["options"] = "\n".join(
+            f"{letter}. {text}" for letter, text in zip(OPTION_LETTERS, example.options, strict=False)
+        )
     elif task == "code_run":
         call = _FUNCTION_CALL.search(example.input)
         if call is None:

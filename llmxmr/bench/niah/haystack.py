@@ -228,7 +228,7 @@ def _assemble(layout: _Layout, given: list[str]) -> Context:
     parts: list[str] = []
     placements: list[Placement] = []
     chars = tokens = previous = 0
-    for index, (point, depth) in enumerate(zip(layout.points, layout.depths)):
+    for index, (point, depth) in enumerate(zip(layout.points, layout.depths, strict=True)):
         piece = encoding.decode(haystack[previous:point])
         chars += len(piece)
         tokens += point - previous

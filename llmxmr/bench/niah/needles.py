@@ -106,8 +106,8 @@ def ruler_needles(keys: int = 1, values: int = 1, distractors: int = 0, seed: in
     numbers = [str(number) for number in draws]
     asked = names[:keys]
     asked_values = [numbers[i * values : (i + 1) * values] for i in range(keys)]
-    pairs = [(key, value) for key, key_values in zip(asked, asked_values) for value in key_values]
-    pairs += list(zip(names[keys:], numbers[keys * values :]))
+    pairs = [(key, value) for key, key_values in zip(asked, asked_values, strict=True) for value in key_values]
+    pairs += list(zip(names[keys:], numbers[keys * values :], strict=True))
     needles = [_RULER_NEEDLE.format(key=key, value=value) for key, value in pairs]
     rng.shuffle(needles)
     return NeedleSet(

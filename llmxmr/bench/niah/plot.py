@@ -46,8 +46,7 @@ def score_grid(cells: list[CellResult]) -> Grid:
     lengths = sorted({length for _, length in by_cell})
     depths = sorted({depth for depth, _ in by_cell})
     scores = [
-        [sum(by_cell[(d, n)]) / len(by_cell[(d, n)]) if by_cell.get((d, n)) else None for n in lengths]
-        for d in depths
+        [sum(by_cell[(d, n)]) / len(by_cell[(d, n)]) if by_cell.get((d, n)) else None for n in lengths] for d in depths
     ]
     return Grid(lengths=lengths, depths=depths, scores=scores)
 
@@ -79,7 +78,7 @@ def write_csv(grid: Grid, path: Path) -> None:
     text = io.StringIO(newline="")
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["depth_percent", *grid.lengths])
-    for depth, row in zip(grid.depths, grid.scores):
+    for depth, row in zip(grid.depths, grid.scores, strict=True):
         writer.writerow([f"{depth:g}", *("" if s is None else f"{s:.4f}" for s in row)])
     write_atomically(path, text.getvalue())
 

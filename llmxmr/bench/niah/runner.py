@@ -163,12 +163,18 @@ class NiahRun:
         if self.settings.method == "direct":
             async with calls.slot("direct", place):
                 direct = await answer_directly(
-                    client, self.config, lambda text: direct_messages(text, needles.question), context.text, DIRECT_MAX_TOKENS
+                    client,
+                    self.config,
+                    lambda text: direct_messages(text, needles.question),
+                    context.text,
+                    DIRECT_MAX_TOKENS,
                 )
             response, found, model, trace = direct.answer, True, direct.model, direct.trace
             kept_tokens, citations, unread = direct.kept_tokens, [], []
         else:
-            result = await MapReducePipeline(self.config, client=client, budget=calls).arun(context.text, needles.question)
+            result = await MapReducePipeline(self.config, client=client, budget=calls).arun(
+                context.text, needles.question
+            )
             response, found, model, trace = result.answer, result.found, result.model, result.trace
             kept_tokens, citations, unread = context.tokens, result.citations, result.unread_chunks
         require_complete(trace)
