@@ -155,3 +155,18 @@ def _announced_url(process: subprocess.Popen, log: Path) -> str:
             pytest.fail(f"llmxmr serve --local exited with {process.returncode}:\n{log.read_text()[-2000:]}")
         time.sleep(0.5)
     pytest.fail(f"llmxmr serve --local not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-2000:]}")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests of one ``xdist_group`` must share a worker: the live lane's llama.cpp runs must not
+    share the two cores, nor the gateway tests start their module's gateway twice. Where xdist's
+    loadgroup cannot group (it silently stops on pytest 9.2: pytest-xdist#1386), say so."""
+    if config.getoption("dist", None) != "loadgroup" or not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    ungrouped = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if ungrouped:
+        raise pytest.UsageError(
+            f"pytest-xdist's loadgroup did not group {ungrouped[0]} (and {len(ungrouped) - 1} more) on "
+            f"pytest {pytest.__version__}: use a pytest the dev extra allows (pytest-xdist#1386)"
+        )

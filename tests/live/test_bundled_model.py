@@ -34,10 +34,9 @@ def test_serve_local_reads_two_chunks_over_http(llama_server):
     result = MapReducePipeline(config).run(document, "What is the pass key?")
     assert len(result.chunks) == 2
     assert result.model.startswith("llama-cpp-python at ") and result.model_profile == "smollm2-135m"
-    assert result.failed_calls == [] and result.complete
+    assert result.failed_calls == [] and result.complete, result.model_dump_json(indent=1, exclude={"trace"})
     stages = [call.stage for call in result.trace.calls]
     assert stages.count("map") == 2
-    assert stages[-1] == "reduce" if result.found else "reduce" not in stages
     assert all(call.output is not None and call.prompt_tokens > 0 for call in result.trace.calls)
     assert result.trace.totals.prompt_tokens > 2048  # the server counted both chunks
 
