@@ -107,7 +107,8 @@ class FinalAnswer(_Strict):
     @field_validator("answer")
     @classmethod
     def _not_empty(cls, value: str) -> str:
-        # The reduce runs only when some chunk held information, so an empty answer is a bad reply.
+        # The reduce runs only when some chunk held information, so an empty answer is a bad reply;
+        # so is one that is nothing but a loop, which ``structured`` leaves empty.
         if not value.strip():
             raise ValueError("the answer is empty")
         return value

@@ -4,19 +4,22 @@ The schema goes to the server for constrained decoding; the reply is still parse
 validated, because not every server enforces schemas. A reply that fails is sent back with the
 error (a "reask"), up to ``attempts`` replies in all. A reply cut off at the length limit is asked
 again under a tighter schema (every string and list capped to fit ``max_tokens``) for the rest of
-the call's attempts, and at least once. Everything the call cost is recorded in a ``CallRecord``,
-failures included.
+the call's attempts, and at least once. Every text a reply holds is cut where it starts repeating
+itself (``llmxmr.loops``), for every stage and model; an answer that is nothing but a loop is no
+answer. Everything the call cost is recorded in a ``CallRecord``, failures included.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from typing import TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from .clients.base import SERVER_PRIORITY, ChatReply, ChatRequest, LLMClient
 from .errors import LLMCallError
+from .loops import cut_loop, is_only_loop
 from .parsing import parse_reply
 from .prompts import ChatMessage
 from .schemas import capped_lengths, json_schema
@@ -29,6 +32,10 @@ RESCUE_STRINGS = 8
 CHARS_PER_TOKEN = 3
 RESCUE_MIN_CHARS = 40
 RESCUE_MAX_CHARS = 400
+# The field that holds a reply's answer: one that is nothing but a loop is left empty, and the
+# schema's rule for an empty answer applies (no information, or a bad reply).
+ANSWER_FIELD = "answer"
+LOOP_ONLY = "Your answer only repeated itself; give the answer itself, once."
 
 
 async def call_structured(
@@ -81,13 +88,15 @@ async def call_structured(
                 conversation = [*messages, ChatMessage(role="user", content=_cut_off(record.rescue_max_chars))]
                 allowed = max(allowed, record.attempts + 1)  # the rescue is always tried
                 continue
-            output, problem = _validated(reply.text, reply.finish_reason, output_type)
-            if output is not None:
-                record.output = output.model_dump(mode="json")
-                return output, record
+            read = _validated(reply.text, reply.finish_reason, output_type)
+            record.loops_cut += [name for name in read.loops_cut if name not in record.loops_cut]
+            problem = read.problem
+            if read.output is not None:
+                record.output = read.output.model_dump(mode="json")
+                return read.output, record
             conversation = [
                 *messages,
-                ChatMessage(role="assistant", content=reply.text),
+                ChatMessage(role="assistant", content=read.shown),
                 ChatMessage(role="user", content=f"{problem} Reply again with only the corrected JSON object."),
             ]
         record.error = f"no valid {output_type.__name__} after {record.attempts} attempt(s): {problem}"
@@ -126,17 +135,44 @@ def add_usage(record: CallRecord, reply: ChatReply) -> None:
         record.cached_tokens = (record.cached_tokens or 0) + reply.cached_tokens
 
 
-def _validated(text: str, finish_reason: str | None, output_type: type[Output]) -> tuple[Output | None, str]:
+def without_loops(fields: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The fields of a parsed reply with every string, alone or in a list, cut at its first
+    repetition (``loops.cut_loop``), and the names of the fields cut, in order."""
+    kept: dict[str, Any] = {}
+    for name, value in fields.items():
+        if isinstance(value, str):
+            kept[name] = cut_loop(value)
+        elif isinstance(value, list):
+            kept[name] = [cut_loop(item) if isinstance(item, str) else item for item in value]
+        else:
+            kept[name] = value
+    return kept, [name for name in fields if kept[name] != fields[name]]
+
+
+class _Reading(NamedTuple, Generic[Output]):
+    output: Output | None
+    problem: str  # why there is no output, said to the model
+    loops_cut: list[str]  # the fields cut at a loop
+    shown: str  # the reply as it was read, for a reask: without the loops it held
+
+
+def _validated(text: str, finish_reason: str | None, output_type: type[Output]) -> _Reading[Output]:
     if finish_reason == "length":
-        return None, "Your reply was cut off at the length limit; keep every field shorter."
+        return _Reading(None, "Your reply was cut off at the length limit; keep every field shorter.", [], text)
     fields = parse_reply(text)
     if fields is None:
-        return None, "Your reply was not a JSON object."
+        return _Reading(None, "Your reply was not a JSON object.", [], text)
     known = {key: value for key, value in fields.items() if key in output_type.model_fields}
+    only_loop = isinstance(known.get(ANSWER_FIELD), str) and is_only_loop(known[ANSWER_FIELD])
+    kept, cut = without_loops(known)
+    shown = json.dumps(kept, ensure_ascii=False) if cut else text  # a loop read again goes on
     try:
-        return output_type.model_validate(known), ""
+        return _Reading(output_type.model_validate({**kept, ANSWER_FIELD: ""} if only_loop else kept), "", cut, shown)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'reply'}: {error['msg']}" for error in exc.errors()
+            f"{'.'.join(str(p) for p in error['loc']) or 'reply'}: {error['msg']}"
+            for error in exc.errors()
+            if not (only_loop and error["loc"] == (ANSWER_FIELD,))
         )
-        return None, f"Your reply did not match the required fields ({problems})."
+        problem = f"Your reply did not match the required fields ({problems})." if problems else ""
+        return _Reading(None, f"{LOOP_ONLY} {problem}".strip() if only_loop else problem, cut, shown)

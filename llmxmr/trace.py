@@ -26,6 +26,9 @@ class CallRecord(BaseModel):
     # Set when a reply was cut off at the length limit and the call went on under a schema whose
     # strings are capped at this many characters (``structured.rescue_string_chars``).
     rescue_max_chars: int | None = None
+    # The fields of its replies cut where they started repeating themselves, in the order met
+    # (``structured.without_loops``); an answer that was nothing but a loop was left empty.
+    loops_cut: list[str] = Field(default_factory=list)
     output: dict[str, Any] | None = None
     # What a check of the output against the text decided, when it did not simply pass (a
     # retrieval answer absent from its chunk is set aside, or replaced by verified evidence).
