@@ -146,6 +146,8 @@ def load_prompts(family: str, root: Path | None = None) -> PromptSet:
     if family not in TASK_FAMILIES:
         raise ConfigError(f"unknown task type '{family}'; choose one of: {', '.join(TASK_FAMILIES)}")
     snippets = {p.stem: _read(p) for p in sorted((root / "shared").glob("*.md")) if p.stem != "system"}
+    # A snippet may include others (a family's reply rules include the calibration), one level deep.
+    snippets = {name: Template(text).safe_substitute(snippets) for name, text in snippets.items()}
     stages = {}
     for stage in ("map", "collapse", "reduce"):
         path = root / family / f"{stage}.md"
