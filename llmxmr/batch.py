@@ -12,6 +12,7 @@ ids already there. The engine is the one the benchmark harnesses run on (``llmxm
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from .executor import (
     write_atomically,
 )
 from .grounding import Citation
-from .pipeline import MapReducePipeline, PipelineResult
+from .pipeline import MapReducePipeline, PipelineResult, Status
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -73,16 +74,21 @@ class BatchItem(BaseModel):
 
 
 class BatchResult(BaseModel):
-    """One output line: the answer for one document and what it cost."""
+    """One output line: the answer for one document and what it cost. ``status``, ``answer``,
+    ``unsupported_guess``, ``citations`` and ``related`` are the ``PipelineResult``'s: an answer
+    only when it is ``answered``."""
 
     id: str | int
     question: str
+    status: Status
     answer: str
+    unsupported_guess: str | None = None
     found: bool
     confidence: float
     rationale: str
     supporting_chunks: list[int]
     citations: list[Citation]
+    related: list[Citation] = []
     chunks: int
     unread_chunks: list[int]
     model: str
@@ -92,6 +98,15 @@ class BatchResult(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     wall_time_s: float
+
+    @model_validator(mode="before")
+    @classmethod
+    def _status_of_an_older_line(cls, values: Any) -> Any:
+        """A line written before results had a status: what its ``found`` and unread chunks said."""
+        if isinstance(values, dict) and "status" not in values:
+            status = "answered" if values.get("found") else "incomplete" if values.get("unread_chunks") else "not_found"
+            values = {**values, "status": status}
+        return values
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -108,7 +123,9 @@ class BatchReport(BaseModel):
     distinct_documents: int  # the documents those results are about (by path or text)
     new: int
     failures: int  # documents of this invocation without a result (a rerun retries them)
-    found: int
+    found: int  # results answered
+    # Results by status (answered, unsupported, not_found, incomplete), over every result.
+    statuses: dict[str, int] = {}
     calls: int
     failed_calls: int
     prompt_tokens: int
@@ -219,6 +236,7 @@ def _finish(out: Path, items: Sequence[BatchItem], results: list[BatchResult], s
         new=stats.new,
         failures=stats.failed,
         found=sum(r.found for r in results),
+        statuses=dict(Counter(r.status for r in results)),
         **summed_usage(results),
         document_time_s=round(sum(r.wall_time_s for r in results), 3),
         run_time_s=stats.run_time_s,
@@ -258,12 +276,15 @@ def _result_line(item: BatchItem, result: PipelineResult) -> BatchResult:
     return BatchResult(
         id=item.id,
         question=result.question,
+        status=result.status,
         answer=result.answer,
+        unsupported_guess=result.unsupported_guess,
         found=result.found,
         confidence=result.confidence,
         rationale=result.rationale,
         supporting_chunks=result.supporting_chunks,
         citations=result.citations,
+        related=result.related,
         chunks=len(result.chunks),
         unread_chunks=result.unread_chunks,
         model=result.model,
@@ -284,6 +305,7 @@ def format_report(report: BatchReport) -> str:
             f"{report.distinct_documents:,} distinct)",
         ),
         ("failures", f"{report.failures:,} documents without a result, {report.failed_calls:,} failed calls"),
+        ("statuses", ", ".join(f"{count:,} {status}" for status, count in sorted(report.statuses.items())) or "-"),
         ("calls", f"{report.calls:,}" + (f" (at most {report.concurrency:,} in flight)" if report.concurrency else "")),
         ("tokens", f"{report.prompt_tokens:,} prompt, {report.completion_tokens:,} completion"),
         ("wall time", f"{report.run_time_s:,.1f} s"),

@@ -310,24 +310,49 @@ def _asked(texts: tuple[str, ...], path: str | None) -> list[Question]:
     return questions
 
 
+# Closest passages printed under a result without a supported answer (all are in --json).
+SHOWN_PASSAGES = 5
+
+
 def _answer_text(result: PipelineResult, no_citations: bool) -> str:
-    """An answer as ``run`` prints it: the answer (or why not), whether the reading was
-    incomplete, and its citations."""
-    lines = [result.answer if result.found else f"(not found) {result.rationale}"]
-    if result.found and not result.complete:
-        unread = len(result.unread_chunks)
-        them = "it" if unread == 1 else "them"
-        lines.append(
-            f"(incomplete: {unread} of {len(result.chunks)} chunks unread, the confidence scaled; "
-            f"a rerun retries {them})"
-        )
-    if result.citations and not no_citations:
-        lines.append(_citations(result.citations))
+    """A result as ``run`` and ``chat`` print it. An answer, with whether the reading was
+    incomplete and its citations. Anything else is never printed as an answer: "No supported
+    answer", the model's guess labelled as unsupported and the closest passages; or why nothing
+    was found (not found, or incomplete)."""
+    if result.status == "answered":
+        lines = [result.answer]
+        if not result.complete:
+            unread = len(result.unread_chunks)
+            them = "it" if unread == 1 else "them"
+            lines.append(
+                f"(incomplete: {unread} of {len(result.chunks)} chunks unread, the confidence scaled; "
+                f"a rerun retries {them})"
+            )
+        if result.citations and not no_citations:
+            lines.append(_passages("Citations:", result.citations))
+        return "\n".join(lines)
+    if result.status == "unsupported":
+        lines = ["No supported answer", f"Unsupported guess (not an answer): {result.unsupported_guess}"]
+        lines.append(f"({result.rationale})")
+        if not no_citations:
+            lines.append(_closest(result.related))
+        return "\n".join(lines)
+    lines = [f"({'incomplete' if result.status == 'incomplete' else 'not found'}) {result.rationale}"]
+    if result.unsupported_guess is not None:
+        lines.append(f"Unsupported guess (not an answer): {result.unsupported_guess}")
     return "\n".join(lines)
 
 
-def _citations(citations: list[Citation]) -> str:
-    lines = ["", "Citations:"]
+def _closest(related: list[Citation]) -> str:
+    if not related:
+        return "\nClosest passages: none (no passage the model quoted was found in the text)"
+    more = len(related) - SHOWN_PASSAGES
+    shown = _passages("Closest passages (they do not support the guess):", related[:SHOWN_PASSAGES])
+    return f"{shown}\n  ... and {more} more (--json lists them)" if more > 0 else shown
+
+
+def _passages(title: str, citations: list[Citation]) -> str:
+    lines = ["", title]
     for number, citation in enumerate(citations, 1):
         quote = " ".join(citation.quote.split())
         where = f"{citation.location}, " if citation.location else ""
@@ -347,7 +372,8 @@ def _summary(result: PipelineResult) -> str:
     cached = f" ({totals.cached_tokens:,} prompt tokens cached)" if totals.cached_tokens else ""
     profile = f" (profile {result.model_profile})" if result.model_profile else ""
     return (
-        f"confidence {result.confidence:g}/5 · {len(result.chunks)} chunks · {totals.calls} calls{reasks}{failed} · "
+        f"{result.status} · confidence {result.confidence:g}/5 · {len(result.chunks)} chunks · "
+        f"{totals.calls} calls{reasks}{failed} · "
         f"{totals.prompt_tokens + totals.completion_tokens:,} tokens{cached} · {totals.wall_time_s:.1f} s · "
         f"{result.model}{profile}"
     )

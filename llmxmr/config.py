@@ -83,6 +83,8 @@ class GroundingSettings(_Section):
     mode: GroundingMode
     fuzzy_threshold: float = Field(ge=50, le=100)
     unsupported_confidence: float = Field(ge=0, le=5)
+    # Least confidence (0-5) of a supported final answer for the result to count as answered.
+    min_confidence: float = Field(ge=0, le=5)
 
 
 class PipelineConfig(_Section):

@@ -7,7 +7,9 @@ by normalised Indel similarity) at or above ``grounding.fuzzy_threshold`` (defau
 word or two in a sentence passes) and only if every number of the quote is written the same in
 the text (a different number in the same sentence is another fact). A located
 quote becomes a ``Citation`` with its character span and line in the whole document; a quote that
-cannot be located is unverified.
+cannot be located is unverified. Whether a located quote supports an answer (holds it, and is
+about what was asked) is ``families.support``'s to decide, on the words this module reads:
+``terms``, how often the document writes them, and the passage around a span.
 
 The cost is linear in the chunk: the normalised text is built in one pass, exact search is
 ``str.find``, and the approximate search is bit-parallel in rapidfuzz with quotes capped at
@@ -18,9 +20,11 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache, cached_property
+from itertools import pairwise
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -55,7 +59,7 @@ class Citation(BaseModel):
     line: int  # 1-based line of ``start``
     quote: str  # the document's own text at [start, end)
     # exact/fuzzy: a quote of the model's, found; stated: no quote was found, but this sentence of
-    # the chunk writes the answer's distinctive content and names the question (``sentence_stating``)
+    # the chunk writes the answer's distinctive content and supports it (``SupportCheck.stating``)
     match: CitationMatch
     score: float  # 100 for an exact match or a stating sentence, else rapidfuzz's partial_ratio
     # Where ``start`` is in the original file, when it was read as a Document: its page (PDF) and
@@ -125,10 +129,12 @@ def normalise(text: str, offset: int = 0) -> _Normalised:
 
 
 class DocumentIndex:
-    """The whole document, for turning spans into line numbers and quotes."""
+    """The whole document, for turning spans into line numbers and quotes, and for what support
+    asks of it: how often it writes a term, and the passage around a span."""
 
     def __init__(self, text: str) -> None:
         self.text = text
+        self._cjk_counts: dict[str, int] = {}
 
     @cached_property
     def _line_starts(self) -> list[int]:
@@ -136,6 +142,38 @@ class DocumentIndex:
 
     def line_of(self, position: int) -> int:
         return bisect.bisect_right(self._line_starts, position)
+
+    @cached_property
+    def _word_counts(self) -> dict[str, int]:
+        """How often the document writes each term of its spaced words (``terms``), counted once
+        per document: one pass of a regular expression and a count of the distinct words."""
+        counts: dict[str, int] = {}
+        for word, times in Counter(_SPACED_WORD.findall(self.text.casefold())).items():
+            for term in _word_terms(word, frozenset()):
+                counts[term] = counts.get(term, 0) + times
+        return counts
+
+    def term_count(self, term: str) -> int:
+        """How often the document writes ``term`` (a term as ``terms`` gives it)."""
+        if not _CJK_CHARACTER.match(term):
+            return self._word_counts.get(term, 0)
+        if term not in self._cjk_counts:
+            self._cjk_counts[term] = self.text.count(term)
+        return self._cjk_counts[term]
+
+    def passage_around(self, start: int, end: int) -> tuple[int, int]:
+        """The span of the sentences that [start, end) touches and of one sentence on each side
+        (within ``PASSAGE_REACH`` characters of it): where a quote sits."""
+        low, high = max(start - PASSAGE_REACH, 0), min(end + PASSAGE_REACH, len(self.text))
+        spans = sentence_spans(self.text, low, high)
+        touched = [i for i, (first, last) in enumerate(spans) if last > start and first < end]
+        if not touched:
+            return start, end
+        return spans[max(touched[0] - 1, 0)][0], spans[min(touched[-1] + 1, len(spans) - 1)][1]
+
+
+# How far around a quote its passage (its sentence and the neighbouring ones) is looked for.
+PASSAGE_REACH = 600
 
 
 def _region(chunk: Chunk, document: DocumentIndex) -> _Normalised:
@@ -160,10 +198,12 @@ def _locate(
     if found is None:
         return None
     (start, end), match, score = found
-    return _cited(chunk, document, start, end, match, score)
+    return citation_at(chunk, document, start, end, match, score)
 
 
-def _cited(chunk: Chunk, document: DocumentIndex, start: int, end: int, match: CitationMatch, score: float) -> Citation:
+def citation_at(
+    chunk: Chunk, document: DocumentIndex, start: int, end: int, match: CitationMatch, score: float
+) -> Citation:
     """The citation of the document's text at [start, end), found for ``chunk``."""
     return Citation(
         chunk=chunk.index,
@@ -311,32 +351,15 @@ def carried_forward(quotes: Sequence[str], citations: Sequence[Citation], thresh
     return kept
 
 
-def sentence_stating(
-    answer: str, question: str, chunk: Chunk, document: DocumentIndex, ignoring: frozenset[str] = frozenset()
-) -> Citation | None:
-    """The first sentence of the chunk that writes every distinctive word of ``answer`` (numbers,
-    names, long words) and shares a content word with ``question``: the text's own support for an
-    answer whose quotes were paraphrased instead of copied. None when the answer has no
-    distinctive word (a "yes", a choice letter) or none beyond the question's own ("Colonel
-    Forster's regiment" asked about his regiment): any text on the topic would seem to state it.
-    Words in ``ignoring`` count as function words (a family's workaround for what its model echoes)."""
-    wanted = distinctive_words(answer, ignoring)
-    asked = content_words(question, ignoring=ignoring)
-    if not wanted - asked:
-        return None
-    for sentence_start, sentence_end in sentence_spans(document.text, chunk.overlap_start, chunk.end):
-        words = set(WORD.findall(document.text[sentence_start:sentence_end].casefold()))
-        if wanted <= words and (not asked or asked & words):
-            return _cited(chunk, document, sentence_start, sentence_end, "stated", 100.0)
-    return None
-
-
 # English function words: they say nothing of what a question asks or an answer states, whoever
 # wrote them, so the rule is right for every model. Words that only a family's model or requests
 # make empty (``families.workarounds``) come in as ``ignoring``.
 _FUNCTION_WORDS = frozenset(
     "the and for are was were what which who whom whose when where why how this that these those "
-    "with from into about there their them they you your is".split()
+    "with from into about there their them they you your is his her hers him she its our ours had has "
+    "have having been being did does doing done not but all any can could would should will shall may "
+    "might must than then also just only some such each other more most many much own same upon over "
+    "under after before again here out off whether while onto because very".split()
 )
 WORD = re.compile(r"\w+")
 # A word at least this long is rare enough to tell one sentence from another.
@@ -373,3 +396,103 @@ def distinctive_words(answer: str, ignoring: frozenset[str] = frozenset()) -> se
             or len(word) >= _LONG_WORD
         )
     }
+
+
+# What support compares (``terms``). English inflections are folded so that a question and the text
+# that answers it meet ("keys" and "key", "married" and "marry", "named" and "name"): the suffixes
+# are English, and other words are left as they are. Words ending in "ss" keep their "s" ("pass").
+_SUFFIXES = (("ies", "y"), ("ied", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", ""))
+_SPACED_WORD = re.compile(rf"[^\W{_CJK}]+")
+_CJK_RUN = re.compile(rf"[{_CJK}]+")
+_CJK_CHARACTER = re.compile(rf"[{_CJK}]")
+_ORDINAL = re.compile(r"\d+(?:st|nd|rd|th)")
+# Chinese and Japanese particles, pronouns and question words: a pair of characters holding one
+# is no term of its own ("的父" in "张三的父亲"). A rule of those languages, right for every model.
+_CJK_FUNCTION = frozenset(
+    "的了是在和与及或也就都而有这那个之其着过被把给对从向于以为吗呢吧啊么什谁哪何怎他她它们我你您のはがをにでともへ"
+)
+
+
+# Irregular English verb forms that questions and answers trade ("who said", "what did she say").
+_IRREGULAR = {
+    form: base
+    for base, forms in {
+        "say": "said says",
+        "tell": "told",
+        "make": "made",
+        "take": "took taken",
+        "come": "came",
+        "give": "gave given",
+        "find": "found",
+        "keep": "kept",
+        "know": "knew known",
+        "think": "thought",
+        "write": "wrote written",
+        "see": "saw seen",
+        "meet": "met",
+        "leave": "left",
+        "feel": "felt",
+        "hold": "held",
+        "bring": "brought",
+        "buy": "bought",
+        "pay": "paid",
+        "sell": "sold",
+        "speak": "spoke spoken",
+        "send": "sent",
+        "build": "built",
+        "lose": "lost",
+        "win": "won",
+        "begin": "began begun",
+        "hide": "hid hidden",
+        "steal": "stole stolen",
+        "choose": "chose chosen",
+        "forget": "forgot forgotten",
+        "fight": "fought",
+        "teach": "taught",
+        "catch": "caught",
+        "run": "ran",
+        "eat": "ate eaten",
+        "fall": "fell fallen",
+        "die": "died",
+    }.items()
+    for form in forms.split()
+}
+
+
+def stem(word: str) -> str:
+    """``word`` (case-folded) with an English inflection folded; other words as they are."""
+    word = _IRREGULAR.get(word, word)
+    if len(word) <= 3 or not (word.isascii() and word.isalpha()):
+        return word
+    for suffix, replacement in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not (suffix == "s" and word.endswith("ss")):
+            word = word[: -len(suffix)] + replacement
+            break
+    return word[:-1] if word.endswith("e") and len(word) > 3 else word
+
+
+def terms(text: str, ignoring: frozenset[str] = frozenset()) -> set[str]:
+    """What ``text`` says that a reader could look for elsewhere: its numbers as digit runs ("9th"
+    gives "9"; a word mixing letters and digits, "func_12", also whole), its words of three letters
+    or more less function words and ``ignoring``, stemmed; and in Chinese and Japanese, which do
+    not space their words, each pair of neighbouring characters without a particle (most Chinese
+    words are two characters long), or a lone character."""
+    found: set[str] = set()
+    for word in _SPACED_WORD.findall(text.casefold()):
+        found.update(_word_terms(word, ignoring))
+    for run in _CJK_RUN.findall(text):
+        if len(run) == 1 and run not in _CJK_FUNCTION:
+            found.add(run)
+        found.update(a + b for a, b in pairwise(run) if a not in _CJK_FUNCTION and b not in _CJK_FUNCTION)
+    return found
+
+
+def _word_terms(word: str, ignoring: frozenset[str]) -> list[str]:
+    """The terms of one case-folded spaced word (see ``terms``)."""
+    if any(ch.isdigit() for ch in word):
+        numbers = _NUMBER.findall(word)
+        mixed = not word.isdigit() and not _ORDINAL.fullmatch(word)
+        return [*numbers, word] if mixed else numbers
+    if len(word) < 3 or word in _FUNCTION_WORDS or word in ignoring:
+        return []
+    return [stem(word)]

@@ -9,14 +9,15 @@ from pydantic import BaseModel, ConfigDict
 from .grounding import Citation
 from .schemas import PartialAnswer
 
-# verified: some of its quotes were found in the document; unverified: none was (it can only pass
-# with its confidence capped); unchecked: grounding is off, or the task family does not quote.
+# verified: quotes found in the document (or a sentence of it) support it; unverified: none does (it
+# can only pass with its confidence capped); unchecked: grounding is off, or the family does not quote.
 Support = Literal["verified", "unverified", "unchecked"]
 
 
 class Partial(BaseModel):
-    """A partial answer, the chunks it speaks for (one after map, several after collapse), and
-    the quotes of the document it rests on."""
+    """A partial answer, the chunks it speaks for (one after map, several after collapse), the
+    quotes of the document it rests on (the best supporting first), and the other quotes found in
+    the text that do not support it (``related``: passages, never its citations)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -24,6 +25,7 @@ class Partial(BaseModel):
     answer: PartialAnswer
     citations: list[Citation] = []
     support: Support = "unchecked"
+    related: list[Citation] = []
 
 
 def label(chunk_indices: list[int]) -> str:
@@ -38,7 +40,7 @@ def label(chunk_indices: list[int]) -> str:
 
 _SUPPORT_NOTE = {
     "verified": "; quoted from the text",
-    "unverified": "; unverified: no quote found in the text",
+    "unverified": "; unverified: no quote of the text supports it",
     "unchecked": "",
 }
 

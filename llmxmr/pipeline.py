@@ -32,6 +32,7 @@ from .scheduling import CallBudget, gather_or_cancel, in_order
 from .schemas import CollapseOutput, FinalAnswer, MapOutput
 from .stages import collapse, reduce
 from .stages.map import map_messages
+from .stages.reduce import Status
 from .structured import call_structured
 from .trace import CallRecord, CallStage, Trace
 
@@ -47,19 +48,34 @@ class ChunkSpan(BaseModel):
 
 
 class PipelineResult(BaseModel):
-    """The answer for the whole document, and how it was reached."""
+    """The answer for the whole document, and how it was reached.
+
+    ``status`` says what the result is: ``answered`` (an answer the text supports, at or above
+    ``grounding.min_confidence``), ``unsupported`` (the model gave an answer the text does not
+    support, or scores its supported answer below the threshold), ``not_found`` (every chunk read,
+    no answer) or ``incomplete`` (nothing supported while some chunk went unread: the answer may be
+    in it). ``answer`` holds an answer only when it is ``answered``; the model's unsupported answer
+    is kept apart in ``unsupported_guess``, so that code reading ``answer`` never takes a guess
+    for an answer."""
 
     question: str
     task_type: str
+    status: Status
+    # The answer; empty unless the status is ``answered`` (``rationale`` then says why).
     answer: str
+    # What the model answered when the text does not support it (or its confidence is below the
+    # threshold): its guess, kept for the record and for scoring as the model's text, never an answer.
+    unsupported_guess: str | None = None
     rationale: str
     confidence: float
     supporting_chunks: list[int]
-    # The document's own words the answer rests on: quotes from the model, found in the text.
+    # The document's own words the answer rests on: quotes from the model (or sentences of the
+    # text) that hold the answer and are about what is asked, the best supporting first; empty
+    # unless the status is ``answered``.
     citations: list[Citation]
-    # False when no part of the document gave an answer backed by the text: ``answer`` is then
-    # empty and ``rationale`` says why, rather than a guess.
-    found: bool
+    # Other passages the model quoted and the text holds, which do not support the answer: the
+    # closest to the question first. Never the answer's citations.
+    related: list[Citation] = []
     model: str
     # The model profile whose settings applied (configs/default.yaml: model_profiles), if any.
     model_profile: str | None = None
@@ -69,6 +85,12 @@ class PipelineResult(BaseModel):
     unread_chunks: list[int]
     failed_calls: list[CallRecord]
     trace: Trace
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def found(self) -> bool:
+        """Whether the result holds an answer (``status`` is ``answered``)."""
+        return self.status == "answered"
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -131,7 +153,15 @@ class MapReducePipeline:
             if self._client is None:
                 await client.aclose()
         if isinstance(document, Document):
-            results = [r.model_copy(update={"citations": [located(c, document) for c in r.citations]}) for r in results]
+            results = [
+                r.model_copy(
+                    update={
+                        "citations": [located(c, document) for c in r.citations],
+                        "related": [located(c, document) for c in r.related],
+                    }
+                )
+                for r in results
+            ]
         return results
 
 
@@ -167,6 +197,9 @@ class _Question:
     index: int
     trace: Trace = field(default_factory=Trace)
     failed: list[CallRecord] = field(default_factory=list)
+    # Map answers that counted as no information (unsupported, under strict grounding or for
+    # retrieval): the model's guesses, kept for a result without a supported answer.
+    rejected: list[Partial] = field(default_factory=list)
 
 
 class _Run:
@@ -224,27 +257,36 @@ class _Run:
         else:
             partials = [p async for batch in in_order(maps) for p in batch if _informative(p)]
             partials = await self._collapse_in_rounds(partials, question, token_plan)
-        found = reduce.supported(partials)
-        unread_note = reduce.unread_note([r for r in question.failed if r.stage == "map"], len(chunks))
-        final = await self._reduce(partials, question) if found else reduce.nothing_found(len(partials), unread_note)
+        supported = reduce.supported(partials)
+        final: FinalAnswer | None = None
+        if partials:  # supported answers; or, under cap grounding, the model's guess from unsupported ones
+            final = await self._reduce(partials, question, supported)
+        elif question.rejected:
+            final = reduce.best_guess(question.rejected)
         question.trace.wall_time_s = time.perf_counter() - started
-        unread = sorted(i for record in question.failed if record.stage == "map" for i in record.chunk_indices)
-        rationale = final.rationale
-        if found and unread_note:
-            rationale = f"{rationale} {unread_note}, and the confidence is scaled by the share read."
+        failed_maps = [record for record in question.failed if record.stage == "map"]
+        cited = (
+            self.plan.family.cited(final, [*partials, *question.rejected], question.text, self.document)
+            if final
+            else ([], [])
+        )
+        outcome = reduce.outcome(
+            final,
+            supported=supported,
+            guesses=len(partials) or len(question.rejected),
+            cited=cited,
+            failed_maps=failed_maps,
+            chunk_count=len(chunks),
+            settings=self.config.grounding,
+        )
         return PipelineResult(
             question=question.text,
             task_type=self.config.task_type,
-            answer=final.answer,
-            rationale=rationale,
-            confidence=round(final.confidence * (1 - len(unread) / len(chunks)), 3) if unread else final.confidence,
-            supporting_chunks=final.supporting_chunks,
-            citations=reduce.citations_for(final, partials) if found else [],
-            found=found,
+            **dict(outcome),
             model=self.client.describe(),
             model_profile=self.config.model_profile,
             chunks=[ChunkSpan(index=c.index, start=c.start, end=c.end, tokens=c.tokens) for c in chunks],
-            unread_chunks=unread,
+            unread_chunks=sorted(i for record in failed_maps for i in record.chunk_indices),
             failed_calls=question.failed,
             trace=question.trace,
         )
@@ -363,6 +405,8 @@ class _Run:
             return None
         grounded = self.plan.family.ground_map(output, chunk, self.document, question.text, self.config.grounding)
         self._record(question, record, grounded.check)
+        if grounded.rejected is not None:
+            question.rejected.append(grounded.rejected)
         return grounded.partial
 
     async def _sizes(self, partials: list[Partial]) -> list[int]:
@@ -452,11 +496,15 @@ class _Run:
         if output is None:
             self._record(question, record)
             return collapse.fallback(group)
-        partial, check = self.plan.family.ground_collapse(output, group, self.config.grounding)
+        partial, check = self.plan.family.ground_collapse(
+            output, group, question.text, self.document, self.config.grounding
+        )
         self._record(question, record, check)
         return partial
 
-    async def _reduce(self, partials: list[Partial], question: _Question) -> FinalAnswer:
+    async def _reduce(self, partials: list[Partial], question: _Question, supported: bool) -> FinalAnswer:
+        """The final answer from the partial answers; when none is supported (cap grounding), the
+        model's guess from the unsupported ones, as the reduce gives it."""
         self.bar.set_description("reduce")
         self._expect(1)
         output, record = await self._call(
@@ -470,7 +518,10 @@ class _Run:
         if output is None:
             self._record(question, record)
             return reduce.fallback(partials)
-        checked, problem = self.plan.family.checked_final(output, partials, question.text)
+        if not supported:
+            self._record(question, record, "no partial answer is supported: the reply is the model's unsupported guess")
+            return reduce.known_chunks(output, partials)
+        checked, problem = self.plan.family.checked_final(output, partials, question.text, self.document)
         if checked is None:
             self._record(question, record, f"{problem}; the most confident partial answer stands")
             return reduce.fallback(partials)

@@ -8,12 +8,13 @@ import difflib
 from ..errors import ConfigError
 from .base import GroundedReply, QuotingFamily, UnquotedFamily
 from .retrieval import RetrievalFamily
+from .support import SupportCheck
 
 _FAMILIES: dict[str, QuotingFamily] = {
     "qa": QuotingFamily("qa"),
     "choice": QuotingFamily("choice"),
-    "code": QuotingFamily("code"),
-    "math": QuotingFamily("math"),
+    "code": QuotingFamily("code", subject_in_text=False),
+    "math": QuotingFamily("math", subject_in_text=False),
     "zh": QuotingFamily("zh"),
     "retrieval": RetrievalFamily("retrieval"),
     "summary": UnquotedFamily("summary"),
@@ -30,4 +31,4 @@ def family(name: str) -> QuotingFamily:
         raise ConfigError(f"unknown task type '{name}'{hint}; choose one of: {', '.join(_FAMILIES)}") from None
 
 
-__all__ = ["GroundedReply", "QuotingFamily", "RetrievalFamily", "UnquotedFamily", "family"]
+__all__ = ["GroundedReply", "QuotingFamily", "RetrievalFamily", "SupportCheck", "UnquotedFamily", "family"]

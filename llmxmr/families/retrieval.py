@@ -34,15 +34,18 @@ class RetrievalFamily(QuotingFamily):
         found = f"{len(citations)} quote(s) found in the text"
         if not output.has_information and not citations:
             return GroundedReply(None, None)  # an empty reply with no quote: nothing was claimed
+        guess = partial_of(output, chunk, [], "unverified", citations) if output.has_information else None
         if not citations:
-            return GroundedReply(None, f"{found}: unsupported, counts as no information")
+            return GroundedReply(None, f"{found}: unsupported, counts as no information", guess)
         naming = [citation for citation in citations if names_request(citation.quote, question)]
         # Within a quote of several sentences, only those naming the request may hold the value.
         quoted = "\n".join(
             sentence for c in naming for sentence in sentences_of(c.quote) if names_request(sentence, question)
         )
         if not quoted:
-            return GroundedReply(None, f"{found}, none naming what the request asks for: counts as no information")
+            return GroundedReply(
+                None, f"{found}, none naming what the request asks for: counts as no information", guess
+            )
         answer: str | None
         problem: str | None
         if output.answer is None:
@@ -50,12 +53,16 @@ class RetrievalFamily(QuotingFamily):
         else:
             answer, problem = checked_value(output.answer, quoted, question, quoted)
         if answer is None:
-            return GroundedReply(None, f"{found}, but {problem}: counts as no information")
+            return GroundedReply(None, f"{found}, but {problem}: counts as no information", guess)
         # What the partial keeps as its information is the found sentences, not the reply's own
-        # text: a later stage must not read an invented sentence as the document's.
+        # text: a later stage must not read an invented sentence as the document's. Its citations
+        # are the found quotes naming the request that hold the value, the best first (all of them
+        # naming it when the value is spread over several).
         supported = output.model_copy(update={"answer": answer, "extracted_information": quoted})
+        holding = self.support(question, document).supporting(answer, naming) or naming
+        related = [citation for citation in citations if citation not in holding]
         return GroundedReply(
-            partial_of(supported, chunk, naming, "verified"), f"{found}; {problem}" if problem else found
+            partial_of(supported, chunk, holding, "verified", related), f"{found}; {problem}" if problem else found
         )
 
     def merged_value_problem(self, output: CollapseOutput, carried: list[Citation]) -> str | None:
@@ -67,7 +74,7 @@ class RetrievalFamily(QuotingFamily):
         return None
 
     def checked_final(
-        self, answer: FinalAnswer, partials: list[Partial], question: str
+        self, answer: FinalAnswer, partials: list[Partial], question: str, document: DocumentIndex
     ) -> tuple[FinalAnswer | None, str | None]:
         """The final value must come from the partial answers it was reduced from (checked against
         their chunks and the request) or their found quotes, and say more than the request."""

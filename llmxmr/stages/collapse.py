@@ -76,9 +76,15 @@ def merged_indices(group: list[Partial]) -> list[int]:
 
 
 def fallback(group: list[Partial]) -> Partial:
-    """When a collapse call fails: keep the group's most confident partial answer (the earliest on
-    a tie; verified ones first), so the run goes on with the best evidence it had."""
+    """When a collapse call fails, or its reply may not stand: keep the group's most confident
+    partial answer (the earliest on a tie; verified ones first), so the run goes on with the best
+    evidence it had."""
     best = max(group, key=lambda partial: (partial.support != "unverified", partial.answer.confidence))
+    others = {(c.start, c.end): c for p in group for c in (*p.citations, *p.related) if c not in best.citations}
     return Partial(
-        chunk_indices=merged_indices(group), answer=best.answer, citations=best.citations, support=best.support
+        chunk_indices=merged_indices(group),
+        answer=best.answer,
+        citations=best.citations,
+        support=best.support,
+        related=[others[span] for span in sorted(others)],  # the other inputs' quotes: passages, not its support
     )

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import BaseModel
+
+from ..config import GroundingSettings
 from ..grounding import Citation, normalise
 from ..partials import Partial, render_partials
 from ..prompts import ChatMessage, PromptSet
@@ -11,26 +16,138 @@ from ..trace import CallRecord
 NOT_FOUND = "The document does not appear to contain the answer"
 NOTHING_FOUND = f"{NOT_FOUND}: no part of it holds information relevant to the question."
 
+# What a result is: answered, or why not (see ``status_of``).
+Status = Literal["answered", "not_found", "unsupported", "incomplete"]
+
 
 def reduce_messages(prompts: PromptSet, question: str, partials: list[Partial]) -> list[ChatMessage]:
     return prompts.messages("reduce", question=question, partials=render_partials(partials))
 
 
-def nothing_found(unsupported: int = 0, unread: str | None = None) -> FinalAnswer:
-    """The answer when no chunk gave a supported answer: say so rather than guess. The one rightly
-    empty answer, so it is built without the validation a model's reply gets. With chunks unread
-    (``unread`` says which and why), the document may well hold the answer: only the chunks read
-    are said to lack it."""
+def nothing_found(unread: str | None = None) -> str:
+    """Why there is no answer when no chunk gave one: the document does not appear to hold it or,
+    with chunks unread (``unread`` says which and why), the chunks read do not."""
     if unread:
-        rationale = f"The answer was not found in the chunks that were read. {unread}."
-    elif unsupported:
+        return f"The answer was not found in the chunks that were read. {unread}."
+    return NOTHING_FOUND
+
+
+def unsupported(guesses: int) -> str:
+    """Why there is no answer when the model gave ``guesses`` partial answers the text does not
+    support."""
+    return (
+        f"{NOT_FOUND}: {guesses} partial answer(s) proposed one, but no quote of the text holds it and is "
+        "about what is asked; the model's guess is kept apart as unsupported."
+    )
+
+
+def below_threshold(answer: FinalAnswer, threshold: float) -> str:
+    """Why a supported answer is no answer: the model scores it below ``grounding.min_confidence``."""
+    return (
+        f"{answer.rationale} Its confidence ({answer.confidence:g}) is below grounding.min_confidence "
+        f"({threshold:g}): the model itself says the text barely supports it."
+    )
+
+
+class Outcome(BaseModel):
+    """What a result says, once its final answer (or guess) is known: its status, and the answer,
+    guess, rationale, confidence and citations that status allows (see ``PipelineResult``)."""
+
+    status: Status
+    answer: str
+    unsupported_guess: str | None
+    rationale: str
+    confidence: float
+    supporting_chunks: list[int]
+    citations: list[Citation]
+    related: list[Citation]
+
+
+def outcome(
+    final: FinalAnswer | None,
+    *,
+    supported: bool,
+    guesses: int,
+    cited: tuple[list[Citation], list[Citation]],
+    failed_maps: list[CallRecord],
+    chunk_count: int,
+    settings: GroundingSettings,
+) -> Outcome:
+    """The result of a question: ``final`` is the answer reduced from supported partial answers
+    (``supported``), or the model's guess from ``guesses`` unsupported ones, or None (nothing
+    answered); ``cited`` its supporting citations and related passages. Only an ``answered``
+    result has an answer and citations: otherwise the model's text is its ``unsupported_guess``,
+    and every passage found is a related one. The confidence is scaled by the share of chunks read,
+    and a guess's is capped at ``grounding.unsupported_confidence``."""
+    unread = sum(len(record.chunk_indices) for record in failed_maps)
+    note = unread_note(failed_maps, chunk_count)
+    confidence = final.confidence if final else 0.0
+    status = status_of(
+        supported=supported,
+        guessed=final is not None,
+        unread=bool(unread),
+        confidence=confidence,
+        threshold=settings.min_confidence,
+    )
+    if not supported:
+        confidence = min(confidence, settings.unsupported_confidence)
+    if unread:
+        confidence = round(confidence * (1 - unread / chunk_count), 3)
+    citations, related = cited
+    if status == "answered":
+        assert final is not None
         rationale = (
-            f"{NOT_FOUND}: {unsupported} partial answer(s) proposed one, but none of their quotes was "
-            "found in the text."
+            f"{final.rationale} {note}, and the confidence is scaled by the share read." if note else final.rationale
         )
+        return Outcome(
+            status=status,
+            answer=final.answer,
+            unsupported_guess=None,
+            rationale=rationale,
+            confidence=confidence,
+            supporting_chunks=final.supporting_chunks,
+            citations=citations,
+            related=related,
+        )
+    if final is not None and status == "unsupported":
+        rationale = below_threshold(final, settings.min_confidence) if supported else unsupported(guesses)
     else:
-        rationale = NOTHING_FOUND
-    return FinalAnswer.model_construct(rationale=rationale, answer="", confidence=0.0, supporting_chunks=[])
+        rationale = nothing_found(note)
+    return Outcome(
+        status=status,
+        answer="",
+        unsupported_guess=final.answer if final else None,
+        rationale=rationale,
+        confidence=confidence,
+        supporting_chunks=[],
+        citations=[],
+        related=[*citations, *related],
+    )
+
+
+def status_of(*, supported: bool, guessed: bool, unread: bool, confidence: float, threshold: float) -> Status:
+    """The status of a result: ``answered`` (a supported answer at or above the confidence
+    threshold), ``unsupported`` (a guess the text does not support, or a supported answer the model
+    scores below the threshold), ``incomplete`` (nothing supported while a chunk went unread: the
+    answer may be in it), or ``not_found`` (every chunk read, no answer)."""
+    if supported:
+        return "answered" if confidence >= threshold else "unsupported"
+    if unread:
+        return "incomplete"
+    return "unsupported" if guessed else "not_found"
+
+
+def best_guess(partials: list[Partial]) -> FinalAnswer:
+    """The most confident of partial answers that counted as no information (strict grounding,
+    retrieval): the model's guess, as it gave it."""
+    best = max(partials, key=lambda partial: partial.answer.confidence)
+    assert best.answer.answer is not None  # only answers are kept as guesses
+    return FinalAnswer(
+        rationale=best.answer.rationale or "(no rationale)",
+        answer=best.answer.answer,
+        confidence=best.answer.confidence,
+        supporting_chunks=best.chunk_indices,
+    )
 
 
 def unread_note(failed_maps: list[CallRecord], chunk_count: int) -> str | None:

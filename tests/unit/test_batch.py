@@ -70,6 +70,27 @@ def test_every_document_is_answered_and_written(tmp_path):
     assert summary["documents"] == 4 and summary["concurrency"] == 2
 
 
+def test_every_result_line_carries_its_status_and_the_report_counts_them(tmp_path):
+    def guesses_on_doc1(request: ChatRequest) -> str:
+        if owner(request) == "doc1" and request.schema_name == "MapOutput":  # an answer no quote holds
+            part = request.messages[-1].content.rsplit("<document_part>", 1)[1]
+            quote = "The weather in doc1 was mild and nothing else happened that day."
+            return partial_reply("doc1-9", 5, info=quote) if "The code of" in part else partial_reply(None, 0, info="")
+        return reader(request)
+
+    report, _ = run(tmp_path, items(3), ScriptedClient(responder=guesses_on_doc1, counter=WordCounter()))
+    results = {r.id: r for r in read_results(tmp_path / "out" / "results.jsonl")}
+    assert {i: r.status for i, r in results.items()} == {"d0": "answered", "d1": "unsupported", "d2": "answered"}
+    assert (results["d1"].answer, results["d1"].unsupported_guess, results["d1"].found) == ("", "doc1-9", False)
+    assert results["d1"].citations == [] and results["d1"].related
+    assert report.found == 2 and report.statuses == {"answered": 2, "unsupported": 1}
+    assert "2 answered, 1 unsupported" in format_report(report)
+    # A line written before results had a status reads with the status its "found" implied.
+    old = results["d0"].model_dump(mode="json", exclude={"status", "unsupported_guess", "related"})
+    assert BatchResult.model_validate(old).status == "answered"
+    assert BatchResult.model_validate({**old, "found": False}).status == "not_found"
+
+
 def test_all_documents_share_one_call_budget(tmp_path):
     client = ScriptedClient(responder=reader, counter=WordCounter(), delay_s=0.01)
     run(tmp_path, items(6), client, **{"llm.concurrency": 3})

@@ -54,7 +54,7 @@ def respond(rationale_words: int | None):
 def why(request: ChatRequest, words: int | None, info: str) -> str:
     if words is None:
         words = request.max_tokens - len(partial_reply("lit", 4, info=info, rationale="").split())
-    return " ".join(["why"] * words)
+    return " ".join(f"why{n}" for n in range(words))  # none repeated: a reply that repeats itself is cut
 
 
 def config(**overrides) -> PipelineConfig:

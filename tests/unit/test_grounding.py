@@ -12,7 +12,7 @@ from llmxmr import MapReducePipeline, PipelineConfig
 from llmxmr.chunking import Chunk
 from llmxmr.clients.base import ChatRequest
 from llmxmr.clients.fake import ScriptedClient
-from llmxmr.families import family
+from llmxmr.families import SupportCheck, family
 from llmxmr.families.retrieval import checked_value, names_request
 from llmxmr.families.workarounds import WORDS_ECHOED_FROM_THE_PROMPT
 from llmxmr.grounding import (
@@ -23,7 +23,6 @@ from llmxmr.grounding import (
     distinctive_words,
     locate_all,
     normalise,
-    sentence_stating,
     sentences_of,
 )
 from llmxmr.partials import Partial
@@ -40,6 +39,12 @@ def whole(text: str, index: int = 0) -> Chunk:
 
 def span(text: str, start: int, end: int, index: int = 0) -> Chunk:
     return Chunk(index=index, start=start, end=end, overlap_start=start, text=text[start:end], tokens=1)
+
+
+def sentence_stating(
+    answer: str, question: str, chunk: Chunk, document: DocumentIndex, ignoring: frozenset[str] = frozenset()
+) -> Citation | None:
+    return SupportCheck(question, document, ignoring).stating(answer, chunk)
 
 
 def found(quote: str, text: str, chunk: Chunk | None = None, threshold: float = THRESHOLD) -> Citation | None:
@@ -197,7 +202,9 @@ def test_a_collapse_cannot_pass_off_a_truncated_value_as_verified():
     settings = PipelineConfig.load().grounding
     for quotes in (["The pass key is 7143"], ["secret"], [verified.quote]):
         merged = CollapseOutput(extracted_information="", evidence=quotes, rationale="", answer="7143", confidence=5)
-        partial, check = family("retrieval").ground_collapse(merged, group, settings)
+        partial, check = family("retrieval").ground_collapse(
+            merged, group, "What is the pass key?", DocumentIndex(TEXT), settings
+        )
         assert partial.answer.answer == "71432" and check is not None and "best verified input stands" in check
 
 
@@ -405,7 +412,7 @@ def test_cap_keeps_unsupported_qa_answers_with_their_confidence_capped():
     capped = [c for c in maps if c.check and "confidence capped at 1.5" in c.check]
     assert len(capped) == len(maps) - 1
     reduce_prompt = client.requests[-1].messages[-1].content
-    assert "(confidence 1.5; unverified: no quote found in the text)" in reduce_prompt
+    assert "(confidence 1.5; unverified: no quote of the text supports it)" in reduce_prompt
     assert "(confidence 4; quoted from the text)" in reduce_prompt
     assert [c.quote for c in result.citations] == [KEY]
 
@@ -417,11 +424,15 @@ def test_strict_drops_unsupported_qa_answers():
     assert "12345" not in reduce_prompt and reduce_prompt.count("### Chunk") == 1
 
 
-def test_cap_with_no_supported_answer_anywhere_says_not_found():
+def test_cap_with_no_supported_answer_anywhere_is_unsupported_and_keeps_the_guess_apart():
+    """The reduce still gives the model's answer (what a benchmark scores as the model's text), but
+    as an unsupported guess: never the answer, at no more than the capped confidence."""
     result, client = run(WITHOUT_KEY, qa_responder, task_type="qa")
-    assert not result.found and result.answer == "" and result.confidence == 0
-    assert "proposed one, but none of their quotes was found in the text" in result.rationale
-    assert not any(r.schema_name == "FinalAnswer" for r in client.requests)
+    assert result.status == "unsupported" and not result.found and result.answer == "" and result.citations == []
+    assert result.unsupported_guess == "It is 71432." and result.confidence <= 2
+    assert "no quote of the text holds it and is about what is asked" in result.rationale
+    (reduce_call,) = [c for c in result.trace.calls if c.stage == "reduce"]
+    assert "the model's unsupported guess" in (reduce_call.check or "")
 
 
 def test_summaries_neither_quote_nor_get_checked():
@@ -444,11 +455,16 @@ def test_the_quoting_families_send_the_evidence_field():
     assert result.found
 
 
+# A rationale long enough that three partials do not fit one reduce prompt, and none of its
+# sentences repeated (a reply that repeats itself is cut where it starts to).
+SAYS_SO = " ".join(f"It says so in line {n}." for n in range(12))
+
+
 def test_a_collapse_that_drops_the_verified_answer_gives_way_to_it():
     def forgetful(request: ChatRequest) -> str:
         if request.schema_name == "MapOutput":
             if "71432" in chunk_of(request):  # long enough that three do not fit one reduce prompt
-                return partial_reply("71432", 5, info=KEY, rationale="It says so. " * 12, evidence=[KEY])
+                return partial_reply("71432", 5, info=KEY, rationale=SAYS_SO, evidence=[KEY])
             return partial_reply(None, 0, info="")
         if request.schema_name == "CollapseOutput":
             return partial_reply(None, 0, info="")
@@ -466,7 +482,7 @@ def test_a_value_only_in_a_collapse_s_own_information_cannot_be_the_final_answer
     def embellishing(request: ChatRequest) -> str:
         if request.schema_name == "MapOutput":
             if "71432" in chunk_of(request):
-                return partial_reply("71432", 5, info=KEY, rationale="It says so. " * 12, evidence=[KEY])
+                return partial_reply("71432", 5, info=KEY, rationale=SAYS_SO, evidence=[KEY])
             return partial_reply(None, 0, info="")
         if request.schema_name == "CollapseOutput":
             return partial_reply("71432", 5, info="The pass key is 71432, or 55555 on Sundays.", evidence=[KEY])

@@ -191,7 +191,7 @@ def test_cli_text_of_a_not_found_result_with_unread_chunks(tmp_path, monkeypatch
     result = _cli(tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     first = result.stdout.splitlines()[0]
-    assert first.startswith("(not found) The answer was not found in the chunks that were read.")
+    assert first.startswith("(incomplete) The answer was not found in the chunks that were read.")
     assert "went unread" in first and "a rerun retries it" in first
 
 
@@ -199,6 +199,7 @@ def test_cli_json_of_a_not_found_result_says_the_reading_was_incomplete(tmp_path
     result = _cli(tmp_path, monkeypatch, "--json")
     payload = json.loads(result.stdout)
     assert payload["found"] is False and payload["complete"] is False and payload["unread_chunks"]
+    assert payload["status"] == "incomplete" and payload["answer"] == ""
     assert payload["model_profile"] is None
 
 

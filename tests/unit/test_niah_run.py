@@ -97,9 +97,31 @@ def test_every_cell_is_run_scored_and_written(tmp_path, haystack):
     (citation,) = deepest.citations
     assert citation.quote in CLASSIC_NEEDLE and "Dolores Park" in citation.quote
     assert deepest.trace.calls[-1].stage == "reduce"
-    # A cell written before citations and traces were recorded still loads.
-    old = json.loads(deepest.model_dump_json(exclude={"citations", "trace"}))
-    assert CellResult.model_validate(old).trace is None
+    assert all(cell.status == "answered" and cell.unsupported_guess is None for cell in cells)
+    # A cell written before citations, traces and statuses were recorded still loads.
+    old = json.loads(deepest.model_dump_json(exclude={"citations", "trace", "status", "unsupported_guess"}))
+    assert CellResult.model_validate(old).trace is None and CellResult.model_validate(old).status is None
+
+
+def test_a_cell_records_why_it_has_no_answer(tmp_path, haystack):
+    def misquotes(request: ChatRequest) -> str:
+        if request.schema_name == "MapOutput":  # an answer, quoting a sentence that does not hold it
+            part = request.messages[-1].content.rsplit("<document_part>", 1)[1]
+            sentence = re.search(r"Essay \S+ sentence \d+ is about startups\.", part)
+            return partial_reply("visit the Golden Gate Bridge", 5.0, info=sentence.group(0) if sentence else "")
+        return final_reply("nothing")
+
+    cells, _, _ = run(
+        tmp_path,
+        haystack,
+        lengths=(400,),
+        depths=(50.0,),
+        task_type="qa",
+        client=ScriptedClient(responder=misquotes, counter=WordCounter()),
+    )
+    (cell,) = cells
+    assert (cell.status, cell.found, cell.response) == ("unsupported", False, "")
+    assert cell.unsupported_guess == "nothing" and cell.score == 0
 
 
 def test_cells_in_flight_share_one_budget_of_calls(tmp_path, haystack):

@@ -96,16 +96,21 @@ def test_nothing_found_skips_reduce():
     assert all(r.schema_name == "MapOutput" for r in client.requests)
 
 
+# 300 words, none repeated (a reply that repeats itself is cut where it starts to), two of them
+# the quoted sentence's.
+LONG_ANSWER = " ".join(["green", "sky", *(f"w{chr(97 + n // 26)}{chr(97 + n % 26)}" for n in range(298))])
+
+
 def test_collapse_runs_until_partials_fit_and_keeps_order():
     def every_chunk_answers(request: ChatRequest) -> str:
-        if request.schema_name == "MapOutput":
-            return partial_reply("word " * 300, confidence=2, info=FILLER_SENTENCE)
+        if request.schema_name == "MapOutput":  # a long answer, supported by the sentence it quotes
+            return partial_reply(LONG_ANSWER, confidence=2, info=FILLER_SENTENCE)
         if request.schema_name == "CollapseOutput":
-            return partial_reply("short merged answer", confidence=3)
+            return partial_reply("green", confidence=3, info=FILLER_SENTENCE)
         return final_reply("done")
 
     client = new_client(responder=every_chunk_answers, window=4000)
-    result = run(client, config(**{"chunking.chunk_tokens": 200}))
+    result = run(client, config(**{"chunking.chunk_tokens": 200}), question="What colour is the grass?")
     collapses = [r for r in client.requests if r.schema_name == "CollapseOutput"]
     assert collapses, "partials over the reduce budget must be collapsed"
     collapse_records = [c for c in result.trace.calls if c.stage == "collapse"]

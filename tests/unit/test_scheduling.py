@@ -27,6 +27,11 @@ def answers_in(request: ChatRequest) -> list[str]:
     return re.findall(r"^Answer: (.+)$", request.messages[-1].content, flags=re.M)
 
 
+def distinct(word: str, count: int) -> str:
+    """``count`` words, none repeated: a reply that repeats itself is cut where it starts to."""
+    return " ".join(f"{word}{n}" for n in range(count))
+
+
 def responder(keep=lambda n: n % 3 != 0, info_words: int = 20, collapse_informs: bool = True):
     """Deterministic in the request: map answers the letters of the sections it keeps, a collapse
     or reduce joins its partials' answers in order, so the final answer spells out the whole
@@ -39,12 +44,12 @@ def responder(keep=lambda n: n % 3 != 0, info_words: int = 20, collapse_informs:
             kept = sorted({n for n in sections if keep(n)})
             if not kept:
                 return partial_reply(None, 0.0, info="", rationale="")
-            return partial_reply("".join(chr(65 + n % 26) for n in kept), 4.0, info="letters " * info_words)
+            return partial_reply("".join(chr(65 + n % 26) for n in kept), 4.0, info=distinct("letters", info_words))
         joined = "(" + "+".join(answers_in(request)) + ")"
         if request.schema_name == "CollapseOutput":
             if not collapse_informs:
                 return partial_reply(None, 0.0, info="", rationale="")
-            return partial_reply(joined, 3.0, info="merged " * (12 * len(answers_in(request))))  # grows: rounds
+            return partial_reply(joined, 3.0, info=distinct("merged", 12 * len(answers_in(request))))  # grows: rounds
         return final_reply(joined)
 
     return respond

@@ -38,7 +38,7 @@ from ...executor import (
     text_sha256,
     write_atomically,
 )
-from ...pipeline import MapReducePipeline
+from ...pipeline import MapReducePipeline, Status
 from ...trace import Trace
 from .. import Method
 from .data import DataSource, read_examples
@@ -55,13 +55,18 @@ EXAMPLES_ON_SERVER = 8
 
 
 class Prediction(BaseModel):
-    """One line of ``preds_<task>.jsonl``: the official three fields, then the example's cost."""
+    """One line of ``preds_<task>.jsonl``: the official three fields, then the result's status and
+    the example's cost. ``prediction`` is the model's text, as InfiniteBench scores it: for
+    map-reduce the answer, or when the text does not support it the model's unsupported guess, so
+    that scores compare with the paper's; ``status`` says which (``PipelineResult.status``; null for
+    --method direct, whose one call nothing checks, and for lines written before statuses)."""
 
     id: int | str
     prediction: str
     ground_truth: Any
     method: Method
     model: str
+    status: Status | None = None
     found: bool
     calls: int
     failed_calls: int
@@ -182,7 +187,9 @@ class BatchRun:
             pipeline = MapReducePipeline(config, client=shared.client, budget=shared.calls)
             results = await pipeline.arun_many(group[0].context, [question for _, question in asked.values()])
             for (place, (label, _)), res in zip(asked.items(), results, strict=True):
-                prediction = _prediction(group[place], label, "mr", res.answer, res.model, res.found, res.trace)
+                text = res.answer or res.unsupported_guess or ""
+                prediction = _prediction(group[place], label, "mr", text, res.model, res.found, res.trace)
+                prediction.status = res.status
                 prediction.unread_chunks = res.unread_chunks
                 outcomes[place] = complete_or_error(res.trace, prediction)
         return [outcomes[place] for place in range(len(group))]

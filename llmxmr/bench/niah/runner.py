@@ -25,7 +25,7 @@ from ...errors import LlmxmrError, UsageError
 from ...executor import Executor, Job, JsonFiles, Shared, check_same_model, require_complete, write_atomically
 from ...families.retrieval import names_request
 from ...grounding import Citation
-from ...pipeline import MapReducePipeline
+from ...pipeline import MapReducePipeline, Status
 from ...prompts import ChatMessage, prompt_file
 from ...structured import call_structured
 from ...trace import Trace
@@ -68,8 +68,12 @@ class CellResult(BaseModel):
     placements: list[Placement]
     question: str
     expected: list[str]
-    response: str
+    response: str  # the answer (mr: empty unless the text supports it; the guess is ``unsupported_guess``)
     found: bool
+    # The result's status (mr: ``PipelineResult.status``); null for --method direct, whose one call
+    # nothing checks, and in cells written before statuses.
+    status: Status | None = None
+    unsupported_guess: str | None = None
     recall: float  # fraction of expected strings in the response
     judge_score: float | None = None  # 1-10 with --judge
     score: float  # judge_score with --judge, else recall
@@ -171,12 +175,15 @@ class NiahRun:
                 )
             response, found, model, trace = direct.answer, True, direct.model, direct.trace
             kept_tokens, citations, unread = direct.kept_tokens, [], []
+            status: Status | None = None
+            guess = None
         else:
             result = await MapReducePipeline(self.config, client=client, budget=calls).arun(
                 context.text, needles.question
             )
             response, found, model, trace = result.answer, result.found, result.model, result.trace
             kept_tokens, citations, unread = context.tokens, result.citations, result.unread_chunks
+            status, guess = result.status, result.unsupported_guess
         require_complete(trace)
         judge_score = None
         if self.settings.judge:
@@ -197,6 +204,8 @@ class NiahRun:
             expected=needles.expected,
             response=response,
             found=found,
+            status=status,
+            unsupported_guess=guess,
             recall=string_recall,
             judge_score=judge_score,
             score=judge_score if judge_score is not None else string_recall,
