@@ -278,6 +278,7 @@ class _Run:
             failed_maps=failed_maps,
             chunk_count=len(chunks),
             settings=self.config.grounding,
+            partials=partials,
         )
         return PipelineResult(
             question=question.text,

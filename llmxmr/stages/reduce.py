@@ -72,16 +72,23 @@ def outcome(
     failed_maps: list[CallRecord],
     chunk_count: int,
     settings: GroundingSettings,
+    partials: list[Partial],
 ) -> Outcome:
     """The result of a question: ``final`` is the answer reduced from supported partial answers
     (``supported``), or the model's guess from ``guesses`` unsupported ones, or None (nothing
     answered); ``cited`` its supporting citations and related passages. Only an ``answered``
     result has an answer and citations: otherwise the model's text is its ``unsupported_guess``,
     and every passage found is a related one. The confidence is scaled by the share of chunks read,
-    and a guess's is capped at ``grounding.unsupported_confidence``."""
+    and a guess's is capped at ``grounding.unsupported_confidence``. A supported answer's confidence
+    is ``backed_confidence`` over ``partials``."""
     unread = sum(len(record.chunk_indices) for record in failed_maps)
     note = unread_note(failed_maps, chunk_count)
-    confidence = final.confidence if final else 0.0
+    if final is None:
+        confidence = 0.0
+    elif supported:
+        confidence = backed_confidence(final, cited[0], partials)
+    else:
+        confidence = final.confidence
     status = status_of(
         supported=supported,
         guessed=final is not None,
@@ -123,6 +130,19 @@ def outcome(
         citations=[],
         related=[*citations, *related],
     )
+
+
+def backed_confidence(final: FinalAnswer, citations: list[Citation], partials: list[Partial]) -> float:
+    """The confidence of a supported final answer: its own, or, if higher, that of a verified
+    partial answer whose quotes are among its citations. The evidence holds the answer either way;
+    a reduce that restates a value the text holds does not make it doubtful by scoring it low."""
+    spans = {(citation.start, citation.end) for citation in citations}
+    backing = [
+        partial.answer.confidence
+        for partial in partials
+        if partial.support == "verified" and any((c.start, c.end) in spans for c in partial.citations)
+    ]
+    return max([final.confidence, *backing])
 
 
 def status_of(*, supported: bool, guessed: bool, unread: bool, confidence: float, threshold: float) -> Status:

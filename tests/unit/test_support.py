@@ -148,16 +148,23 @@ def test_a_collapse_that_changes_the_answer_keeps_no_quote_that_does_not_hold_it
 # --- through the pipeline ---------------------------------------------------------------------
 
 
-def responder(answer: str | None, evidence: list[str], *, final: str | None = None, confidence: float = 4.5):
-    """Every chunk that holds the first quote answers ``answer`` with ``evidence``; the reduce
-    answers ``final`` (by default the same)."""
+def responder(
+    answer: str | None,
+    evidence: list[str],
+    *,
+    final: str | None = None,
+    confidence: float = 4.5,
+    map_confidence: float = 5,
+):
+    """Every chunk that holds the first quote answers ``answer`` with ``evidence`` at
+    ``map_confidence``; the reduce answers ``final`` (by default the same) at ``confidence``."""
 
     def respond(request: ChatRequest) -> str:
         prompt = request.messages[-1].content
         if request.schema_name == "MapOutput":
             part = prompt.rsplit("<document_part>", 1)[1]
             if answer is not None and evidence and evidence[0].split()[0] in part:
-                return partial_reply(answer, 5, info=evidence[0], evidence=evidence)
+                return partial_reply(answer, map_confidence, info=evidence[0], evidence=evidence)
             return partial_reply(None, 0, info="")
         return final_reply(final or answer or "none", confidence)
 
@@ -206,13 +213,21 @@ def test_under_strict_grounding_the_guess_is_still_kept_without_a_reduce():
 
 
 def test_a_supported_answer_below_the_confidence_threshold_is_unsupported():
-    respond = responder("Tobias Wrenfield", [GARDENER], confidence=0.5)
+    respond = responder("Tobias Wrenfield", [GARDENER], confidence=0.5, map_confidence=0.5)
     result, _ = ask(WITH_FACT, respond)
     assert (result.status, result.answer, result.unsupported_guess) == ("unsupported", "", "Tobias Wrenfield")
     assert result.citations == [] and [c.quote for c in result.related] == [GARDENER]
     assert "below grounding.min_confidence (1)" in result.rationale
     result, _ = ask(WITH_FACT, respond, **{"grounding.min_confidence": 0.5})
     assert result.status == "answered" and result.answer == "Tobias Wrenfield"
+
+
+def test_a_low_scored_final_answer_backed_by_a_confident_cited_partial_stands_at_its_confidence():
+    """The reduce's own score is not the only one: a verified partial answer whose quote is among
+    the final answer's citations backs it at its confidence."""
+    result, _ = ask(WITH_FACT, responder("Tobias Wrenfield", [GARDENER], confidence=0.5, map_confidence=4))
+    assert (result.status, result.answer, result.confidence) == ("answered", "Tobias Wrenfield", 4)
+    assert [c.quote for c in result.citations] == [GARDENER]
 
 
 def test_not_found_when_every_chunk_was_read_and_none_answered():
