@@ -1,6 +1,6 @@
 """The default path: plain ``llmxmr run`` (task family ``qa``) asked for a pass key planted in a novel.
 
-    python benchmarks/default_path.py [--tokens 8000] [--books N] [--layouts profile,document-first]
+    python benchmarks/default_path.py [--tokens 8000] [--books a.txt,b.txt] [--layouts profile,document-first]
                                       [--base-url URL] [--out FILE]
 
 Every other benchmark of pass keys measures the retrieval preset; a user who types ``llmxmr run
@@ -72,14 +72,14 @@ def run(config: PipelineConfig, text: str, key: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=8000)
-    parser.add_argument("--books", type=int, default=4, help="the first N novels, by name")
+    parser.add_argument("--books", help="the novels to read, by file name (default: all four)")
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     parser.add_argument("--base-url")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not BOOKS.is_dir():
         parser.exit(0, f"skipped: {BOOKS} is absent\n")
-    books = sorted(BOOKS.glob("*.txt"))[: args.books]
+    books = [BOOKS / name for name in args.books.split(",")] if args.books else sorted(BOOKS.glob("*.txt"))
     rows = []
     for layout in args.layouts.split(","):
         settings: dict[str, Any] = {**LAYOUTS[layout], **({"llm.base_url": args.base_url} if args.base_url else {})}
