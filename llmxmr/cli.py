@@ -30,6 +30,7 @@ from .grounding import Citation
 from .pipeline import MapReducePipeline, PipelineResult
 from .prompts import TASK_FAMILIES
 from .questions import Question, read_questions
+from .report import QuestionRun, load_runs, render_report, write_report
 
 if TYPE_CHECKING:
     from .bench import Method
@@ -170,6 +171,9 @@ def main() -> None:
 )
 @click.option("--no-citations", is_flag=True, help="Print the answer without the quotes it rests on.")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Write every call to this JSON file.")
+@click.option(
+    "--report", "report_path", type=click.Path(dir_okay=False), help="Write the run as one self-contained HTML page."
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option(
     "--dry-run", is_flag=True, help="Make no LLM call: print the chunks, calls and prompt tokens the run would take."
@@ -185,6 +189,7 @@ def run(
     as_json: bool,
     no_citations: bool,
     trace_path: str | None,
+    report_path: str | None,
     no_progress: bool,
     dry_run: bool,
 ) -> None:
@@ -200,6 +205,10 @@ def run(
         click.echo(estimate.model_dump_json(indent=2) if as_json else format_estimate(estimate))
         return
     results = MapReducePipeline(config, progress=not no_progress).run_many(document, [q.question for q in questions])
+    if report_path:
+        runs = [QuestionRun.of_result(q.id, r) for q, r in zip(questions, results, strict=True)]
+        page = render_report(runs, document=document, config=config, source=f"llmxmr run on {document.name}")
+        write_report(Path(report_path), page)
     if len(results) == 1:  # one question: the output as it always was
         (result,) = results
         if trace_path:
@@ -223,6 +232,22 @@ def run(
             click.echo(f"[{question.id}] {question.question}")
             click.echo(_answer_text(result, no_citations))
         click.echo(f"[{question.id}] {_summary(result)}", err=True)
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True))
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
+@click.option("--input", "input_path", help="The document that was read: its chunks' text is shown.")
+@click.option("--password", help="Password of an encrypted PDF.")
+@_reports_errors
+def report(source: str, out_path: str, input_path: str | None, password: str | None) -> None:
+    """Write one self-contained HTML page of a run: SOURCE is a trace (llmxmr run --trace FILE) or
+    a batch folder (its results.jsonl)."""
+    runs, kind = load_runs(Path(source))
+    document = read_document(input_path, password=password) if input_path else None
+    page = render_report(runs, document=document, source=f"{kind} {Path(source).name}")
+    write_report(Path(out_path), page)
+    click.echo(f"wrote {out_path}", err=True)
 
 
 # Memory for the embedded model's state in 'llmxmr chat', where questions come back to chunks read

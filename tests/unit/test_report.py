@@ -1,0 +1,272 @@
+"""The HTML report of a run (``llmxmr run --report``, ``llmxmr report``): one self-contained page
+whose strip holds every chunk, whose citations link to the document view, that fetches nothing,
+and on which hostile document text stays inert text."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+
+import pytest
+from click.testing import CliRunner
+
+from llmxmr import MapReducePipeline, PipelineConfig
+from llmxmr.batch import RESULTS_FILE, BatchResult
+from llmxmr.cli import main
+from llmxmr.clients.base import ChatRequest
+from llmxmr.clients.fake import ScriptedClient
+from llmxmr.documents import read_document
+from llmxmr.errors import LLMCallError
+from llmxmr.report import QuestionRun, changed_settings, load_runs, render_report, script_json
+
+from ..conftest import WordCounter, final_reply, partial_reply
+from .document_fixtures import pdf_bytes
+
+CODE = "The secret code is KEY-77."
+FRIENDLY = "Lady Catherine was most friendly and obliging."
+BROKEN = "Marker ZULU stands in this part."
+HOSTILE = "<script>alert(1)</script> and </textarea><b>bold</b> \u202etxt.exe and more"
+QUESTIONS = ["What is the code?", "Who keeps the key?", "Where is the vault?"]
+
+
+def part(n: int) -> str:
+    return f"Part {n} tells of green grass number {n} under a blue sky, of walks, letters and long days. " * 2
+
+
+def paragraphs(*, hostile: bool = False) -> list[str]:
+    """Twelve paragraphs, one chunk each: the code in the fourth, Lady Catherine in the sixth, the
+    eighth one whose map call fails for the first and third questions."""
+    texts = [part(n) for n in range(12)]
+    texts[3] += CODE
+    texts[5] += FRIENDLY
+    texts[7] += BROKEN
+    if hostile:
+        texts[2] += HOSTILE + " " + "x" * 3000
+    return texts
+
+
+def respond(request: ChatRequest) -> str:
+    if request.schema_name == "MapOutput":
+        user = request.messages[-1].content
+        end = user.rindex("</document_part>")
+        chunk, question = user[:end].rsplit("<document_part>", 1)[1], user[end:]
+        if "ZULU" in chunk and "key" not in question:  # this chunk's map call fails for two questions
+            raise LLMCallError("the server went away")
+        if "code" in question and CODE in chunk:
+            return partial_reply("KEY-77", 5, info=CODE)
+        if "key" in question and FRIENDLY in chunk:
+            return partial_reply("Lady Catherine", 5, info=FRIENDLY, evidence=[FRIENDLY])
+        if "<script>" in chunk:
+            return partial_reply(None, 0, info="It says <script>alert(2)</script>")
+        return partial_reply(None, 0, info="")
+    if request.schema_name == "CollapseOutput":
+        return partial_reply("merged", 3)
+    answers = re.findall(r"Answer: (.+)", request.messages[-1].content)
+    return final_reply(answers[0].strip() if answers else "none")
+
+
+def scripted(document, questions=QUESTIONS):
+    config = PipelineConfig.load(**{"chunking.chunk_tokens": 64, "llm.concurrency": 2, "on_chunk_error": "skip"})
+    client = ScriptedClient(responder=respond, counter=WordCounter())
+    results = MapReducePipeline(config, client=client).run_many(document, questions)
+    return [QuestionRun.of_result(n, r) for n, r in enumerate(results, 1)], config
+
+
+class Page(HTMLParser):
+    """What the tests look at: ids, links, resources, scripts and the strip's chunks."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.links: list[tuple[str, dict[str, str | None]]] = []
+        self.resources: list[str] = []
+        self.scripts = 0
+        self.strip: list[dict[str, str | None]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        found = dict(attrs)
+        if found.get("id"):
+            self.ids.add(found["id"])
+        for name in ("src", "href", "action", "data", "srcset", "poster"):
+            if found.get(name):
+                self.resources.append(found[name])
+        if tag == "a" and found.get("href"):
+            self.links.append((found["href"], found))
+        if tag == "script":
+            self.scripts += 1
+        if "chunk" in (found.get("class") or "").split() and found.get("data-chunk") is not None:
+            self.strip.append(found)
+
+
+def strip_of(page: Page, question: int) -> dict[int, str]:
+    return {
+        int(c["data-chunk"]): c["data-state"]
+        for c in page.strip
+        if (c["id"] or "").startswith(f"strip-q{question}-")  # type: ignore[union-attr]
+    }
+
+
+def assert_offline(page: Page) -> None:
+    for address in page.resources:
+        assert not re.match(r"\s*(https?:)?//", address, re.IGNORECASE), address
+
+
+def assert_citations_link_home(page: Page) -> None:
+    cited = [(href, attrs) for href, attrs in page.links if "cite-link" in (attrs.get("class") or "")]
+    assert cited
+    for href, _ in page.links:
+        if href.startswith("#"):
+            assert href[1:] in page.ids, href
+
+
+def test_a_report_of_three_questions_over_twelve_chunks():
+    runs, config = scripted("\n\n".join(paragraphs()))
+    assert len(runs[0].chunks or []) == 12
+    assert [r.status for r in runs] == ["answered", "unsupported", "incomplete"]
+    html = render_report(runs, document="\n\n".join(paragraphs()), config=config)
+    page = Page(html)
+    for question in range(3):
+        states = strip_of(page, question)
+        assert sorted(states) == list(range(12))  # every chunk is in the strip, for each question
+        assert states[7] == ("none" if question == 1 else "failed")
+        assert all(f"chunk-text-{n}" in page.ids and f"detail-q{question}-{n}" in page.ids for n in range(12))
+    assert strip_of(page, 0)[3] == "verified" and strip_of(page, 1)[5] == "unverified"
+    assert strip_of(page, 0)[0] == "none"
+    assert_citations_link_home(page)
+    assert_offline(page)
+    assert page.scripts == 2  # the data and the code: nothing else
+    assert "Unsupported guess (not an answer)" in html and "Lady Catherine" in html
+    assert 'id="question-select"' in html and "on-path" in html
+    assert "chunk.settings" not in html and "chunking.chunk_tokens" in html  # the settings that differ
+
+
+def test_hostile_document_text_stays_inert():
+    document = "\n\n".join(paragraphs(hostile=True))
+    runs, config = scripted(document, QUESTIONS[:1])
+    html = render_report(runs, document=document, config=config)
+    page = Page(html)
+    assert page.scripts == 2  # no <script> of the document's became an element
+    assert "<script>alert" not in html and "</textarea><b>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;/textarea&gt;" in html
+    assert "&lt;script&gt;alert(2)" in html  # the map reply's text, escaped too
+    assert_offline(page)
+    body = html.split('id="report-data">', 1)[1].split("</script>", 1)[0]
+    json.loads(body)  # the data block is JSON and holds no markup
+    assert "<" not in body
+
+
+def test_the_data_block_escapes_what_could_end_the_script():
+    encoded = str(script_json({"x": "</script><!-- & \u2028\u2029"}))
+    assert not set("<>&\u2028\u2029") & set(encoded)
+    assert json.loads(encoded) == {"x": "</script><!-- & \u2028\u2029"}
+
+
+def test_the_settings_never_include_the_api_key():
+    config = PipelineConfig.load(**{"llm.api_key": "sk-secret-1234", "chunking.chunk_tokens": 99})
+    settings = changed_settings(config)
+    assert settings == {"chunking.chunk_tokens": "99"}
+    runs, _ = scripted("\n\n".join(paragraphs()), QUESTIONS[:1])
+    assert "sk-secret-1234" not in render_report(runs, config=config)
+
+
+def test_a_pdf_report_marks_its_pages():
+    pytest.importorskip("pypdfium2")
+    pages = [paragraphs()[n] for n in range(12)]
+    document = read_document(pdf_bytes(pages))
+    runs, _ = scripted(document)
+    html = render_report(runs, document=document)
+    page = Page(html)
+    assert sorted(strip_of(page, 0)) == list(range(len(runs[0].chunks or [])))
+    assert 'class="place">p. 1<' in html and "p. 4, chunk" in html  # the strip and the citation
+    assert_citations_link_home(page)
+
+
+def test_a_batch_folder_reports_each_line(tmp_path):
+    runs, _ = scripted("\n\n".join(paragraphs()), QUESTIONS[:2])
+    lines = []
+    for run in runs:
+        lines.append(
+            BatchResult(
+                id=f"doc-{run.id}",
+                question=run.question,
+                status=run.status,  # type: ignore[arg-type]
+                answer=run.answer,
+                unsupported_guess=run.unsupported_guess,
+                found=run.status == "answered",
+                confidence=run.confidence,
+                rationale=run.rationale,
+                supporting_chunks=run.supporting_chunks,
+                citations=run.citations,
+                related=run.related,
+                chunks=run.chunk_count,
+                unread_chunks=run.unread_chunks,
+                model=run.model,
+                calls=1,
+                failed_calls=0,
+                cache_hits=0,
+                prompt_tokens=10,
+                completion_tokens=5,
+                wall_time_s=1.0,
+            ).model_dump_json()
+        )
+    (tmp_path / RESULTS_FILE).write_text("\n".join(lines) + "\n")
+    loaded, kind = load_runs(tmp_path)
+    assert kind == "batch" and [r.id for r in loaded] == ["doc-1", "doc-2"]
+    page = Page(render_report(loaded, source="batch"))
+    assert strip_of(page, 0)[7] == "failed" and strip_of(page, 0)[3] == "verified"
+    assert_citations_link_home(page)
+    assert_offline(page)
+
+
+def run_cli(tmp_path, *args: str):
+    from tests.fake_server import completion, fake_server, models
+
+    document = tmp_path / "doc.txt"
+    document.write_text(f"{part(1)}{CODE}\n\n{part(2)}", encoding="utf-8")
+    replies = [completion(partial_reply("KEY-77", 5, info=CODE)), completion(final_reply("KEY-77"))]
+    with fake_server({"/v1/models": [models("vllm", max_model_len=8192)], "/v1/chat/completions": replies}) as server:
+        command = ["run", "--input", str(document), "--question", QUESTIONS[0], "--base-url", server.base_url]
+        return CliRunner().invoke(main, [*command, "--tokenizer", "tiktoken", "--no-progress", *args]), document
+
+
+def test_run_report_and_report_of_a_trace(tmp_path):
+    shown, document = run_cli(tmp_path, "--trace", str(tmp_path / "trace.json"), "--report", str(tmp_path / "r.html"))
+    assert shown.exit_code == 0, shown.output
+    written = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "KEY-77" in written and 'id="chunk-text-0"' in written
+    made = CliRunner().invoke(main, ["report", str(tmp_path / "trace.json"), "-o", str(tmp_path / "out.html")])
+    assert made.exit_code == 0, made.output
+    html = (tmp_path / "out.html").read_text(encoding="utf-8")
+    page = Page(html)
+    assert "KEY-77" in html and strip_of(page, 0) == {0: "verified"}
+    assert "chunk-text-0" not in page.ids  # no document given: its text is not in the page
+    assert_citations_link_home(page)
+    with_text = ["report", str(tmp_path / "trace.json"), "-o", str(tmp_path / "t.html"), "--input", str(document)]
+    assert CliRunner().invoke(main, with_text).exit_code == 0
+    assert 'id="chunk-text-0"' in (tmp_path / "t.html").read_text(encoding="utf-8")
+
+
+def test_report_of_something_else_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("LLMXMR_RAISE_ERRORS", raising=False)
+    (tmp_path / "x.json").write_text('{"not": "a trace"}')
+    made = CliRunner().invoke(main, ["report", str(tmp_path / "x.json"), "-o", str(tmp_path / "o.html")])
+    assert made.exit_code == 2 and "is not a trace written by llmxmr run --trace" in made.stderr
+
+
+def test_the_merge_tree_nests_maps_under_collapses_under_the_reduce_and_marks_the_path():
+    from llmxmr.report import _merge_tree
+    from llmxmr.trace import CallRecord
+
+    def call(stage: str, chunks: list[int], answer: str | None = "a") -> CallRecord:
+        return CallRecord(stage=stage, chunk_indices=chunks, output={"answer": answer, "confidence": 3})
+
+    calls = [call("map", [n]) for n in (1, 0, 3, 2)] + [call("collapse", [0, 1]), call("collapse", [2, 3])]
+    (reduce,) = _merge_tree([*calls, call("reduce", [0, 1, 2, 3])], path={2})
+    assert reduce["record"].stage == "reduce" and reduce["on_path"]
+    first, second = reduce["children"]
+    assert (first["chunks"], second["chunks"]) == ({0, 1}, {2, 3})
+    assert not first["on_path"] and second["on_path"]
+    assert sorted(min(c["chunks"]) for c in second["children"]) == [2, 3]
+    assert [c["on_path"] for c in sorted(second["children"], key=lambda c: min(c["chunks"]))] == [True, False]
