@@ -44,6 +44,7 @@ _QUOTED = re.compile(r"\"([^\"]{2,})\"|“([^”]{2,})”|「([^」]+)」|『([^
 # An option of a multiple-choice question, one per line ("B. The cellar"), and an answer that
 # names one by its letter ("B", "B.", "(B) The cellar").
 _OPTION = re.compile(r"^\s*\(?([A-H])[.)]\s+(\S.*)$", re.MULTILINE)
+_WORD = re.compile(r"\w")
 _LETTER = re.compile(r"^\s*\(?([A-H])\)?(?=[.):\s]|$)[.):]?")
 
 
@@ -83,6 +84,7 @@ class Claim:
     phrases: tuple[str, ...]  # quoted strings, normalised
     key: frozenset[str]  # its numbers, names, long words and quoted strings' terms: what a stating sentence must write
     restates: bool  # it has terms, all the question's: it says nothing a quote could hold ("the pass key")
+    blank: bool  # it has no word at all ("] ,"): nothing a quote could hold either
 
     @property
     def short(self) -> bool:
@@ -90,7 +92,7 @@ class Claim:
 
     def held_by(self, found: set[str], text: str) -> int | None:
         """How much of the claim a text with these terms holds (None: too little to support it)."""
-        if self.restates or not all(contains_phrase(text, phrase) for phrase in self.phrases):
+        if self.restates or self.blank or not all(contains_phrase(text, phrase) for phrase in self.phrases):
             return None
         shared = self.terms & found
         if self.short:
@@ -131,6 +133,7 @@ class SupportCheck:
             phrases=tuple(normalise(phrase).text for phrase in phrases),
             key=frozenset((distinctive | quoted) & beyond),
             restates=bool(own) and not beyond and not phrases,
+            blank=not _WORD.search(answer),
         )
 
     def strength(self, citation: Citation, claim: Claim) -> tuple[int, int] | None:

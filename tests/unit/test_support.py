@@ -62,6 +62,14 @@ def test_a_quote_of_the_questions_own_words_is_no_evidence():
     assert support.supporting("71432", [cited("The pass key is 71432.", text)]) != []
 
 
+def test_an_answer_without_a_word_is_supported_by_no_quote():
+    """Punctuation alone ("] ,", a reply cut inside its JSON) claims nothing a quote could hold."""
+    text = f"{FILLER} The pass key is 71432. Remember it. {FILLER}"
+    support = check("What is the pass key?", text)
+    assert support.supporting("] ,", [cited("The pass key is 71432.", text)]) == []
+    assert support.supporting("", [cited("The pass key is 71432.", text)]) == []
+
+
 def test_a_quote_with_the_answers_words_that_is_not_about_the_subject_is_no_support():
     """The gardener case: the quote holds "Lady Catherine", but neither it nor the sentences beside
     it name a gardener (the text names none)."""
