@@ -1,7 +1,7 @@
 """Answers and their citations, measured in the manner of ALCE (Gao et al., 2023).
 
     python benchmarks/attribution.py [--base-url URL | --scripted] [--tokens 4000] [--label after]
-                                     [--facts 8] [--out FILE]
+                                     [--facts 8] [--cache FILE] [--out FILE]
 
 Ordinary facts of four kinds (numbers, personal names, place names, dates), two of each, are
 planted as a sentence in stretches of about ``--tokens`` tokens of the four novels under
@@ -307,6 +307,7 @@ def main() -> None:
         "(default: the model's own; 1,000 scripted, so that a stretch is read in several chunks)",
     )
     parser.add_argument("--facts", type=int, default=len(FACTS), help="the first N facts only")
+    parser.add_argument("--cache", help="a reply cache (SQLite) to share replies between runs, as llmxmr run --cache")
     parser.add_argument("--label", default="after", help="names the run in the output file (before, after, ...)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -318,6 +319,8 @@ def main() -> None:
     chunk_tokens = args.chunk_tokens or (1000 if args.scripted else None)
     if chunk_tokens:
         settings["chunking.chunk_tokens"] = chunk_tokens
+    if args.cache:
+        settings["llm.cache"] = args.cache
     config = PipelineConfig.load(**settings)
     rows = []
     for index, fact in enumerate(facts):

@@ -341,9 +341,10 @@ SHOWN_PASSAGES = 5
 
 def _answer_text(result: PipelineResult, no_citations: bool) -> str:
     """A result as ``run`` and ``chat`` print it. An answer, with whether the reading was
-    incomplete and its citations. Anything else is never printed as an answer: "No supported
-    answer", the model's guess labelled as unsupported and the closest passages; or why nothing
-    was found (not found, or incomplete)."""
+    incomplete and its citations. Anything else is never printed as an answer: where the model
+    guessed (unsupported, or incomplete with a guess), "No supported answer", the guess labelled as
+    unsupported, why, and the closest passages; otherwise why nothing was found (not found, or
+    incomplete)."""
     if result.status == "answered":
         lines = [result.answer]
         if not result.complete:
@@ -356,16 +357,13 @@ def _answer_text(result: PipelineResult, no_citations: bool) -> str:
         if result.citations and not no_citations:
             lines.append(_passages("Citations:", result.citations))
         return "\n".join(lines)
-    if result.status == "unsupported":
+    if result.unsupported_guess is not None:  # unsupported, or incomplete with the model's guess
         lines = ["No supported answer", f"Unsupported guess (not an answer): {result.unsupported_guess}"]
         lines.append(f"({result.rationale})")
         if not no_citations:
             lines.append(_closest(result.related))
         return "\n".join(lines)
-    lines = [f"({'incomplete' if result.status == 'incomplete' else 'not found'}) {result.rationale}"]
-    if result.unsupported_guess is not None:
-        lines.append(f"Unsupported guess (not an answer): {result.unsupported_guess}")
-    return "\n".join(lines)
+    return f"({'incomplete' if result.status == 'incomplete' else 'not found'}) {result.rationale}"
 
 
 def _closest(related: list[Citation]) -> str:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from llmxmr import MapReducePipeline, PipelineConfig
 from llmxmr.chunking import Chunk
-from llmxmr.cli import main
+from llmxmr.cli import _answer_text, main
 from llmxmr.clients.base import ChatRequest
 from llmxmr.clients.fake import ScriptedClient
 from llmxmr.families import SupportCheck, family
@@ -265,6 +265,13 @@ def test_incomplete_when_nothing_is_supported_and_a_chunk_went_unread(guess):
     assert result.unread_chunks and result.status == "incomplete" and not result.found and result.answer == ""
     assert result.rationale.startswith("The answer was not found in the chunks that were read.")
     assert result.unsupported_guess == ("Lady Catherine's" if guess else None)
+    # As run and chat print it: a guess is never shown as an answer, and comes with its passages.
+    shown = _answer_text(result, no_citations=False).splitlines()
+    if guess:
+        assert shown[:2] == ["No supported answer", "Unsupported guess (not an answer): Lady Catherine's"]
+        assert "Closest passages" in "\n".join(shown) and CATHERINE in "\n".join(shown)
+    else:
+        assert shown == [f"(incomplete) {result.rationale}"]
 
 
 def test_every_status_keeps_found_consistent():
