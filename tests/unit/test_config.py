@@ -67,6 +67,13 @@ def test_minicpm3_gets_its_chunk_size_from_its_profile(name):
     assert config.model_profile == "minicpm3" and config.chunking.chunk_tokens == 3000
 
 
+def test_the_bundled_models_confidence_decides_nothing_only_support_does():
+    """Its scores are noise (inventions at 5, a verified copy at 0.5): its profile lowers the
+    threshold to 0, while any other model keeps the default."""
+    assert PipelineConfig.load().for_model(BUNDLED_GGUF).grounding.min_confidence == 0
+    assert PipelineConfig.load().for_model("Qwen/Qwen2.5-7B-Instruct").grounding.min_confidence == 1
+
+
 def test_a_model_profile_changes_only_what_is_still_at_its_default(tmp_path, monkeypatch):
     """Under a harness's preset (InfiniteBench's chunk size stays), the user's YAML (an explicit
     null stays), flags (even one equal to the default), the environment, and code that changed
