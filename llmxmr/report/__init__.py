@@ -70,19 +70,9 @@ class QuestionRun:
     def of_result(cls, id: str | int, result: PipelineResult) -> QuestionRun:
         return cls(
             id=str(id),
-            question=result.question,
-            status=result.status,
-            answer=result.answer,
-            unsupported_guess=result.unsupported_guess,
-            confidence=result.confidence,
-            rationale=result.rationale,
-            supporting_chunks=result.supporting_chunks,
-            citations=result.citations,
-            related=result.related,
+            **_answer_fields(result),
             chunks=result.chunks,
             chunk_count=len(result.chunks),
-            unread_chunks=result.unread_chunks,
-            model=result.model,
             model_profile=result.model_profile,
             calls=result.trace.calls,
             totals=result.trace.totals.model_dump(),
@@ -93,23 +83,27 @@ class QuestionRun:
         totals = line.model_dump(
             include={"calls", "failed_calls", "cache_hits", "prompt_tokens", "completion_tokens", "wall_time_s"}
         )
-        return cls(
-            id=str(line.id),
-            question=line.question,
-            status=line.status,
-            answer=line.answer,
-            unsupported_guess=line.unsupported_guess,
-            confidence=line.confidence,
-            rationale=line.rationale,
-            supporting_chunks=line.supporting_chunks,
-            citations=line.citations,
-            related=line.related,
-            chunks=None,
-            chunk_count=line.chunks,
-            unread_chunks=line.unread_chunks,
-            model=line.model,
-            totals=totals,
-        )
+        return cls(id=str(line.id), **_answer_fields(line), chunks=None, chunk_count=line.chunks, totals=totals)
+
+
+# What a run's result and a batch line both say of a question's answer, under the same names.
+_ANSWER_FIELDS = (
+    "question",
+    "status",
+    "answer",
+    "unsupported_guess",
+    "confidence",
+    "rationale",
+    "supporting_chunks",
+    "citations",
+    "related",
+    "unread_chunks",
+    "model",
+)
+
+
+def _answer_fields(source: PipelineResult | BatchResult) -> dict[str, Any]:
+    return {name: getattr(source, name) for name in _ANSWER_FIELDS}
 
 
 def load_runs(path: Path) -> tuple[list[QuestionRun], str]:
