@@ -117,7 +117,11 @@ def _serve(model_path: str, host: str, port: int, n_ctx: int, threads: int, extr
     if not extra_buffers:
         disable_extra_buffer_types()
     model = ModelSettings(model=model_path, n_ctx=n_ctx, n_threads=threads, verbose=False)
-    app = create_app(server_settings=ServerSettings(host=host, port=port), model_settings=[model])
+    # Its default cuts a streamed reply short ("[DONE]" mid-answer) as soon as another request
+    # waits; llmxmr streams replies to stop loops early and keeps the next call queued, so a
+    # waiting request must wait, not end the one being written.
+    server = ServerSettings(host=host, port=port, interrupt_requests=False)
+    app = create_app(server_settings=server, model_settings=[model])
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
