@@ -1,28 +1,33 @@
 """A run as one self-contained HTML page: ``llmxmr run --report FILE`` and ``llmxmr report``.
 
 The page holds the answers first, then the document as a strip of its chunks coloured by what each
-map call concluded, the merge tree, the calls and the totals. It fetches nothing (inline CSS, a
-little inline JS, pictures as inline SVG), holds the document's text once (each chunk's own span)
-and never the API key. Every text is escaped by Jinja2's autoescaping; the one script block of
-data is JSON with ``<``, ``>``, ``&`` and the line separators escaped, and holds no text.
+map call concluded, the merge tree, the calls and the totals (beside the ``--dry-run`` estimate,
+when given one). It fetches nothing (inline CSS, a little inline JS, pictures as inline SVG), holds
+the document's text once (each chunk's own span) and never the API key. Every text is escaped by
+Jinja2's autoescaping, and the bidi controls in it are shown and isolated (``bidi_safe``); the one
+script block of data is JSON with ``<``, ``>``, ``&`` and the line separators escaped, and holds
+no text. ``tests/integration/test_report_browser.py`` clicks it in headless Chromium.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from pydantic import ValidationError
 
 from ..batch import RESULTS_FILE, BatchResult, read_results
 from ..config import PipelineConfig
 from ..documents import Document
 from ..errors import UsageError
+from ..estimate import CostEstimate
 from ..families.base import SUPPORTING
 from ..grounding import Citation
 from ..pipeline import ChunkSpan, PipelineResult
@@ -41,6 +46,13 @@ CHUNK_STATES = {
 _NOT_SUPPORTED = ("unsupported", "counts as no information", f"none {SUPPORTING}")
 STAGE_ORDER = {"map": 0, "collapse": 1, "reduce": 2}
 TRUNCATED_CHARS = 400
+# The strip labels at most about this many of its chunks with their page or section, so that
+# labels of a long document do not run into each other.
+STRIP_LABELS = 30
+# Unicode's explicit embeddings, overrides and isolates: they reorder the text after them (U+202E
+# shows "txt.exe" as "exe.txt"). The page shows each as a visible, isolated mark of its own, so
+# that it reorders nothing and its presence is seen.
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
 @dataclass
@@ -134,34 +146,50 @@ def render_report(
     *,
     document: Document | str | None = None,
     config: PipelineConfig | None = None,
+    estimate: CostEstimate | None = None,
     source: str = "run",
     title: str = "llmxmr report",
 ) -> str:
     """The whole page. ``document``: the text the chunk spans index (its chunks' text is shown);
-    ``config``: the run's settings (those differing from the defaults are listed)."""
+    ``config``: the run's settings (those differing from the defaults are listed); ``estimate``:
+    what ``--dry-run`` priced the run at (``estimate.estimate_cost``), shown beside the spending."""
     if not runs:
         raise UsageError("nothing to report: no result")
     text = document.text if isinstance(document, Document) else document
     spans = runs[0].chunks
     if text is not None and spans and spans[-1].end > len(text):
         raise UsageError("the document is shorter than the run's chunks: is it the document that was read?")
-    chunk_texts = [text[s.start : s.end] for s in spans] if text is not None and spans else None
-    pages = _chunk_places(runs, document if isinstance(document, Document) else None)
-    questions = [_question_view(k, run, chunk_texts, pages) for k, run in enumerate(runs)]
+    # A chunk's trailing blank lines (the break before the next paragraph) are not shown.
+    chunk_texts = [text[s.start : s.end].rstrip() for s in spans] if text is not None and spans else None
+    chunk_count = max(run.chunk_count for run in runs)
+    places = _chunk_places(runs, document if isinstance(document, Document) else None)
+    labels = _strip_labels(places, chunk_count)
+    questions = [_question_view(k, run, chunk_texts, places, labels) for k, run in enumerate(runs)]
     highlights = {q["key"]: q["highlights"] for q in questions}
     # Every template, whatever its name: select_autoescape() would not escape a ".j2" file.
     environment = Environment(
         loader=PackageLoader("llmxmr.report", "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True
     )
+    environment.filters["bidi"] = bidi_safe
+    shown = {c["state"] for q in questions for c in q["chunks"]}
     return environment.get_template("report.html.j2").render(
         title=title,
         source=source,
         questions=questions,
-        chunk_count=max(run.chunk_count for run in runs),
+        chunk_count=chunk_count,
         chunk_texts=chunk_texts,
-        chunk_places=pages,
+        chunk_places=places,
         states=CHUNK_STATES,
+        # The legend: the four outcomes of a map call always, the others where a chunk has them.
+        legend={
+            s: label
+            for s, label in CHUNK_STATES.items()
+            if s in shown or s in ("verified", "unverified", "none", "failed")
+        },
+        big_strip=chunk_count > 100,
         totals=_overall(runs),
+        spending=_spending(runs, estimate),
+        estimate=estimate,
         settings=changed_settings(config) if config is not None else None,
         data=script_json({"highlights": highlights}),
     )
@@ -179,6 +207,16 @@ def script_json(value: Any) -> Markup:
     for raw in "<>&\u2028\u2029":
         text = text.replace(raw, f"\\u{ord(raw):04x}")
     return Markup(text)
+
+
+def bidi_safe(text: Any) -> Markup:
+    """``text`` escaped, with each bidi control character in a mark of its own (``_BIDI_CONTROLS``):
+    the character stays in the text (its offsets and copies are unchanged), isolated and shown."""
+    return Markup(
+        _BIDI_CONTROLS.sub(
+            lambda m: f'<span class="bidi" title="U+{ord(m[0]):04X}">{m[0]}</span>', str(escape(str(text)))
+        )
+    )
 
 
 def changed_settings(config: PipelineConfig) -> dict[str, str]:
@@ -206,24 +244,37 @@ def _utf16(text: str) -> int:
 
 
 def _chunk_places(runs: Sequence[QuestionRun], document: Document | None) -> dict[int, str]:
-    """The page (or section) a chunk starts on, where it changes from the chunk before: from the
-    document when it was read as one, else from the citations that carry one."""
+    """The page (or section) each chunk starts on: from the document when it was read as one,
+    else from the citations that carry one (for their chunks only)."""
     places: dict[int, str] = {}
     spans = runs[0].chunks
     if document is not None and spans and (document.page_starts or document.section_starts):
-        previous = None
         for span in spans:
             where = document.locate(span.start)
             place = f"p. {where.page}" if where.page is not None else " › ".join(where.section)
-            if place and place != previous:
+            if place:
                 places[span.index] = place
-            previous = place
         return places
     for run in runs:
         for citation in [*run.citations, *run.related]:
             if citation.location and citation.chunk not in places:
                 places[citation.chunk] = citation.location
     return places
+
+
+def _strip_labels(places: dict[int, str], chunk_count: int) -> dict[int, str]:
+    """The places the strip writes above its chunks: where the place changes from the chunk before,
+    and at most one label every ``chunk_count / STRIP_LABELS`` chunks."""
+    every = max(1, math.ceil(chunk_count / STRIP_LABELS))
+    labels: dict[int, str] = {}
+    previous, last = None, -every
+    for index in range(chunk_count):
+        place = places.get(index)
+        if place is not None and place != previous and index - last >= every:
+            labels[index] = place
+            last = index
+        previous = place if place is not None else previous
+    return labels
 
 
 def _chunk_state(record: CallRecord | None, unread: bool, recorded: bool) -> str:
@@ -240,7 +291,9 @@ def _chunk_state(record: CallRecord | None, unread: bool, recorded: bool) -> str
     return "unverified"
 
 
-def _question_view(k: int, run: QuestionRun, chunk_texts: list[str] | None, places: dict[int, str]) -> dict[str, Any]:
+def _question_view(
+    k: int, run: QuestionRun, chunk_texts: list[str] | None, places: dict[int, str], labels: dict[int, str]
+) -> dict[str, Any]:
     maps = {r.chunk_indices[0]: r for r in run.calls or [] if r.stage == "map" and r.chunk_indices}
     unread = set(run.unread_chunks)
     cited = {c.chunk for c in run.citations} | (set(run.supporting_chunks) if run.status == "answered" else set())
@@ -251,15 +304,17 @@ def _question_view(k: int, run: QuestionRun, chunk_texts: list[str] | None, plac
         state = _chunk_state(record, index in unread, run.calls is not None)
         if state == "unrecorded":  # a batch line: what its quotes say of the chunk
             state = "verified" if index in cited else "unverified" if index in related else state
-        chunks.append({"index": index, "state": state, "record": record, "place": places.get(index)})
+        chunks.append(
+            {"index": index, "state": state, "record": record, "place": places.get(index), "label": labels.get(index)}
+        )
     path = {c.chunk for c in run.citations} or (set(run.supporting_chunks) if run.status == "answered" else set())
     tree = _merge_tree(run.calls or [], path)
     return {
         "key": f"q{k}",
         "run": run,
         "chunks": chunks,
-        "citations": [_citation_view(c, chunk_texts) for c in run.citations],
-        "related": [_citation_view(c, chunk_texts) for c in run.related],
+        "citations": [_citation_view(c, f"cite-{n}", chunk_texts) for n, c in enumerate(run.citations)],
+        "related": [_citation_view(c, f"related-{n}", chunk_texts) for n, c in enumerate(run.related)],
         "tree": [node for node in tree if node["children"] or node["record"].stage != "map"],
         # Map calls no later call took: they had nothing to pass on (no information, or failed).
         "left": sorted(
@@ -267,28 +322,42 @@ def _question_view(k: int, run: QuestionRun, chunk_texts: list[str] | None, plac
             key=lambda node: min(node["chunks"], default=-1),
         ),
         "path": sorted(path),
+        # Prompt tokens from the server's prefix cache, where some call of the question reported them.
+        "cached_tokens": _cached_tokens(run.calls) if run.calls is not None else run.totals.get("cached_tokens"),
         "timeline": _timeline(run.calls or []),
         "highlights": _highlights(run, chunk_texts),
     }
 
 
-def _citation_view(citation: Citation, chunk_texts: list[str] | None) -> dict[str, Any]:
-    return {"citation": citation, "target": f"chunk-{citation.chunk}", "text_shown": chunk_texts is not None}
+def _cached_tokens(calls: Sequence[CallRecord]) -> int | None:
+    reported = [r.cached_tokens for r in calls if r.cached_tokens is not None]
+    return sum(reported) if reported else None
+
+
+def _citation_view(citation: Citation, ref: str, chunk_texts: list[str] | None) -> dict[str, Any]:
+    """A citation's link: to its chunk in the document view, and (``ref``) to its highlight there."""
+    return {
+        "citation": citation,
+        "target": f"chunk-{citation.chunk}",
+        "ref": ref,
+        "text_shown": chunk_texts is not None,
+    }
 
 
 def _highlights(run: QuestionRun, chunk_texts: list[str] | None) -> list[list[Any]]:
-    """[chunk, start, end, kind] of each located quote, as UTF-16 offsets into its chunk's text."""
+    """[chunk, start, end, kind, ref] of each located quote, as UTF-16 offsets into its chunk's
+    text; ``ref`` names the citation whose link shows it ("cite-0", "related-2")."""
     if chunk_texts is None or run.chunks is None:
         return []
     marks = []
     for kind, citations in (("cite", run.citations), ("related", run.related)):
-        for c in citations:
+        for n, c in enumerate(citations):
             if not 0 <= c.chunk < len(run.chunks):
                 continue
             span, text = run.chunks[c.chunk], chunk_texts[c.chunk]
             start, end = max(c.start - span.start, 0), min(c.end - span.start, len(text))
             if start < end:
-                marks.append([c.chunk, _utf16(text[:start]), _utf16(text[:end]), kind])
+                marks.append([c.chunk, _utf16(text[:start]), _utf16(text[:end]), kind, f"{kind}-{n}"])
     return marks
 
 
@@ -322,13 +391,22 @@ def _merge_tree(calls: Sequence[CallRecord], path: set[int]) -> list[dict[str, A
     return roots[::-1]  # the last call (the reduce) first
 
 
-def _chunks_label(indices: Sequence[int]) -> str:
+def _chunks_label(indices: Sequence[int], most: int = 6) -> str:
+    """Chunks in words: "chunk 3", "chunks 0–11", "chunks 3–4, 19, 40"; runs of consecutive chunks
+    as ranges, and after ``most`` of them, how many chunks in all."""
     if not indices:
         return "no chunk"
-    ordered = sorted(indices)
-    if ordered == list(range(ordered[0], ordered[-1] + 1)) and len(ordered) > 1:
-        return f"chunks {ordered[0]}–{ordered[-1]}"
-    return "chunk " + ", ".join(map(str, ordered)) if len(ordered) == 1 else "chunks " + ", ".join(map(str, ordered))
+    ordered = sorted(set(indices))
+    if len(ordered) == 1:
+        return f"chunk {ordered[0]}"
+    runs: list[list[int]] = []
+    for index in ordered:
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    shown = ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in runs[:most])
+    return f"chunks {shown}" + (f", … ({len(ordered)} in all)" if len(runs) > most else "")
 
 
 def _cut(value: Any) -> str | None:
@@ -338,40 +416,107 @@ def _cut(value: Any) -> str | None:
     return text if len(text) <= TRUNCATED_CHARS else text[:TRUNCATED_CHARS] + "…"
 
 
-# The calls' picture: one bar a call, its length the latency.
-BAR_HEIGHT = 6
-BAR_GAP = 2
-CHART_WIDTH = 640
-LABEL_WIDTH = 90
+# The calls' pictures: a column a call, in the order the calls finished, grouped by stage; above,
+# its latency, below, its tokens. Sizes in SVG units (CSS pixels).
+CHART_WIDTH = 760
+CHART_HEIGHT = 90
+LABEL_WIDTH = 110
+CHART_GAP = 34
+STAGE_COLOURS = {"map": "#5c6bc0", "collapse": "#8e24aa", "reduce": "#00897b"}
+FAILED_COLOUR = "#c62828"
+OTHER_COLOUR = "#757575"
+TOKEN_COLOURS = {"cached": "#90caf9", "computed": "#1565c0", "completion": "#ef6c00"}
 
 
 def _timeline(calls: Sequence[CallRecord]) -> dict[str, Any]:
-    """Bars of latency by stage, in the order the calls were recorded (as they finished): a
-    CallRecord keeps no start time, so bars are not placed in time."""
-    longest = max((r.latency_s for r in calls), default=0.0) or 1.0
-    rows = []
-    y = 0
-    for stage in sorted({r.stage for r in calls}, key=lambda s: (STAGE_ORDER.get(s, 9), s)):
-        for n, record in enumerate(r for r in calls if r.stage == stage):
-            rows.append(
-                {
-                    "record": record,
-                    "first": n == 0,
-                    "y": y,
-                    "width": max(1.0, round(record.latency_s / longest * CHART_WIDTH, 1)),
-                    "label": _chunks_label(record.chunk_indices),
-                }
-            )
-            y += BAR_HEIGHT + BAR_GAP
-    width = CHART_WIDTH + LABEL_WIDTH + 80
+    """Two column charts of the calls, in the order they were recorded (as they finished) within
+    each stage: latency, and tokens (cached prompt, computed prompt, completion) stacked. A
+    CallRecord keeps no start time, so the columns are not placed in time. Each series is one SVG
+    path, so a run of thousands of calls stays small."""
+    ordered = sorted(calls, key=lambda r: STAGE_ORDER.get(r.stage, 9))  # stable: the order they finished
+    rows = [{"record": r, "label": _chunks_label(r.chunk_indices)} for r in ordered]
+    n = len(ordered)
+    step = CHART_WIDTH / max(n, 1)
+    width = max(step - (1 if step >= 3 else 0), 0.4)
+    longest = max((r.latency_s for r in ordered), default=0.0) or 1.0
+    most = max((r.prompt_tokens + r.completion_tokens for r in ordered), default=0) or 1
+    latency: dict[str, list[str]] = {}
+    tokens: dict[str, list[str]] = {kind: [] for kind in TOKEN_COLOURS}
+    stages = []
+    for i, record in enumerate(ordered):
+        x = LABEL_WIDTH + i * step
+        if i == 0 or record.stage != ordered[i - 1].stage:
+            stages.append({"stage": record.stage, "x": round(x, 1)})
+        colour = FAILED_COLOUR if record.error else STAGE_COLOURS.get(record.stage, OTHER_COLOUR)
+        latency.setdefault(colour, []).append(
+            _column(x, width, CHART_HEIGHT, record.latency_s / longest * CHART_HEIGHT)
+        )
+        cached = min(record.cached_tokens or 0, record.prompt_tokens)
+        bottom = float(2 * CHART_HEIGHT + CHART_GAP)
+        for kind, amount in (
+            ("cached", cached),
+            ("computed", record.prompt_tokens - cached),
+            ("completion", record.completion_tokens),
+        ):
+            height = amount / most * CHART_HEIGHT
+            if height > 0:
+                tokens[kind].append(_column(x, width, bottom, height))
+                bottom -= height
     return {
         "rows": rows,
-        "height": max(y, BAR_HEIGHT),
-        "width": width,
+        "latency": [{"fill": colour, "d": " ".join(parts)} for colour, parts in latency.items()],
+        "tokens": [{"fill": TOKEN_COLOURS[kind], "d": " ".join(parts)} for kind, parts in tokens.items() if parts],
+        "stages": stages,
         "longest": longest,
+        "most": most,
+        "cached_known": any(r.cached_tokens is not None for r in ordered),
+        "chart_width": CHART_WIDTH,
+        "chart_height": CHART_HEIGHT,
         "label_width": LABEL_WIDTH,
-        "bar": BAR_HEIGHT,
+        "gap": CHART_GAP,
+        "width": LABEL_WIDTH + CHART_WIDTH + 60,  # room for the last stage's name
+        "height": 2 * CHART_HEIGHT + CHART_GAP + 16,
     }
+
+
+def _column(x: float, width: float, bottom: float, height: float) -> str:
+    """A column of a path: ``height`` up from ``bottom`` (at least a hair, so every call shows)."""
+    height = max(height, 0.5)
+    return f"M{x:.1f} {bottom:.1f}h{width:.2f}v{-height:.1f}h{-width:.2f}z"
+
+
+def _spending(runs: Sequence[QuestionRun], estimate: CostEstimate | None) -> list[dict[str, Any]]:
+    """Per stage and in all, the calls and tokens the run spent beside the calls and prompt tokens
+    ``--dry-run`` estimated (None without an estimate): the map's exactly, the later stages' as
+    bounds; and the map's cached tokens beside what a prefix cache could serve. Without recorded
+    calls (a batch line), the stages are unknown (None) and the total is the results' own."""
+    recorded = all(run.calls is not None for run in runs)
+    overall = _overall(runs)
+    priced = {"map": estimate.map, "collapse": estimate.collapse, "reduce": estimate.reduce} if estimate else {}
+    rows = []
+    for stage in (*STAGE_ORDER, "total"):
+        cost = (estimate.total if stage == "total" else priced[stage]) if estimate else None
+        row: dict[str, Any] = {
+            "stage": stage,
+            "estimate": cost,
+            "cacheable_tokens": estimate.cacheable_tokens if estimate and stage == "map" else None,
+        }
+        if recorded:
+            calls = [r for run in runs for r in run.calls or [] if stage == "total" or r.stage == stage]
+            row |= {
+                "calls": len(calls),
+                "failed": sum(1 for r in calls if r.error),
+                "prompt_tokens": sum(r.prompt_tokens for r in calls),
+                "cached_tokens": _cached_tokens(calls),
+                "completion_tokens": sum(r.completion_tokens for r in calls),
+            }
+        elif stage == "total":
+            row |= {name: overall[name] for name in ("calls", "prompt_tokens", "cached_tokens", "completion_tokens")}
+            row["failed"] = overall["failed_calls"]
+        else:
+            row |= {"calls": None, "failed": 0, "prompt_tokens": None, "cached_tokens": None, "completion_tokens": None}
+        rows.append(row)
+    return rows
 
 
 def _overall(runs: Sequence[QuestionRun]) -> dict[str, Any]:

@@ -1,45 +1,215 @@
-"""The HTML report in a real browser: headless Chromium renders it from disk and its script runs
-(skipped where no ``chromium`` is installed). Clicks need a driver, which llmxmr does not depend on:
-the script's first selection, which runs on load, stands in for them."""
+"""The HTML report in a real browser: headless Chromium opens it from disk (a file:// URL), a mouse
+clicks a chunk of the strip and a citation, and the DOM must show what each click promised. The
+browser is driven through the DevTools protocol over a pipe (``tests/browser.py``, no package but
+the browser). Skipped where no Chromium is installed (Debian: ``apt-get install chromium``).
+
+Screenshots of each step go to the test's ``tmp_path`` (their paths are printed and recorded as
+the ``screenshots`` property). ``LLMXMR_REPORT_SCREENSHOT=docs/report.png`` also writes the
+README's picture: the top of the report with a chunk opened."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+import os
+from pathlib import Path
 
 import pytest
 
-from ..unit.test_report import QUESTIONS, paragraphs, scripted
+from ..browser import Browser, find_chromium
+from ..unit.document_fixtures import pdf_bytes
+from ..unit.test_report import CODE, FRIENDLY, HOSTILE, QUESTIONS, estimated, paragraphs, scripted
 
-pytestmark = pytest.mark.integration
+CHROMIUM = find_chromium()
+pytestmark = [
+    pytest.mark.integration,
+    # One browser for the module, on one worker: two Chromiums would share the two cores.
+    pytest.mark.xdist_group("chromium"),
+    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH (Debian: apt-get install chromium)"),
+]
+WIDTH, HEIGHT = 1200, 900
+README_SHOT = "LLMXMR_REPORT_SCREENSHOT"
+README_WIDTH = 1000
 
-CHROMIUM = shutil.which("chromium")
 
-
-def chromium(*args: str) -> subprocess.CompletedProcess[str]:
-    if CHROMIUM is None:
-        pytest.skip("no chromium binary on PATH")
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,900", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+@pytest.fixture(scope="module")
+def browser():
+    assert CHROMIUM is not None
+    with Browser(CHROMIUM, WIDTH, HEIGHT) as opened:
+        yield opened
 
 
 @pytest.fixture
-def report(tmp_path):
-    if CHROMIUM is None:
-        pytest.skip("no chromium binary on PATH")
+def shots(tmp_path, record_property):
+    """``shot(name)``: a screenshot of the viewport in tmp_path, its path printed and recorded."""
+    taken: list[str] = []
+    record_property("screenshots", taken)
+
+    def shot(browser: Browser, name: str, *, full_page: bool = False) -> Path:
+        path = browser.screenshot(tmp_path / f"{len(taken)}-{name}.png", full_page=full_page)
+        assert path.stat().st_size > 5000, path  # a page, not a blank image
+        taken.append(str(path))
+        print(f"screenshot: {path}")
+        return path
+
+    return shot
+
+
+def write_report(path: Path, *, pdf: bool) -> str:
+    """The scripted run (3 questions, 12 chunks, chunk 7 failing for two of them, one unsupported
+    answer) as ``llmxmr run --report`` writes it, over a PDF of one page a paragraph or over the
+    text with hostile lines; returns the document's text."""
+    from llmxmr.documents import read_document
     from llmxmr.report import render_report
 
-    document = "\n\n".join(paragraphs(hostile=True))
+    document = read_document(pdf_bytes(paragraphs())) if pdf else "\n\n".join(paragraphs(hostile=True))
     runs, config = scripted(document, QUESTIONS)
-    path = tmp_path / "report.html"
-    path.write_text(render_report(runs, document=document, config=config), encoding="utf-8")
-    return path
+    source = "a scripted run over a 12-page PDF" if pdf else "a scripted run over a text with hostile lines"
+    page = render_report(runs, document=document, config=config, estimate=estimated(document, config), source=source)
+    path.write_text(page, encoding="utf-8")
+    return document.text if not isinstance(document, str) else document
 
 
-def test_the_report_renders_and_its_script_marks_the_cited_quote(report, tmp_path):
-    shot = tmp_path / "report.png"
-    chromium(f"--screenshot={shot}", report.as_uri())
-    assert shot.is_file() and shot.stat().st_size > 0
-    dom = chromium("--dump-dom", report.as_uri()).stdout
-    assert '<mark class="cite">The secret code is KEY-77.</mark>' in dom  # the script ran: the quote is marked
-    assert "alert(1)" in dom and "<script>alert" not in dom  # the hostile text is still text
+def state(browser: Browser, script: str) -> dict:
+    """What a script of the page's state returns (an object of plain values)."""
+    return browser.evaluate(f"(function () {{ {script} }})()")
+
+
+# Where an element is and whether a user sees it: inside the viewport, and on top at its middle
+# (not under the sticky bar or another element).
+SEEN = """function seen(el) {
+  if (!el || el.closest('[hidden]')) return false;
+  var r = el.getBoundingClientRect();
+  if (r.width === 0 || r.bottom <= 0 || r.top >= innerHeight) return false;
+  var top = document.elementFromPoint(r.left + Math.min(r.width, 40) / 2, r.top + r.height / 2);
+  return !!top && (el === top || el.contains(top));
+}"""
+
+
+def test_clicks_on_the_strip_and_on_citations_show_what_they_promise(browser, shots, tmp_path):
+    report = tmp_path / "report.html"
+    write_report(report, pdf=True)
+    browser.open(report.as_uri())
+    assert browser.errors() == []
+    shots(browser, "loaded")
+    shots(browser, "whole-page", full_page=True)
+    loaded = state(
+        browser,
+        f"""{SEEN}
+        var strip = document.querySelectorAll('.q-view:not([hidden]) .strip .chunk');
+        return {{chunks: strip.length, failed: document.getElementById('strip-q0-7').dataset.state,
+                 panel: document.getElementById('chunk-panel').hidden,
+                 marked: document.querySelector('#chunk-text-3 mark.cite').textContent,
+                 overflow: document.documentElement.scrollWidth - innerWidth}};""",
+    )
+    assert loaded == {"chunks": 12, "failed": "failed", "panel": True, "marked": CODE, "overflow": 0}
+
+    # A chunk of the strip: the panel opens in view with that chunk's reply and text, its quote marked.
+    browser.click("#strip-q0-3")
+    shots(browser, "chunk-3")
+    panel = state(
+        browser,
+        f"""{SEEN}
+        var panel = document.getElementById('chunk-panel'), text = document.getElementById('chunk-panel-text');
+        return {{seen: seen(panel), title: panel.querySelector('h4').textContent,
+                 same_text: text.textContent === document.getElementById('chunk-text-3').textContent,
+                 marks: Array.prototype.map.call(text.querySelectorAll('mark'), function (m) {{
+                   return [m.className, m.textContent, seen(m)]; }}),
+                 selected: Array.prototype.map.call(document.querySelectorAll('.chunk.selected'), function (b) {{
+                   return b.id; }})}};""",
+    )
+    assert panel == {
+        "seen": True,
+        "title": "Chunk 3 (p. 4): information, evidence verified",
+        "same_text": True,
+        "marks": [["cite", CODE, True]],
+        "selected": ["strip-q0-3"],
+    }
+    browser.click("#strip-q0-7")
+    failed = state(browser, "return document.getElementById('chunk-panel-detail').textContent;")
+    assert "Chunk 7 (p. 8): failed" in failed and "the server went away" in failed
+
+    # The answer's citation: the document view scrolls to its chunk, marked, the quote in view.
+    browser.click("#answer-q0 a.cite-link")
+    shots(browser, "citation")
+    cited = state(
+        browser,
+        f"""{SEEN}
+        var mark = document.querySelector('#chunk-text-3 mark.current');
+        return {{hash: location.hash, current: Array.prototype.map.call(
+                   document.querySelectorAll('.doc-chunk.current'), function (s) {{ return s.id; }}),
+                 quote: mark && mark.textContent, seen: seen(mark)}};""",
+    )
+    assert cited == {"hash": "#chunk-3", "current": ["chunk-3"], "quote": CODE, "seen": True}
+
+    # The second question's related passage: its question is chosen, its strip shown, its quote in view.
+    browser.click("#answer-q1 a.related-link")
+    shots(browser, "related-of-question-2")
+    switched = state(
+        browser,
+        f"""{SEEN}
+        var mark = document.querySelector('#chunk-text-5 mark.current');
+        return {{question: document.getElementById('question-select').value,
+                 strips: Array.prototype.map.call(document.querySelectorAll('.strip-wrap:not([hidden])'),
+                   function (s) {{ return s.dataset.question; }}),
+                 hash: location.hash, quote: mark && mark.textContent, kind: mark && mark.className,
+                 seen: seen(mark), stale: document.querySelectorAll('#chunk-text-3 mark').length}};""",
+    )
+    assert switched == {
+        "question": "q1",
+        "strips": ["q1"],
+        "hash": "#chunk-5",
+        "quote": FRIENDLY,
+        "kind": "related current",
+        "seen": True,
+        "stale": 0,  # the first question's quote is no longer marked
+    }
+    assert browser.errors() == []
+
+    if os.environ.get(README_SHOT):
+        readme_picture(browser, report, Path(os.environ[README_SHOT]))
+
+
+def readme_picture(browser: Browser, report: Path, target: Path) -> None:
+    """The README's picture: the answers, the strip and chunk 3 opened, at a narrower width."""
+    browser.resize(README_WIDTH, HEIGHT)
+    try:
+        browser.open(report.as_uri())
+        browser.click("#strip-q0-3")
+        bottom = browser.evaluate("document.getElementById('chunk-panel').getBoundingClientRect().bottom + scrollY")
+        browser.evaluate("scrollTo(0, 0)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        browser.screenshot(target, bottom=bottom + 16)
+        print(f"README picture: {target} ({target.stat().st_size:,} bytes)")
+    finally:
+        browser.resize(WIDTH, HEIGHT)
+
+
+def test_hostile_document_text_stays_inert_text_in_the_browser(browser, shots, tmp_path):
+    report = tmp_path / "hostile.html"
+    text = write_report(report, pdf=False)
+    browser.open(report.as_uri())
+    browser.click("#strip-q0-2")
+    shots(browser, "hostile-chunk")
+    page = state(
+        browser,
+        """var chunk = document.getElementById('chunk-text-2'), panel = document.getElementById('chunk-panel-text');
+        return {scripts: document.scripts.length, bold: document.querySelectorAll('.chunk-text b').length,
+                controls: Array.prototype.map.call(chunk.querySelectorAll('.bidi'), function (c) {
+                  return [c.textContent, getComputedStyle(c).unicodeBidi]; }),
+                panel_controls: panel.querySelectorAll('.bidi').length,
+                text: chunk.textContent, panel_text: panel.textContent,
+                page_overflow: document.documentElement.scrollWidth - innerWidth,
+                panel_overflow: panel.scrollWidth - panel.clientWidth};""",
+    )
+    chunk_text = next(p for p in text.split("\n\n") if HOSTILE in p)
+    assert page == {
+        "scripts": 2,  # the data and the code: the document's <script> is text
+        "bold": 0,  # and its </textarea><b> too
+        "controls": [["\u202e", "isolate"]],  # the right-to-left override, isolated: it reorders nothing
+        "panel_controls": 1,
+        "text": chunk_text,
+        "panel_text": chunk_text,
+        "page_overflow": 0,  # the 3,000-character line wraps inside its box
+        "panel_overflow": 0,
+    }
+    dialogs = [e for e in browser.events if e["method"] == "Page.javascriptDialogOpening"]
+    assert dialogs == [] and browser.errors() == []  # no alert(): nothing of the document ran

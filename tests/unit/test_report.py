@@ -4,6 +4,7 @@ and on which hostile document text stays inert text."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from html.parser import HTMLParser
@@ -14,10 +15,11 @@ from click.testing import CliRunner
 from llmxmr import MapReducePipeline, PipelineConfig
 from llmxmr.batch import RESULTS_FILE, BatchResult
 from llmxmr.cli import main
-from llmxmr.clients.base import ChatRequest
+from llmxmr.clients.base import ChatReply, ChatRequest
 from llmxmr.clients.fake import ScriptedClient
-from llmxmr.documents import read_document
+from llmxmr.documents import Document, read_document
 from llmxmr.errors import LLMCallError
+from llmxmr.estimate import CostEstimate, estimate_cost
 from llmxmr.report import QuestionRun, changed_settings, load_runs, render_report, script_json
 
 from ..conftest import WordCounter, final_reply, partial_reply
@@ -46,7 +48,21 @@ def paragraphs(*, hostile: bool = False) -> list[str]:
     return texts
 
 
-def respond(request: ChatRequest) -> str:
+def respond(request: ChatRequest) -> ChatReply:
+    """The scripted model's reply, with the usage a server with a prefix cache would report: a map
+    prompt of any question but the first finds its instructions and chunk cached."""
+    text = reply_text(request)
+    count = WordCounter().count_batch
+    prompt = sum(count([m.content for m in request.messages]))
+    cached = None
+    if request.schema_name == "MapOutput":
+        head, ask = request.messages[-1].content.rsplit("</document_part>", 1)
+        first = QUESTIONS[0] in ask or all(q not in ask for q in QUESTIONS)
+        cached = sum(count([m.content for m in request.messages[:-1]])) + (0 if first else count([head])[0])
+    return ChatReply(text=text, prompt_tokens=prompt, completion_tokens=count([text])[0], cached_tokens=cached)
+
+
+def reply_text(request: ChatRequest) -> str:
     if request.schema_name == "MapOutput":
         user = request.messages[-1].content
         end = user.rindex("</document_part>")
@@ -71,6 +87,13 @@ def scripted(document, questions=QUESTIONS):
     client = ScriptedClient(responder=respond, counter=WordCounter())
     results = MapReducePipeline(config, client=client).run_many(document, questions)
     return [QuestionRun.of_result(n, r) for n, r in enumerate(results, 1)], config
+
+
+def estimated(document, config, questions=QUESTIONS) -> CostEstimate:
+    """What ``--dry-run`` prices the scripted run at."""
+    text = document.text if isinstance(document, Document) else document
+    client = ScriptedClient(counter=WordCounter())
+    return asyncio.run(estimate_cost(config, client, [(text, questions)]))
 
 
 class Page(HTMLParser):
@@ -151,10 +174,48 @@ def test_hostile_document_text_stays_inert():
     assert "<script>alert" not in html and "</textarea><b>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;/textarea&gt;" in html
     assert "&lt;script&gt;alert(2)" in html  # the map reply's text, escaped too
+    # The right-to-left override stays in the text, isolated in a mark of its own: it reorders nothing.
+    assert '<span class="bidi" title="U+202E">\u202e</span>txt.exe' in html
     assert_offline(page)
     body = html.split('id="report-data">', 1)[1].split("</script>", 1)[0]
     json.loads(body)  # the data block is JSON and holds no markup
     assert "<" not in body
+
+
+def test_the_totals_show_the_dry_run_estimate_beside_the_spending():
+    document = "\n\n".join(paragraphs())
+    runs, config = scripted(document)
+    estimate = estimated(document, config)
+    assert estimate.map.calls == 36 and not estimate.map.bound and estimate.collapse.bound
+    html = render_report(runs, document=document, config=config, estimate=estimate)
+    table = html.split('<table class="spending">', 1)[1].split("</table>", 1)[0]
+    rows = {
+        cells[0]: cells[1:]
+        for cells in (
+            [re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row)]
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.DOTALL)
+        )
+    }
+    spent_map = [r for run in runs for r in run.calls or [] if r.stage == "map"]
+    assert rows["map"][0] == f"{len(spent_map)} (2 failed)" and rows["map"][1] == "36"
+    assert rows["map"][2] == f"{sum(r.prompt_tokens for r in spent_map):,}"
+    assert rows["map"][3] == f"{estimate.map.prompt_tokens:,}" and rows["map"][5] == f"{estimate.cacheable_tokens:,}"
+    assert rows["reduce"][1] == "≤ 3" and rows["total"][3] == f"≤ {estimate.total.prompt_tokens:,}"
+    assert "No --dry-run estimate" not in html
+    assert "No --dry-run estimate" in render_report(runs, document=document)
+
+
+def test_the_strip_labels_a_long_document_sparsely():
+    from llmxmr.report import STRIP_LABELS, _chunks_label, _strip_labels
+
+    places = {n: f"p. {n // 2 + 1}" for n in range(1000)}  # a page every other chunk
+    labels = _strip_labels(places, 1000)
+    assert labels[0] == "p. 1" and len(labels) <= STRIP_LABELS
+    assert all(places[n] != places.get(n - 1) for n in labels)  # each label is where a page starts
+    assert _strip_labels({n: f"p. {n + 1}" for n in range(12)}, 12) == {n: f"p. {n + 1}" for n in range(12)}
+    # A node of the merge tree over many scattered chunks names a few, and how many in all.
+    assert _chunks_label([3, 4, 19, 40]) == "chunks 3–4, 19, 40" and _chunks_label([7]) == "chunk 7"
+    assert _chunks_label(range(0, 300, 3)) == "chunks 0, 3, 6, 9, 12, 15, … (100 in all)"
 
 
 def test_the_data_block_escapes_what_could_end_the_script():
@@ -181,6 +242,9 @@ def test_a_pdf_report_marks_its_pages():
     assert sorted(strip_of(page, 0)) == list(range(len(runs[0].chunks or [])))
     assert 'class="place">p. 1<' in html and "p. 4, chunk" in html  # the strip and the citation
     assert_citations_link_home(page)
+    (link,) = [attrs for _, attrs in page.links if "cite-link" in (attrs.get("class") or "")]
+    data = json.loads(html.split('id="report-data">', 1)[1].split("</script>", 1)[0])
+    assert [m[4] for m in data["highlights"]["q0"] if m[3] == "cite"] == [link["data-ref"]]  # its highlight
 
 
 def test_a_batch_folder_reports_each_line(tmp_path):
