@@ -22,7 +22,10 @@ It runs in its own process (``start_server`` launches it), so its CPU is not the
   last message, so the same chunk always gets the same verdict), quoting the chunk's first
   words as evidence (so grounding verifies it), and ``null`` otherwise;
   ``CollapseOutput`` always carries one (a merge of informative partials); ``FinalAnswer`` has
-  ``supporting_chunks: []``. ``usage`` is approximate: characters // 4.
+  ``supporting_chunks: []``. ``usage`` is approximate: characters // 4. A request with
+  ``"stream": true`` gets the same reply as OpenAI's server-sent events, once its latency is over:
+  one chunk per ``STREAM_PIECE_CHARS`` characters of content (about a token, as SGLang and vLLM send
+  them), the finish reason, the usage when ``stream_options.include_usage`` asks for it, ``[DONE]``.
 * ``GET /sim/stats``: requests served, most requests in service and waiting at once (since the
   start, or since the last ``POST /sim/reset``, which restarts those two maxima).
 * anything else: 404 (so the client's tokenize probe falls back to tiktoken).
@@ -88,6 +91,10 @@ from pathlib import Path
 from typing import Any
 
 MODEL = "sim-model"
+# Characters of a streamed reply's content per chunk: about a token.
+STREAM_PIECE_CHARS = 4
+# How many words of the filler prose are distinct in a row (see ``_filler``).
+FILLER_DISTINCT = 7
 LATENCY_TAG = re.compile(r"\[sim latency_s=([0-9.]+)\]")
 # fmt: off
 _WORDS = [
@@ -136,16 +143,19 @@ def latency_of(output: dict[str, Any] | None) -> float | None:
 
 
 def _filler(seed: bytes, characters: int) -> str:
-    """Deterministic prose of about ``characters`` characters."""
-    start = seed[0] % len(_WORDS)
+    """Deterministic prose of about ``characters`` characters. No word comes back within
+    ``FILLER_DISTINCT`` words, so that it never repeats itself by ``llmxmr.loops``' rules (a unit of
+    up to seven words followed by itself; an eight-word run seen again is left to chance, about
+    none in 6,000 replies): the client stops a reply that does as it streams in."""
+    rng = random.Random(seed)
     words: list[str] = []
     length = 0
-    i = start
     while length < characters:
-        word = _WORDS[i % len(_WORDS)]
+        word = rng.choice(_WORDS)
+        if word in words[-FILLER_DISTINCT:]:
+            continue
         words.append(word)
         length += len(word) + 1
-        i += 1
     return " ".join(words)
 
 
@@ -319,11 +329,16 @@ class SimServer:
                 body = await self._body(reader, headers)
                 status, payload, extra = await self.route(method, target.split("?")[0], body)
                 keep_alive = headers.get("connection", "").lower() != "close" and version.strip() == "HTTP/1.1"
-                data = json.dumps(payload).encode()
+                if isinstance(payload, Streamed):
+                    kind, data = "text/event-stream", payload.events()
+                    length = "Transfer-Encoding: chunked"
+                else:
+                    kind, data = "application/json", json.dumps(payload).encode()
+                    length = f"Content-Length: {len(data)}"
                 head = [
                     f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}",
-                    "Content-Type: application/json",
-                    f"Content-Length: {len(data)}",
+                    f"Content-Type: {kind}",
+                    length,
                     f"Connection: {'keep-alive' if keep_alive else 'close'}",
                     *(f"{k}: {v}" for k, v in extra.items()),
                 ]
@@ -483,7 +498,11 @@ class SimServer:
             if self.cache:
                 usage["prompt_tokens_details"] = {"cached_tokens": cached}
             body["usage"] = usage
-        return 200, body, {"x-sim-latency-s": f"{latency:.6f}"}
+        latency_header = {"x-sim-latency-s": f"{latency:.6f}"}
+        if request.get("stream"):
+            usage_asked = bool((request.get("stream_options") or {}).get("include_usage"))
+            return 200, Streamed(body, usage_asked), latency_header
+        return 200, body, latency_header
 
     async def _prefill(self, computed_tokens: int) -> None:
         """Waits for the shared prefill engine, then holds it for the computed tokens' time."""
@@ -521,6 +540,38 @@ class SimServer:
 
 _CARRIED_QUOTE = re.compile(r'^Quote: "(.*)"$', re.MULTILINE)
 QUOTE_CHARS = 160
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A chat completion to be sent as server-sent events (see the module)."""
+
+    completion: dict[str, Any]
+    usage: bool
+
+    def events(self) -> bytes:
+        """The whole stream, in HTTP chunked encoding, one HTTP chunk per event."""
+        body = self.completion
+        head = {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"], "model": body["model"]}
+        choice = body["choices"][0]
+        content = choice["message"]["content"]
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+        events: list[Any] = [chunk({"role": "assistant", "content": ""})]
+        events += [
+            chunk({"content": content[at : at + STREAM_PIECE_CHARS]})
+            for at in range(0, len(content), STREAM_PIECE_CHARS)
+        ]
+        events.append(chunk({}, choice["finish_reason"]))
+        if self.usage:
+            events.append({**head, "choices": [], "usage": body["usage"]})
+        parts = []
+        for event in [*(json.dumps(event) for event in events), "[DONE]"]:
+            data = f"data: {event}\n\n".encode()
+            parts.append(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        return b"".join(parts) + b"0\r\n\r\n"
 
 
 def _evidence(last_message: str) -> list[str]:

@@ -7,19 +7,34 @@ again under a tighter schema (every string and list capped to fit ``max_tokens``
 the call's attempts, and at least once. Every text a reply holds is cut where it starts repeating
 itself (``llmxmr.loops``), for every stage and model; an answer that is nothing but a loop is no
 answer. Everything the call cost is recorded in a ``CallRecord``, failures included.
+
+Loops are also stopped as they start. Every request goes with a watch (``LoopStop``) that a client
+able to stream calls as the reply grows: it reads the partial JSON (pydantic's ``from_json`` with
+``allow_partial``) and gives each string, alone or in a list, its own ``loops.LoopWatch``; once one
+repeats itself, the call is stopped at once. The reply is then closed at its last complete value,
+the field that looped kept up to where it was stopped, and read as any other: the same loop rule
+(``without_loops``) cuts that field at the very repetition the watch found, since a repetition found
+in a prefix is the one found in the whole. A stopped reply that does not validate (a required field
+never written) is rescued as a reply cut at the length limit is. One exception keeps what a small
+model gets right: where that rescue would follow, a loop that the schema's cap ends within a few
+hundred characters is let run to it, and the reply goes on to its answer (``LoopStop``). A reply
+that does not loop streams to its end and is read as before.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, Generic, NamedTuple, TypeVar
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 
-from .clients.base import SERVER_PRIORITY, ChatReply, ChatRequest, LLMClient
+from .clients.base import SERVER_PRIORITY, WATCH_STOP, ChatReply, ChatRequest, LLMClient
 from .errors import LLMCallError
-from .loops import cut_loop, is_only_loop
+from .loops import LoopWatch, cut_loop, is_only_loop
 from .parsing import parse_reply
 from .prompts import ChatMessage
 from .schemas import capped_lengths, json_schema
@@ -36,6 +51,25 @@ RESCUE_MAX_CHARS = 400
 # schema's rule for an empty answer applies (no information, or a bad reply).
 ANSWER_FIELD = "answer"
 LOOP_ONLY = "Your answer only repeated itself; give the answer itself, once."
+# How much a streamed reply grows between two readings of its partial JSON (about eight tokens): a
+# loop is stopped within that many characters of where it shows, and a reply of n characters is
+# read n / PARSE_EVERY_CHARS times.
+PARSE_EVERY_CHARS = 32
+# What loops the schema caps may add to a reply, all told, before one is stopped although the stop
+# costs a rescue (``LoopStop``): about what the rescue's reply would decode. A small model looping
+# in one quote up to its cap (MAX_QUOTE_CHARS) and then writing its answer is let finish.
+LOOP_ALLOWANCE_CHARS = 300
+
+
+@dataclass(frozen=True)
+class PartialReply:
+    """A reply's fields as they stream in (``call_structured``'s ``on_partial``): its partial JSON
+    as parsed, the string being written included as far as it goes, before any loop is cut or
+    anything validated. ``attempt`` counts the call's replies from 1: a rescue or a reask starts
+    a new reply, whose fields start again from nothing."""
+
+    attempt: int
+    fields: dict[str, Any]
 
 
 async def call_structured(
@@ -50,6 +84,7 @@ async def call_structured(
     attempts: int,
     omit_fields: tuple[str, ...] = (),
     max_string_chars: int | None = None,
+    on_partial: Callable[[PartialReply], None] | None = None,
 ) -> tuple[Output | None, CallRecord]:
     """The validated output, or None with the reason in ``record.error`` when the call failed.
 
@@ -57,7 +92,9 @@ async def call_structured(
     and is only recorded; an unreachable server concerns the whole run and propagates. Fields in
     ``omit_fields`` are left out of the schema sent (they keep their defaults); with
     ``max_string_chars`` (``llm.max_string_chars``), every string without a cap of its own gets
-    that one."""
+    that one. ``on_partial`` is given each reply's fields as they grow, when the client streams
+    (``PartialReply``; every ``PARSE_EVERY_CHARS`` characters, from the client's worker thread
+    where it has one); the output returned is what counts."""
     record = CallRecord(stage=stage, chunk_indices=chunk_indices)
     conversation = list(messages)
     schema = json_schema(output_type, omit_fields)
@@ -76,21 +113,34 @@ async def call_structured(
                 priority=SERVER_PRIORITY.get(stage, 0),
             )
             record.attempts += 1
-            reply = await client.chat(request)
+            stop = LoopStop(output_type, schema, _shown_as(on_partial, record.attempts))
+            reply = await client.chat(request, stop)
             add_usage(record, reply)
-            cut = reply.finish_reason == "length"
+            read = None
+            if reply.finish_reason == WATCH_STOP:
+                record.loop_stops.append(stop.field or "")
+                record.loop_stop_tokens.append(reply.completion_tokens)
+                read = _validated(stop.closed(reply.text), None, output_type)
+            cut: Literal["length", "loop"] | None = "length" if reply.finish_reason == "length" else None
+            if read is not None and read.output is None:
+                cut = "loop"
             if cut and record.rescue_max_chars is None:
                 # Rescue: ask again from the start, under a schema whose strings cannot add up to
                 # more than the reply may hold. The cut reply is not sent back: a model that loops
-                # inside a string would read its loop and go on with it.
+                # inside a string would read its loop and go on with it. A reply stopped in a loop
+                # is asked again in the same words, so its request is the one a loop cut at the
+                # length limit made (and a recorded one still answers it).
                 record.rescue_max_chars = rescue_string_chars(max_tokens)
+                record.rescued_from = cut
                 schema = capped_lengths(schema, record.rescue_max_chars, tighten=True)
                 conversation = [*messages, ChatMessage(role="user", content=_cut_off(record.rescue_max_chars))]
                 allowed = max(allowed, record.attempts + 1)  # the rescue is always tried
                 continue
-            read = _validated(reply.text, reply.finish_reason, output_type)
+            read = read or _validated(reply.text, reply.finish_reason, output_type)
             record.loops_cut += [name for name in read.loops_cut if name not in record.loops_cut]
             problem = read.problem
+            if reply.finish_reason == WATCH_STOP:
+                problem = f"Your reply began repeating itself and was stopped there. {problem}"
             if read.output is not None:
                 record.output = read.output.model_dump(mode="json")
                 return read.output, record
@@ -128,6 +178,7 @@ def _cut_off(max_chars: int) -> str:
 def add_usage(record: CallRecord, reply: ChatReply) -> None:
     """Adds what one reply cost to its call's record."""
     record.prompt_tokens += reply.prompt_tokens
+    record.prompt_tokens_estimated += reply.prompt_tokens_estimated
     record.completion_tokens += reply.completion_tokens
     record.transport_retries += reply.transport_retries
     record.cache_hits += reply.from_cache
@@ -147,6 +198,136 @@ def without_loops(fields: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         else:
             kept[name] = value
     return kept, [name for name in fields if kept[name] != fields[name]]
+
+
+class LoopStop:
+    """The watch (``clients.base.ReplyWatch``) of one reply as it streams in: every
+    ``PARSE_EVERY_CHARS`` characters it reads the partial JSON and feeds each string field (alone
+    or in a list, each item on its own) to its own ``LoopWatch``. When one repeats itself it says
+    stop (``field`` then names it), unless stopping would cost more than the loop: the reply closed
+    there would not validate (a required field is still to come, so a rescue would follow) while
+    the schema sent ends the looping string within what is left of ``LOOP_ALLOWANCE_CHARS``. Such a
+    loop is let run to its cap, the grammar's end of it, and the reply goes on. ``on_fields`` is
+    given the fields parsed, when they changed."""
+
+    def __init__(
+        self,
+        output_type: type[BaseModel] | None = None,
+        schema: dict[str, Any] | None = None,
+        on_fields: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.field: str | None = None
+        self._output_type = output_type
+        self._schema = schema
+        self._on_fields = on_fields
+        self._read_to = 0
+        self._allowance = LOOP_ALLOWANCE_CHARS
+        self._watches: dict[tuple[str, int | None], tuple[LoopWatch, str]] = {}
+        self._let_run: dict[tuple[str, int | None], int] = {}  # loops left to their cap, and the cap
+        self._shown: dict[str, Any] | None = None
+
+    def __call__(self, text: str) -> bool:
+        if self.field is not None:
+            return True
+        if len(text) < self._read_to:  # the client asked again after a stream broke off
+            self._read_to, self._allowance, self._watches, self._let_run = 0, LOOP_ALLOWANCE_CHARS, {}, {}
+        if len(text) - self._read_to < PARSE_EVERY_CHARS:
+            return False
+        self._read_to = len(text)
+        fields = _partial_json(text, "trailing-strings")
+        if not fields:
+            return False
+        if self._on_fields is not None and fields != self._shown:
+            self._shown = fields
+            self._on_fields(fields)
+        for name, value in fields.items():
+            for index, item in _strings(value):
+                if self._repeats((name, index), item) and not self._let_run_to_cap((name, index), item, text):
+                    self.field = name
+                    return True
+        return False
+
+    def _repeats(self, key: tuple[str, int | None], text: str) -> bool:
+        """Whether the string at ``key``, which has grown (or else is not read again), repeats."""
+        watch, fed = self._watches.get(key, (None, ""))
+        if watch is not None and text == fed:
+            return False
+        if watch is None or not text.startswith(fed):  # a value that did not just grow: read anew
+            watch = LoopWatch()
+        self._watches[key] = (watch, text)
+        return watch.feed(text) is not None
+
+    def _let_run_to_cap(self, key: tuple[str, int | None], value: str, text: str) -> bool:
+        if key in self._let_run:  # unless the server does not hold the reply to the cap after all
+            return len(value) <= self._let_run[key]
+        if (
+            self._output_type is not None
+            and _validated(self.closed(text, key[0]), None, self._output_type).output is not None
+        ):
+            return False  # stopped, nothing is lost
+        cap = _string_cap(self._schema, *key) if self._schema is not None else None
+        if cap is None or cap - len(value) > self._allowance:
+            return False
+        self._allowance -= max(cap - len(value), 0)
+        self._let_run[key] = cap
+        return True
+
+    def closed(self, text: str, field: str | None = None) -> str:
+        """The JSON of a reply stopped at ``text``: closed at its last complete value, the field
+        that looped (``field``, else ``self.field``; it may be the one being written) kept as far
+        as it went."""
+        fields = _partial_json(text, True)
+        field = field or self.field
+        if fields is None:
+            return text
+        if field is not None:
+            written = _partial_json(text, "trailing-strings") or {}
+            if field in written:
+                fields[field] = written[field]
+        return json.dumps(fields, ensure_ascii=False)
+
+
+def _string_cap(schema: dict[str, Any], field: str, index: int | None) -> int | None:
+    """The ``maxLength`` the schema sets on the string ``field`` (on its list's items, given an
+    index), looked for in the object's properties and in each ``anyOf`` branch."""
+    for branch in [schema, *(schema.get("anyOf") or [])]:
+        spec = (branch.get("properties") or {}).get(field)
+        if not isinstance(spec, dict):
+            continue
+        if index is not None:
+            spec = spec.get("items") or {}
+        for option in [spec, *(spec.get("anyOf") or [])]:
+            if option.get("type") == "string" and isinstance(option.get("maxLength"), int):
+                return int(option["maxLength"])
+    return None
+
+
+def _partial_json(text: str, partial: Literal[True, "trailing-strings"]) -> dict[str, Any] | None:
+    """The object a reply's JSON holds so far (from its first brace), or None."""
+    start = text.find("{")
+    if start < 0:
+        return None
+    try:
+        value = from_json(text[start:], allow_partial=partial)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _strings(value: Any) -> Iterator[tuple[int | None, str]]:
+    """The strings of a field: the field itself (index None), or each item of a list."""
+    if isinstance(value, str):
+        yield None, value
+    elif isinstance(value, list):
+        yield from ((index, item) for index, item in enumerate(value) if isinstance(item, str))
+
+
+def _shown_as(
+    on_partial: Callable[[PartialReply], None] | None, attempt: int
+) -> Callable[[dict[str, Any]], None] | None:
+    if on_partial is None:
+        return None
+    return lambda fields: on_partial(PartialReply(attempt, fields))
 
 
 class _Reading(NamedTuple, Generic[Output]):

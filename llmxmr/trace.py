@@ -23,12 +23,21 @@ class CallRecord(BaseModel):
     cached_tokens: int | None = None
     cache_hits: int = 0  # replies the reply cache gave (--cache) instead of the model
     latency_s: float = 0.0
-    # Set when a reply was cut off at the length limit and the call went on under a schema whose
-    # strings are capped at this many characters (``structured.rescue_string_chars``).
+    # Replies whose prompt tokens the server did not report (a stream without usage), counted in
+    # ``prompt_tokens`` by the client's estimate (``ChatReply.prompt_tokens_estimated``).
+    prompt_tokens_estimated: int = 0
+    # Set when a reply was cut off at the length limit, or stopped in a loop without the fields it
+    # needs, and the call went on under a schema whose strings are capped at this many characters
+    # (``structured.rescue_string_chars``); ``rescued_from`` says which.
     rescue_max_chars: int | None = None
+    rescued_from: Literal["length", "loop"] | None = None
     # The fields of its replies cut where they started repeating themselves, in the order met
     # (``structured.without_loops``); an answer that was nothing but a loop was left empty.
     loops_cut: list[str] = Field(default_factory=list)
+    # Replies stopped as they streamed in, when a field began to repeat itself
+    # (``structured.LoopStop``): that field of each, and the completion tokens each had decoded.
+    loop_stops: list[str] = Field(default_factory=list)
+    loop_stop_tokens: list[int] = Field(default_factory=list)
     output: dict[str, Any] | None = None
     # What a check of the output against the text decided, when it did not simply pass (a
     # retrieval answer absent from its chunk is set aside, or replaced by verified evidence).

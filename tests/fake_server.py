@@ -1,7 +1,13 @@
 """A local OpenAI-compatible HTTP server for client tests: scripted answers, recorded requests.
 
 With ``worker_routes()`` among its scripts it also passes for an SGLang worker behind the smg
-gateway, and ``kill()`` makes it vanish as a killed process would."""
+gateway, and ``kill()`` makes it vanish as a killed process would.
+
+A request with ``"stream": true`` gets a chat completion answered as OpenAI's server-sent events:
+its content in pieces of ``Answer.piece_chars`` characters, one chunk each (``piece_delay_s``
+apart), then its finish reason, its usage if the request asked for it
+(``stream_options.include_usage``), and ``[DONE]``. ``FakeServer.streams`` says how many pieces
+each stream had, how many were sent, and whether the client hung up before the end."""
 
 from __future__ import annotations
 
@@ -31,6 +37,8 @@ class Answer:
     delay_s: float = 0.0
     raw: bytes | None = None
     reset: bool = False
+    piece_chars: int = 4
+    piece_delay_s: float = 0.0
 
 
 def completion(
@@ -61,6 +69,36 @@ Script = list[Answer] | Callable[[Any], Answer]
 
 
 @dataclass
+class Streamed:
+    """One streamed answer: its content pieces, those sent, whether the client went away first."""
+
+    pieces: int
+    sent: int = 0
+    hung_up: bool = False
+
+
+def stream_events(answer: Answer, usage: bool) -> tuple[list[Any], int]:
+    """The server-sent events of a chat completion, and how many of them carry content."""
+    body = answer.body
+    choice = body["choices"][0] if body.get("choices") else None
+    content = (choice or {}).get("message", {}).get("content") or ""
+    step = answer.piece_chars
+    head = {key: body.get(key) for key in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    if choice is None:  # a completion without choices streams none
+        return [{**head, "choices": []}, "[DONE]"], 0
+    pieces = [chunk({"content": content[at : at + step]}) for at in range(0, len(content), step)]
+    last = chunk({}, choice.get("finish_reason"))
+    if "timings" in body:  # llama.cpp's server sends them with its last chunk
+        last["timings"] = body["timings"]
+    tail = [{**head, "choices": [], "usage": body["usage"]}] if usage and body.get("usage") else []
+    return [chunk({"role": "assistant", "content": ""}), *pieces, last, *tail, "[DONE]"], len(pieces)
+
+
+@dataclass
 class FakeServer:
     scripts: dict[str, Script]
     requests: list[tuple[str, Any]] = field(default_factory=list)
@@ -71,6 +109,7 @@ class FakeServer:
     max_in_flight: int = 0
     open_connections: int = 0
     max_open_connections: int = 0
+    streams: list[Streamed] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _sockets: set[socket.socket] = field(default_factory=set)
     _kill: Callable[[], None] = lambda: None
@@ -87,6 +126,11 @@ class FakeServer:
             return Answer(404, {"error": {"message": f"no route {path}"}})
         with self._lock:  # handler threads take turns
             return script.pop(0) if len(script) > 1 else script[0]
+
+
+def _streamable(answer: Answer) -> bool:
+    """A chat completion the server can stream (errors and raw bodies go as they are)."""
+    return answer.status == 200 and answer.raw is None and isinstance(answer.body, dict) and "choices" in answer.body
 
 
 def models(owned_by: str, **card: Any) -> Answer:
@@ -150,8 +194,13 @@ def fake_server(scripts: dict[str, Script]) -> Iterator[FakeServer]:
             with server._lock:
                 server.in_flight += 1
                 server.max_in_flight = max(server.max_in_flight, server.in_flight)
+            body = json.loads(raw) if raw else None
             try:
-                self._send(server.answer(self.path, json.loads(raw) if raw else None))
+                answer = server.answer(self.path, body)
+                if isinstance(body, dict) and body.get("stream") and _streamable(answer):
+                    self._stream(answer, bool((body.get("stream_options") or {}).get("include_usage")))
+                else:
+                    self._send(answer)
             finally:
                 with server._lock:
                     server.in_flight -= 1
@@ -172,6 +221,35 @@ def fake_server(scripts: dict[str, Script]) -> Iterator[FakeServer]:
                 self.close_connection = True
                 return
             self.wfile.write(payload)
+
+        def _stream(self, answer: Answer, usage: bool) -> None:
+            time.sleep(answer.delay_s)
+            events, pieces = stream_events(answer, usage)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            log = Streamed(pieces)
+            with server._lock:
+                server.streams.append(log)
+            try:
+                for number, event in enumerate(events):
+                    if answer.reset and number >= len(events) // 2:
+                        self.wfile.flush()
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        self.close_connection = True
+                        return
+                    data = f"data: {event if isinstance(event, str) else json.dumps(event)}\n\n".encode()
+                    self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                    self.wfile.flush()
+                    log.sent += 0 < number <= pieces
+                    if 0 < number <= pieces:
+                        time.sleep(answer.piece_delay_s)
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            except OSError:  # the client went away: a reply stopped before its end
+                log.hung_up = True
+                self.close_connection = True
 
         do_GET = do_POST = _reply
 

@@ -11,6 +11,13 @@ and fails the test, naming the scenario and how to record it again: never a sile
 ``LLMXMR_RECORD=1`` records instead: the same server passes every request on to a real
 ``llmxmr serve --local`` and the store is written anew from what this run exchanged. See
 CONTRIBUTING.md.
+
+Streamed requests (llmxmr streams its calls to stop a reply that loops as it is written) are kept
+as the same request not streamed: the key and the recording leave out ``stream`` and
+``stream_options``, the upstream is asked without them, and the fake server streams the recorded
+completion back (``fake_server.stream_events``) as llama-cpp-python's server does, without usage.
+A store recorded before llmxmr streamed still answers, and a client that hangs up on a loop is
+hung up on a replayed stream, where the model's reply would have been stopped.
 """
 
 from __future__ import annotations
@@ -45,11 +52,22 @@ def recording() -> bool:
     return os.environ.get(RECORD_ENV, "") not in ("", "0")
 
 
+# How a reply is sent, not what it says: left out of a request's key and of what is recorded.
+STREAM_FIELDS = ("stream", "stream_options")
+
+
 def exchange_key(route: str, body: Any) -> str:
     """The key of a request: its route and body, canonical JSON. The body holds everything that
     decides the reply (messages, schema, length, temperature, sampling fields)."""
-    canonical = json.dumps({"route": route, "body": body}, sort_keys=True, ensure_ascii=False)
+    canonical = json.dumps({"route": route, "body": unstreamed(body)}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def unstreamed(body: Any) -> Any:
+    """A request body as it would be sent without streaming."""
+    if not isinstance(body, dict):
+        return body
+    return {key: value for key, value in body.items() if key not in STREAM_FIELDS}
 
 
 def _about(body: Any) -> str:
@@ -88,6 +106,7 @@ class ReplyStore:
         return Answer(entry["status"], entry["response"])
 
     def recorded(self, upstream: httpx.Client, route: str, body: Any) -> Answer:
+        body = unstreamed(body)
         reply = upstream.get(route) if body is None else upstream.post(route, json=body)
         response = reply.json()
         key = exchange_key(route, body)

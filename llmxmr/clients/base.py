@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
@@ -15,6 +16,14 @@ from ..tokens import TokenCounter
 # by default) so that they reorder the waiting queue but never evict a map already running.
 # Calls of other labels (a harness's own) get the maps' 0.
 SERVER_PRIORITY: dict[str, int] = {"map": 0, "collapse": 1, "reduce": 2}
+
+# A watch over a reply as it is written: called with the reply's text so far, each time an extension
+# of the text it was given before (or a new start, where a client asks again for a stream that broke
+# off), and True stops the call there (``LLMClient.chat``). It may be called from the client's
+# worker thread (the embedded model's), never twice at once.
+ReplyWatch = Callable[[str], bool]
+# The finish reason of a reply its watch stopped: ``text`` is what the model had written by then.
+WATCH_STOP = "watch"
 
 
 class ChatRequest(BaseModel):
@@ -30,8 +39,12 @@ class ChatRequest(BaseModel):
 
 class ChatReply(BaseModel):
     text: str
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # the server's ("stop", "length"), or WATCH_STOP
     prompt_tokens: int = 0
+    # True when the server did not say how long the prompt was and ``prompt_tokens`` is the
+    # client's estimate: a streamed reply without usage (llama-cpp-python's server never sends it,
+    # and no server does for a reply stopped by its watch).
+    prompt_tokens_estimated: bool = False
     completion_tokens: int = 0
     cached_tokens: int | None = None
     transport_retries: int = 0
@@ -42,7 +55,13 @@ class ChatReply(BaseModel):
 class LLMClient(Protocol):
     """An async chat client. ``describe()`` names the server or model in messages and traces."""
 
-    async def chat(self, request: ChatRequest) -> ChatReply: ...
+    async def chat(self, request: ChatRequest, watch: ReplyWatch | None = None) -> ChatReply:
+        """The model's reply to ``request``. With a ``watch``, a client that can stream the reply
+        calls it as the text grows and, once it returns True, stops the call at once (the server's
+        slot or the model is free again) and returns the text so far with ``finish_reason``
+        ``WATCH_STOP``; ``completion_tokens`` are then the tokens received. A client that cannot
+        stream never calls the watch and returns the whole reply, as without one."""
+        ...
 
     async def context_window(self) -> int | None:
         """The served context length in tokens, when the server tells it."""

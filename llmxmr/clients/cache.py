@@ -8,9 +8,15 @@ finished work. A sampled reply (temperature > 0) is a draw, not the answer: such
 the cache unless ``llm.cache_sampled`` asks for them to be cached too.
 
 Hits report no token usage (nothing was spent) and count as ``cache_hits`` in the trace. What
-the model said is kept as it said it, valid or not: at temperature 0 it would say it again. The
-cache only ever saves calls: if the file cannot be read or written (locked by another process,
-disk full), the call goes to the model and a warning says so once.
+the model said is kept as it said it, valid or not: at temperature 0 it would say it again. A call
+with a watch (``ReplyWatch``) is passed on with it, and a reply its watch stopped is kept as it
+came (finish reason ``WATCH_STOP``): the same watch stops the same reply at the same place. A hit
+for a watched call is streamed to its watch as the model would write it, in pieces of
+``REPLAY_CHARS`` characters, and stopped where the watch stops it; so a whole reply stored by an
+unwatched call serves a watched one as a live stream would. A stopped reply is no answer to an
+unwatched call, which asks the model and keeps the whole reply instead. The watch is no part of the
+key. The cache only ever saves calls: if the file cannot be read or written (locked by another
+process, disk full), the call goes to the model and a warning says so once.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..tokens import TokenCounter
-from .base import ChatReply, ChatRequest, LLMClient
+from .base import WATCH_STOP, ChatReply, ChatRequest, LLMClient, ReplyWatch
 
 # Bumped when the key or the stored reply changes meaning, so old entries are never misread.
 # 3: a GGUF is named by its contents (``model_identity``), not by where it lies.
@@ -33,6 +39,8 @@ _KEY_VERSION = 3
 # How much of each end of a GGUF file its identity reads: the head holds its metadata (name,
 # quantisation, tokenizer, tensor layout), the tail the last tensors' weights.
 _GGUF_SAMPLE_BYTES = 1 << 20
+# How much more of a stored reply a watched hit shows its watch each time: about a token's worth.
+REPLAY_CHARS = 4
 
 
 def model_identity(model_name: str) -> str:
@@ -62,6 +70,16 @@ def request_key(identity: str, request: ChatRequest) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+def replayed(stored: ChatReply, watch: ReplyWatch) -> ChatReply:
+    """A stored reply streamed to a watch, ``REPLAY_CHARS`` more characters each time: the text up
+    to where the watch stops it (finished by ``WATCH_STOP``), else the reply as stored."""
+    text = stored.text
+    for end in range(REPLAY_CHARS, len(text) + REPLAY_CHARS, REPLAY_CHARS):
+        if watch(text[:end]) and end < len(text):
+            return ChatReply(text=text[:end], finish_reason=WATCH_STOP, from_cache=True)
+    return ChatReply(text=text, finish_reason=stored.finish_reason, from_cache=True)
+
+
 class CachedClient:
     """``CachedClient(client, path)``: the key names the model by ``model_identity`` of
     ``client.model_name()`` (the id the server lists, the embedded GGUF), so two models never share
@@ -83,17 +101,19 @@ class CachedClient:
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot open the reply cache {path}: {exc}") from exc
 
-    async def chat(self, request: ChatRequest) -> ChatReply:
+    async def chat(self, request: ChatRequest, watch: ReplyWatch | None = None) -> ChatReply:
         if request.temperature > 0 and not self._sampled:
-            return await self._inner.chat(request)
+            return await self._inner.chat(request, watch)
         if self._identity is None:
             name = await self._inner.model_name()
             self._identity = await asyncio.to_thread(model_identity, name)
         key = request_key(self._identity, request)
         stored = await asyncio.to_thread(self._get, key)
-        if stored is not None:
+        if stored is not None and watch is not None:
+            return replayed(stored, watch)
+        if stored is not None and stored.finish_reason != WATCH_STOP:
             return ChatReply(text=stored.text, finish_reason=stored.finish_reason, from_cache=True)
-        reply = await self._inner.chat(request)
+        reply = await self._inner.chat(request, watch)
         await asyncio.to_thread(self._put, key, reply)
         return reply
 

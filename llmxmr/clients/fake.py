@@ -1,4 +1,5 @@
-"""A scripted in-process client for tests: replies are queued, requests are recorded."""
+"""A scripted in-process client for tests: replies are queued, requests are recorded, and with
+``stream_chars`` a watched call is streamed to its watch in pieces."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 from collections.abc import Callable
 
 from ..tokens import TokenCounter
-from .base import ChatReply, ChatRequest
+from .base import WATCH_STOP, ChatReply, ChatRequest, ReplyWatch
 
 Script = str | ChatReply | Exception | Callable[[ChatRequest], str | ChatReply]
 
@@ -14,7 +15,14 @@ Script = str | ChatReply | Exception | Callable[[ChatRequest], str | ChatReply]
 class ScriptedClient:
     """Answers each request with the next scripted item, or with ``responder`` once the queue is
     empty. An item may be a reply text, a full ``ChatReply``, an exception to raise, or a function
-    of the request."""
+    of the request.
+
+    Without ``stream_chars`` it cannot stream and ignores a call's watch. With it, a call with a
+    watch gets its reply's text in growing prefixes, ``stream_chars`` characters more each (a
+    "piece", counted as one token), until the watch stops it: the reply is then the text so far,
+    finished by ``WATCH_STOP``, with the pieces sent as its completion tokens and its prompt
+    tokens (as scripted) an estimate, as from a server that was hung up on. ``streams`` holds, per
+    streamed call, the pieces sent and the pieces the reply had."""
 
     def __init__(
         self,
@@ -26,6 +34,7 @@ class ScriptedClient:
         delay_s: float = 0.0,
         parallel: int | None = None,
         model: str = "scripted",
+        stream_chars: int | None = None,
     ) -> None:
         self._queue: list[Script] = list(replies or [])
         self._responder = responder
@@ -38,11 +47,13 @@ class ScriptedClient:
         self.in_flight = 0
         self.max_in_flight = 0
         self.closed = False
+        self.stream_chars = stream_chars
+        self.streams: list[tuple[int, int]] = []
 
     def enqueue(self, *items: Script) -> None:
         self._queue.extend(items)
 
-    async def chat(self, request: ChatRequest) -> ChatReply:
+    async def chat(self, request: ChatRequest, watch: ReplyWatch | None = None) -> ChatReply:
         self.requests.append(request)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -56,9 +67,21 @@ class ScriptedClient:
             if callable(item):
                 item = item(request)
             reply = item if isinstance(item, ChatReply) else ChatReply(text=item)
-            return reply
+            if watch is None or self.stream_chars is None:
+                return reply
+            return self._streamed(reply, watch, self.stream_chars)
         finally:
             self.in_flight -= 1
+
+    def _streamed(self, reply: ChatReply, watch: ReplyWatch, step: int) -> ChatReply:
+        ends = range(step, len(reply.text) + step, step)
+        for sent, end in enumerate(ends, start=1):
+            if watch(reply.text[:end]) and end < len(reply.text):
+                self.streams.append((sent, len(ends)))
+                update = {"text": reply.text[:end], "finish_reason": WATCH_STOP, "completion_tokens": sent}
+                return reply.model_copy(update={**update, "prompt_tokens_estimated": True})
+        self.streams.append((len(ends), len(ends)))
+        return reply
 
     async def context_window(self) -> int | None:
         return self._window

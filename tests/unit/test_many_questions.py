@@ -10,7 +10,7 @@ import re
 import pytest
 
 from llmxmr import MapReducePipeline, PipelineConfig
-from llmxmr.clients.base import ChatReply, ChatRequest
+from llmxmr.clients.base import ChatReply, ChatRequest, ReplyWatch
 from llmxmr.clients.fake import ScriptedClient
 from llmxmr.errors import UsageError
 
@@ -96,14 +96,14 @@ class _Recorder(ScriptedClient):
         self.chunk_of = chunk_of
         self.events: list[tuple[str, int, str]] = []
 
-    async def chat(self, request: ChatRequest) -> ChatReply:
+    async def chat(self, request: ChatRequest, watch: ReplyWatch | None = None) -> ChatReply:
         key = None
         if request.schema_name == "MapOutput":
             question, chunk = asked(request)
             key = (self.chunk_of[chunk.strip()], question)
             self.events.append(("start", *key))
         try:
-            return await super().chat(request)
+            return await super().chat(request, watch)
         finally:
             if key:
                 self.events.append(("end", *key))
@@ -274,12 +274,12 @@ def test_ctrl_c_cancels_only_the_question_being_answered(tmp_path, monkeypatch):
             super().__init__(responder=respond, counter=WordCounter())
             self.interrupted = False
 
-        async def chat(self, request: ChatRequest) -> ChatReply:
+        async def chat(self, request: ChatRequest, watch: ReplyWatch | None = None) -> ChatReply:
             if not self.interrupted and QUESTIONS[0] in request.messages[-1].content:
                 self.interrupted = True
                 os.kill(os.getpid(), signal.SIGINT)
                 await asyncio.sleep(5)  # cancelled long before this ends
-            return await super().chat(request)
+            return await super().chat(request, watch)
 
     # As from a terminal: a shell without job control starts background jobs with SIGINT ignored.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from llmxmr import MapReducePipeline, PipelineConfig
-from llmxmr.clients.base import ChatReply, ChatRequest
+from llmxmr.clients.base import ChatReply, ChatRequest, ReplyWatch
 from llmxmr.clients.fake import ScriptedClient
 from llmxmr.errors import LLMCallError, ServerRefusedError
 from llmxmr.scheduling import PrioritySemaphore, in_order
@@ -66,10 +66,10 @@ class JitteryClient(ScriptedClient):
         self._rng = random.Random(seed)
         self.events = events if events is not None else []
 
-    async def chat(self, request: ChatRequest) -> ChatReply:
+    async def chat(self, request: ChatRequest, watch: ReplyWatch | None = None) -> ChatReply:
         self.events.append(("start", request.schema_name or ""))
         await asyncio.sleep(self._rng.uniform(0, 0.01))
-        reply = await super().chat(request)
+        reply = await super().chat(request, watch)
         self.events.append(("end", request.schema_name or ""))
         return reply
 
@@ -139,13 +139,13 @@ class FailingClient(JitteryClient):
         self.started = 0
         self.active = 0  # calls begun and neither finished nor cancelled
 
-    async def chat(self, request: ChatRequest) -> ChatReply:
+    async def chat(self, request: ChatRequest, watch: ReplyWatch | None = None) -> ChatReply:
         self.started += 1
         if self.started == self._fail_at:
             raise self._error
         self.active += 1
         try:
-            return await super().chat(request)
+            return await super().chat(request, watch)
         finally:
             self.active -= 1
 
