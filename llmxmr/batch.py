@@ -4,9 +4,11 @@ Every line of the input is ``{"id", "question", "document" | "path"}``. Lines ab
 document (the same file, or the same text) are answered together, from one reading of it
 (``MapReducePipeline.arun_many``). All documents draw on one budget of ``llm.concurrency`` calls
 in flight (not one budget per document), and a waiting call goes first by stage, then by its
-document's place in the batch, so documents finish one after another. Each result is appended to
-``<out>/results.jsonl`` (and flushed to disk) the moment its document is done; a rerun skips the
-ids already there. The engine is the one the benchmark harnesses run on (``llmxmr.executor``).
+document's place in the batch, so documents finish one after another. A map call identical to one
+made for any document of the batch (the same chunk text and question: repeated boilerplate, a
+haystack) is made once (``llmxmr.reuse``). Each result is appended to ``<out>/results.jsonl`` (and
+flushed to disk) the moment its document is done; a rerun skips the ids already there. The engine
+is the one the benchmark harnesses run on (``llmxmr.executor``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from .executor import (
 )
 from .grounding import Citation
 from .pipeline import MapReducePipeline, PipelineResult, Status
+from .reuse import SharedCalls
+from .schemas import MapOutput
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -95,6 +99,9 @@ class BatchResult(BaseModel):
     calls: int
     failed_calls: int
     cache_hits: int
+    # Of the calls, map calls not made: their chunk's prompt was identical to an earlier call's
+    # (of this document or another of the batch), whose reply it got (``PipelineResult.reused``).
+    reused_calls: int = 0
     prompt_tokens: int
     completion_tokens: int
     wall_time_s: float
@@ -128,6 +135,7 @@ class BatchReport(BaseModel):
     statuses: dict[str, int] = {}
     calls: int
     failed_calls: int
+    reused_calls: int = 0  # of the calls, map calls not made: given an identical call's reply
     prompt_tokens: int
     completion_tokens: int
     document_time_s: float  # summed over documents (they overlap)
@@ -194,6 +202,7 @@ async def run_batch(
         finished = results.read()
         _check_same_questions(items, finished, results.path)
         bar_postfix = _CallCounter()
+        shared_calls = SharedCalls[MapOutput]()  # every document's, through the one client
 
         async def answer(group: Sequence[BatchItem], shared: Shared) -> list[BatchResult | LlmxmrError]:
             document: str | Document | None = group[0].document
@@ -201,7 +210,7 @@ async def run_batch(
                 document = await asyncio.to_thread(
                     read_document, group[0].path or "", max_bytes=int(config.max_document_mb * 2**20)
                 )
-            pipeline = MapReducePipeline(config, client=shared.client, budget=shared.calls)
+            pipeline = MapReducePipeline(config, client=shared.client, budget=shared.calls, shared_calls=shared_calls)
             answers = await pipeline.arun_many(document, [item.question for item in group])
             check_same_model((r.model for r in finished), answers[0].model, results.path)
             lines: list[BatchResult | LlmxmrError] = []
@@ -238,6 +247,7 @@ def _finish(out: Path, items: Sequence[BatchItem], results: list[BatchResult], s
         found=sum(r.found for r in results),
         statuses=dict(Counter(r.status for r in results)),
         **summed_usage(results),
+        reused_calls=sum(r.reused_calls for r in results),
         document_time_s=round(sum(r.wall_time_s for r in results), 3),
         run_time_s=stats.run_time_s,
         concurrency=stats.concurrency,
@@ -291,10 +301,17 @@ def _result_line(item: BatchItem, result: PipelineResult) -> BatchResult:
         calls=totals.calls,
         failed_calls=totals.failed_calls,
         cache_hits=totals.cache_hits,
+        reused_calls=len(result.reused),
         prompt_tokens=totals.prompt_tokens,
         completion_tokens=totals.completion_tokens,
         wall_time_s=round(totals.wall_time_s, 3),
     )
+
+
+def _calls_row(report: BatchReport) -> str:
+    notes = [f"{report.reused_calls:,} not made: identical to an earlier call"] if report.reused_calls else []
+    notes += [f"at most {report.concurrency:,} in flight"] if report.concurrency else []
+    return f"{report.calls:,}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def format_report(report: BatchReport) -> str:
@@ -306,7 +323,7 @@ def format_report(report: BatchReport) -> str:
         ),
         ("failures", f"{report.failures:,} documents without a result, {report.failed_calls:,} failed calls"),
         ("statuses", ", ".join(f"{count:,} {status}" for status, count in sorted(report.statuses.items())) or "-"),
-        ("calls", f"{report.calls:,}" + (f" (at most {report.concurrency:,} in flight)" if report.concurrency else "")),
+        ("calls", _calls_row(report)),
         ("tokens", f"{report.prompt_tokens:,} prompt, {report.completion_tokens:,} completion"),
         ("wall time", f"{report.run_time_s:,.1f} s"),
     ]

@@ -450,7 +450,8 @@ def batch(
     items = batches.read_items(Path(input_path))
     config = settings.load(task_type=task_type)
     if dry_run:  # every line of the input, the lines about one document together
-        (estimate,) = _estimated([(config, batch_documents(items, int(config.max_document_mb * 2**20)))])
+        documents = batch_documents(items, int(config.max_document_mb * 2**20))
+        (estimate,) = _estimated([(config, documents)], across_documents=True)  # a batch shares identical calls
         click.echo(estimate.model_dump_json(indent=2) if as_json else format_estimate(estimate))
         return
     try:
@@ -808,7 +809,9 @@ def _estimate_tasks(
         click.echo("\n\n".join(f"{task}\n{format_estimate(e)}" for task, e in estimates.items()))
 
 
-def _estimated(jobs: Sequence[tuple[PipelineConfig, Iterable[tuple[str, Sequence[str]]]]]) -> list[CostEstimate]:
+def _estimated(
+    jobs: Sequence[tuple[PipelineConfig, Iterable[tuple[str, Sequence[str]]]]], *, across_documents: bool = False
+) -> list[CostEstimate]:
     """``estimate_cost`` of each (config, documents), through one client opened from the first
     config: it gives the context window and the token counter; no LLM call is made."""
     import asyncio
@@ -816,7 +819,10 @@ def _estimated(jobs: Sequence[tuple[PipelineConfig, Iterable[tuple[str, Sequence
     async def estimate() -> list[CostEstimate]:
         client = make_client(jobs[0][0])
         try:
-            return [await estimate_cost(config, client, documents) for config, documents in jobs]
+            return [
+                await estimate_cost(config, client, documents, across_documents=across_documents)
+                for config, documents in jobs
+            ]
         finally:
             await client.aclose()
 

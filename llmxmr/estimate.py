@@ -7,7 +7,9 @@ chunks), with the run's map messages and its collapse rounds (``collapse.collaps
 
 * **map** is exact: one call per chunk and question, and the prompt tokens of every one of them,
   counted as ``budget.prompt_tokens`` counts a prompt (a reask, after a reply that fails
-  validation, is extra).
+  validation, is extra); but a call identical to an earlier one (the same chunk text and
+  question: repeated text) is not made (``llmxmr.reuse``) and not counted. Within a document
+  always; across documents with ``across_documents``, as a batch shares its calls.
 * **collapse** and **reduce** are upper bounds: their prompts hold the map replies, unknown until
   the run. See ``_later_stages``.
 * **cacheable** and **computed** split the map prompt tokens as a perfect prefix cache would, with
@@ -20,6 +22,7 @@ chunks), with the run's map messages and its collapse rounds (``collapse.collaps
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -75,6 +78,8 @@ class DocumentCost(BaseModel):
     chunks: int
     chunk_tokens: int  # most document tokens per chunk (the token plan's)
     map: StageCost  # exact
+    # Map calls not made, and not in ``map``: identical to an earlier one (repeated text).
+    reused_calls: int = 0
     collapse: StageCost  # at most
     reduce: StageCost  # at most: one call per question, when some chunk finds something
     # Under a perfect prefix cache: each chunk's prefix beyond the map system message, summed over
@@ -119,6 +124,12 @@ class CostEstimate(BaseModel):
 
     @computed_field  # type: ignore[prop-decorator]
     @property
+    def reused_calls(self) -> int:
+        """Map calls not made: identical to an earlier one."""
+        return sum(d.reused_calls for d in self.documents)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
     def collapse(self) -> StageCost:
         return _summed(d.collapse for d in self.documents)
 
@@ -147,20 +158,30 @@ class CostEstimate(BaseModel):
 
 
 async def estimate_cost(
-    config: PipelineConfig, client: LLMClient, documents: Iterable[tuple[str, Sequence[str]]]
+    config: PipelineConfig,
+    client: LLMClient,
+    documents: Iterable[tuple[str, Sequence[str]]],
+    *,
+    across_documents: bool = False,
 ) -> CostEstimate:
     """The cost of answering each document's questions with ``MapReducePipeline.arun_many`` (one
     reading per document), without calling the model. The client gives the context window and the
     token counter, as in a run; it is left open. Documents are taken one at a time, so an iterator
-    that reads each when its turn comes holds one at once."""
+    that reads each when its turn comes holds one at once. A map call identical to an earlier one
+    is not counted: within its document, and ``across_documents`` too (a batch's runs share their
+    calls; separate runs do not)."""
     config = await config_for_client(config, client)
     costs: list[DocumentCost] = []
     instructions: int | None = None
+    sampled = config.llm.temperature > 0 and not config.llm.cache_sampled  # every call a draw of its own
+    seen = _SeenCalls(sharing=not sampled)
     for text, questions in documents:
         plan = await plan_reading(config, client, questions, text)
         if instructions is None:  # the map system message: the same for every document
             instructions = _prefix_tokens(map_prefix(plan.prompts), plan.counter)
-        costs.append(await asyncio.to_thread(_document_cost, config, plan, instructions))
+        if not across_documents:
+            seen = _SeenCalls(sharing=not sampled)
+        costs.append(await asyncio.to_thread(_document_cost, config, plan, instructions, seen))
     if instructions is None:
         raise UsageError("no document to estimate")
     return CostEstimate(
@@ -181,17 +202,43 @@ def _prefix_tokens(messages: list[ChatMessage], counter: TokenCounter) -> int:
     return prompt_tokens(messages, counter) - TEMPLATE_TOKENS_PER_MESSAGE
 
 
-def _document_cost(config: PipelineConfig, plan: ReadingPlan, instructions: int) -> DocumentCost:
+class _SeenCalls:
+    """The map calls an estimate has counted (by digests of their chunk text and question), and
+    the chunk texts whose prefix it has: an identical call is not made (``llmxmr.reuse``), and a
+    perfect prefix cache computes a chunk's prefix once. Without ``sharing``, every call counts."""
+
+    def __init__(self, *, sharing: bool) -> None:
+        self.sharing = sharing
+        self._calls: set[tuple[bytes, str]] = set()
+        self._texts: set[bytes] = set()
+
+    def new_calls(self, chunk_text: str, questions: Sequence[str]) -> tuple[list[str], bool]:
+        """The questions whose call of this chunk is made, and whether its prefix is new."""
+        if not self.sharing:
+            return list(questions), True
+        text = hashlib.sha256(chunk_text.encode("utf-8", "surrogatepass")).digest()
+        asked = [q for q in dict.fromkeys(questions) if (text, q) not in self._calls]
+        self._calls.update((text, q) for q in asked)
+        new_text = text not in self._texts
+        self._texts.add(text)
+        return asked, new_text
+
+
+def _document_cost(config: PipelineConfig, plan: ReadingPlan, instructions: int, seen: _SeenCalls) -> DocumentCost:
     prompts, counter, questions, chunks = plan.prompts, plan.counter, plan.questions, plan.chunks
-    map_tokens = chunk_prefixes = question_parts = 0
+    map_calls = map_tokens = chunk_prefixes = question_parts = 0
     for chunk in chunks:  # one chunk at a time: a long document's prompts are never all held at once
+        asked, new_text = seen.new_calls(chunk.text, questions)
+        if not asked:
+            continue
         *calls, prefix = prompts_tokens(
-            [*(map_messages(prompts, question, chunk.text) for question in questions), map_prefix(prompts, chunk.text)],
+            [*(map_messages(prompts, question, chunk.text) for question in asked), map_prefix(prompts, chunk.text)],
             counter,
         )
         prefix -= TEMPLATE_TOKENS_PER_MESSAGE  # the chunk's prefix ends before any generation prompt
+        map_calls += len(calls)
         map_tokens += sum(calls)
-        chunk_prefixes += prefix - instructions
+        chunk_prefixes += prefix - instructions if new_text else 0
         question_parts += sum(calls) - prefix * len(calls)
     later = [
         _later_stages(config, plan, question, token_plan)
@@ -201,7 +248,8 @@ def _document_cost(config: PipelineConfig, plan: ReadingPlan, instructions: int)
         questions=len(questions),
         chunks=len(chunks),
         chunk_tokens=plan.chunk_tokens,
-        map=StageCost(calls=len(chunks) * len(questions), prompt_tokens=map_tokens, bound=False),
+        map=StageCost(calls=map_calls, prompt_tokens=map_tokens, bound=False),
+        reused_calls=len(chunks) * len(questions) - map_calls,
         collapse=StageCost(
             calls=sum(calls for calls, _, _ in later), prompt_tokens=sum(t for _, t, _ in later), bound=True
         ),
@@ -291,6 +339,11 @@ def format_estimate(estimate: CostEstimate) -> str:
         )
     map_tokens = estimate.map.prompt_tokens
     share = estimate.cacheable_tokens / map_tokens if map_tokens else 0.0
+    if estimate.reused_calls:
+        lines.append(
+            f"{_count(estimate.reused_calls, 'map call')} not made, and not counted: "
+            "identical to an earlier one (repeated text)"
+        )
     lines += [
         "",
         f"map prompt tokens under a perfect prefix cache: {estimate.cacheable_tokens:,} cacheable ({share:.0%}), "

@@ -28,6 +28,7 @@ from .grounding import Citation, DocumentIndex
 from .partials import Partial, render_partial
 from .plan import LastChunking, ReadingPlan, checked_questions, plan_reading
 from .prompts import ChatMessage
+from .reuse import Origin, Reuse, SharedCalls, call_key
 from .scheduling import CallBudget, gather_or_cancel, in_order
 from .schemas import CollapseOutput, FinalAnswer, MapOutput
 from .stages import collapse, reduce
@@ -85,6 +86,10 @@ class PipelineResult(BaseModel):
     unread_chunks: list[int]
     failed_calls: list[CallRecord]
     trace: Trace
+    # Map calls not made: each chunk whose prompt was identical to an earlier call's (the same
+    # text and question) and got its reply (``llmxmr.reuse``). Its record in the trace has no
+    # attempts and no tokens.
+    reused: list[Reuse] = []
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -109,7 +114,12 @@ class MapReducePipeline:
 
     Without a ``budget``, each run may have ``llm.concurrency`` calls in flight (by default
     ``llm.concurrency_per_worker`` for each server behind the client). Runs given one budget share
-    its calls: that is how a batch of documents keeps one limit for the whole server."""
+    its calls: that is how a batch of documents keeps one limit for the whole server.
+
+    A map call identical to another of the run (the same chunk text and question) is made once, and
+    its reply given to every chunk that asks it (``llmxmr.reuse``). Runs given one ``shared_calls``
+    (with one client) share their map calls too: that is how a batch reads text repeated across its
+    documents once."""
 
     def __init__(
         self,
@@ -117,11 +127,13 @@ class MapReducePipeline:
         *,
         client: LLMClient | None = None,
         budget: CallBudget | None = None,
+        shared_calls: SharedCalls[MapOutput] | None = None,
         progress: bool = False,
     ) -> None:
         self.config = config or PipelineConfig.load()
         self._client = client
         self._calls = budget
+        self._shared_calls = shared_calls
         self._progress = progress
         self._last_chunking = LastChunking()
 
@@ -148,7 +160,9 @@ class MapReducePipeline:
         try:
             config = await config_for_client(self.config, client)
             calls = self._calls or CallBudget(await concurrency_of(config, client))
-            results = await _Run(config, client, calls, self._progress, self._last_chunking).execute(text, asked)
+            shared = self._shared_calls or SharedCalls[MapOutput]()
+            run = _Run(config, client, calls, shared, self._progress, self._last_chunking)
+            results = await run.execute(text, asked)
         finally:
             if self._client is None:
                 await client.aclose()
@@ -200,22 +214,32 @@ class _Question:
     # Map answers that counted as no information (unsupported, under strict grounding or for
     # retrieval): the model's guesses, kept for a result without a supported answer.
     rejected: list[Partial] = field(default_factory=list)
+    reused: list[Reuse] = field(default_factory=list)  # map calls not made (``PipelineResult.reused``)
 
 
 class _Run:
     """The state of one run: its client, its plan (prompts, token plans, chunks), call budget and
-    place in it, the document as read once, its questions, and the progress bar."""
+    place in it, the map calls it shares and its number among their readings, the document as read
+    once, its questions, and the progress bar."""
 
     plan: ReadingPlan
 
     def __init__(
-        self, config: PipelineConfig, client: LLMClient, calls: CallBudget, progress: bool, last_chunking: LastChunking
+        self,
+        config: PipelineConfig,
+        client: LLMClient,
+        calls: CallBudget,
+        shared: SharedCalls[MapOutput],
+        progress: bool,
+        last_chunking: LastChunking,
     ) -> None:
         self.config = config
         self.last_chunking = last_chunking  # the pipeline's, reused by its next run
         self.client = client
         self.calls = calls
         self.place = calls.join()
+        self.shared = shared
+        self.reading = shared.join()
         self.tasks: list[asyncio.Future[Any]] = []
         self.bar = tqdm(total=0, desc="map", unit="call", file=sys.stderr, disable=not progress, leave=False)
 
@@ -290,6 +314,7 @@ class _Run:
             unread_chunks=sorted(i for record in failed_maps for i in record.chunk_indices),
             failed_calls=question.failed,
             trace=question.trace,
+            reused=sorted(question.reused, key=lambda reuse: reuse.chunk),
         )
 
     async def _call(
@@ -380,17 +405,25 @@ class _Run:
         self, chunk: Chunk, question: _Question, waits_for: _WarmUp | None, warms: _WarmUp | None = None
     ) -> Partial | None:
         """The map call of ``chunk`` for ``question``, once the call whose prefix it shares
-        (``waits_for``) is answered; ``warms`` is done once this call is."""
+        (``waits_for``) is answered; ``warms`` is done once this call is. A call identical to one
+        in flight or done is not made: its reply is that call's (``llmxmr.reuse``)."""
+        messages = map_messages(self.plan.prompts, question.text, chunk.text)
         try:
-            output, record = await self._call(
-                "map",
-                map_messages(self.plan.prompts, question.text, chunk.text),
-                MapOutput,
-                [chunk.index],
-                self.config.generation.map_max_tokens,
-                order=(chunk.index, question.index),
-                waits_for=waits_for,
-                warms=warms,
+            (output, record), source = await self.shared.call(
+                self._map_key(messages),
+                Origin(self.reading, chunk.index),
+                lambda: self._call(
+                    "map",
+                    messages,
+                    MapOutput,
+                    [chunk.index],
+                    self.config.generation.map_max_tokens,
+                    order=(chunk.index, question.index),
+                    waits_for=waits_for,
+                    warms=warms,
+                ),
+                # Waiting for an identical call that warms the same prefix: as long as a call sent.
+                warms.sent if warms is not None else None,
             )
         except BaseException:
             if warms is not None:
@@ -401,6 +434,9 @@ class _Run:
                 warms.done()
         if record is None:
             return None
+        if source is not None:
+            reuse = Reuse(chunk=chunk.index, source_chunk=source.chunk, same_document=source.reading == self.reading)
+            question.reused.append(reuse)
         if output is None:
             self._record(question, record)
             return None
@@ -409,6 +445,17 @@ class _Run:
         if grounded.rejected is not None:
             question.rejected.append(grounded.rejected)
         return grounded.partial
+
+    def _map_key(self, messages: list[ChatMessage]) -> str | None:
+        """What decides a map call's reply (``reuse.call_key``): its messages, the family, and
+        every setting of the calls (the reply's shape and length, its string cap, the temperature,
+        the attempts), the few that do not matter included. None for a sampled call, a draw of its
+        own unless ``llm.cache_sampled`` says otherwise."""
+        llm = self.config.llm
+        if llm.temperature > 0 and not llm.cache_sampled:
+            return None
+        settings = (self.config.task_type, llm.model_dump(mode="json"), self.config.generation.model_dump(mode="json"))
+        return call_key(messages, settings)
 
     async def _sizes(self, partials: list[Partial]) -> list[int]:
         rendered = [render_partial(p) for p in partials]

@@ -33,14 +33,16 @@ from .conftest import (
 pytestmark = pytest.mark.gateway
 
 NEEDLE = "The magic number is 4242."
-FILLER = "The grass is green and the sky is blue today. "
+# Numbered, so that no two chunks are alike: identical chunks would be read once (llmxmr.reuse),
+# and these tests count the calls each worker serves.
+FILLER = "Line {n}: the grass is green and the sky is blue today. "
 QUESTION = "What is the magic number?"
 CHUNK_TOKENS = 120
 
 
-def document(sentences: int = 800) -> str:
+def document(sentences: int = 800, first_line: int = 0) -> str:
     """About 60 chunks of filler with the needle in the middle."""
-    parts = [FILLER] * sentences
+    parts = [FILLER.format(n=n) for n in range(first_line, first_line + sentences)]
     parts.insert(sentences // 2, NEEDLE + " ")
     return "".join(parts)
 
@@ -257,7 +259,7 @@ def test_a_batch_through_the_gateway_shares_one_budget_over_every_worker(shared_
     """``llmxmr batch`` as a user runs it against ``llmxmr gateway``: every document answered and
     written, every worker given map calls, the budget set by --concurrency."""
     source = tmp_path / "batch.jsonl"
-    lines = [{"id": i, "question": QUESTION, "document": document(200)} for i in range(6)]
+    lines = [{"id": i, "question": QUESTION, "document": document(200, first_line=200 * i)} for i in range(6)]
     source.write_text("".join(json.dumps(line) + "\n" for line in lines))
     gateway, workers = shared_gateway
     result = invoke(

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from llmxmr import MapReducePipeline, PipelineConfig
 from llmxmr.batch import BatchItem, BatchResult, _result_line, format_report, read_items, read_results, run_batch
 from llmxmr.cli import main
-from llmxmr.clients.base import ChatRequest
+from llmxmr.clients.base import ChatRequest, ReplyWatch
 from llmxmr.clients.fake import ScriptedClient
 from llmxmr.errors import LLMCallError, UsageError
 from llmxmr.scheduling import CallBudget
@@ -22,10 +22,15 @@ from llmxmr.scheduling import CallBudget
 from ..conftest import WordCounter, final_reply, map_parts, map_requests, partial_reply
 
 
+def filler(name: str, when: str = "day") -> str:
+    """216 words about ``name``; fillers of another ``when`` differ, so that no two chunks are
+    alike (an identical chunk's map call is not made: ``test_identical_chunks``)."""
+    return f"The weather in {name} was mild and nothing else happened that {when}. " * 18
+
+
 def document(name: str) -> str:
     """Four chunks at 120 words each; one of the middle ones names the document's code."""
-    filler = f"The weather in {name} was mild and nothing else happened that day. " * 18  # 216 words
-    return f"{filler}\n\nThe code of {name} is {name}-7.\n\n{filler}"
+    return f"{filler(name)}\n\nThe code of {name} is {name}-7.\n\n{filler(name, 'week')}"
 
 
 def owner(request: ChatRequest) -> str:
@@ -247,10 +252,10 @@ def test_a_document_waiting_for_a_slot_still_warms_up_before_its_other_maps(monk
     events: list[str] = []
 
     class Recording(ScriptedClient):
-        async def chat(self, request: ChatRequest):
+        async def chat(self, request: ChatRequest, watch: ReplyWatch | None = None):
             events.append("start")
             try:
-                return await super().chat(request)
+                return await super().chat(request, watch)
             finally:
                 events.append("end")
 
@@ -282,9 +287,9 @@ QUESTIONS = {"code": "What is the code?", "colour": "What is the colour?", "pass
 
 def two_facts(name: str) -> str:
     """About six chunks: the document's code in one, its colour in another, no password."""
-    filler = f"The weather in {name} was mild and nothing else happened that day. " * 18
     return (
-        f"{filler}\n\nThe code of {name} is {name}-7.\n\n{filler}\n\nThe colour of {name} is {name}-blue.\n\n{filler}"
+        f"{filler(name)}\n\nThe code of {name} is {name}-7.\n\n{filler(name, 'week')}\n\n"
+        f"The colour of {name} is {name}-blue.\n\n{filler(name, 'month')}"
     )
 
 

@@ -17,6 +17,8 @@ FILLER_SENTENCE = "The grass is green and the sky is blue today."
 FILLER = f"{FILLER_SENTENCE} " * 40  # 400 words
 KEY_SENTENCE = "The secret code is KEY-77."
 DOCUMENT = (FILLER + "\n\n") * 3 + KEY_SENTENCE + "\n\n" + (FILLER + "\n\n") * 3
+# No two chunks alike: every map call is made.
+NUMBERED = " ".join(f"Line {n}: the grass is green and the sky is blue today." for n in range(300))
 
 
 def config(**overrides) -> PipelineConfig:
@@ -60,7 +62,9 @@ def test_map_then_reduce_over_informative_chunks_only():
     result = run(client)
     maps = [r for r in client.requests if r.schema_name == "MapOutput"]
     reduces = [r for r in client.requests if r.schema_name == "FinalAnswer"]
-    assert len(maps) == len(result.chunks) > 3
+    assert len(result.chunks) > 3
+    # One call per distinct chunk: the filler's identical chunks share theirs (test_identical_chunks).
+    assert len(maps) == len({DOCUMENT[c.start : c.end] for c in result.chunks}) > 1
     assert len(reduces) == 1
     key_chunk = next(c.index for c in result.chunks if "KEY-77" in DOCUMENT[c.start : c.end])
     partials_text = reduces[0].messages[-1].content
@@ -68,7 +72,8 @@ def test_map_then_reduce_over_informative_chunks_only():
     assert f'Quote: "{KEY_SENTENCE}"' in partials_text
     assert partials_text.count("### Chunk") == 1  # no-information chunks are dropped
     assert result.answer == "KEY-77" and result.found and result.supporting_chunks == [key_chunk]
-    assert result.trace.totals.calls == len(maps) + 1
+    assert result.trace.totals.calls == len(result.chunks) + 1
+    assert result.trace.totals.requests == len(maps) + 1
     assert not client.closed  # a client given by the caller stays open
 
 
@@ -135,15 +140,22 @@ def test_a_chunk_that_keeps_failing_is_recorded_and_the_run_goes_on():
     client = new_client()
     client.enqueue("not json", "still not json", "nope")
     result = run(client, config(**{"llm.concurrency": 1}))
-    assert len(result.failed_calls) == 1
-    assert result.failed_calls[0].chunk_indices == [0]
-    assert "no valid MapOutput after 3 attempt(s)" in result.failed_calls[0].error
+    # Chunk 0 and the chunks identical to it, which share its call (test_identical_chunks).
+    lost = [c.index for c in result.chunks if result_chunk_text(result, c.index) == result_chunk_text(result, 0)]
+    assert [record.chunk_indices for record in result.failed_calls] == [[i] for i in lost]
+    assert result.failed_calls[0].attempts == 3 and all(r.attempts == 0 for r in result.failed_calls[1:])
+    assert all("no valid MapOutput after 3 attempt(s)" in record.error for record in result.failed_calls)
     assert result.answer == "KEY-77"
-    assert result.unread_chunks == [0]
+    assert result.unread_chunks == lost
     reference = run(new_client(), config(**{"llm.concurrency": 1}))
     assert not reference.unread_chunks
-    expected = reference.confidence * (1 - 1 / len(result.chunks))
+    expected = reference.confidence * (1 - len(lost) / len(result.chunks))
     assert result.confidence == pytest.approx(expected, abs=1e-3) and result.confidence < reference.confidence
+
+
+def result_chunk_text(result, index: int) -> str:
+    chunk = result.chunks[index]
+    return DOCUMENT[chunk.start : chunk.end]
 
 
 def test_on_chunk_error_fail_stops_the_run():
@@ -186,7 +198,7 @@ def test_the_first_map_call_runs_alone_to_warm_the_prefix_cache():
         return responder(request)
 
     client._responder = watching
-    run(client, config(**{"llm.concurrency": 8, "chunking.chunk_tokens": 100}))
+    run(client, config(**{"llm.concurrency": 8, "chunking.chunk_tokens": 100}), document=NUMBERED)
     assert starts[0] == (1, 1)
     assert client.max_in_flight == 8  # then the rest fan out
 
