@@ -200,14 +200,19 @@ def run(
     document = read_document(input_path, max_bytes=int(config.max_document_mb * 2**20), password=password)
     for warning in document.warnings:
         click.echo(f"warning: {document.name}: {warning}", err=True)
+    asked = [(document.text, [q.question for q in questions])]
     if dry_run:
-        (estimate,) = _estimated([(config, [(document.text, [q.question for q in questions])])])
+        (estimate,) = _estimated([(config, asked)])
         click.echo(estimate.model_dump_json(indent=2) if as_json else format_estimate(estimate))
         return
+    # The report shows what --dry-run would have said beside what the run spent: priced first,
+    # without an LLM call, as --dry-run prices it.
+    planned = _estimated([(config, asked)])[0] if report_path else None
     results = MapReducePipeline(config, progress=not no_progress).run_many(document, [q.question for q in questions])
     if report_path:
         runs = [QuestionRun.of_result(q.id, r) for q, r in zip(questions, results, strict=True)]
-        page = render_report(runs, document=document, config=config, source=f"llmxmr run on {document.name}")
+        source = f"llmxmr run on {document.name}"
+        page = render_report(runs, document=document, config=config, estimate=planned, source=source)
         write_report(Path(report_path), page)
     if len(results) == 1:  # one question: the output as it always was
         (result,) = results

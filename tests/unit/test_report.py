@@ -300,6 +300,7 @@ def test_run_report_and_report_of_a_trace(tmp_path):
     assert shown.exit_code == 0, shown.output
     written = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "KEY-77" in written and 'id="chunk-text-0"' in written
+    assert "priced this run at before any call" in written  # run --report prices the run, as --dry-run
     made = CliRunner().invoke(main, ["report", str(tmp_path / "trace.json"), "-o", str(tmp_path / "out.html")])
     assert made.exit_code == 0, made.output
     html = (tmp_path / "out.html").read_text(encoding="utf-8")
