@@ -34,6 +34,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# The shape of a map reply (``llm.map_reply``; ``schemas.NothingFirstMapOutput``).
+MapReplyShape = Literal["extract-first", "nothing-first"]
+
+
 class LLMSettings(_Section):
     base_url: str | None
     api_key: SecretStr | None
@@ -43,6 +47,7 @@ class LLMSettings(_Section):
     # llama.cpp's grammar expansion fails far above this; null: no cap.
     max_string_chars: int | None = Field(ge=1, le=1000)
     map_question_first: bool
+    map_reply: MapReplyShape
     timeout_s: float = Field(gt=0)
     max_retries: int = Field(ge=0)
     temperature: float = Field(ge=0)
@@ -200,6 +205,7 @@ _PROFILE_KEYS = (
     "grounding.",
     "llm.max_string_chars",
     "llm.map_question_first",
+    "llm.map_reply",
     "llm.temperature",
 )
 

@@ -415,7 +415,7 @@ class _Run:
                 lambda: self._call(
                     "map",
                     messages,
-                    MapOutput,
+                    self.plan.map_output,
                     [chunk.index],
                     self.config.generation.map_max_tokens,
                     order=(chunk.index, question.index),

@@ -21,6 +21,7 @@ from .errors import UsageError
 from .families import QuotingFamily, family
 from .families.workarounds import maps_for_the_model
 from .prompts import PromptSet
+from .schemas import MapOutput
 from .tokens import TiktokenCounter, TokenCounter
 
 
@@ -29,7 +30,8 @@ class ReadingPlan:
     """A document's questions as a run asks them, and what it will ask them with."""
 
     family: QuotingFamily
-    prompts: PromptSet  # the family's, with the map layout the model's profile asks for
+    prompts: PromptSet  # the family's, with the map layout and reply shape the model's profile asks for
+    map_output: type[MapOutput]  # the map reply's type, in that shape
     counter: TokenCounter
     questions: list[str]
     token_plans: list[TokenPlan]  # one per question, in order
@@ -65,7 +67,8 @@ async def plan_reading(
     ``last_chunking``, a document chunked as last time is not chunked again."""
     asked = checked_questions(document_text, questions)
     policy = family(config.task_type)
-    prompts = maps_for_the_model(policy.prompts, config.llm.map_question_first)
+    family_prompts, map_output = policy.map_reply(config.llm.map_reply)
+    prompts = maps_for_the_model(family_prompts, config.llm.map_question_first)
     counter = await token_counter_for(config, client)
     estimated_before = _estimated_so_far(counter)
     token_plans = await plan_questions(config, client, prompts, asked, counter)
@@ -74,7 +77,7 @@ async def plan_reading(
         chunks = await asyncio.to_thread(cut_chunks, config, document_text, chunk_tokens, counter)
     else:
         chunks = await last_chunking.chunks(config, document_text, chunk_tokens, counter)
-    return ReadingPlan(policy, prompts, counter, asked, token_plans, chunks, estimated_before)
+    return ReadingPlan(policy, prompts, map_output, counter, asked, token_plans, chunks, estimated_before)
 
 
 def checked_questions(text: str, questions: Sequence[str]) -> list[str]:

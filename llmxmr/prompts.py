@@ -139,13 +139,25 @@ def _check_document_first(path: Path, text: str) -> None:
         raise ConfigError(f"{path}: only the question and a short ask may follow the chunk")
 
 
+# Snippets that only one shape of the map reply includes (``nothing_first``: the opening that lets
+# a reply say "nothing here" first, ``schemas.NothingFirstMapOutput``); the other shape reads them
+# as empty, so its prompts are byte for byte what they were.
+_SHAPE_SNIPPETS = ("nothing_first", "nothing_first_zh")
+
+
 @cache
-def load_prompts(family: str, root: Path | None = None) -> PromptSet:
-    """The prompt set of a task family, with the shared snippets filled in."""
+def load_prompts(family: str, root: Path | None = None, *, nothing_first: bool = False) -> PromptSet:
+    """The prompt set of a task family, with the shared snippets filled in; with
+    ``nothing_first``, its map instructions ask for the nothing-first reply."""
     root = root or data_dir("prompts")
     if family not in TASK_FAMILIES:
         raise ConfigError(f"unknown task type '{family}'; choose one of: {', '.join(TASK_FAMILIES)}")
-    snippets = {p.stem: _read(p) for p in sorted((root / "shared").glob("*.md")) if p.stem != "system"}
+    shared = {p.stem: p for p in sorted((root / "shared").glob("*.md")) if p.stem != "system"}
+    snippets = {name: _read(path) for name, path in shared.items() if name not in _SHAPE_SNIPPETS}
+    for name in _SHAPE_SNIPPETS:
+        if nothing_first and name not in shared:
+            raise ConfigError(f"{root / 'shared'}: no {name}.md for the nothing-first map reply")
+        snippets[name] = f"{_read(shared[name])}\n" if nothing_first else ""
     # A snippet may include others (a family's reply rules include the calibration), one level deep.
     snippets = {name: Template(text).safe_substitute(snippets) for name, text in snippets.items()}
     stages = {}

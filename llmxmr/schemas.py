@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 MAX_CONFIDENCE = 5.0
 MAX_QUOTES = 3
@@ -90,6 +90,25 @@ class MapOutput(PartialAnswer):
     """The map stage's reply for one chunk."""
 
 
+class NothingFirstMapOutput(MapOutput):
+    """The map reply shaped so that "nothing here" is said first, and is all that is said: its
+    schema (``json_schema``) is either ``{"relevant": false}`` or ``{"relevant": true, ...}``
+    followed by the fields of ``MapOutput`` in their extract-then-decide order. A chunk that holds
+    nothing costs a handful of decoded tokens instead of a page of extracted text; one that holds
+    something is read as before (``llm.map_reply``)."""
+
+    relevant: bool = Field(default=True, description="false when this part holds nothing that bears on the question")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nothing_here(cls, data: Any) -> Any:
+        # "Nothing here" ends the reply: whatever a server that does not enforce the schema let
+        # the model write after it is not part of the answer.
+        if isinstance(data, dict) and data.get("relevant") is False:
+            return {"relevant": False, "extracted_information": "", "rationale": "", "answer": None, "confidence": 0}
+        return data
+
+
 class CollapseOutput(PartialAnswer):
     """The collapse stage's reply for a group of consecutive partial answers."""
 
@@ -123,10 +142,30 @@ class FinalAnswer(_Strict):
 def json_schema(model: type[BaseModel], without: tuple[str, ...] = ()) -> dict[str, Any]:
     """The schema sent for constrained decoding: all fields required, in declaration order, less
     the fields named in ``without`` (their defaults apply)."""
+    if issubclass(model, NothingFirstMapOutput):
+        return _nothing_first(json_schema(MapOutput, without))
     schema = model.model_json_schema()
     schema["properties"] = {name: spec for name, spec in schema["properties"].items() if name not in without}
     schema["required"] = list(schema["properties"])
     return schema
+
+
+def _nothing_first(reply: dict[str, Any]) -> dict[str, Any]:
+    """Either ``{"relevant": false}`` and nothing more, or ``reply`` with ``"relevant": true``
+    first: a constrained decoder lets the model end a reply about nothing after its first value."""
+    nothing = {
+        "type": "object",
+        "properties": {"relevant": {"const": False}},
+        "required": ["relevant"],
+        "additionalProperties": False,
+    }
+    something = {
+        **reply,
+        "properties": {"relevant": {"const": True}, **reply["properties"]},
+        "required": ["relevant", *reply["required"]],
+    }
+    something.pop("title", None)
+    return {"title": NothingFirstMapOutput.__name__, "anyOf": [nothing, something]}
 
 
 # Small models decoding greedily repeat themselves inside a string until max_tokens; a length cap in

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..chunking import Chunk
-from ..config import GroundingSettings
+from ..config import GroundingSettings, MapReplyShape
 from ..grounding import Citation, DocumentIndex, carried_forward, contains_phrase, locate_all
 from ..partials import Partial, Support
 from ..prompts import PromptSet, load_prompts
-from ..schemas import CollapseOutput, FinalAnswer, MapOutput
+from ..schemas import CollapseOutput, FinalAnswer, MapOutput, NothingFirstMapOutput
 from ..stages.collapse import fallback, merged_indices
 from ..stages.reduce import citations_for
 from .support import SupportCheck, split_options
@@ -57,6 +57,14 @@ class QuotingFamily:
     @property
     def prompts(self) -> PromptSet:
         return load_prompts(self.name)
+
+    def map_reply(self, shape: MapReplyShape) -> tuple[PromptSet, type[MapOutput]]:
+        """The prompts and the reply type of map calls in ``shape`` (``llm.map_reply``): the
+        nothing-first reply is for families whose chunks may hold nothing; a summary's always
+        hold something to summarise."""
+        if shape == "nothing-first" and self.quotes:
+            return load_prompts(self.name, nothing_first=True), NothingFirstMapOutput
+        return self.prompts, MapOutput
 
     @property
     def omitted_fields(self) -> tuple[str, ...]:
