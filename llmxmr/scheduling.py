@@ -27,7 +27,10 @@ class PrioritySemaphore:
 
     def __init__(self, slots: int) -> None:
         self._free = slots
-        self._waiters: list[tuple[Priority, int, asyncio.Future[None], asyncio.Future[None] | None]] = []
+        # Only waiters that may go are in the heap; one not ready joins it, in its place by
+        # priority and arrival, once it is (a run of thousands of maps queues them all at the
+        # start: passing over the ones not ready at every grant would cost each grant the queue).
+        self._waiters: list[tuple[Priority, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
 
     async def acquire(self, priority: Priority = (), ready: asyncio.Future[None] | None = None) -> None:
@@ -35,10 +38,11 @@ class PrioritySemaphore:
             self._free -= 1
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (priority, next(self._order), waiter, ready))
+        entry = (priority, next(self._order), waiter)
         if ready is not None and not ready.done():
-            ready.add_done_callback(lambda _: self._grant())  # a free slot may be waiting for it
-        self._grant()  # a slot may be free while every other waiter is not ready
+            ready.add_done_callback(lambda _: self._queue(entry))
+        else:
+            self._queue(entry)
         try:
             await waiter
         except asyncio.CancelledError:
@@ -50,21 +54,18 @@ class PrioritySemaphore:
         self._free += 1
         self._grant()
 
+    def _queue(self, entry: tuple[Priority, int, asyncio.Future[None]]) -> None:
+        heapq.heappush(self._waiters, entry)
+        self._grant()  # a slot may be free
+
     def _grant(self) -> None:
-        """Free slots to the best waiters that may go; those not ready keep their place."""
-        passed_over = []
+        """Free slots to the best waiters."""
         while self._free > 0 and self._waiters:
-            entry = heapq.heappop(self._waiters)
-            waiter, ready = entry[2], entry[3]
+            waiter = heapq.heappop(self._waiters)[2]
             if waiter.done():  # cancelled while waiting
-                continue
-            if ready is not None and not ready.done():
-                passed_over.append(entry)
                 continue
             self._free -= 1
             waiter.set_result(None)  # the slot goes straight to the waiter
-        for entry in passed_over:
-            heapq.heappush(self._waiters, entry)
 
     def slot(self, priority: Priority = (), ready: asyncio.Future[None] | None = None) -> _Slot:
         return _Slot(self, priority, ready)
