@@ -31,16 +31,18 @@ class PrioritySemaphore:
         # priority and arrival, once it is (a run of thousands of maps queues them all at the
         # start: passing over the ones not ready at every grant would cost each grant the queue).
         self._waiters: list[tuple[Priority, int, asyncio.Future[None]]] = []
+        self._not_ready = 0
         self._order = itertools.count()
 
     async def acquire(self, priority: Priority = (), ready: asyncio.Future[None] | None = None) -> None:
-        if self._free > 0 and not self._waiters and (ready is None or ready.done()):
+        if self._free > 0 and not self._waiters and not self._not_ready and (ready is None or ready.done()):
             self._free -= 1
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (priority, next(self._order), waiter)
         if ready is not None and not ready.done():
-            ready.add_done_callback(lambda _: self._queue(entry))
+            self._not_ready += 1
+            ready.add_done_callback(lambda _: self._ready(entry))
         else:
             self._queue(entry)
         try:
@@ -51,8 +53,15 @@ class PrioritySemaphore:
             raise
 
     def release(self) -> None:
+        """The slot goes to the best waiter on the loop's next turn, after the done-callbacks
+        already scheduled: a waiter made ready just before the release (a call that the
+        releasing one warmed) is in line for it."""
         self._free += 1
-        self._grant()
+        asyncio.get_running_loop().call_soon(self._grant)
+
+    def _ready(self, entry: tuple[Priority, int, asyncio.Future[None]]) -> None:
+        self._not_ready -= 1
+        self._queue(entry)
 
     def _queue(self, entry: tuple[Priority, int, asyncio.Future[None]]) -> None:
         heapq.heappush(self._waiters, entry)
