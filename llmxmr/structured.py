@@ -59,6 +59,12 @@ PARSE_EVERY_CHARS = 32
 # costs a rescue (``LoopStop``): about what the rescue's reply would decode. A small model looping
 # in one quote up to its cap (MAX_QUOTE_CHARS) and then writing its answer is let finish.
 LOOP_ALLOWANCE_CHARS = 300
+# How far a loop that would cost a rescue may run past the start of its repeated copy before it is
+# stopped: small models often write their value two or three times and then go on with the reply
+# (SmolLM2 copying a pass key, measured in the replayed integration scenarios, escaped within about
+# 200 characters and answered); a loop still going past this is a runaway, which would otherwise
+# decode to max_tokens.
+LOOP_GRACE_CHARS = 400
 
 
 @dataclass(frozen=True)
@@ -93,8 +99,8 @@ async def call_structured(
     ``omit_fields`` are left out of the schema sent (they keep their defaults); with
     ``max_string_chars`` (``llm.max_string_chars``), every string without a cap of its own gets
     that one. ``on_partial`` is given each reply's fields as they grow, when the client streams
-    (``PartialReply``; every ``PARSE_EVERY_CHARS`` characters, from the client's worker thread
-    where it has one); the output returned is what counts."""
+    (``PartialReply``; each time the text grows, from the client's worker thread where it has
+    one); the output returned is what counts."""
     record = CallRecord(stage=stage, chunk_indices=chunk_indices)
     conversation = list(messages)
     schema = json_schema(output_type, omit_fields)
@@ -205,10 +211,12 @@ class LoopStop:
     ``PARSE_EVERY_CHARS`` characters it reads the partial JSON and feeds each string field (alone
     or in a list, each item on its own) to its own ``LoopWatch``. When one repeats itself it says
     stop (``field`` then names it), unless stopping would cost more than the loop: the reply closed
-    there would not validate (a required field is still to come, so a rescue would follow) while
-    the schema sent ends the looping string within what is left of ``LOOP_ALLOWANCE_CHARS``. Such a
-    loop is let run to its cap, the grammar's end of it, and the reply goes on. ``on_fields`` is
-    given the fields parsed, when they changed."""
+    there would not validate (a required field is still to come, so a rescue would follow), and
+    either the schema sent ends the looping string within what is left of ``LOOP_ALLOWANCE_CHARS``
+    (the loop is let run to its cap, the grammar's end of it, and the reply goes on) or the loop has
+    not yet run ``LOOP_GRACE_CHARS`` past its repeated copy's start (a model may still go on). ``on_fields`` is
+    given the fields parsed when they changed, read each time the text grows (a reply shown as it
+    is written: the reduce's; the loops are still read every ``PARSE_EVERY_CHARS`` characters)."""
 
     def __init__(
         self,
@@ -232,20 +240,25 @@ class LoopStop:
         if len(text) < self._read_to:  # the client asked again after a stream broke off
             self._read_to, self._allowance, self._watches, self._let_run = 0, LOOP_ALLOWANCE_CHARS, {}, {}
         if len(text) - self._read_to < PARSE_EVERY_CHARS:
+            if self._on_fields is not None:  # shown as it grows; read for loops every so often
+                self._show(_partial_json(text, "trailing-strings"))
             return False
         self._read_to = len(text)
         fields = _partial_json(text, "trailing-strings")
+        self._show(fields)
         if not fields:
             return False
-        if self._on_fields is not None and fields != self._shown:
-            self._shown = fields
-            self._on_fields(fields)
         for name, value in fields.items():
             for index, item in _strings(value):
                 if self._repeats((name, index), item) and not self._let_run_to_cap((name, index), item, text):
                     self.field = name
                     return True
         return False
+
+    def _show(self, fields: dict[str, Any] | None) -> None:
+        if self._on_fields is not None and fields and fields != self._shown:
+            self._shown = fields
+            self._on_fields(fields)
 
     def _repeats(self, key: tuple[str, int | None], text: str) -> bool:
         """Whether the string at ``key``, which has grown (or else is not read again), repeats."""
@@ -266,11 +279,16 @@ class LoopStop:
         ):
             return False  # stopped, nothing is lost
         cap = _string_cap(self._schema, *key) if self._schema is not None else None
-        if cap is None or cap - len(value) > self._allowance:
-            return False
-        self._allowance -= max(cap - len(value), 0)
-        self._let_run[key] = cap
-        return True
+        if cap is not None and cap - len(value) <= self._allowance:
+            self._allowance -= max(cap - len(value), 0)
+            self._let_run[key] = cap
+            return True
+        return len(value) - self._repeated_from(key) < LOOP_GRACE_CHARS  # not a runaway yet
+
+    def _repeated_from(self, key: tuple[str, int | None]) -> int:
+        watch, _ = self._watches[key]
+        assert watch.found is not None  # read by ``_repeats``, which found the loop
+        return watch.found.copy
 
     def closed(self, text: str, field: str | None = None) -> str:
         """The JSON of a reply stopped at ``text``: closed at its last complete value, the field

@@ -19,7 +19,13 @@ from llmxmr.clients.openai_compat import OpenAICompatibleClient
 from llmxmr.loops import cut_loop
 from llmxmr.prompts import ChatMessage
 from llmxmr.schemas import FinalAnswer, MapOutput
-from llmxmr.structured import PartialReply, call_structured, rescue_string_chars
+from llmxmr.structured import (
+    LOOP_GRACE_CHARS,
+    PARSE_EVERY_CHARS,
+    PartialReply,
+    call_structured,
+    rescue_string_chars,
+)
 from llmxmr.trace import CallRecord
 
 from ..conftest import partial_reply
@@ -200,12 +206,33 @@ async def _watched(base_url: str, request: ChatRequest, seen=None, **settings: A
 # The stop, its rescue and its record, with the scripted client streaming.
 
 
+def test_a_loop_the_model_leaves_within_the_grace_is_not_stopped_and_its_answer_stands():
+    # SmolLM2 copies a pass key two or three times over, then closes the string and answers; a
+    # stop there would cost a rescue, which it answers worse.
+    brief = "The pass key is 58213. Remember it. 58213 is the pass key. " + "The pass key is 58213. " * 4
+    reply = json.dumps(
+        {
+            "extracted_information": brief,
+            "evidence": [FIRST_SENTENCE],
+            "rationale": "x",
+            "answer": "58213",
+            "confidence": 5,
+        }
+    )
+    client = ScriptedClient([reply], stream_chars=4)
+    output, record = structured(client, MapOutput)
+    assert output is not None and output.answer == "58213"
+    assert output.extracted_information == "The pass key is 58213. Remember it. 58213 is the pass key."
+    assert record.loop_stops == [] and record.rescued_from is None and len(client.requests) == 1
+
+
 def test_a_stop_that_leaves_a_required_field_missing_is_rescued_as_a_reply_cut_at_the_cap():
     client = ScriptedClient([LOOPING_FIRST, GOOD_MAP], stream_chars=4)
     output, record = structured(client, MapOutput)
     assert output is not None and output.answer == "58213"
     (sent, pieces), _ = client.streams
-    assert sent < pieces // 4
+    # Stopped once the loop ran its grace past its first copy, long before the reply's end.
+    assert sent * 4 <= len(FIRST_SENTENCE) + LOOP_GRACE_CHARS + PARSE_EVERY_CHARS + 40 < pieces * 4 // 2
     assert record.loop_stops == ["extracted_information"] and record.loop_stop_tokens == [sent]
     assert record.rescued_from == "loop" and record.rescue_max_chars == rescue_string_chars(256)
     first, rescue = client.requests
