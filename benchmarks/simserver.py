@@ -3,14 +3,15 @@ replies, no model.
 
     python benchmarks/simserver.py [--port 0] [--latency fixed:0.05|lognormal:0.05,0.5] [--slots 64]
                                    [--seed 0] [--info-rate 0.2] [--reply-tokens 200]
-                                   [--max-model-len 32768] [--log FILE]
+                                   [--max-model-len 32768] [--model sim-model] [--log FILE]
                                    [--prefix-cache-tokens 0] [--prefix-cache-page 1]
-                                   [--prefill-tokens-per-s 0]
+                                   [--prefill-tokens-per-s 0] [--token-delay-s 0]
 
 It runs in its own process (``start_server`` launches it), so its CPU is not the pipeline's. A plain
 ``asyncio`` HTTP/1.1 server with keep-alive (no dependencies beyond the standard library):
 
-* ``GET /v1/models``: one model, ``owned_by: "sglang"``, ``max_model_len`` (``--max-model-len``).
+* ``GET /v1/models``: one model (``--model``, ``sim-model`` by default), ``owned_by: "sglang"``,
+  ``max_model_len`` (``--max-model-len``).
 * ``GET /health`` (``{}``), ``GET /server_info`` and ``GET /model_info`` (model path and served name,
   ``context_length`` = ``--max-model-len``; ``is_generation`` in the latter): what the smg gateway
   asks an SGLang worker before it registers it, so a simulated server can be a worker behind smg
@@ -69,6 +70,12 @@ parallel with other slots. The latency tag and header report the sampled latency
 it; the prefill seconds add up in ``/sim/stats`` (``prefill_s``), with prompt, cached and computed
 tokens, the cache's size and the tokens it evicted (those keys appear only when the cache or the
 prefill rate is on).
+
+**Decoding time** (``--token-delay-s S``; 0, the default, is none): once its latency is over, a
+reply takes S seconds per ``STREAM_PIECE_CHARS`` characters of its content (a token, about), as a
+model decoding them. A streamed reply sends each piece as it is decoded, S seconds apart; a reply
+not streamed comes whole once all are. The decoding happens after the request has left its slot
+(the slots bound the sampled latency only), which matters only where requests queue for slots.
 """
 
 from __future__ import annotations
@@ -290,7 +297,11 @@ class SimServer:
         prefix_cache_tokens: int = 0,
         prefix_cache_page: int = 1,
         prefill_tokens_per_s: float = 0.0,
+        model: str = MODEL,
+        token_delay_s: float = 0.0,
     ) -> None:
+        self.model = model
+        self.token_delay_s = token_delay_s
         self.latency = latency
         self.slots = asyncio.Semaphore(slots)
         self.slot_count = slots
@@ -329,9 +340,14 @@ class SimServer:
                 body = await self._body(reader, headers)
                 status, payload, extra = await self.route(method, target.split("?")[0], body)
                 keep_alive = headers.get("connection", "").lower() != "close" and version.strip() == "HTTP/1.1"
+                pieces: list[bytes] = []  # written one by one, content decoded ``--token-delay-s`` apart
+                decoded = range(0)  # the pieces that carry content
                 if isinstance(payload, Streamed):
                     kind, data = "text/event-stream", payload.events()
                     length = "Transfer-Encoding: chunked"
+                    if self.token_delay_s > 0:
+                        data, pieces = b"", payload.parts()
+                        decoded = range(1, 1 + payload.content_pieces)
                 else:
                     kind, data = "application/json", json.dumps(payload).encode()
                     length = f"Content-Length: {len(data)}"
@@ -344,6 +360,11 @@ class SimServer:
                 ]
                 writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
                 await writer.drain()
+                for number, piece in enumerate(pieces):
+                    if number in decoded:
+                        await asyncio.sleep(self.token_delay_s)
+                    writer.write(piece)
+                    await writer.drain()
                 if not keep_alive:
                     break
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
@@ -374,8 +395,8 @@ class SimServer:
             return 200, {}, {}
         if method == "GET" and path in ("/server_info", "/model_info"):
             info: dict[str, Any] = {
-                "model_path": MODEL,
-                "served_model_name": MODEL,
+                "model_path": self.model,
+                "served_model_name": self.model,
                 "context_length": self.max_model_len,
             }
             if path == "/model_info":
@@ -383,7 +404,7 @@ class SimServer:
             return 200, info, {}
         if method == "GET" and path == "/v1/models":
             card = {
-                "id": MODEL,
+                "id": self.model,
                 "object": "model",
                 "created": 0,
                 "owned_by": "sglang",
@@ -479,7 +500,7 @@ class SimServer:
             "id": f"simcmpl-{latency:.6f}-{self.served}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": request.get("model", MODEL),
+            "model": request.get("model", self.model),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": {
                 "prompt_tokens": prompt_chars // 4,
@@ -502,6 +523,8 @@ class SimServer:
         if request.get("stream"):
             usage_asked = bool((request.get("stream_options") or {}).get("include_usage"))
             return 200, Streamed(body, usage_asked), latency_header
+        if self.token_delay_s > 0:  # decoded before the whole reply goes
+            await asyncio.sleep(self.token_delay_s * math.ceil(len(text) / STREAM_PIECE_CHARS))
         return 200, body, latency_header
 
     async def _prefill(self, computed_tokens: int) -> None:
@@ -551,6 +574,16 @@ class Streamed:
 
     def events(self) -> bytes:
         """The whole stream, in HTTP chunked encoding, one HTTP chunk per event."""
+        return b"".join(self.parts())
+
+    @property
+    def content_pieces(self) -> int:
+        """The chunks that carry content (``parts`` has them after the role's)."""
+        return math.ceil(len(self.completion["choices"][0]["message"]["content"]) / STREAM_PIECE_CHARS)
+
+    def parts(self) -> list[bytes]:
+        """The stream's HTTP chunks: the role, one per content piece, the finish reason, the usage
+        if asked, ``[DONE]``, and the end of the body."""
         body = self.completion
         head = {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"], "model": body["model"]}
         choice = body["choices"][0]
@@ -571,7 +604,7 @@ class Streamed:
         for event in [*(json.dumps(event) for event in events), "[DONE]"]:
             data = f"data: {event}\n\n".encode()
             parts.append(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        return b"".join(parts) + b"0\r\n\r\n"
+        return [*parts, b"0\r\n\r\n"]
 
 
 def _evidence(last_message: str) -> list[str]:
@@ -612,6 +645,8 @@ async def serve(args: argparse.Namespace) -> None:
         args.prefix_cache_tokens,
         args.prefix_cache_page,
         args.prefill_tokens_per_s,
+        args.model,
+        token_delay_s=args.token_delay_s,
     )
     server = await asyncio.start_server(sim.handle, args.host, args.port, limit=2**22, backlog=4096)
     port = server.sockets[0].getsockname()[1]
@@ -630,6 +665,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--info-rate", type=float, default=0.2, help="share of map prompts answered with information")
     parser.add_argument("--reply-tokens", type=int, default=200, help="approximate tokens of an informative reply")
     parser.add_argument("--max-model-len", type=int, default=32768)
+    parser.add_argument("--model", default=MODEL, help="the model id the server lists")
     parser.add_argument("--log", type=Path, default=None, help="append each completion's messages and reply (JSONL)")
     parser.add_argument(
         "--prefix-cache-tokens", type=int, default=0, help="LRU prefix cache of this many tokens (0: no cache)"
@@ -638,8 +674,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--prefill-tokens-per-s", type=float, default=0.0, help="shared prefill engine speed (0: prefill takes no time)"
     )
+    parser.add_argument(
+        "--token-delay-s", type=float, default=0.0, help="seconds to decode each piece of a reply (0: none)"
+    )
     args = parser.parse_args(argv)
     Latency.parse(args.latency)  # fail early on a bad spec
+    if args.token_delay_s < 0:
+        parser.error("--token-delay-s must be >= 0")
     if args.slots < 1:
         parser.error("--slots must be at least 1")
     if args.prefix_cache_tokens < 0 or args.prefix_cache_page < 1 or args.prefill_tokens_per_s < 0:
@@ -660,6 +701,8 @@ def start_server(
     prefix_cache_tokens: int = 0,
     prefix_cache_page: int = 1,
     prefill_tokens_per_s: float = 0.0,
+    model: str = MODEL,
+    token_delay_s: float = 0.0,
     startup_timeout_s: float = 30.0,
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """Launch the simulated server in a subprocess on a free port; yields ``(base_url, process)``
@@ -670,7 +713,7 @@ def start_server(
     command = [
         sys.executable, str(Path(__file__).resolve()), "--port", "0", "--latency", latency, "--slots", str(slots),
         "--seed", str(seed), "--info-rate", str(info_rate), "--reply-tokens", str(reply_tokens),
-        "--max-model-len", str(max_model_len),
+        "--max-model-len", str(max_model_len), "--model", model,
     ]  # fmt: skip
     if log is not None:
         command += ["--log", str(log)]
@@ -678,6 +721,8 @@ def start_server(
         command += ["--prefix-cache-tokens", str(prefix_cache_tokens), "--prefix-cache-page", str(prefix_cache_page)]
     if prefill_tokens_per_s:
         command += ["--prefill-tokens-per-s", str(prefill_tokens_per_s)]
+    if token_delay_s:
+        command += ["--token-delay-s", str(token_delay_s)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None

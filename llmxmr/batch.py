@@ -42,6 +42,8 @@ from .grounding import Citation
 from .pipeline import MapReducePipeline, PipelineResult, Status
 from .reuse import SharedCalls
 from .schemas import MapOutput
+from .stage_models import StageClients, short_model_name
+from .trace import ModelTotals, summed_models
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -105,6 +107,9 @@ class BatchResult(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     wall_time_s: float
+    # The calls and tokens of each model that answered (``Totals.by_model``): one, unless stages
+    # have models of their own.
+    models: dict[str, ModelTotals] = {}
 
     @model_validator(mode="before")
     @classmethod
@@ -140,7 +145,8 @@ class BatchReport(BaseModel):
     completion_tokens: int
     document_time_s: float  # summed over documents (they overlap)
     run_time_s: float
-    concurrency: int | None  # this invocation's call budget; None when it had nothing to do
+    concurrency: int | None  # this invocation's call budget (the map model's); None when it had nothing to do
+    models: dict[str, ModelTotals] = {}  # the calls and tokens of each model, over every result
 
 
 def read_items(path: Path) -> list[BatchItem]:
@@ -188,14 +194,15 @@ async def run_batch(
     out_dir: str | Path,
     config: PipelineConfig,
     *,
-    client: LLMClient | None = None,
+    client: LLMClient | StageClients | None = None,
     documents_in_flight: int | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> BatchReport:
     """Answers every item not yet in ``<out_dir>/results.jsonl``, the items about one document
     together, and returns the totals. ``documents_in_flight`` counts distinct documents. Without a
-    ``client``, the one the config names is opened (when a document is left) and closed here."""
+    ``client`` (or ``StageClients``, one per stage), those the config names are opened (when a
+    document is left) and closed here."""
     out = Path(out_dir)
     results = _results_file(out / RESULTS_FILE)
     async with Executor(out, client=client, in_flight=documents_in_flight, progress=progress, log=log) as executor:
@@ -210,7 +217,9 @@ async def run_batch(
                 document = await asyncio.to_thread(
                     read_document, group[0].path or "", max_bytes=int(config.max_document_mb * 2**20)
                 )
-            pipeline = MapReducePipeline(config, client=shared.client, budget=shared.calls, shared_calls=shared_calls)
+            pipeline = MapReducePipeline(
+                config, client=shared.clients, budget=shared.budgets, shared_calls=shared_calls
+            )
             answers = await pipeline.arun_many(document, [item.question for item in group])
             check_same_model((r.model for r in finished), answers[0].model, results.path)
             lines: list[BatchResult | LlmxmrError] = []
@@ -248,6 +257,7 @@ def _finish(out: Path, items: Sequence[BatchItem], results: list[BatchResult], s
         statuses=dict(Counter(r.status for r in results)),
         **summed_usage(results),
         reused_calls=sum(r.reused_calls for r in results),
+        models=summed_models(r.models for r in results),
         document_time_s=round(sum(r.wall_time_s for r in results), 3),
         run_time_s=stats.run_time_s,
         concurrency=stats.concurrency,
@@ -305,6 +315,7 @@ def _result_line(item: BatchItem, result: PipelineResult) -> BatchResult:
         prompt_tokens=totals.prompt_tokens,
         completion_tokens=totals.completion_tokens,
         wall_time_s=round(totals.wall_time_s, 3),
+        models=totals.by_model,
     )
 
 
@@ -325,6 +336,15 @@ def format_report(report: BatchReport) -> str:
         ("statuses", ", ".join(f"{count:,} {status}" for status, count in sorted(report.statuses.items())) or "-"),
         ("calls", _calls_row(report)),
         ("tokens", f"{report.prompt_tokens:,} prompt, {report.completion_tokens:,} completion"),
-        ("wall time", f"{report.run_time_s:,.1f} s"),
     ]
+    if len(report.models) > 1:  # a model per stage: what each cost
+        rows += [
+            (
+                "model",
+                f"{short_model_name(model)} ({', '.join(totals.stages)}): {totals.calls:,} calls, "
+                f"{totals.prompt_tokens:,} prompt, {totals.completion_tokens:,} completion tokens",
+            )
+            for model, totals in report.models.items()
+        ]
+    rows.append(("wall time", f"{report.run_time_s:,.1f} s"))
     return "\n".join(f"{name:<10} {value}" for name, value in rows)

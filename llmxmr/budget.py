@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pydantic import BaseModel
 
@@ -105,27 +106,57 @@ def question_allowance(config: PipelineConfig, questions: list[str], window: int
     return max([min(config.chunking.question_tokens, window // 16), *counter.count_batch(questions)])
 
 
+@dataclass(frozen=True)
+class ModelWindow:
+    """What sizes the prompts of one stage: its settings (with its model's profile), its model's
+    context window and token counter."""
+
+    config: PipelineConfig
+    window: int
+    counter: TokenCounter
+
+    @property
+    def usable(self) -> int:
+        return budget_with_margin(self.window, self.counter, self.config.chunking.safety_margin)
+
+
 async def plan_questions(
-    config: PipelineConfig, client: LLMClient, prompts: PromptSet, questions: list[str], counter: TokenCounter
+    prompts: PromptSet,
+    questions: list[str],
+    map_model: ModelWindow,
+    collapse_model: ModelWindow | None = None,
+    reduce_model: ModelWindow | None = None,
 ) -> list[TokenPlan]:
-    """The token plan of each question of a run over one document (``plan_tokens``), with the
-    window the server reports and one question allowance for them all: their chunks are the same."""
-    window = await context_window_of(config, client)
+    """The token plan of each question of a run over one document (``plan_tokens``), with one
+    question allowance for them all (their chunks are the same). Chunks are sized by the map's
+    model, collapse groups and the reduce prompt by theirs (by default the map's)."""
+    config, window, counter = map_model.config, map_model.window, map_model.counter
     allowance = await asyncio.to_thread(question_allowance, config, questions, window, counter)
-    return [plan_tokens(config, prompts, question, window, counter, allowance) for question in questions]
+    merging = {"collapse_model": collapse_model, "reduce_model": reduce_model}
+    return [plan_tokens(config, prompts, question, window, counter, allowance, **merging) for question in questions]
 
 
 def plan_tokens(
-    config: PipelineConfig, prompts: PromptSet, question: str, window: int, counter: TokenCounter, allowance: int
+    config: PipelineConfig,
+    prompts: PromptSet,
+    question: str,
+    window: int,
+    counter: TokenCounter,
+    allowance: int,
+    *,
+    collapse_model: ModelWindow | None = None,
+    reduce_model: ModelWindow | None = None,
 ) -> TokenPlan:
     """The token plan of one question; its map part is sized by ``allowance`` (see
-    ``question_allowance``), not by the question."""
-    generation = config.generation
-    usable = budget_with_margin(window, counter, config.chunking.safety_margin)
+    ``question_allowance``), not by the question. ``config``, ``window`` and ``counter`` are the
+    map's model's; the collapse and reduce budgets are their own model's (by default the map's)."""
+    mapping = ModelWindow(config, window, counter)
+    collapsing, reducing = collapse_model or mapping, reduce_model or mapping
+    usable = mapping.usable
     map_fixed = (
         prompt_tokens(map_messages(prompts, "", ""), counter)
         + allowance * prompts.question_slots
-        + generation.map_max_tokens
+        + config.generation.map_max_tokens
     )
     chunk_tokens = usable - map_fixed
     if config.chunking.chunk_tokens is not None:
@@ -136,19 +167,24 @@ def plan_tokens(
             f"{map_fixed} of the {usable} usable tokens, leaving {max(chunk_tokens, 0)} for text "
             f"(at least {MIN_CHUNK_TOKENS} needed)"
         )
-    collapse_fixed = prompt_tokens(collapse_messages(prompts, question, []), counter)
-    reduce_fixed = prompt_tokens(reduce_messages(prompts, question, []), counter)
+    collapse_fixed = prompt_tokens(collapse_messages(prompts, question, []), collapsing.counter)
+    reduce_fixed = prompt_tokens(reduce_messages(prompts, question, []), reducing.counter)
     plan = TokenPlan(
         window=window,
         usable=usable,
         chunk_tokens=chunk_tokens,
-        collapse_tokens=usable - collapse_fixed - generation.collapse_max_tokens,
-        reduce_tokens=usable - reduce_fixed - generation.reduce_max_tokens,
+        collapse_tokens=collapsing.usable - collapse_fixed - collapsing.config.generation.collapse_max_tokens,
+        reduce_tokens=reducing.usable - reduce_fixed - reducing.config.generation.reduce_max_tokens,
     )
-    largest_partial = max(generation.map_max_tokens, generation.collapse_max_tokens) + PARTIAL_HEADER_TOKENS
+    # A partial is a map reply (the map model's length) or a collapse reply (the collapse model's).
+    largest_partial = (
+        max(config.generation.map_max_tokens, collapsing.config.generation.collapse_max_tokens) + PARTIAL_HEADER_TOKENS
+    )
     if min(plan.collapse_tokens, plan.reduce_tokens) < 2 * largest_partial:
+        merging = sorted({collapsing.window, reducing.window})
+        windows = " and ".join(f"{w}" for w in merging)
         raise ContextTooSmallError(
-            f"the context window ({window} tokens) is too small to merge two partial answers of up "
+            f"the context window ({windows} tokens) is too small to merge two partial answers of up "
             f"to {largest_partial} tokens; lower generation.*_max_tokens or use a larger window"
         )
     return plan

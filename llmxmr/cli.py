@@ -22,17 +22,22 @@ from . import local_server as local_servers
 from . import serve as serving
 from .clients import make_client
 from .config import PipelineConfig
-from .documents import read_document
+from .console import AnswerPrinter, Interrupted
+from .documents import Document, read_document
 from .errors import LlmxmrError, UsageError
 from .estimate import CostEstimate, batch_documents, estimate_cost, format_estimate, questions_by_document
+from .events import ProgressBar
 from .executor import write_atomically
 from .grounding import Citation
 from .pipeline import MapReducePipeline, PipelineResult
 from .prompts import TASK_FAMILIES
 from .questions import Question, read_questions
 from .report import QuestionRun, load_runs, render_report, write_report
+from .stage_models import StageClients, short_model_name
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .bench import Method
     from .bench.infinitebench.data import DataSource
     from .bench.infinitebench.runner import BatchRun
@@ -74,6 +79,10 @@ _LLM_FLAGS = {
     "base_url": "llm.base_url",
     "api_key": "llm.api_key",
     "model": "llm.model",
+    "map_base_url": "stages.map.llm.base_url",
+    "map_model": "stages.map.llm.model",
+    "reduce_base_url": "stages.reduce.llm.base_url",
+    "reduce_model": "stages.reduce.llm.model",
     "concurrency": "llm.concurrency",
     "context_window": "llm.context_window",
     "tokenizer": "llm.tokenizer",
@@ -107,10 +116,22 @@ def _llm_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML settings file."),
         click.option(
-            "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:30000/v1 (default: embedded model)."
+            "--base-url",
+            help="OpenAI-compatible server, e.g. http://127.0.0.1:30000/v1, or embedded: the in-process model "
+            "(the default).",
         ),
         click.option("--api-key", help="API key for the server (or LLMXMR_API_KEY)."),
         click.option("--model", help="Model name on the server (default: the first it lists)."),
+        click.option(
+            "--map-base-url",
+            help="The map calls' server, or embedded (default: --base-url's); its window sizes the chunks.",
+        ),
+        click.option("--map-model", help="The map calls' model name on their server (default: --model)."),
+        click.option(
+            "--reduce-base-url",
+            help="The collapse and reduce calls' server, or embedded (default: --base-url's).",
+        ),
+        click.option("--reduce-model", help="The collapse and reduce calls' model name on their server."),
         click.option(
             "--chunk-tokens",
             type=click.IntRange(min=1),
@@ -141,6 +162,15 @@ def _llm_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper
+
+
+def _stream_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--stream/--no-stream",
+        default=None,
+        help="Print each answer as the model writes it, then check it "
+        "(default: when the output is a terminal; never with --json).",
+    )(command)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -175,6 +205,7 @@ def main() -> None:
     "--report", "report_path", type=click.Path(dir_okay=False), help="Write the run as one self-contained HTML page."
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_stream_option
 @click.option(
     "--dry-run", is_flag=True, help="Make no LLM call: print the chunks, calls and prompt tokens the run would take."
 )
@@ -191,11 +222,13 @@ def run(
     trace_path: str | None,
     report_path: str | None,
     no_progress: bool,
+    stream: bool | None,
     dry_run: bool,
 ) -> None:
     """Answer questions about the document in --input (text, Markdown, PDF, HTML, EPUB or DOCX):
     one --question, several, or a --questions file; the document is read once for all of them."""
     questions = _asked(question_texts, questions_path)
+    streamed = _streams(stream, as_json)
     config = settings.load(task_type=task_type)
     document = read_document(input_path, max_bytes=int(config.max_document_mb * 2**20), password=password)
     for warning in document.warnings:
@@ -208,7 +241,11 @@ def run(
     # The report shows what --dry-run would have said beside what the run spent: priced first,
     # without an LLM call, as --dry-run prices it.
     planned = _estimated([(config, asked)])[0] if report_path else None
-    results = MapReducePipeline(config, progress=not no_progress).run_many(document, [q.question for q in questions])
+    pipeline = MapReducePipeline(config, progress=not no_progress and not streamed)
+    if streamed:  # each answer printed as it is written, then its summary
+        results = _streamed_run(pipeline, document, questions, no_citations, not no_progress)
+    else:
+        results = pipeline.run_many(document, [q.question for q in questions])
     if report_path:
         runs = [QuestionRun.of_result(q.id, r) for q, r in zip(questions, results, strict=True)]
         source = f"llmxmr run on {document.name}"
@@ -218,6 +255,8 @@ def run(
         (result,) = results
         if trace_path:
             write_atomically(Path(trace_path), result.model_dump_json(indent=2))
+        if streamed:
+            return
         click.echo(
             result.model_dump_json(indent=2, exclude={"trace": {"calls"}})
             if as_json
@@ -228,6 +267,8 @@ def run(
     if trace_path:
         traced = [{"id": q.id, **r.model_dump(mode="json")} for q, r in zip(questions, results, strict=True)]
         write_atomically(Path(trace_path), json.dumps(traced, indent=2))
+    if streamed:
+        return
     for number, (question, result) in enumerate(zip(questions, results, strict=True), 1):
         if as_json:
             click.echo(json.dumps({"id": question.id, **result.model_dump(mode="json", exclude={"trace": {"calls"}})}))
@@ -237,6 +278,58 @@ def run(
             click.echo(f"[{question.id}] {question.question}")
             click.echo(_answer_text(result, no_citations))
         click.echo(f"[{question.id}] {_summary(result)}", err=True)
+
+
+def _streams(stream: bool | None, as_json: bool) -> bool:
+    """Whether answers are printed as they stream in: as asked, else when stdout is a terminal;
+    never as JSON, which is printed whole."""
+    if as_json:
+        if stream:
+            raise UsageError("--json prints each result whole, once it is checked: it does not go with --stream")
+        return False
+    return stream if stream is not None else sys.stdout.isatty()
+
+
+def _streamed_run(
+    pipeline: MapReducePipeline, document: Document, questions: list[Question], no_citations: bool, progress: bool
+) -> list[PipelineResult]:
+    """``run`` with each answer printed as it is written (``llmxmr.console``), each result's
+    summary after it. Ctrl-C stops the calls, prints the partial answers verified so far, and
+    exits with 130."""
+    import asyncio
+
+    several = len(questions) > 1
+
+    def header(index: int) -> str:
+        return f"[{questions[index].id}] {questions[index].question}"
+
+    def summary(index: int, result: PipelineResult) -> None:
+        click.echo(f"[{questions[index].id}] {_summary(result)}" if several else _summary(result), err=True)
+
+    bar = ProgressBar(progress)
+    printer = AnswerPrinter(
+        len(questions),
+        lambda result: _answer_text(result, no_citations),
+        header=header if several else None,
+        done=summary,
+        bar=bar,
+    )
+    try:
+        return asyncio.run(pipeline.arun_many(document, [q.question for q in questions], on_event=printer))
+    except KeyboardInterrupt:
+        shown = printer.interrupted()
+        bar.close()
+        click.echo(f"interrupted: {_interrupted_note(shown)}", err=True)
+        sys.exit(130)
+    finally:
+        bar.close()
+
+
+def _interrupted_note(shown: Interrupted) -> str:
+    writing = "the answer being written was not checked; " if shown.writing else ""
+    if shown.verified:
+        return f"{writing}the {shown.verified} partial answer(s) verified so far are above"
+    return f"{writing}no partial answer was verified yet"
 
 
 @main.command()
@@ -272,6 +365,7 @@ CHAT_STATE_CACHE_MB = 1024
     f"(default: embedded.state_cache_mb if your config sets it, else {CHAT_STATE_CACHE_MB}).",
 )
 @click.option("--no-citations", is_flag=True, help="Print answers without the quotes they rest on.")
+@_stream_option
 @_reports_errors
 def chat(
     input_path: str,
@@ -280,6 +374,7 @@ def chat(
     task_type: str | None,
     state_cache_mb: int | None,
     no_citations: bool,
+    stream: bool | None,
 ) -> None:
     """Ask question after question about one document. It is read and chunked once, and the model
     (or the server connection) stays open. Ctrl-C cancels the question being answered; Ctrl-D or
@@ -296,11 +391,15 @@ def chat(
     for warning in document.warnings:
         click.echo(f"warning: {document.name}: {warning}", err=True)
     with asyncio.Runner() as runner:  # one event loop across the questions, and Ctrl-C cancels one
-        client = make_client(config)
-        pipeline = MapReducePipeline(config, client=client, progress=True)
+        clients = StageClients.open(config, make_client)
+        streamed = _streams(stream, as_json=False)
+        pipeline = MapReducePipeline(config, client=clients, progress=not streamed)
         try:
             click.echo(f"{document.name}: ask a question (an empty line or Ctrl-D ends).", err=True)
             while (question := _next_question()) is not None:
+                if streamed:  # printed as it is written, its summary after it
+                    _streamed_question(runner, pipeline, document, question, no_citations)
+                    continue
                 try:
                     result = runner.run(pipeline.arun(document, question))
                 except KeyboardInterrupt:
@@ -309,7 +408,29 @@ def chat(
                 click.echo(_answer_text(result, no_citations))
                 click.echo(_summary(result), err=True)
         finally:
-            runner.run(client.aclose())
+            runner.run(clients.aclose())
+
+
+def _streamed_question(
+    runner: asyncio.Runner, pipeline: MapReducePipeline, document: Document, question: str, no_citations: bool
+) -> None:
+    """One question of ``chat``, its answer printed as it is written (``llmxmr.console``). Ctrl-C
+    cancels it, and prints the partial answers verified so far."""
+    bar = ProgressBar()
+    printer = AnswerPrinter(
+        1,
+        lambda result: _answer_text(result, no_citations),
+        done=lambda _, result: click.echo(_summary(result), err=True),
+        bar=bar,
+    )
+    try:
+        runner.run(pipeline.arun_many(document, [question], on_event=printer))
+    except KeyboardInterrupt:
+        shown = printer.interrupted()
+        bar.close()
+        click.echo(f"(cancelled: {_interrupted_note(shown)})", err=True)
+    finally:
+        bar.close()
 
 
 def _next_question() -> str | None:
@@ -399,12 +520,20 @@ def _summary(result: PipelineResult) -> str:
     reasks += f" ({totals.cache_hits} from cache)" if totals.cache_hits else ""
     cached = f" ({totals.cached_tokens:,} prompt tokens cached)" if totals.cached_tokens else ""
     profile = f" (profile {result.model_profile})" if result.model_profile else ""
-    return (
+    line = (
         f"{result.status} · confidence {result.confidence:g}/5 · {len(result.chunks)} chunks · "
         f"{totals.calls} calls{reasks}{failed} · "
         f"{totals.prompt_tokens + totals.completion_tokens:,} tokens{cached} · {totals.wall_time_s:.1f} s · "
         f"{result.model}{profile}"
     )
+    if len(totals.by_model) < 2:
+        return line
+    per_model = [  # a model per stage: what each one cost
+        f"  {short_model_name(model)} ({', '.join(spent.stages)}): {spent.calls} call{'s' * (spent.calls != 1)} · "
+        f"{spent.prompt_tokens:,} prompt + {spent.completion_tokens:,} completion tokens"
+        for model, spent in totals.by_model.items()
+    ]
+    return "\n".join([line, *per_model])
 
 
 @main.command()
@@ -817,19 +946,20 @@ def _estimate_tasks(
 def _estimated(
     jobs: Sequence[tuple[PipelineConfig, Iterable[tuple[str, Sequence[str]]]]], *, across_documents: bool = False
 ) -> list[CostEstimate]:
-    """``estimate_cost`` of each (config, documents), through one client opened from the first
-    config: it gives the context window and the token counter; no LLM call is made."""
+    """``estimate_cost`` of each (config, documents), through the clients opened from the first
+    config (one per stage's model): they give the context windows and token counters; no LLM call
+    is made."""
     import asyncio
 
     async def estimate() -> list[CostEstimate]:
-        client = make_client(jobs[0][0])
+        clients = StageClients.open(jobs[0][0], make_client)
         try:
             return [
-                await estimate_cost(config, client, documents, across_documents=across_documents)
+                await estimate_cost(config, clients, documents, across_documents=across_documents)
                 for config, documents in jobs
             ]
         finally:
-            await client.aclose()
+            await clients.aclose()
 
     return asyncio.run(estimate())
 

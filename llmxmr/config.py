@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError
 from .llama_safety import ExtraBuffers
@@ -38,6 +38,10 @@ class _Section(BaseModel):
 MapReplyShape = Literal["extract-first", "nothing-first"]
 
 
+# ``llm.base_url`` (and a stage's) naming the in-process llama.cpp model, as null does in ``llm``.
+EMBEDDED = "embedded"
+
+
 class LLMSettings(_Section):
     base_url: str | None
     api_key: SecretStr | None
@@ -55,6 +59,59 @@ class LLMSettings(_Section):
     tokenizer: str
     cache: str | None
     cache_sampled: bool
+    # The model profile to apply (a name in ``model_profiles``); null: the one its name matches.
+    profile: str | None
+
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _embedded(cls, value: Any) -> Any:
+        """``embedded`` names the in-process model, as null does."""
+        return None if value == EMBEDDED else value
+
+
+# The stages a model may be set for (``stages``).
+StageName = Literal["map", "collapse", "reduce"]
+STAGE_NAMES: tuple[StageName, ...] = ("map", "collapse", "reduce")
+
+
+class StageLLMSettings(_Section):
+    """A stage's own model (``stages.<stage>.llm``): any setting of ``llm`` but the reply cache's,
+    each unset (null) following ``llm``'s. ``base_url: embedded`` is the in-process model."""
+
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    model: str | None = None
+    profile: str | None = None
+    concurrency: int | None = Field(default=None, ge=1)
+    concurrency_per_worker: int | None = Field(default=None, ge=1)
+    context_window: int | None = Field(default=None, ge=1)
+    tokenizer: str | None = None
+    timeout_s: float | None = Field(default=None, gt=0)
+    max_retries: int | None = Field(default=None, ge=0)
+    temperature: float | None = Field(default=None, ge=0)
+    max_string_chars: int | None = Field(default=None, ge=1, le=1000)
+    map_question_first: bool | None = None
+    map_reply: MapReplyShape | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The settings this stage sets itself."""
+        return {key: value for key, value in self if value is not None}
+
+
+class StageSettings(_Section):
+    llm: StageLLMSettings
+
+    @field_validator("llm", mode="before")
+    @classmethod
+    def _none_set(cls, value: Any) -> Any:
+        """null sets nothing, as an empty mapping does."""
+        return {} if value is None else value
+
+
+class StagesSettings(_Section):
+    map: StageSettings
+    collapse: StageSettings
+    reduce: StageSettings
 
 
 class EmbeddedSettings(_Section):
@@ -102,6 +159,7 @@ class PipelineConfig(_Section):
     chunking: ChunkingSettings
     grounding: GroundingSettings
     generation: GenerationSettings
+    stages: StagesSettings
 
     # Per model name (matched case-insensitively as part of the name of the model in use), the
     # settings that model needs; see ``for_model``. null removes a profile.
@@ -151,18 +209,49 @@ class PipelineConfig(_Section):
         config._defaults = {key: _get_dotted(defaults, key) for key in _dotted_keys(defaults)}
         for name in config.model_profiles:
             config._with_profile(name)  # a bad profile is found now, not once a run meets its model
+        for stage in STAGE_NAMES:
+            own = config._stage_llm(stage)
+            named = own.get("profile", config.llm.profile)
+            if named is not None and config.model_profiles.get(named) is None:
+                where = f"stages.{config._stage_source(stage)}.llm" if "profile" in own else "llm"
+                known = ", ".join(name for name, settings in config.model_profiles.items() if settings is not None)
+                raise ConfigError(f"invalid setting {where}.profile: no model profile {named!r} (known: {known})")
         return config
+
+    def for_stage(self, stage: StageName) -> PipelineConfig:
+        """This config as ``stage`` runs it: ``llm`` with the stage's own settings over it
+        (``stages.<stage>.llm``; collapse takes reduce's unless it sets some of its own). Itself
+        when the stage sets none, so a run without stage settings is the run it always was. The
+        model profile is applied afterwards, by ``for_model``, to each stage's own model."""
+        base = self._unprofiled or self
+        own = base._stage_llm(stage)
+        if not own:
+            return base
+        llm = LLMSettings.model_validate({**base.llm.model_dump(), **own})
+        config = base.model_copy(update={"llm": llm})
+        config._explicit = base._explicit | {f"llm.{key}" for key in own}
+        return config
+
+    def _stage_source(self, stage: StageName) -> StageName:
+        """The stage whose settings ``stage`` takes: its own, but collapse's are reduce's unless it
+        sets some."""
+        return "reduce" if stage == "collapse" and not self.stages.collapse.llm.given() else stage
+
+    def _stage_llm(self, stage: StageName) -> dict[str, Any]:
+        own: dict[str, Any] = getattr(self.stages, self._stage_source(stage)).llm.given()
+        return own
 
     def for_model(self, model_name: str) -> PipelineConfig:
         """This config for the model named ``model_name`` (a GGUF path, or the id a server lists),
-        with the profile whose name is the longest part of it; without one when none matches. A
-        profile changes only settings still at their defaults (configs/default.yaml): what a
-        harness's preset, the user's YAML, the environment, a flag or code set stays."""
+        with the profile ``llm.profile`` names, else the one whose name is the longest part of it;
+        without one when none matches. A profile changes only settings still at their defaults
+        (configs/default.yaml): what a harness's preset, the user's YAML, the environment, a flag
+        or code set stays."""
         name = model_name.lower()
         matching = [
             key for key, settings in self.model_profiles.items() if settings is not None and key.lower() in name
         ]
-        profile = max(matching, key=len, default=None)
+        profile = self.llm.profile or max(matching, key=len, default=None)
         if profile == self._profile:
             return self
         unprofiled = self._unprofiled or self

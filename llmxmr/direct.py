@@ -73,7 +73,11 @@ async def answer_directly(
         ChatRequest(messages=build_messages(kept), max_tokens=max_tokens, temperature=config.llm.temperature)
     )
     record = CallRecord(
-        stage="direct", chunk_indices=[], attempts=1, output={"text": reply.text, "finish_reason": reply.finish_reason}
+        stage="direct",
+        chunk_indices=[],
+        model=await client.model_name(),
+        attempts=1,
+        output={"text": reply.text, "finish_reason": reply.finish_reason},
     )
     add_usage(record, reply)
     record.latency_s = round(time.perf_counter() - started, 4)

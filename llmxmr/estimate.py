@@ -31,17 +31,18 @@ from pydantic import BaseModel, computed_field
 from .budget import (
     PARTIAL_HEADER_TOKENS,
     TEMPLATE_TOKENS_PER_MESSAGE,
+    ModelWindow,
     TokenPlan,
     prompt_tokens,
     prompts_tokens,
 )
-from .clients import config_for_client
 from .clients.base import LLMClient
 from .config import PipelineConfig
 from .documents import read_text
 from .errors import UsageError
 from .plan import ReadingPlan, plan_reading
 from .prompts import ChatMessage
+from .stage_models import ModelUse, StageClients, short_model_name, stage_models
 from .stages.collapse import collapse_messages, collapse_round
 from .stages.map import map_messages, map_prefix
 from .stages.reduce import reduce_messages
@@ -95,17 +96,29 @@ class DocumentCost(BaseModel):
         return self.chunk_prefix_tokens + self.question_tokens
 
 
+class EstimatedModel(ModelUse):
+    """A model of the run, with what sizes its stages' prompts."""
+
+    window: int
+    tokenizer: str
+    exact_counts: bool
+
+
 class CostEstimate(BaseModel):
     """What a run over these documents will cost, before any call is made."""
 
-    model: str
-    model_profile: str | None  # the model profile whose settings apply (PipelineConfig.for_model)
+    model: str  # the client, or each stage's (``StageModels.describe``)
+    # The model profile whose settings apply (PipelineConfig.for_model), when every stage's model
+    # has the same one.
+    model_profile: str | None
     task_type: str
-    tokenizer: str
+    tokenizer: str  # the map model's, as ``exact_counts`` and ``window``: they size the chunks
     exact_counts: bool  # the counter counts the served model's own tokens (else: tiktoken's estimate)
     window: int
     instructions_tokens: int  # the map system message, shared by every map call: computed once
     documents: list[DocumentCost]
+    # Each model of the run and its stages (one, unless stages have models of their own).
+    models: list[EstimatedModel] = []
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -145,6 +158,15 @@ class CostEstimate(BaseModel):
 
     @computed_field  # type: ignore[prop-decorator]
     @property
+    def by_model(self) -> dict[str, StageCost]:
+        """The calls and prompt tokens of each model (``CallRecord.model``): its stages' figures."""
+        stages: dict[str, list[str]] = {}
+        for use in self.models:
+            stages.setdefault(use.model, []).extend(use.stages)
+        return {model: _summed(getattr(self, stage) for stage in named) for model, named in stages.items()}
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
     def computed_tokens(self) -> int:
         """Map prompt tokens a perfect prefix cache computes: the system message once, each
         chunk's prefix once, each question's part per call."""
@@ -159,40 +181,50 @@ class CostEstimate(BaseModel):
 
 async def estimate_cost(
     config: PipelineConfig,
-    client: LLMClient,
+    client: LLMClient | StageClients,
     documents: Iterable[tuple[str, Sequence[str]]],
     *,
     across_documents: bool = False,
 ) -> CostEstimate:
     """The cost of answering each document's questions with ``MapReducePipeline.arun_many`` (one
-    reading per document), without calling the model. The client gives the context window and the
-    token counter, as in a run; it is left open. Documents are taken one at a time, so an iterator
-    that reads each when its turn comes holds one at once. A map call identical to an earlier one
-    is not counted: within its document, and ``across_documents`` too (a batch's runs share their
-    calls; separate runs do not)."""
-    config = await config_for_client(config, client)
+    reading per document), without calling the model. The client (each stage's, given
+    ``StageClients``) gives the context window and the token counter, as in a run; it is left
+    open. Documents are taken one at a time, so an iterator that reads each when its turn comes
+    holds one at once. A map call identical to an earlier one is not counted: within its document,
+    and ``across_documents`` too (a batch's runs share their calls; separate runs do not)."""
+    models = await stage_models(config, client if isinstance(client, StageClients) else StageClients.every(client))
+    config = models.map.config
     costs: list[DocumentCost] = []
     instructions: int | None = None
     sampled = config.llm.temperature > 0 and not config.llm.cache_sampled  # every call a draw of its own
     seen = _SeenCalls(sharing=not sampled)
     for text, questions in documents:
-        plan = await plan_reading(config, client, questions, text)
+        plan = await plan_reading(models, questions, text)
         if instructions is None:  # the map system message: the same for every document
             instructions = _prefix_tokens(map_prefix(plan.prompts), plan.counter)
         if not across_documents:
             seen = _SeenCalls(sharing=not sampled)
-        costs.append(await asyncio.to_thread(_document_cost, config, plan, instructions, seen))
+        costs.append(await asyncio.to_thread(_document_cost, plan, instructions, seen))
     if instructions is None:
         raise UsageError("no document to estimate")
+    estimated = []
+    sized_by: dict[str, ModelWindow] = {stage: window for stage, window in plan.models.items()}
+    for use in models.uses():
+        sizing = sized_by[use.stages[0]]
+        counter = sizing.counter
+        estimated.append(
+            EstimatedModel(**use.model_dump(), window=sizing.window, tokenizer=counter.name, exact_counts=counter.exact)
+        )
     return CostEstimate(
-        model=client.describe(),
-        model_profile=config.model_profile,
+        model=models.describe(),
+        model_profile=models.profile,
         task_type=config.task_type,
         tokenizer=plan.counter.name,
         exact_counts=plan.counter.exact,
         window=plan.window,
         instructions_tokens=instructions,
         documents=costs,
+        models=estimated,
     )
 
 
@@ -224,7 +256,7 @@ class _SeenCalls:
         return asked, new_text
 
 
-def _document_cost(config: PipelineConfig, plan: ReadingPlan, instructions: int, seen: _SeenCalls) -> DocumentCost:
+def _document_cost(plan: ReadingPlan, instructions: int, seen: _SeenCalls) -> DocumentCost:
     prompts, counter, questions, chunks = plan.prompts, plan.counter, plan.questions, plan.chunks
     map_calls = map_tokens = chunk_prefixes = question_parts = 0
     for chunk in chunks:  # one chunk at a time: a long document's prompts are never all held at once
@@ -241,7 +273,7 @@ def _document_cost(config: PipelineConfig, plan: ReadingPlan, instructions: int,
         chunk_prefixes += prefix - instructions if new_text else 0
         question_parts += sum(calls) - prefix * len(calls)
     later = [
-        _later_stages(config, plan, question, token_plan)
+        _later_stages(plan, question, token_plan)
         for question, token_plan in zip(questions, plan.token_plans, strict=True)
     ]
     return DocumentCost(
@@ -259,9 +291,7 @@ def _document_cost(config: PipelineConfig, plan: ReadingPlan, instructions: int,
     )
 
 
-def _later_stages(
-    config: PipelineConfig, plan: ReadingPlan, question: str, token_plan: TokenPlan
-) -> tuple[int, int, int]:
+def _later_stages(plan: ReadingPlan, question: str, token_plan: TokenPlan) -> tuple[int, int, int]:
     """At most how many collapse calls one question makes, their prompt tokens, and the prompt
     tokens of its reduce call.
 
@@ -280,11 +310,11 @@ def _later_stages(
     verified quotes it carries forward from its inputs (``QuotingFamily.ground_collapse``), so
     when many chunks answer, merged partials grow with their groups and a run can take more
     rounds than simulated."""
-    generation = config.generation
-    collapse_fixed = prompt_tokens(collapse_messages(plan.prompts, question, []), plan.counter)
-    reduce_fixed = prompt_tokens(reduce_messages(plan.prompts, question, []), plan.counter)
-    sizes = [generation.map_max_tokens + PARTIAL_HEADER_TOKENS] * len(plan.chunks)
-    merged_size = max(generation.collapse_max_tokens + PARTIAL_HEADER_TOKENS, sizes[0])
+    collapsing, reducing = plan.models["collapse"], plan.models["reduce"]
+    collapse_fixed = prompt_tokens(collapse_messages(plan.prompts, question, []), collapsing.counter)
+    reduce_fixed = prompt_tokens(reduce_messages(plan.prompts, question, []), reducing.counter)
+    sizes = [plan.models["map"].config.generation.map_max_tokens + PARTIAL_HEADER_TOKENS] * len(plan.chunks)
+    merged_size = max(collapsing.config.generation.collapse_max_tokens + PARTIAL_HEADER_TOKENS, sizes[0])
     calls = tokens = 0
     reduce_input = min(sum(sizes), token_plan.reduce_tokens)
     while (groups := collapse_round(sizes, token_plan.collapse_tokens, token_plan.reduce_tokens)) is not None:
@@ -337,6 +367,19 @@ def format_estimate(estimate: CostEstimate) -> str:
         lines.append(
             f"{name:<10}{_figure(stage.calls, stage.bound):>16}{_figure(stage.prompt_tokens, stage.bound):>22}"
         )
+    if len(estimate.models) > 1:
+        lines += ["", f"{'model':<40}{'calls':>16}{'prompt tokens':>22}"]
+        for model, cost in estimate.by_model.items():
+            stages = ", ".join(stage for use in estimate.models if use.model == model for stage in use.stages)
+            name = f"{short_model_name(model)} ({stages})"
+            calls, tokens = _figure(cost.calls, cost.bound), _figure(cost.prompt_tokens, cost.bound)
+            lines.append(f"{name:<40}{calls:>16}{tokens:>22}")
+        lines += [
+            f"  {use.model}: {' '.join(use.stages)} · {use.client} · window {use.window:,} · {use.tokenizer}"
+            + ("" if use.exact_counts else " (estimated counts)")
+            + (f" (profile {use.profile})" if use.profile else "")
+            for use in estimate.models
+        ]
     map_tokens = estimate.map.prompt_tokens
     share = estimate.cacheable_tokens / map_tokens if map_tokens else 0.0
     if estimate.reused_calls:

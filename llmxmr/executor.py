@@ -38,12 +38,12 @@ from typing import IO, Generic, Protocol, TypeVar
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from .budget import concurrency_of
 from .clients import make_client
 from .clients.base import LLMClient
 from .config import PipelineConfig
 from .errors import LlmxmrError, ServerError, UsageError
 from .scheduling import CallBudget, gather_or_cancel
+from .stage_models import StageBudgets, StageClients
 from .trace import Trace
 
 Item = TypeVar("Item")
@@ -73,11 +73,23 @@ class FolderInUse(UsageError):
 
 @dataclass(frozen=True)
 class Shared:
-    """What every item of a run shares: the client, and one budget of calls in flight (not one
-    per item), so that items finish one after another."""
+    """What every item of a run shares: the clients (one per stage's model, ``stage_models``),
+    and one budget of calls in flight per client (not one per item), so that items finish one
+    after another."""
 
-    client: LLMClient
-    calls: CallBudget
+    clients: StageClients
+    budgets: StageBudgets
+
+    @property
+    def client(self) -> LLMClient:
+        """The client of a call outside the map-reduce stages (a direct answer, a judge's grade):
+        the reduce's, the model that writes answers."""
+        return self.clients.reduce
+
+    @property
+    def calls(self) -> CallBudget:
+        """``client``'s budget."""
+        return self.budgets.reduce
 
 
 class Sink(Protocol[Result_contra]):
@@ -128,7 +140,7 @@ class RunStats(BaseModel):
     skipped: int  # finished by an earlier run
     new: int  # finished and saved by this run
     failed: int  # without a result: a rerun retries them
-    concurrency: int | None  # the call budget; None when nothing was left to run
+    concurrency: int | None  # the call budget (the map model's); None when nothing was left to run
     in_flight: int | None  # items (or groups of a ``Together`` job) at once; None: nothing left to run
     run_time_s: float
 
@@ -141,13 +153,14 @@ class Executor:
     """Runs jobs into one output folder, which it holds locked from ``async with`` to its end."""
 
     folder: Path
-    # The items' client; without one, the executor opens the one named by the config of the first
-    # job with items left to run (a finished job opens none) and closes it at the end.
-    client: LLMClient | None = None
+    # The items' client (or each stage's); without one, the executor opens those named by the
+    # config of the first job with items left to run (a finished job opens none) and closes them
+    # at the end.
+    client: LLMClient | StageClients | None = None
     in_flight: int | None = None  # items (or groups) at once, in every job; None: each job's default
     progress: bool = True
     log: Callable[[str], None] | None = None  # where a failed item is told; None: above the bar
-    _opened: LLMClient | None = field(default=None, init=False)
+    _opened: StageClients | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self._lock = FolderLock(self.folder)
@@ -175,10 +188,10 @@ class Executor:
         if todo:  # resumed and complete: no client is opened, the server is not asked anything
             if job.prepare is not None:
                 await job.prepare()
-            client = self._client_for(job.config)
-            shared = Shared(client, CallBudget(await concurrency_of(job.config, client)))
-            concurrency = shared.calls.slots
-            in_flight = self.in_flight or await default_in_flight(client, job.on_server or 2 * concurrency)
+            clients = self._clients_for(job.config)
+            shared = Shared(clients, await StageBudgets.open(job.config, clients))
+            concurrency = shared.budgets.map.slots
+            in_flight = self.in_flight or await default_in_flight(clients, job.on_server or 2 * concurrency)
             with job.sink.writer() as save:
                 failed = await self._run_each(job, todo, shared, save, in_flight)
         stats = RunStats(
@@ -195,11 +208,13 @@ class Executor:
         write_atomically(self.folder / STATS_FOLDER / f"{job.name}.json", stats.model_dump_json(indent=2) + "\n")
         return stats
 
-    def _client_for(self, config: PipelineConfig) -> LLMClient:
-        if self.client is not None:
+    def _clients_for(self, config: PipelineConfig) -> StageClients:
+        if isinstance(self.client, StageClients):
             return self.client
+        if self.client is not None:
+            return StageClients.every(self.client)
         if self._opened is None:
-            self._opened = make_client(config)
+            self._opened = StageClients.open(config, make_client)
         return self._opened
 
     async def _run_each(
@@ -282,12 +297,14 @@ def _above_the_bar(line: str) -> None:
     tqdm.write(line, file=sys.stderr)
 
 
-async def default_in_flight(client: LLMClient, on_server: int) -> int:
+async def default_in_flight(client: LLMClient | StageClients, on_server: int) -> int:
     """``on_server`` items at once, but no more than the model runs requests at once (one for the
-    embedded model and llama-cpp-python's server): beyond that, more items in flight only delay
-    each one, and their token counts wait behind each other's generations."""
-    parallel = await client.parallel_requests()
-    return min(on_server, parallel) if parallel else on_server
+    embedded model and llama-cpp-python's server; with a model per stage, the fewest of theirs):
+    beyond that, more items in flight only delay each one, and their token counts wait behind each
+    other's generations."""
+    clients = client.distinct() if isinstance(client, StageClients) else [([], client)]
+    limits = [parallel for _, each in clients if (parallel := await each.parallel_requests())]
+    return min([on_server, *limits])
 
 
 # ---- one writer per folder -------------------------------------------------------------------

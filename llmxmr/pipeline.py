@@ -8,22 +8,33 @@ synchronous callers.
 from __future__ import annotations
 
 import asyncio
-import sys
+import threading
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard, TypeVar
+from typing import Annotated, Any, Literal, TypeGuard, TypeVar
 
-from pydantic import BaseModel, computed_field
-from tqdm import tqdm
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from .budget import PARTIAL_HEADER_TOKENS, TokenPlan, concurrency_of
+from .budget import PARTIAL_HEADER_TOKENS, TokenPlan
 from .chunking import Chunk
-from .clients import config_for_client, make_client
+from .clients import make_client
 from .clients.base import LLMClient
 from .config import PipelineConfig
 from .documents import Document
 from .errors import LLMCallError
+from .events import (
+    AnswerStream,
+    ChunkRead,
+    CollapseDone,
+    CollapseStarted,
+    PartialFound,
+    ProgressBar,
+    ReadingPlanned,
+    ReduceDone,
+    ReduceStarted,
+    StageEvent,
+)
 from .grounding import Citation, DocumentIndex
 from .partials import Partial, render_partial
 from .plan import LastChunking, ReadingPlan, checked_questions, plan_reading
@@ -31,10 +42,11 @@ from .prompts import ChatMessage
 from .reuse import Origin, Reuse, SharedCalls, call_key
 from .scheduling import CallBudget, gather_or_cancel, in_order
 from .schemas import CollapseOutput, FinalAnswer, MapOutput
+from .stage_models import ModelUse, StageBudgets, StageClients, StageModels, stage_models
 from .stages import collapse, reduce
 from .stages.map import map_messages
 from .stages.reduce import Status
-from .structured import call_structured
+from .structured import PartialReply, call_structured
 from .trace import CallRecord, CallStage, Trace
 
 T = TypeVar("T")
@@ -78,8 +90,12 @@ class PipelineResult(BaseModel):
     # closest to the question first. Never the answer's citations.
     related: list[Citation] = []
     model: str
-    # The model profile whose settings applied (configs/default.yaml: model_profiles), if any.
+    # The model profile whose settings applied (configs/default.yaml: model_profiles), if any; with
+    # a model per stage, when they all have the same one (``models`` gives each model's).
     model_profile: str | None = None
+    # Each model that served the run, with its stages: one, unless stages have their own
+    # (``stages`` in configs/default.yaml). Every call's record names its model (``CallRecord.model``).
+    models: list[ModelUse] = []
     chunks: list[ChunkSpan]
     # Chunks whose map call failed for good: their text was not read. The confidence is scaled by
     # the share of chunks that were read, since the answer may sit in the ones that were not.
@@ -105,16 +121,33 @@ class PipelineResult(BaseModel):
         return not self.unread_chunks
 
 
+class FinalResult(BaseModel):
+    """The last event of a question (``llmxmr.events``): its result, as ``arun_many`` returns it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["final_result"] = "final_result"
+    question: int
+    result: PipelineResult
+
+
+# Every event a run emits (``arun_many``'s ``on_event``, ``astream``), told apart by ``kind``.
+PipelineEvent = Annotated[StageEvent | FinalResult, Field(discriminator="kind")]
+
+
 class MapReducePipeline:
     """``MapReducePipeline(config).run(document, question)``; ``await pipeline.arun(...)`` in async
     code; ``run_many(document, questions)`` answers several questions for about the price of one
     reading. Without a ``client``, each run opens the one the config names (a server, or the
-    embedded model) and closes it at the end. A given client is left open for the caller to reuse
-    across ``arun`` calls in one event loop (``run`` starts a new loop each time).
+    embedded model; one per model, where stages have models of their own: ``stages`` in
+    configs/default.yaml) and closes it at the end. A given client (or ``StageClients``, one per
+    stage) is left open for the caller to reuse across ``arun`` calls in one event loop (``run``
+    starts a new loop each time).
 
     Without a ``budget``, each run may have ``llm.concurrency`` calls in flight (by default
-    ``llm.concurrency_per_worker`` for each server behind the client). Runs given one budget share
-    its calls: that is how a batch of documents keeps one limit for the whole server.
+    ``llm.concurrency_per_worker`` for each server behind the client), each client its own number.
+    Runs given one budget (or ``StageBudgets``) share its calls: that is how a batch of documents
+    keeps one limit for each server.
 
     A map call identical to another of the run (the same chunk text and question) is made once, and
     its reply given to every chunk that asks it (``llmxmr.reuse``). Runs given one ``shared_calls``
@@ -125,8 +158,8 @@ class MapReducePipeline:
         self,
         config: PipelineConfig | None = None,
         *,
-        client: LLMClient | None = None,
-        budget: CallBudget | None = None,
+        client: LLMClient | StageClients | None = None,
+        budget: CallBudget | StageBudgets | None = None,
         shared_calls: SharedCalls[MapOutput] | None = None,
         progress: bool = False,
     ) -> None:
@@ -149,34 +182,71 @@ class MapReducePipeline:
         (result,) = await self.arun_many(document, [question])
         return result
 
-    async def arun_many(self, document: str | Document, questions: Sequence[str]) -> list[PipelineResult]:
+    async def arun_many(
+        self,
+        document: str | Document,
+        questions: Sequence[str],
+        *,
+        on_event: Callable[[PipelineEvent], None] | None = None,
+    ) -> list[PipelineResult]:
         """One result per question, in order. The document is indexed and chunked once, and the
         map calls go chunk-major with the document first in each prompt: every question about a
         chunk reuses the server's cached prefix of it (see ``_Run._start_maps``). Grounding,
-        collapse and reduce run per question, as in a run of that question alone."""
+        collapse and reduce run per question, as in a run of that question alone. ``on_event`` is
+        given the run's events as they happen (``llmxmr.events``), in the event loop's thread."""
         text = document.text if isinstance(document, Document) else document
         asked = checked_questions(text, questions)  # before a client is opened for nothing
-        client = self._client or make_client(self.config)
+        clients = self._stage_clients()
         try:
-            config = await config_for_client(self.config, client)
-            calls = self._calls or CallBudget(await concurrency_of(config, client))
+            models = await stage_models(self.config, clients)
+            budgets = await self._stage_budgets(clients)
             shared = self._shared_calls or SharedCalls[MapOutput]()
-            run = _Run(config, client, calls, shared, self._progress, self._last_chunking)
-            results = await run.execute(text, asked)
+            run = _Run(self.config, models, budgets, shared, self._progress, self._last_chunking)
+            run.source, run.on_event = (document if isinstance(document, Document) else None), on_event
+            return await run.execute(text, asked)
         finally:
             if self._client is None:
-                await client.aclose()
-        if isinstance(document, Document):
-            results = [
-                r.model_copy(
-                    update={
-                        "citations": [located(c, document) for c in r.citations],
-                        "related": [located(c, document) for c in r.related],
-                    }
-                )
-                for r in results
-            ]
-        return results
+                await clients.aclose()
+
+    def _stage_clients(self) -> StageClients:
+        """The client of each stage: those given, or those the config names (one per distinct
+        model of its stages), opened for this run."""
+        if self._client is None:
+            return StageClients.open(self.config, make_client)
+        return self._client if isinstance(self._client, StageClients) else StageClients.every(self._client)
+
+    async def _stage_budgets(self, clients: StageClients) -> StageBudgets:
+        """The call budget of each stage: the one given, or one per client for this run."""
+        if self._calls is None:
+            return await StageBudgets.open(self.config, clients)
+        return self._calls if isinstance(self._calls, StageBudgets) else StageBudgets.every(self._calls)
+
+    async def astream(self, document: str | Document, question: str) -> AsyncIterator[PipelineEvent]:
+        """The events of ``arun(document, question)`` as they happen (``llmxmr.events``): each map
+        call done, each partial answer found, each collapse, the answer as the reduce writes it
+        (where the client streams), and last the ``FinalResult``. A run that fails raises its error
+        after the events it emitted; leaving the loop early cancels the run."""
+        events: asyncio.Queue[PipelineEvent | None] = asyncio.Queue()
+        run = asyncio.ensure_future(self.arun_many(document, [question], on_event=events.put_nowait))
+        run.add_done_callback(lambda _: events.put_nowait(None))
+        try:
+            while (event := await events.get()) is not None:
+                yield event
+            run.result()
+        finally:
+            if not run.done():
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+
+
+def _located(result: PipelineResult, document: Document) -> PipelineResult:
+    """The result with its citations' pages or sections in the original file."""
+    return result.model_copy(
+        update={
+            "citations": [located(c, document) for c in result.citations],
+            "related": [located(c, document) for c in result.related],
+        }
+    )
 
 
 def located(citation: Citation, document: Document) -> Citation:
@@ -218,41 +288,57 @@ class _Question:
 
 
 class _Run:
-    """The state of one run: its client, its plan (prompts, token plans, chunks), call budget and
-    place in it, the map calls it shares and its number among their readings, the document as read
-    once, its questions, and the progress bar."""
+    """The state of one run: each stage's model (client and settings), its plan (prompts, token
+    plans, chunks), each stage's call budget and place in it, the map calls it shares and its
+    number among their readings, the document as read once, its questions, and the progress bar."""
 
     plan: ReadingPlan
+    # The file the text was read from (its results' citations then name their page or section),
+    # and who else is told the run's events (``MapReducePipeline.arun_many``).
+    source: Document | None = None
+    on_event: Callable[[PipelineEvent], None] | None = None
 
     def __init__(
         self,
         config: PipelineConfig,
-        client: LLMClient,
-        calls: CallBudget,
+        models: StageModels,
+        budgets: StageBudgets,
         shared: SharedCalls[MapOutput],
         progress: bool,
         last_chunking: LastChunking,
     ) -> None:
+        # The run's settings: those of every stage (the scheduler, on_chunk_error, the task type).
+        # A stage's own (its model's calls, replies and grounding) are ``models.<stage>.config``.
         self.config = config
         self.last_chunking = last_chunking  # the pipeline's, reused by its next run
-        self.client = client
-        self.calls = calls
-        self.place = calls.join()
+        self.models = models
+        self.budgets = budgets
+        self.places = budgets.join()
         self.shared = shared
         self.reading = shared.join()
         self.tasks: list[asyncio.Future[Any]] = []
-        self.bar = tqdm(total=0, desc="map", unit="call", file=sys.stderr, disable=not progress, leave=False)
+        self.bar = ProgressBar(progress)
+        self.loop = asyncio.get_running_loop()
+        self.thread = threading.get_ident()
 
-    def _expect(self, calls: int) -> None:
-        """``calls`` more calls in the progress bar's total (tqdm types it as optional; it is set)."""
-        self.bar.total = (self.bar.total or 0) + calls
+    def _emit(self, event: PipelineEvent) -> None:
+        """Tells the progress bar and ``on_event`` what happened, in the event loop's thread: a
+        reply streamed in a client's worker thread (the embedded model's) is passed there, in
+        order, before the call's end is."""
+        if threading.get_ident() != self.thread:
+            self.loop.call_soon_threadsafe(self._emit, event)
+            return
+        self.bar(event)
+        if self.on_event is not None:
+            self.on_event(event)
 
     async def execute(self, document: str, questions: list[str]) -> list[PipelineResult]:
-        started = time.perf_counter()
+        self.started = started = time.perf_counter()  # the run's clock (``CallRecord.sent_s``)
         self.document = DocumentIndex(document)
         try:
-            self.plan = await plan_reading(self.config, self.client, questions, document, self.last_chunking)
+            self.plan = await plan_reading(self.models, questions, document, self.last_chunking)
             asked = [_Question(text, index) for index, text in enumerate(self.plan.questions)]
+            self._emit(ReadingPlanned(chunks=len(self.plan.chunks), questions=len(asked)))
             maps = self._start_maps(self.plan.chunks, asked)
             results = await gather_or_cancel(
                 self._answer(question, maps[question.index], token_plan, started)
@@ -263,12 +349,6 @@ class _Run:
             raise
         finally:
             self.bar.close()
-        estimated = self.plan.counts_estimated()
-        if estimated:
-            results = [
-                r.model_copy(update={"trace": r.trace.model_copy(update={"estimated_token_counts": estimated})})
-                for r in results
-            ]
         return results
 
     async def _answer(
@@ -301,21 +381,28 @@ class _Run:
             cited=cited,
             failed_maps=failed_maps,
             chunk_count=len(chunks),
-            settings=self.config.grounding,
+            settings=self.models.reduce.config.grounding,
             partials=partials,
         )
-        return PipelineResult(
+        # The texts the token counter estimated so far in the run (``ReadingPlan.counts_estimated``).
+        question.trace.estimated_token_counts = self.plan.counts_estimated()
+        result = PipelineResult(
             question=question.text,
             task_type=self.config.task_type,
             **dict(outcome),
-            model=self.client.describe(),
-            model_profile=self.config.model_profile,
+            model=self.models.describe(),
+            model_profile=self.models.profile,
+            models=self.models.uses(),
             chunks=[ChunkSpan(index=c.index, start=c.start, end=c.end, tokens=c.tokens) for c in chunks],
             unread_chunks=sorted(i for record in failed_maps for i in record.chunk_indices),
             failed_calls=question.failed,
             trace=question.trace,
             reused=sorted(question.reused, key=lambda reuse: reuse.chunk),
         )
+        if self.source is not None:
+            result = _located(result, self.source)
+        self._emit(FinalResult(question=question.index, result=result))
+        return result
 
     async def _call(
         self,
@@ -327,40 +414,51 @@ class _Run:
         order: tuple[int, ...] = (),
         waits_for: _WarmUp | None = None,
         warms: _WarmUp | None = None,
+        on_partial: Callable[[PartialReply], None] | None = None,
     ) -> tuple[Output | None, CallRecord | None]:
         """One structured call within the call budget. Calls of later stages go first: they shorten
         the run's tail, and maps wait for nothing but slots; among a run's maps, ``order`` decides,
         and a map goes only once the call it ``waits_for`` is answered (no record, and no call, if
-        that one failed the run). ``warms`` learns when this call was sent and answered. The caller
-        hands the record to ``_record`` once it knows what its check of the output decided."""
-        async with self.calls.slot(stage, self.place, order, waits_for.ready if waits_for else None):
+        that one failed the run). ``warms`` learns when this call was sent and answered, and
+        ``on_partial`` its reply as it streams in. The caller hands the record to ``_record`` once
+        it knows what its check of the output decided."""
+        asked = time.perf_counter()
+        model = self.models.of(stage)
+        budget, place = self.budgets.of(stage), self.places[stage]
+        async with budget.slot(stage, place, order, waits_for.ready if waits_for else None):
             if waits_for is not None and waits_for.failed_run:
                 return None, None  # the run is failing (a refused key, on_chunk_error: fail): send nothing more
+            sent = time.perf_counter()
             if warms is not None:
                 warms.sent()
             output, record = await call_structured(
-                self.client,
+                model.client,
                 messages,
                 output_type,
                 stage=stage,
                 chunk_indices=chunk_indices,
                 max_tokens=max_tokens,
-                temperature=self.config.llm.temperature,
-                attempts=self.config.generation.validation_attempts,
+                temperature=model.config.llm.temperature,
+                attempts=model.config.generation.validation_attempts,
                 omit_fields=self.plan.family.omitted_fields,
-                max_string_chars=self.config.llm.max_string_chars,
+                max_string_chars=model.config.llm.max_string_chars,
+                on_partial=on_partial,
             )
+            record.sent_s, record.queued_s = round(sent - self.started, 4), round(sent - asked, 4)
+            record.model = model.name
             if warms is not None:
                 warms.done()  # before the slot is released: the calls that wait for it go next
         return output, record
 
     def _record(self, question: _Question, record: CallRecord, check: str | None = None) -> None:
         """Puts a finished call in its question's trace, with what the check of its output
-        decided; a failed call stops the run when ``on_chunk_error`` says so."""
+        decided (a reduce's is then done: ``ReduceDone``); a failed call stops the run when
+        ``on_chunk_error`` says so."""
         if check is not None:
             record = record.model_copy(update={"check": check})
         question.trace.calls.append(record)
-        self.bar.update(1)
+        if record.stage == "reduce":
+            self._emit(ReduceDone(question=question.index, failed=record.error is not None, check=record.check))
         if record.error:
             question.failed.append(record)
             if self.config.on_chunk_error == "fail":
@@ -389,8 +487,6 @@ class _Run:
         and the other questions' calls of that chunk follow it as soon as it is answered, ahead of
         later chunks, reusing the chunk's prefix (on a server with one slot and in-process too,
         where the previous prompt is the cache), while other chunks' calls keep the server busy."""
-        self._expect(len(chunks) * len(questions))
-        self.bar.refresh()
         futures: list[list[asyncio.Future[Partial | None]]] = [[] for _ in questions]
         first: _WarmUp | None = None
         for chunk in chunks:
@@ -417,7 +513,7 @@ class _Run:
                     messages,
                     self.plan.map_output,
                     [chunk.index],
-                    self.config.generation.map_max_tokens,
+                    self.models.map.config.generation.map_max_tokens,
                     order=(chunk.index, question.index),
                     waits_for=waits_for,
                     warms=warms,
@@ -439,27 +535,51 @@ class _Run:
             question.reused.append(reuse)
         if output is None:
             self._record(question, record)
+            self._chunk_read(question, chunk, None, source is not None, failed=True)
             return None
-        grounded = self.plan.family.ground_map(output, chunk, self.document, question.text, self.config.grounding)
+        grounded = self.plan.family.ground_map(
+            output, chunk, self.document, question.text, self.models.map.config.grounding
+        )
         self._record(question, record, grounded.check)
         if grounded.rejected is not None:
             question.rejected.append(grounded.rejected)
+        self._chunk_read(question, chunk, grounded.partial, source is not None)
         return grounded.partial
+
+    def _chunk_read(
+        self, question: _Question, chunk: Chunk, partial: Partial | None, reused: bool, failed: bool = False
+    ) -> None:
+        """The events of a map call done: its chunk read, and the partial answer it gave."""
+        found = _informative(partial)
+        self._emit(ChunkRead(question=question.index, chunk=chunk.index, found=found, failed=failed, reused=reused))
+        if _informative(partial):
+            self._emit(
+                PartialFound(
+                    question=question.index,
+                    chunks=partial.chunk_indices,
+                    answer=partial.answer.answer or "",
+                    confidence=partial.answer.confidence,
+                    support=partial.support,
+                    citations=partial.citations,
+                )
+            )
 
     def _map_key(self, messages: list[ChatMessage]) -> str | None:
         """What decides a map call's reply (``reuse.call_key``): its messages, the family, and
         every setting of the calls (the reply's shape and length, its string cap, the temperature,
         the attempts), the few that do not matter included. None for a sampled call, a draw of its
         own unless ``llm.cache_sampled`` says otherwise."""
-        llm = self.config.llm
+        config = self.models.map.config
+        llm = config.llm
         if llm.temperature > 0 and not llm.cache_sampled:
             return None
-        settings = (self.config.task_type, llm.model_dump(mode="json"), self.config.generation.model_dump(mode="json"))
+        settings = (config.task_type, llm.model_dump(mode="json"), config.generation.model_dump(mode="json"))
         return call_key(messages, settings)
 
     async def _sizes(self, partials: list[Partial]) -> list[int]:
         rendered = [render_partial(p) for p in partials]
-        return [n + PARTIAL_HEADER_TOKENS for n in await asyncio.to_thread(self.plan.counter.count_batch, rendered)]
+        counted = await asyncio.to_thread(self.plan.merge_counter.count_batch, rendered)  # the collapse model's
+        return [n + PARTIAL_HEADER_TOKENS for n in counted]
 
     async def _collapse_in_rounds(
         self, partials: list[Partial], question: _Question, token_plan: TokenPlan
@@ -531,36 +651,37 @@ class _Run:
     async def _collapse_group(self, group: list[Partial], question: _Question) -> Partial:
         if len(group) == 1:
             return group[0]
-        self.bar.set_description("collapse")
-        self._expect(1)
+        self._emit(CollapseStarted(question=question.index, chunks=collapse.merged_indices(group)))
         output, record = await self._call(
             "collapse",
             collapse.collapse_messages(self.plan.prompts, question.text, group),
             CollapseOutput,
             collapse.merged_indices(group),
-            self.config.generation.collapse_max_tokens,
+            self.models.collapse.config.generation.collapse_max_tokens,
         )
         assert record is not None  # only map calls wait for a warm-up, and may be skipped
         if output is None:
             self._record(question, record)
+            self._emit(CollapseDone(question=question.index, chunks=record.chunk_indices, answer=None, failed=True))
             return collapse.fallback(group)
         partial, check = self.plan.family.ground_collapse(
-            output, group, question.text, self.document, self.config.grounding
+            output, group, question.text, self.document, self.models.collapse.config.grounding
         )
         self._record(question, record, check)
+        self._emit(CollapseDone(question=question.index, chunks=record.chunk_indices, answer=partial.answer.answer))
         return partial
 
     async def _reduce(self, partials: list[Partial], question: _Question, supported: bool) -> FinalAnswer:
         """The final answer from the partial answers; when none is supported (cap grounding), the
         model's guess from the unsupported ones, as the reduce gives it."""
-        self.bar.set_description("reduce")
-        self._expect(1)
+        self._emit(ReduceStarted(question=question.index, partials=len(partials)))
         output, record = await self._call(
             "reduce",
             reduce.reduce_messages(self.plan.prompts, question.text, partials),
             FinalAnswer,
             collapse.merged_indices(partials),
-            self.config.generation.reduce_max_tokens,
+            self.models.reduce.config.generation.reduce_max_tokens,
+            on_partial=AnswerStream(question.index, self._emit),  # the answer shown as it is written
         )
         assert record is not None  # only map calls wait for a warm-up, and may be skipped
         if output is None:

@@ -1,7 +1,8 @@
 """The plan of one reading: all that a run over a document settles before its first call.
 
-``plan_reading`` goes from the config to the task family, the prompts the calls use, the token
-counter, each question's token plan (``budget``) and the chunks. The pipeline runs the plan;
+``plan_reading`` goes from each stage's model and settings (``stage_models``) to the task family,
+the prompts the calls use, the token counters, each question's token plan (``budget``) and the
+chunks. The pipeline runs the plan;
 ``--dry-run`` (``estimate``) prices the same plan without calling the model.
 """
 
@@ -12,16 +13,16 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .budget import TokenPlan, plan_questions, token_counter_for
+from .budget import ModelWindow, TokenPlan, context_window_of, plan_questions, token_counter_for
 from .chunking import Chunk, chunk_text
-from .clients.base import LLMClient
 from .clients.tokenize import ServerTokenCounter
-from .config import PipelineConfig
+from .config import STAGE_NAMES, PipelineConfig, StageName
 from .errors import UsageError
 from .families import QuotingFamily, family
 from .families.workarounds import maps_for_the_model
 from .prompts import PromptSet
 from .schemas import MapOutput
+from .stage_models import StageModels
 from .tokens import TiktokenCounter, TokenCounter
 
 
@@ -30,14 +31,22 @@ class ReadingPlan:
     """A document's questions as a run asks them, and what it will ask them with."""
 
     family: QuotingFamily
-    prompts: PromptSet  # the family's, with the map layout and reply shape the model's profile asks for
+    prompts: PromptSet  # the family's, with the map layout and reply shape the map model's profile asks for
     map_output: type[MapOutput]  # the map reply's type, in that shape
-    counter: TokenCounter
+    counter: TokenCounter  # the map model's: chunks and map prompts
     questions: list[str]
     token_plans: list[TokenPlan]  # one per question, in order
     chunks: list[Chunk]
-    # How many texts the counter had estimated when planning began (see ``counts_estimated``).
+    # How many texts the counters had estimated when planning began (see ``counts_estimated``).
     estimated_before: int
+    # Each stage's settings, window and counter (the map's are ``counter`` and the token plans').
+    models: dict[StageName, ModelWindow]
+
+    @property
+    def merge_counter(self) -> TokenCounter:
+        """The collapse model's counter, which sizes partial answers for the collapse groups and
+        the reduce prompt."""
+        return self.models["collapse"].counter
 
     @property
     def window(self) -> int:
@@ -50,34 +59,58 @@ class ReadingPlan:
         return self.token_plans[0].chunk_tokens
 
     def counts_estimated(self) -> int:
-        """How many texts the counter estimated since planning began, because the server did not
+        """How many texts the counters estimated since planning began, because the server did not
         count them in time. A client's counter is shared by a batch's runs: this run's share, about."""
-        return _estimated_so_far(self.counter) - self.estimated_before
+        return _estimated_so_far(self._counters()) - self.estimated_before
+
+    def _counters(self) -> list[TokenCounter]:
+        return list({id(model.counter): model.counter for model in self.models.values()}.values())
 
 
 async def plan_reading(
-    config: PipelineConfig,
-    client: LLMClient,
+    models: StageModels,
     questions: Sequence[str],
     document_text: str,
     last_chunking: LastChunking | None = None,
 ) -> ReadingPlan:
-    """The plan of answering ``questions`` about ``document_text`` through ``client``, with
-    ``config`` as it applies to the client's model (``clients.config_for_client``). With
-    ``last_chunking``, a document chunked as last time is not chunked again."""
+    """The plan of answering ``questions`` about ``document_text`` with each stage's model
+    (``stage_models.stage_models``: its client, and the settings as its profile has them).
+    Chunks and map prompts follow the map model; collapse groups and the reduce prompt the
+    collapse and reduce model. With ``last_chunking``, a document chunked as last time is not
+    chunked again."""
     asked = checked_questions(document_text, questions)
+    config = models.map.config
     policy = family(config.task_type)
     family_prompts, map_output = policy.map_reply(config.llm.map_reply)
     prompts = maps_for_the_model(family_prompts, config.llm.map_question_first)
-    counter = await token_counter_for(config, client)
-    estimated_before = _estimated_so_far(counter)
-    token_plans = await plan_questions(config, client, prompts, asked, counter)
+    windows = await _model_windows(models)
+    counter = windows["map"].counter
+    estimated_before = _estimated_so_far(list({id(w.counter): w.counter for w in windows.values()}.values()))
+    token_plans = await plan_questions(prompts, asked, windows["map"], windows["collapse"], windows["reduce"])
     chunk_tokens = token_plans[0].chunk_tokens
     if last_chunking is None:
         chunks = await asyncio.to_thread(cut_chunks, config, document_text, chunk_tokens, counter)
     else:
         chunks = await last_chunking.chunks(config, document_text, chunk_tokens, counter)
-    return ReadingPlan(policy, prompts, map_output, counter, asked, token_plans, chunks, estimated_before)
+    return ReadingPlan(policy, prompts, map_output, counter, asked, token_plans, chunks, estimated_before, windows)
+
+
+async def _model_windows(models: StageModels) -> dict[StageName, ModelWindow]:
+    """Each stage's window and counter, each asked of its client once (``budget.token_counter_for``,
+    ``budget.context_window_of``): stages that share a client and the settings read share them."""
+    counters: dict[tuple[int, str], TokenCounter] = {}
+    windows: dict[tuple[int, int | None], int] = {}
+    found: dict[StageName, ModelWindow] = {}
+    for stage in STAGE_NAMES:
+        model = models.of(stage)
+        llm = model.config.llm
+        counter_key, window_key = (id(model.client), llm.tokenizer), (id(model.client), llm.context_window)
+        if counter_key not in counters:
+            counters[counter_key] = await token_counter_for(model.config, model.client)
+        if window_key not in windows:
+            windows[window_key] = await context_window_of(model.config, model.client)
+        found[stage] = ModelWindow(model.config, windows[window_key], counters[counter_key])
+    return found
 
 
 def checked_questions(text: str, questions: Sequence[str]) -> list[str]:
@@ -123,5 +156,5 @@ class LastChunking:
         return self._chunks
 
 
-def _estimated_so_far(counter: TokenCounter) -> int:
-    return counter.estimated if isinstance(counter, ServerTokenCounter) else 0
+def _estimated_so_far(counters: Sequence[TokenCounter]) -> int:
+    return sum(counter.estimated for counter in counters if isinstance(counter, ServerTokenCounter))

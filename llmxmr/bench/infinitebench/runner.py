@@ -164,7 +164,7 @@ class BatchRun:
         async with shared.calls.slot("direct", shared.calls.join()):  # within llm.concurrency
             direct = await answer_directly(
                 shared.client,
-                config,
+                config.for_stage("reduce"),  # the model that answers (``Shared.client``)
                 lambda context: direct_messages(task, example, context),
                 example.context,
                 task_config(task).direct_max_tokens,
@@ -184,7 +184,7 @@ class BatchRun:
             except UsageError as exc:
                 outcomes[place] = exc
         if asked:
-            pipeline = MapReducePipeline(config, client=shared.client, budget=shared.calls)
+            pipeline = MapReducePipeline(config, client=shared.clients, budget=shared.budgets)
             results = await pipeline.arun_many(group[0].context, [question for _, question in asked.values()])
             for (place, (label, _)), res in zip(asked.items(), results, strict=True):
                 text = res.answer or res.unsupported_guess or ""

@@ -158,6 +158,7 @@ class NiahRun:
         return result
 
     async def _cell(self, length: int, depth: float, shared: Shared) -> CellResult:
+        # The reduce's client and budget: a direct answer and a grade are the answering model's calls.
         client, calls, place = shared.client, shared.calls, shared.calls.join()
         needles = self.settings.needles
         context = await asyncio.to_thread(
@@ -168,7 +169,7 @@ class NiahRun:
             async with calls.slot("direct", place):
                 direct = await answer_directly(
                     client,
-                    self.config,
+                    self.config.for_stage("reduce"),
                     lambda text: direct_messages(text, needles.question),
                     context.text,
                     DIRECT_MAX_TOKENS,
@@ -178,7 +179,7 @@ class NiahRun:
             status: Status | None = None
             guess = None
         else:
-            result = await MapReducePipeline(self.config, client=client, budget=calls).arun(
+            result = await MapReducePipeline(self.config, client=shared.clients, budget=shared.budgets).arun(
                 context.text, needles.question
             )
             response, found, model, trace = result.answer, result.found, result.model, result.trace
@@ -233,8 +234,9 @@ class NiahRun:
             max_tokens=JUDGE_MAX_TOKENS,
             temperature=0.0,
             attempts=self.config.generation.validation_attempts,
-            max_string_chars=(await config_for_client(self.config, client)).llm.max_string_chars,
+            max_string_chars=(await config_for_client(self.config.for_stage("reduce"), client)).llm.max_string_chars,
         )
+        record.model = await client.model_name()
         trace.calls.append(record)
         if verdict is None:
             raise LlmxmrError(f"the judge gave no score: {record.error}")
