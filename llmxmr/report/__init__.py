@@ -164,13 +164,15 @@ def render_report(
     chunk_count = max(run.chunk_count for run in runs)
     places = _chunk_places(runs, document if isinstance(document, Document) else None)
     labels = _strip_labels(places, chunk_count)
-    questions = [_question_view(k, run, chunk_texts, places, labels) for k, run in enumerate(runs)]
+    span = _clock_span(runs)
+    questions = [_question_view(k, run, chunk_texts, places, labels, span) for k, run in enumerate(runs)]
     highlights = {q["key"]: q["highlights"] for q in questions}
     # Every template, whatever its name: select_autoescape() would not escape a ".j2" file.
     environment = Environment(
         loader=PackageLoader("llmxmr.report", "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True
     )
     environment.filters["bidi"] = bidi_safe
+    environment.filters["seconds"] = _seconds
     shown = {c["state"] for q in questions for c in q["chunks"]}
     return environment.get_template("report.html.j2").render(
         title=title,
@@ -292,7 +294,12 @@ def _chunk_state(record: CallRecord | None, unread: bool, recorded: bool) -> str
 
 
 def _question_view(
-    k: int, run: QuestionRun, chunk_texts: list[str] | None, places: dict[int, str], labels: dict[int, str]
+    k: int,
+    run: QuestionRun,
+    chunk_texts: list[str] | None,
+    places: dict[int, str],
+    labels: dict[int, str],
+    span: float,
 ) -> dict[str, Any]:
     maps = {r.chunk_indices[0]: r for r in run.calls or [] if r.stage == "map" and r.chunk_indices}
     unread = set(run.unread_chunks)
@@ -324,7 +331,7 @@ def _question_view(
         "path": sorted(path),
         # Prompt tokens from the server's prefix cache, where some call of the question reported them.
         "cached_tokens": _cached_tokens(run.calls) if run.calls is not None else run.totals.get("cached_tokens"),
-        "timeline": _timeline(run.calls or []),
+        "calls": _calls_view(run.calls or [], span),
         "highlights": _highlights(run, chunk_texts),
     }
 
@@ -416,8 +423,179 @@ def _cut(value: Any) -> str | None:
     return text if len(text) <= TRUNCATED_CHARS else text[:TRUNCATED_CHARS] + "…"
 
 
-# The calls' pictures: a column a call, in the order the calls finished, grouped by stage; above,
-# its latency, below, its tokens. Sizes in SVG units (CSS pixels).
+# The calls on the run's clock: a row a call, grouped in bands by stage and ordered by when each
+# was sent; its queue wait a light bar, then the call a bar of its stage's colour; at the right,
+# its tokens. Sizes in SVG units (CSS pixels).
+TIMELINE_LABEL_WIDTH = 84
+TIMELINE_WIDTH = 600
+TIMELINE_TOKENS_GAP = 28
+TIMELINE_TOKENS_WIDTH = 190
+TIMELINE_TOP = 20
+TIMELINE_ROWS_HEIGHT = 420  # the rows of a band share at most this height ...
+TIMELINE_ROW_HEIGHT = 10  # ... and a row is at most this high
+TIMELINE_BAND_HEIGHT = 12  # a band is at least this high (a reduce's one row is seen)
+TIMELINE_BAND_GAP = 8
+TIMELINE_TICKS = 6
+
+
+@dataclass
+class _Band:
+    stage: str
+    rows: list[CallRecord]
+    y: float = 0.0
+    row_height: float = 0.0
+
+
+def _clock_span(runs: Sequence[QuestionRun]) -> float:
+    """The seconds the timelines of a page span: the run's wall time, or more if a call ended later
+    (a trace of several runs), the same for every question of one reading."""
+    ends = [r.sent_s + r.latency_s for run in runs for r in run.calls or [] if r.sent_s is not None]
+    wall = [float(run.totals.get("wall_time_s") or 0) for run in runs]
+    return max([*ends, *wall, 0.0]) or 1.0
+
+
+def _calls_view(calls: Sequence[CallRecord], span: float) -> dict[str, Any]:
+    """The calls of a question: on the run's clock (``_timeline``) when they say when they were
+    sent; else, for a trace written before they did, as columns in the order they finished
+    (``_columns``). Either way, a table row a call, in the order the picture shows them."""
+    if not calls:
+        return {"kind": "none", "rows": []}
+    if not any(r.sent_s is not None for r in calls):
+        columns = _columns(calls)
+        return {"kind": "columns", "rows": columns["rows"], "columns": columns}
+    timeline = _timeline(calls, span)
+    not_made = [r for r in calls if r.sent_s is None]
+    rows = [{"record": r, "label": _chunks_label(r.chunk_indices)} for band in timeline["bands"] for r in band["rows"]]
+    rows += [{"record": r, "label": _chunks_label(r.chunk_indices)} for r in not_made]
+    return {"kind": "timeline", "rows": rows, "timeline": timeline, "not_made": len(not_made)}
+
+
+def _timeline(calls: Sequence[CallRecord], span: float) -> dict[str, Any]:
+    """The calls that were sent on the run's clock, ``span`` seconds wide: a band of rows per stage
+    (map, collapse, reduce, then any other), a row a call in the order they were sent. A row's
+    light bar is its queue wait (``queued_s``, before ``sent_s``), its stage-coloured bar the call
+    (``latency_s``; dashed if it failed), and its stacked bar at the right its tokens (cached
+    prompt, computed prompt, completion). Every bar is a short path, stroked as thick as the row;
+    a call's two bars are one group, with the figures in its tooltip."""
+    sent = sorted((r for r in calls if r.sent_s is not None), key=lambda r: r.sent_s or 0.0)
+    stages = sorted({r.stage for r in sent}, key=lambda stage: STAGE_ORDER.get(stage, len(STAGE_ORDER)))
+    bands = [_Band(stage, [r for r in sent if r.stage == stage]) for stage in stages]
+    row_height = min(TIMELINE_ROW_HEIGHT, TIMELINE_ROWS_HEIGHT / max(len(band.rows) for band in bands))
+    y = float(TIMELINE_TOP)
+    for band in bands:
+        band.y = y
+        band.row_height = max(row_height, min(TIMELINE_ROW_HEIGHT, TIMELINE_BAND_HEIGHT / len(band.rows)))
+        y += band.row_height * len(band.rows) + TIMELINE_BAND_GAP
+    bottom = y - TIMELINE_BAND_GAP
+    scale = TIMELINE_WIDTH / span
+    tokens_x = TIMELINE_LABEL_WIDTH + TIMELINE_WIDTH + TIMELINE_TOKENS_GAP
+    most = max((r.prompt_tokens + r.completion_tokens for r in sent), default=0) or 1
+    views = []
+    for band in bands:
+        bars = []
+        series: dict[str, list[str]] = {kind: [] for kind in TOKEN_COLOURS}
+        for i, record in enumerate(band.rows):
+            middle = band.y + (i + 0.5) * band.row_height
+            start = TIMELINE_LABEL_WIDTH + (record.sent_s or 0.0) * scale
+            queued = (record.queued_s or 0.0) * scale
+            bars.append(
+                {
+                    "kind": "failed" if record.error else band.stage if band.stage in STAGE_COLOURS else "other",
+                    "queue": f"M{start - queued:.1f} {middle:.2f}h{queued:.1f}" if queued >= 0.1 else None,
+                    "call": f"M{start:.1f} {middle:.2f}h{max(record.latency_s * scale, 1.0):.1f}",
+                    "title": _call_tip(record),
+                }
+            )
+            cached = min(record.cached_tokens or 0, record.prompt_tokens)
+            x = float(tokens_x)
+            for kind, amount in (
+                ("cached", cached),
+                ("computed", record.prompt_tokens - cached),
+                ("completion", record.completion_tokens),
+            ):
+                width = amount / most * TIMELINE_TOKENS_WIDTH
+                if width >= 0.05:
+                    series[kind].append(f"M{x:.1f} {middle:.2f}h{width:.1f}")
+                    x += width
+        views.append(
+            {
+                "stage": band.stage,
+                "rows": band.rows,
+                "y": round(band.y, 2),
+                "height": round(band.row_height * len(band.rows), 2),
+                # A bar as thick as its row, less a gap between rows high enough to show one; rows
+                # thinner than a pixel overlap a little, or their anti-aliased edges leave seams.
+                "stroke": round(
+                    band.row_height - 2
+                    if band.row_height >= 6
+                    else band.row_height * 1.3
+                    if band.row_height < 1
+                    else band.row_height,
+                    3,
+                ),
+                "bars": bars,
+                "tokens": [{"kind": kind, "d": " ".join(parts)} for kind, parts in series.items() if parts],
+            }
+        )
+    return {
+        "bands": views,
+        "calls": len(sent),
+        "ticks": [
+            {"x": round(TIMELINE_LABEL_WIDTH + t * scale, 1), "label": f"{t:g} s"} for t in _ticks(span, TIMELINE_TICKS)
+        ],
+        "span": span,
+        "origin": TIMELINE_LABEL_WIDTH,
+        "scale": scale,
+        "most": most,
+        "cached_known": any(r.cached_tokens is not None for r in sent),
+        "kinds": [stage for stage in STAGE_COLOURS if stage in stages]
+        + (["other"] if set(stages) - set(STAGE_COLOURS) else []),
+        "failed": any(r.error for r in sent),
+        "label_width": TIMELINE_LABEL_WIDTH,
+        "time_width": TIMELINE_WIDTH,
+        "tokens_x": tokens_x,
+        "tokens_width": TIMELINE_TOKENS_WIDTH,
+        "top": TIMELINE_TOP,
+        "bottom": round(bottom, 2),
+        "width": tokens_x + TIMELINE_TOKENS_WIDTH + 12,
+        "height": round(bottom + 30, 2),
+    }
+
+
+def _ticks(span: float, most: int) -> list[float]:
+    """Round times from 0 to ``span``, at most ``most`` + 1 of them: steps of 1, 2 or 5 times a
+    power of ten."""
+    raw = span / most
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    return [round(n * step, 10) for n in range(int(span / step + 1e-9) + 1)]
+
+
+def _seconds(value: float | None) -> str:
+    """Seconds as the timeline's table and tooltips write them: "—" when unknown."""
+    if value is None:
+        return "—"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}" if value >= 0.1 else f"{value:.3f}"
+
+
+def _call_tip(record: CallRecord) -> str:
+    """A call's tooltip: what, when, how long, and its tokens."""
+    cached = f" ({record.cached_tokens:,} cached)" if record.cached_tokens is not None else ""
+    tip = (
+        f"{record.stage} · {_chunks_label(record.chunk_indices)} · waited {_seconds(record.queued_s)} s, "
+        f"sent at {_seconds(record.sent_s)} s, took {_seconds(record.latency_s)} s · "
+        f"{record.prompt_tokens:,} prompt{cached} + {record.completion_tokens:,} completion tokens"
+    )
+    if record.attempts > 1:
+        tip += f" · {record.attempts} attempts"
+    if record.cache_hits:
+        tip += " · reply cache"
+    return tip + (" · failed" if record.error else "")
+
+
+# The calls of a trace written before calls recorded when they were sent: a column a call, in the
+# order the calls finished, grouped by stage; above, its latency, below, its tokens. Sizes in SVG
+# units (CSS pixels).
 CHART_WIDTH = 760
 CHART_HEIGHT = 90
 LABEL_WIDTH = 110
@@ -428,11 +606,11 @@ OTHER_COLOUR = "#757575"
 TOKEN_COLOURS = {"cached": "#90caf9", "computed": "#1565c0", "completion": "#ef6c00"}
 
 
-def _timeline(calls: Sequence[CallRecord]) -> dict[str, Any]:
+def _columns(calls: Sequence[CallRecord]) -> dict[str, Any]:
     """Two column charts of the calls, in the order they were recorded (as they finished) within
-    each stage: latency, and tokens (cached prompt, computed prompt, completion) stacked. A
-    CallRecord keeps no start time, so the columns are not placed in time. Each series is one SVG
-    path, so a run of thousands of calls stays small."""
+    each stage: latency, and tokens (cached prompt, computed prompt, completion) stacked; for a
+    trace whose calls do not say when they were sent (written before ``CallRecord.sent_s``).
+    Each series is one SVG path, so a run of thousands of calls stays small."""
     ordered = sorted(calls, key=lambda r: STAGE_ORDER.get(r.stage, 9))  # stable: the order they finished
     rows = [{"record": r, "label": _chunks_label(r.chunk_indices)} for r in ordered]
     n = len(ordered)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from llmxmr.report import QuestionRun
+
 from ..browser import Browser, find_chromium
 from ..unit.document_fixtures import pdf_bytes
 from ..unit.test_report import CODE, FRIENDLY, HOSTILE, QUESTIONS, estimated, paragraphs, scripted
@@ -53,10 +55,10 @@ def shots(tmp_path, record_property):
     return shot
 
 
-def write_report(path: Path, *, pdf: bool) -> str:
+def write_report(path: Path, *, pdf: bool) -> tuple[str, list[QuestionRun]]:
     """The scripted run (3 questions, 12 chunks, chunk 7 failing for two of them, one unsupported
     answer) as ``llmxmr run --report`` writes it, over a PDF of one page a paragraph or over the
-    text with hostile lines; returns the document's text."""
+    text with hostile lines; returns the document's text and the questions' results."""
     from llmxmr.documents import read_document
     from llmxmr.report import render_report
 
@@ -65,7 +67,7 @@ def write_report(path: Path, *, pdf: bool) -> str:
     source = "a scripted run over a 12-page PDF" if pdf else "a scripted run over a text with hostile lines"
     page = render_report(runs, document=document, config=config, estimate=estimated(document, config), source=source)
     path.write_text(page, encoding="utf-8")
-    return document.text if not isinstance(document, str) else document
+    return (document.text if not isinstance(document, str) else document), runs
 
 
 def state(browser: Browser, script: str) -> dict:
@@ -183,9 +185,77 @@ def readme_picture(browser: Browser, report: Path, target: Path) -> None:
         browser.resize(WIDTH, HEIGHT)
 
 
+# The timeline's calls in the question shown: each one's tooltip, and where its bars start (the
+# queue wait's, else the call's) and end, in the SVG's units; and the "0 s" tick's x.
+TIMELINE = """var svg = document.querySelector('.q-view:not([hidden]) svg.timeline');
+var calls = Array.prototype.map.call(svg.querySelectorAll('.bars > g'), function (g) {
+  var boxes = Array.prototype.map.call(g.querySelectorAll('path'), function (p) { return p.getBBox(); });
+  var queue = g.querySelector('path.q');
+  return {title: g.querySelector('title').textContent, start: boxes[0].x,
+          end: boxes[boxes.length - 1].x + boxes[boxes.length - 1].width,
+          queue: queue ? queue.getBBox().width : 0,
+          queue_colour: queue ? getComputedStyle(queue).stroke : null};
+});
+var zero = Array.prototype.filter.call(svg.querySelectorAll('text'), function (t) {
+  return t.textContent === '0 s'; })[0];"""
+
+
+def test_the_calls_timeline_puts_every_call_on_the_runs_clock(browser, shots, tmp_path):
+    from llmxmr.report import TIMELINE_LABEL_WIDTH, TIMELINE_WIDTH
+
+    report = tmp_path / "report.html"
+    _, runs = write_report(report, pdf=True)
+    browser.open(report.as_uri())
+    browser.click('nav.bar a[href="#calls"]')
+    shots(browser, "calls")
+    drawn = state(
+        browser,
+        f"""{SEEN}
+        {TIMELINE}
+        return {{seen: seen(svg), calls: calls, zero: zero.getBBox().x + zero.getBBox().width / 2,
+                 width: svg.getBoundingClientRect().width, right: svg.getBoundingClientRect().right,
+                 overflow: document.documentElement.scrollWidth - innerWidth}};""",
+    )
+    calls = runs[0].calls or []
+    # One clock for the reading's questions: from its start to the last question's end.
+    span = max(run.totals["wall_time_s"] for run in runs)
+    assert all(r.sent_s + r.latency_s <= span for run in runs for r in run.calls or [])  # type: ignore[operator]
+    scale = TIMELINE_WIDTH / span
+    assert drawn["seen"] and drawn["overflow"] == 0 and drawn["width"] > 600
+    assert len(drawn["calls"]) == len(calls)  # a row per call: none is reused in this run
+    assert drawn["zero"] == pytest.approx(TIMELINE_LABEL_WIDTH, abs=0.5)  # the clock starts at the run's start
+    sent = sorted((r for r in calls if r.stage == "map"), key=lambda r: r.sent_s or 0.0)
+    first = drawn["calls"][0]  # the first map sent: the one that warms the prefix, alone, so it waited for nothing
+    assert f"sent at {sent[0].sent_s:.3f} s" in first["title"] or f"sent at {sent[0].sent_s:.2f} s" in first["title"]
+    assert first["queue"] == 0
+    assert first["start"] == pytest.approx(TIMELINE_LABEL_WIDTH + sent[0].sent_s * scale, abs=0.1)  # type: ignore[operator]
+    for bar, record in zip(drawn["calls"], sent, strict=False):  # the map band, in the order sent
+        assert bar["start"] == pytest.approx(TIMELINE_LABEL_WIDTH + (record.sent_s - record.queued_s) * scale, abs=0.1)  # type: ignore[operator]
+        assert bar["end"] == pytest.approx(
+            TIMELINE_LABEL_WIDTH + record.sent_s * scale + max(record.latency_s * scale, 1.0),  # type: ignore[operator]
+            abs=0.1,
+        )
+    waited = [bar for bar in drawn["calls"] if bar["queue"] > 0]
+    assert waited and {bar["queue_colour"] for bar in waited} == {"rgb(207, 216, 220)"}  # two slots: maps queued
+    assert all("waited" in bar["title"] and "prompt" in bar["title"] for bar in drawn["calls"])
+    assert all(
+        TIMELINE_LABEL_WIDTH <= bar["start"] and bar["end"] <= TIMELINE_LABEL_WIDTH + TIMELINE_WIDTH + 0.1
+        for bar in drawn["calls"]
+    )
+
+    # Another question: its own calls, on the same clock.
+    browser.evaluate(
+        "var s = document.getElementById('question-select'); s.value = 'q1'; s.dispatchEvent(new Event('change')); true"
+    )
+    shots(browser, "calls-of-question-2")
+    second = state(browser, f"{TIMELINE} return calls.length;")
+    assert second == len(runs[1].calls or [])
+    assert browser.errors() == []
+
+
 def test_hostile_document_text_stays_inert_text_in_the_browser(browser, shots, tmp_path):
     report = tmp_path / "hostile.html"
-    text = write_report(report, pdf=False)
+    text, _ = write_report(report, pdf=False)
     browser.open(report.as_uri())
     browser.click("#strip-q0-2")
     shots(browser, "hostile-chunk")

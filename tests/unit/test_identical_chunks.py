@@ -141,6 +141,9 @@ def test_the_trace_shows_each_chunk_served_by_an_identical_call():
         record = maps[chunk]
         assert (record.attempts, record.prompt_tokens, record.completion_tokens, record.cache_hits) == (0, 0, 0, 0)
         assert record.output is not None and record.check  # grounded in its own chunk
+        assert (record.sent_s, record.queued_s) == (None, None)  # never sent: no place on the run's clock
+    made = [record for chunk, record in maps.items() if chunk not in dict(expected)]
+    assert made and all(record.sent_s is not None and record.queued_s is not None for record in made)
     totals = result.trace.totals
     assert totals.requests == len(client.requests) == len(set(chunks)) + 1
     assert totals.prompt_tokens == 100 * len(client.requests)

@@ -82,10 +82,14 @@ def reply_text(request: ChatRequest) -> str:
     return final_reply(answers[0].strip() if answers else "none")
 
 
-def scripted(document, questions=QUESTIONS):
+def scripted_results(document, questions=QUESTIONS):
     config = PipelineConfig.load(**{"chunking.chunk_tokens": 64, "llm.concurrency": 2, "on_chunk_error": "skip"})
     client = ScriptedClient(responder=respond, counter=WordCounter())
-    results = MapReducePipeline(config, client=client).run_many(document, questions)
+    return MapReducePipeline(config, client=client).run_many(document, questions), config
+
+
+def scripted(document, questions=QUESTIONS):
+    results, config = scripted_results(document, questions)
     return [QuestionRun.of_result(n, r) for n, r in enumerate(results, 1)], config
 
 
@@ -335,3 +339,108 @@ def test_the_merge_tree_nests_maps_under_collapses_under_the_reduce_and_marks_th
     assert not first["on_path"] and second["on_path"]
     assert sorted(min(c["chunks"]) for c in second["children"]) == [2, 3]
     assert [c["on_path"] for c in sorted(second["children"], key=lambda c: min(c["chunks"]))] == [True, False]
+
+
+def timed_run(calls, wall_time_s: float) -> QuestionRun:
+    """A question's result with the given calls, as a trace of them would give it."""
+    return QuestionRun(
+        id="1",
+        question="What is the code?",
+        status="answered",
+        answer="KEY-77",
+        unsupported_guess=None,
+        confidence=4.0,
+        rationale="It says so.",
+        supporting_chunks=[0],
+        citations=[],
+        related=[],
+        chunks=None,
+        chunk_count=3,
+        unread_chunks=[1],
+        model="scripted",
+        calls=calls,
+        totals={"calls": len(calls), "wall_time_s": wall_time_s},
+    )
+
+
+# A call of the timeline: its group (tooltip, then the queue wait's bar if any, then the call's).
+TIMELINE_BAR = re.compile(
+    r'<g class="k-([\w-]+)"><title>([^<]*)</title>(?:<path class="q" d="M([\d.]+) ([\d.]+)h([\d.]+)"/>)?'
+    r'<path d="M([\d.]+) ([\d.]+)h([\d.]+)"/></g>'
+)
+
+
+def test_the_timeline_draws_each_call_at_its_time_after_its_queue_wait():
+    from llmxmr.report import TIMELINE_LABEL_WIDTH, TIMELINE_WIDTH
+    from llmxmr.trace import CallRecord
+
+    def call(stage, chunks, sent, queued, latency, **more) -> CallRecord:
+        return CallRecord(
+            stage=stage, chunk_indices=chunks, attempts=1, sent_s=sent, queued_s=queued, latency_s=latency, **more
+        )
+
+    calls = [
+        call("map", [1], 3.0, 2.0, 1.5, error="the server went away", error_kind="transport"),
+        call("map", [0], 1.0, 0.0, 2.0, prompt_tokens=900, cached_tokens=700, completion_tokens=60),
+        CallRecord(stage="map", chunk_indices=[2], output={"answer": None}),  # an identical call's reply
+        call("reduce", [0], 5.0, 0.5, 1.0, prompt_tokens=300, completion_tokens=40),
+        call("<i>judge</i>", [], 6.0, 0.0, 0.25),  # a label of a hand-made trace: text, nothing else
+    ]
+    html = render_report([timed_run(calls, wall_time_s=8.0)])
+    scale = TIMELINE_WIDTH / 8.0
+    bars = TIMELINE_BAR.findall(html)
+    assert [(kind, title.split(" · ")[1]) for kind, title, *_ in bars] == [
+        ("map", "chunk 0"),  # a band per stage, in the order sent
+        ("failed", "chunk 1"),
+        ("reduce", "chunk 0"),
+        ("other", "no chunk"),
+    ]  # no bar for the call not made
+    for (_, _, q_x, q_y, q_width, x, y, width), record in zip(
+        bars, [calls[1], calls[0], calls[3], calls[4]], strict=True
+    ):
+        assert float(x) == pytest.approx(TIMELINE_LABEL_WIDTH + record.sent_s * scale, abs=0.06)
+        assert float(width) == pytest.approx(record.latency_s * scale, abs=0.06)
+        if record.queued_s:  # the wait ends where the call starts, on the call's row
+            assert float(q_x) == pytest.approx(
+                TIMELINE_LABEL_WIDTH + (record.sent_s - record.queued_s) * scale, abs=0.06
+            )
+            assert (float(q_width), q_y) == (pytest.approx(record.queued_s * scale, abs=0.06), y)
+        else:
+            assert q_x == ""
+    assert len({y for *_, y, _ in bars}) == 4  # a row each
+    first = bars[0][1]
+    assert "waited 0.000 s, sent at 1.00 s, took 2.00 s" in first and "900 prompt (700 cached) + 60 completion" in first
+    assert "waited 2.00 s, sent at 3.00 s, took 1.50 s" in bars[1][1] and bars[1][1].endswith("failed")
+    assert 'class="calls-chart"' not in html  # the columns of old traces are not drawn
+    assert "1 call(s) not made" in html and "not made: an identical call's reply" in html
+    assert "&lt;i&gt;judge&lt;/i&gt;" in html and "<i>judge" not in html
+    table = html.split('<table class="calls-table">', 1)[1].split("</table>", 1)[0]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table)[1:]]
+    assert [row[1] for row in cells] == [
+        "chunk 0",
+        "chunk 1",
+        "chunk 0",
+        "no chunk",
+        "chunk 2",
+    ]  # as drawn, then not made
+    assert cells[1][3:6] == ["2.00", "3.00", "1.50"] and cells[4][3:6] == ["—", "—", "—"]  # waited, sent at, latency
+
+
+def test_a_trace_written_before_calls_had_a_time_shows_them_in_columns(tmp_path):
+    results, _ = scripted_results("\n\n".join(paragraphs()), QUESTIONS[:2])
+    trace = [{"id": n, **r.model_dump(mode="json")} for n, r in enumerate(results, 1)]  # as run --trace writes it
+    assert all(record["sent_s"] is not None for item in trace for record in item["trace"]["calls"])
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(trace))
+    for item in trace:  # as written before calls had a time: no sent_s, no queued_s
+        for record in item["trace"]["calls"]:
+            del record["sent_s"], record["queued_s"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(trace))
+    page = render_report(load_runs(old)[0], source="trace")
+    assert 'class="calls-chart"' in page and 'class="timeline"' not in page
+    assert "written before calls recorded when they were sent" in page
+    assert 'id="strip-q1-7"' in page and "calls-table" in page  # the rest of the page as before
+    timed = render_report(load_runs(new)[0], source="trace")
+    assert 'class="timeline"' in timed and 'class="calls-chart"' not in timed
+    assert len(TIMELINE_BAR.findall(timed)) == sum(len(r.trace.calls) for r in results)

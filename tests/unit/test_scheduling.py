@@ -195,6 +195,44 @@ def test_priority_semaphore_serves_lower_priority_first_then_in_order():
     assert asyncio.run(scenario()) == ["reduce", "collapse", "map1", "map2"]
 
 
+def test_a_waiter_not_ready_waits_in_its_place_and_costs_the_grants_nothing(monkeypatch):
+    # A long run queues every map at the start, most of them waiting for their chunk's first call:
+    # granting a slot must not pass over them one by one (that made a 1,000-chunk run's event loop
+    # spend seconds in the semaphore while the server waited).
+    import heapq
+
+    pops = 0
+    real_pop = heapq.heappop
+
+    def counted_pop(heap):
+        nonlocal pops
+        pops += 1
+        return real_pop(heap)
+
+    monkeypatch.setattr(heapq, "heappop", counted_pop)
+
+    async def scenario() -> list[str]:
+        semaphore = PrioritySemaphore(1)
+        order: list[str] = []
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def take(name: str, priority: int, ready: asyncio.Future[None] | None = None) -> None:
+            async with semaphore.slot((priority,), ready):
+                order.append(name)
+                await asyncio.sleep(0)
+
+        parked = [asyncio.ensure_future(take(f"parked{n}", 0, gate)) for n in range(500)]
+        going = [asyncio.ensure_future(take(f"go{n}", 1)) for n in range(50)]
+        await asyncio.gather(*going)
+        gate.set_result(None)
+        await asyncio.gather(*parked)
+        return order
+
+    order = asyncio.run(scenario())
+    assert order == [f"go{n}" for n in range(50)] + [f"parked{n}" for n in range(500)]
+    assert pops <= 2 * 550  # each waiter leaves the queue once
+
+
 def test_a_cancelled_waiter_does_not_lose_a_slot():
     async def scenario() -> int:
         semaphore = PrioritySemaphore(1)
@@ -240,3 +278,27 @@ def test_in_order_yields_in_order_and_fails_early():
     seen, raised_before_the_first_finished = asyncio.run(scenario())
     assert seen == [[0, 1, 2]]
     assert raised_before_the_first_finished
+
+
+def test_the_trace_places_each_call_on_the_runs_clock_with_its_wait_for_a_slot():
+    """One slot: the calls go one after another, each sent once the one before it ended, and each
+    map waited for a slot from the moment the maps were started. ``sent_s`` counts from the run's
+    start, the clock whose end is the wall time."""
+    delay = 0.02
+    client = ScriptedClient(responder=respond, counter=WordCounter(), delay_s=delay)
+    config = PipelineConfig.load(**{"chunking.chunk_tokens": 400, "llm.concurrency": 1})
+    result = MapReducePipeline(config, client=client).run(DOCUMENT, "Which letters?")
+    calls = sorted(result.trace.calls, key=lambda r: r.sent_s if r.sent_s is not None else -1.0)
+    maps = [r for r in calls if r.stage == "map"]
+    assert len(maps) >= 4 and calls[-1].stage == "reduce" and len(calls) == len(client.requests)
+    slack = 2e-4  # the figures are rounded to 0.1 ms
+    for before, after in zip(calls, calls[1:], strict=False):
+        assert after.sent_s is not None and before.sent_s is not None and after.queued_s is not None
+        assert after.sent_s >= before.sent_s + before.latency_s - slack  # one slot: no overlap
+    assert calls[0].sent_s is not None and calls[0].sent_s >= 0
+    assert calls[-1].sent_s + calls[-1].latency_s <= result.trace.wall_time_s + slack  # type: ignore[operator]
+    # Every map was asked for at about the same time, so the n-th waited for the n calls before it.
+    asked = [r.sent_s - r.queued_s for r in maps]  # type: ignore[operator]
+    assert max(asked) - min(asked) < delay
+    for n, record in enumerate(maps):
+        assert record.queued_s >= n * delay - slack  # type: ignore[operator]
