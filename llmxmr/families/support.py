@@ -45,6 +45,8 @@ _QUOTED = re.compile(r"\"([^\"]{2,})\"|“([^”]{2,})”|「([^」]+)」|『([^
 # names one by its letter ("B", "B.", "(B) The cellar").
 _OPTION = re.compile(r"^\s*\(?([A-H])[.)]\s+(\S.*)$", re.MULTILINE)
 _WORD = re.compile(r"\w")
+# What may close a question after its mark: quotes and brackets.
+_CLOSING_MARKS = "\"'”’)]»」』）》"
 _LETTER = re.compile(r"^\s*\(?([A-H])\)?(?=[.):\s]|$)[.):]?")
 
 
@@ -85,6 +87,9 @@ class Claim:
     key: frozenset[str]  # its numbers, names, long words and quoted strings' terms: what a stating sentence must write
     restates: bool  # it has terms, all the question's: it says nothing a quote could hold ("the pass key")
     blank: bool  # it has no word at all ("] ,"): nothing a quote could hold either
+    # It is a question ("Which estate does Mr. Bingley rent?", copied from the text): it states
+    # nothing, whatever quote holds its words.
+    asks: bool
 
     @property
     def short(self) -> bool:
@@ -92,7 +97,9 @@ class Claim:
 
     def held_by(self, found: set[str], text: str) -> int | None:
         """How much of the claim a text with these terms holds (None: too little to support it)."""
-        if self.restates or self.blank or not all(contains_phrase(text, phrase) for phrase in self.phrases):
+        if self.restates or self.blank or self.asks:
+            return None
+        if not all(contains_phrase(text, phrase) for phrase in self.phrases):
             return None
         shared = self.terms & found
         if self.short:
@@ -134,6 +141,7 @@ class SupportCheck:
             key=frozenset((distinctive | quoted) & beyond),
             restates=bool(own) and not beyond and not phrases,
             blank=not _WORD.search(answer),
+            asks=answer.rstrip().rstrip(_CLOSING_MARKS).endswith(("?", "？")),
         )
 
     def strength(self, citation: Citation, claim: Claim) -> tuple[int, int] | None:

@@ -70,6 +70,19 @@ def test_an_answer_without_a_word_is_supported_by_no_quote():
     assert support.supporting("", [cited("The pass key is 71432.", text)]) == []
 
 
+def test_a_question_copied_from_the_text_answers_nothing():
+    """The README's first command: SmolLM2 answered "Which model ...?" with a question of the
+    README's own, which a quote of that question holds word for word."""
+    text = f"{FILLER} Which gardener did Mr. Bennet hire at Longbourn? {FILLER}"
+    support = check(QUESTION, text)
+    asked_back = cited("Which gardener did Mr. Bennet hire at Longbourn?", text)
+    assert support.supporting("Which gardener did Mr. Bennet hire at Longbourn?", [asked_back]) == []
+    assert support.supporting("“Who was hired?”", [asked_back]) == []
+    assert support.stating("Which gardener did Mr. Bennet hire at Longbourn?", whole(text)) is None
+    fact = cited(GARDENER, WITH_FACT)  # a statement is still checked as before
+    assert check(QUESTION, WITH_FACT).supporting("Tobias Wrenfield", [fact]) == [fact]
+
+
 def test_a_quote_with_the_answers_words_that_is_not_about_the_subject_is_no_support():
     """The gardener case: the quote holds "Lady Catherine", but neither it nor the sentences beside
     it name a gardener (the text names none)."""
