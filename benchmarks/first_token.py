@@ -47,15 +47,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from overhead import build_document
+from reporting import machine, write_report
 from simserver import start_server
 
 from llmxmr import MapReducePipeline, PipelineConfig
@@ -226,15 +224,8 @@ def main() -> None:
         rows = simulated(args, generated)
 
     args.out = args.out or (SERVER_RESULTS if args.base_url else RESULTS)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "parameters": {
             "source": "server" if args.base_url else "simulated",
             "base_url": args.base_url,
@@ -252,8 +243,7 @@ def main() -> None:
         },
         "rows": rows,
     }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

@@ -43,15 +43,13 @@ from __future__ import annotations
 import argparse
 import gc
 import heapq
-import json
-import os
-import platform
 import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from reporting import machine, write_report
 from simserver import latency_of, server_stats, start_server
 
 from llmxmr import MapReducePipeline, PipelineConfig, PipelineResult
@@ -279,15 +277,8 @@ def main() -> None:
                             f"{row['transport_retries']} transport retries",
                             flush=True,
                         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "parameters": {
             "sizes": sizes,
             "latencies": latencies,
@@ -304,8 +295,7 @@ def main() -> None:
         },
         "rows": rows,
     }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

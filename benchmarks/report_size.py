@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import random
 import re
 import sys
@@ -45,6 +43,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from reporting import machine, write_report
 
 from llmxmr import MapReducePipeline, PipelineConfig, PipelineResult
 from llmxmr.chunking import chunk_text
@@ -277,15 +277,8 @@ def main() -> None:
     finally:
         if browser is not None:
             browser.close()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "parameters": {
             "chunks": args.chunks,
             "chunk_words": args.chunk_words,
@@ -300,8 +293,7 @@ def main() -> None:
         },
         "rows": rows,
     }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -57,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from overhead import build_document
+from reporting import machine
 from simserver import start_server
 
 from llmxmr import MapReducePipeline, PipelineConfig, PipelineResult
@@ -229,14 +228,8 @@ def main() -> None:
                 flush=True,
             )
     print(table(rows))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "mode": "real" if args.real else "simulated",
         "parameters": {
             key: (str(value) if isinstance(value, Path) else value)
