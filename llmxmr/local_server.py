@@ -122,6 +122,9 @@ def _serve(model_path: str, host: str, port: int, n_ctx: int, threads: int, extr
     # waiting request must wait, not end the one being written.
     server = ServerSettings(host=host, port=port, interrupt_requests=False)
     app = create_app(server_settings=server, model_settings=[model])
+    # llama-cpp-python's server tells no client its window; this one answers as llama.cpp's
+    # llama-server does, so `run --base-url` sizes its prompts with no --context-window.
+    app.add_api_route("/props", lambda: {"default_generation_settings": {"n_ctx": n_ctx}, "total_slots": 1})
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

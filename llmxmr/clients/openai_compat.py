@@ -95,6 +95,7 @@ SERVER_KINDS = {
         "/extras/tokenize/count",
         "input",
         parallel_requests=1,
+        props_path="/props",  # answered by `llmxmr serve --local`, not by a plain llama-cpp-python server
         sampling={"repeat_penalty": 1.0},
         stream_usage=False,
     ),

@@ -457,8 +457,13 @@ def _fake_llama_cpp_server(monkeypatch) -> dict[str, object]:
     from types import ModuleType, SimpleNamespace
 
     loaded: dict[str, object] = {}
+
+    def create_app(server_settings, model_settings):
+        loaded.update(vars(model_settings[0]))
+        return SimpleNamespace(add_api_route=lambda path, endpoint: None)
+
     app = ModuleType("llama_cpp.server.app")
-    app.create_app = lambda server_settings, model_settings: loaded.update(vars(model_settings[0]))
+    app.create_app = create_app
     settings = ModuleType("llama_cpp.server.settings")
     settings.ModelSettings = SimpleNamespace
     settings.ServerSettings = SimpleNamespace

@@ -175,3 +175,11 @@ def test_named_model_is_used_and_api_key_sent():
     body = next(body for path, body in server.requests if path == "/v1/chat/completions")
     assert body["model"] == "other"
     assert set(server.authorizations) == {"Bearer k"}
+
+
+def test_llama_cpp_python_window_from_serve_local_props_else_unknown():
+    served = {"/v1/models": [models("me")], "/props": [Answer(body={"default_generation_settings": {"n_ctx": 8192}})]}
+    with fake_server(served) as server:
+        assert use(server.base_url, lambda c: c.context_window()) == 8192
+    with fake_server({"/v1/models": [models("me")]}) as server:  # a plain llama-cpp-python server
+        assert use(server.base_url, lambda c: c.context_window()) is None
