@@ -153,6 +153,10 @@ class DocumentIndex:
                 counts[term] = counts.get(term, 0) + times
         return counts
 
+    @cached_property
+    def sentence_count(self) -> int:
+        return len(sentence_spans(self.text, 0, len(self.text)))
+
     def term_count(self, term: str) -> int:
         """How often the document writes ``term`` (a term as ``terms`` gives it)."""
         if not _CJK_CHARACTER.match(term):

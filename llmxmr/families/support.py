@@ -11,7 +11,10 @@ A quote found in the text proves only that the text says it. It is evidence for 
 - and it is about what the question asks: it, or the passage it sits in (its sentence and one on
   each side, in the document), names the question's subject: the question's rarer words, those
   that the document writes least often (``Asked``). "Lady Catherine's behaviour was most friendly"
-  holds the words of "the new gardener is Lady Catherine's" but names no gardener.
+  holds the words of "the new gardener is Lady Catherine's" but names no gardener. A word the
+  document writes everywhere is its topic, not a subject: in a README about llmxmr, a passage
+  naming "llmxmr" is not thereby about "Which model does llmxmr run ...?"; two of the question's
+  topic words together are (``TOPIC_SHARE``).
 
 When no quote supports an answer, a sentence of the chunk may: one that writes the answer's
 distinctive content (numbers, names, long words, quoted strings: ``Claim.key``) and passes the
@@ -32,6 +35,10 @@ from dataclasses import dataclass
 from ..chunking import Chunk, sentence_spans
 from ..grounding import Citation, DocumentIndex, citation_at, contains_phrase, distinctive_words, normalise, terms
 
+# A question's word that the document writes more often than once in this many sentences (and more
+# than TOPIC_FLOOR times, so a short text has no topic) is the document's topic.
+TOPIC_SHARE = 10
+TOPIC_FLOOR = 10
 # A short answer ("Tobias Wrenfield", "in a blue tin", "4817") must be held whole by one quote.
 SHORT_ANSWER_TERMS = 5
 # A longer answer must share at least this many of its terms beyond the question with a quote.
@@ -53,17 +60,22 @@ _LETTER = re.compile(r"^\s*\(?([A-H])\)?(?=[.):\s]|$)[.):]?")
 @dataclass(frozen=True)
 class Asked:
     """What a question asks, as support reads it: its terms (a quote of nothing else is an echo),
-    and ``subject``, the terms a passage about it names: the rarer half of those the document
-    writes (ties kept). Empty when the document writes none of them: no passage is about the
-    question. None when every passage counts as about it: the question has no terms, or its family
-    asks for an operation on the text (a sum, a return value) rather than about something the text
-    names."""
+    ``subject``, the terms a passage about it names: the rarer half of those the document writes
+    (ties kept), less its topic; and ``topic``, those it writes everywhere (``TOPIC_SHARE``), of
+    which a passage about the question names two (or the one, when there is one and no subject).
+    Both empty when the document writes none of them: no passage is about the question. Subject
+    None when every passage counts as about it: the question has no terms, or its family asks for
+    an operation on the text (a sum, a return value) rather than about something the text names."""
 
     terms: frozenset[str]
     subject: frozenset[str] | None
+    topic: frozenset[str] = frozenset()
 
     def named_in(self, found: set[str]) -> bool:
-        return self.subject is None or bool(self.subject & found)
+        if self.subject is None or self.subject & found:
+            return True
+        needed = 2 if self.subject or len(self.topic) > 1 else 1
+        return bool(self.topic) and len(self.topic & found) >= needed
 
 
 def asked(question: str, document: DocumentIndex, ignoring: frozenset[str], subject_in_text: bool = True) -> Asked:
@@ -73,8 +85,10 @@ def asked(question: str, document: DocumentIndex, ignoring: frozenset[str], subj
     written = sorted((count, term) for term in wanted if (count := document.term_count(term)))
     if not written:
         return Asked(wanted, frozenset())
+    everywhere = max(TOPIC_FLOOR, document.sentence_count / TOPIC_SHARE)
+    topic = frozenset(term for count, term in written if count > everywhere)
     cutoff = written[(len(written) + 1) // 2 - 1][0]
-    return Asked(wanted, frozenset(term for count, term in written if count <= cutoff))
+    return Asked(wanted, frozenset(term for count, term in written if count <= cutoff) - topic, topic)
 
 
 @dataclass(frozen=True)
