@@ -45,7 +45,12 @@ SHORT_ANSWER_TERMS = 5
 LONG_ANSWER_SHARED = 2
 # Words that frame an answer rather than state it ("according to the text", "it says", "yes"):
 # English, for every model.
-_FRAMING_WORDS = frozenset("yes according say says said state states stated mention mentions mentioned".split())
+_FRAMING_WORDS = frozenset(
+    "yes according say says said state states stated mention mentions mentioned answer answers".split()
+)
+# The words of a yes-or-no answer: it says something with no other word ("Yes."), unlike "the answer
+# is that", which says nothing.
+_POLAR = re.compile(r"\b(?:yes|no)\b", re.IGNORECASE)
 # A string an answer puts in quotation marks must be in its quote as written.
 _QUOTED = re.compile(r"\"([^\"]{2,})\"|“([^”]{2,})”|「([^」]+)」|『([^』]+)』")
 # An option of a multiple-choice question, one per line ("B. The cellar"), and an answer that
@@ -100,7 +105,9 @@ class Claim:
     phrases: tuple[str, ...]  # quoted strings, normalised
     key: frozenset[str]  # its numbers, names, long words and quoted strings' terms: what a stating sentence must write
     restates: bool  # it has terms, all the question's: it says nothing a quote could hold ("the pass key")
-    blank: bool  # it has no word at all ("] ,"): nothing a quote could hold either
+    # It has no word at all ("] ,"), or none but function and framing words and is no yes or no
+    # (", the answer is that"): nothing a quote could hold either.
+    blank: bool
     # It is a question ("Which estate does Mr. Bingley rent?", copied from the text): it states
     # nothing, whatever quote holds its words.
     asks: bool
@@ -154,7 +161,7 @@ class SupportCheck:
             phrases=tuple(normalise(phrase).text for phrase in phrases),
             key=frozenset((distinctive | quoted) & beyond),
             restates=bool(own) and not beyond and not phrases,
-            blank=not _WORD.search(answer),
+            blank=not _WORD.search(answer) or not (own or phrases or _POLAR.search(answer)),
             asks=answer.rstrip().rstrip(_CLOSING_MARKS).endswith(("?", "？")),
         )
 

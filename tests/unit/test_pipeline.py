@@ -112,7 +112,7 @@ def test_collapse_runs_until_partials_fit_and_keeps_order():
             return partial_reply(LONG_ANSWER, confidence=2, info=FILLER_SENTENCE)
         if request.schema_name == "CollapseOutput":
             return partial_reply("green", confidence=3, info=FILLER_SENTENCE)
-        return final_reply("done")
+        return final_reply("green and blue")  # what the quotes carried forward hold
 
     client = new_client(responder=every_chunk_answers, window=4000)
     result = run(client, config(**{"chunking.chunk_tokens": 200}), question="What colour is the grass?")
@@ -123,7 +123,7 @@ def test_collapse_runs_until_partials_fit_and_keeps_order():
     assert covered == sorted(covered)  # consecutive groups, order kept
     for record in collapse_records:
         assert record.chunk_indices == list(range(record.chunk_indices[0], record.chunk_indices[-1] + 1))
-    assert result.answer == "done"
+    assert result.answer == "green and blue"
 
 
 def test_invalid_reply_is_asked_again_with_the_error():

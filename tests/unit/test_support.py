@@ -70,6 +70,16 @@ def test_an_answer_without_a_word_is_supported_by_no_quote():
     assert support.supporting("", [cited("The pass key is 71432.", text)]) == []
 
 
+def test_an_answer_of_nothing_but_framing_and_function_words_is_supported_by_no_quote():
+    """The README's first command answered ", the answer is that", and a quote holding "answer" and
+    about what was asked stood for it. A yes or a no says something with no other word."""
+    text = f"{FILLER} The pass key is 71432, and the answer is that number. {FILLER}"
+    quote = cited("The pass key is 71432, and the answer is that number.", text)
+    assert check("What is the pass key?", text).supporting(", the answer is that", [quote]) == []
+    assert check("What is the pass key?", text).supporting("The answer is 71432.", [quote]) == [quote]
+    assert check("Is the pass key 71432?", text).supporting("Yes.", [quote]) == [quote]
+
+
 def test_a_question_copied_from_the_text_answers_nothing():
     """The README's first command: SmolLM2 answered "Which model ...?" with a question of the
     README's own, which a quote of that question holds word for word."""
