@@ -51,6 +51,14 @@ _FRAMING_WORDS = frozenset(
 # The words of a yes-or-no answer: it says something with no other word ("Yes."), unlike "the answer
 # is that", which says nothing.
 _POLAR = re.compile(r"\b(?:yes|no)\b", re.IGNORECASE)
+# A statement cut off before its complement: it ends, with no full stop, on an article, a form of
+# "be" or "have", a modal or a relative word ("The embedded default model is"). English, for every
+# model: a string cap or a loop stop cuts any model's answer so.
+_CUT_OFF = re.compile(
+    r"\b(?:a|an|the|is|are|was|were|be|been|am|has|have|had|will|would|shall|should|can|could|may|might|must"
+    r"|that|which|whose)\W*$",
+    re.IGNORECASE,
+)
 # A string an answer puts in quotation marks must be in its quote as written.
 _QUOTED = re.compile(r"\"([^\"]{2,})\"|“([^”]{2,})”|「([^」]+)」|『([^』]+)』")
 # An option of a multiple-choice question, one per line ("B. The cellar"), and an answer that
@@ -111,6 +119,7 @@ class Claim:
     # It is a question ("Which estate does Mr. Bingley rent?", copied from the text): it states
     # nothing, whatever quote holds its words.
     asks: bool
+    cut_off: bool = False  # it stops before it says what ("The embedded default model is")
 
     @property
     def short(self) -> bool:
@@ -118,7 +127,7 @@ class Claim:
 
     def held_by(self, found: set[str], text: str) -> int | None:
         """How much of the claim a text with these terms holds (None: too little to support it)."""
-        if self.restates or self.blank or self.asks:
+        if self.restates or self.blank or self.asks or self.cut_off:
             return None
         if not all(contains_phrase(text, phrase) for phrase in self.phrases):
             return None
@@ -163,6 +172,7 @@ class SupportCheck:
             restates=bool(own) and not beyond and not phrases,
             blank=not _WORD.search(answer) or not (own or phrases or _POLAR.search(answer)),
             asks=answer.rstrip().rstrip(_CLOSING_MARKS).endswith(("?", "？")),
+            cut_off=bool(_CUT_OFF.search(answer)) and not answer.rstrip().endswith((".", "!", "。")),
         )
 
     def strength(self, citation: Citation, claim: Claim) -> tuple[int, int] | None:

@@ -80,6 +80,18 @@ def test_an_answer_of_nothing_but_framing_and_function_words_is_supported_by_no_
     assert check("Is the pass key 71432?", text).supporting("Yes.", [quote]) == [quote]
 
 
+def test_an_answer_cut_off_before_it_says_what_is_supported_by_no_quote():
+    """The README's first command answered "The embedded default model is", and a long quote
+    holding "embedded default" stood for it. A finished sentence ending so is an answer."""
+    text = f"{FILLER} The embedded default model is SmolLM2, and it runs when no server is set. {FILLER}"
+    quote = cited("The embedded default model is SmolLM2, and it runs when no server is set.", text)
+    support = check("Which model runs when no server is set?", text)
+    for cut in ("The embedded default model is", "The embedded default model is the", "SmolLM2, which", "It has:"):
+        assert support.supporting(cut, [quote]) == [], cut
+    assert support.supporting("The embedded default model is SmolLM2", [quote]) == [quote]
+    assert support.supporting("SmolLM2 is what it is.", [quote]) == [quote]
+
+
 def test_a_question_copied_from_the_text_answers_nothing():
     """The README's first command: SmolLM2 answered "Which model ...?" with a question of the
     README's own, which a quote of that question holds word for word."""
