@@ -12,9 +12,9 @@ A quote found in the text proves only that the text says it. It is evidence for 
   each side, in the document), names the question's subject: the question's rarer words, those
   that the document writes least often (``Asked``). "Lady Catherine's behaviour was most friendly"
   holds the words of "the new gardener is Lady Catherine's" but names no gardener. A word the
-  document writes everywhere is its topic, not a subject: in a README about llmxmr, a passage
-  naming "llmxmr" is not thereby about "Which model does llmxmr run ...?"; two of the question's
-  topic words together are (``TOPIC_SHARE``).
+  document writes everywhere is its topic, not a subject (``TOPIC_SHARE``): in a README about
+  llmxmr, a passage naming "llmxmr", or "llmxmr" and "model", is not thereby about "Which model
+  does llmxmr run when no server is configured?".
 
 When no quote supports an answer, a sentence of the chunk may: one that writes the answer's
 distinctive content (numbers, names, long words, quoted strings: ``Claim.key``) and passes the
@@ -73,22 +73,17 @@ _LETTER = re.compile(r"^\s*\(?([A-H])\)?(?=[.):\s]|$)[.):]?")
 @dataclass(frozen=True)
 class Asked:
     """What a question asks, as support reads it: its terms (a quote of nothing else is an echo),
-    ``subject``, the terms a passage about it names: the rarer half of those the document writes
-    (ties kept), less its topic; and ``topic``, those it writes everywhere (``TOPIC_SHARE``), of
-    which a passage about the question names two (or the one, when there is one and no subject).
-    Both empty when the document writes none of them: no passage is about the question. Subject
-    None when every passage counts as about it: the question has no terms, or its family asks for
-    an operation on the text (a sum, a return value) rather than about something the text names."""
+    and ``subject``, the terms a passage about it names: the rarer half of those the document
+    writes (ties kept), less its topic (``TOPIC_SHARE``) unless all of them are. Empty when the
+    document writes none of them: no passage is about the question. None when every passage counts
+    as about it: the question has no terms, or its family asks for an operation on the text (a sum,
+    a return value) rather than about something the text names."""
 
     terms: frozenset[str]
     subject: frozenset[str] | None
-    topic: frozenset[str] = frozenset()
 
     def named_in(self, found: set[str]) -> bool:
-        if self.subject is None or self.subject & found:
-            return True
-        needed = 2 if self.subject or len(self.topic) > 1 else 1
-        return bool(self.topic) and len(self.topic & found) >= needed
+        return self.subject is None or bool(self.subject & found)
 
 
 def asked(question: str, document: DocumentIndex, ignoring: frozenset[str], subject_in_text: bool = True) -> Asked:
@@ -98,10 +93,12 @@ def asked(question: str, document: DocumentIndex, ignoring: frozenset[str], subj
     written = sorted((count, term) for term in wanted if (count := document.term_count(term)))
     if not written:
         return Asked(wanted, frozenset())
-    everywhere = max(TOPIC_FLOOR, document.sentence_count / TOPIC_SHARE)
-    topic = frozenset(term for count, term in written if count > everywhere)
     cutoff = written[(len(written) + 1) // 2 - 1][0]
-    return Asked(wanted, frozenset(term for count, term in written if count <= cutoff) - topic, topic)
+    rarer = [(count, term) for count, term in written if count <= cutoff]
+    everywhere = max(TOPIC_FLOOR, document.sentence_count / TOPIC_SHARE)
+    return Asked(
+        wanted, frozenset(term for count, term in rarer if count <= everywhere) or frozenset(t for _, t in rarer)
+    )
 
 
 @dataclass(frozen=True)

@@ -143,20 +143,22 @@ def test_a_quote_whose_neighbouring_sentence_names_the_subject_supports_it():
 def test_a_word_the_document_writes_everywhere_does_not_make_a_passage_about_the_question():
     """The README's first command: on a document about llmxmr, a quote of a path beside "llmxmr"
     held the answer "llmxmr/families/support.py" and named "llmxmr", one of the question's rarer
-    words there. A topic word is not a subject; two of them together, or the subject, are."""
+    words there, and "evidence" was held by a passage naming "llmxmr" and "model". Words written
+    everywhere are the document's topic; the subject is the question's rarer words less those."""
     question = "Which model does llmxmr run when no server is configured?"
     serving = [f"It runs model {i} on a server." for i in range(20)]  # "run", "model", "server": everywhere
     notes = [f"Then llmxmr keeps note {i} in a file." for i in range(12)]  # "llmxmr": everywhere, less often
-    path = "Its support rule is in llmxmr/families/support.py."
-    for default in (
-        "Where no server is configured, llmxmr runs the bundled SmolLM2 model.",
-        "By default llmxmr runs the bundled SmolLM2 model.",
-    ):
-        text = " ".join([*serving[:10], *notes[:6], path, *notes[6:], default, *serving[10:]])
-        support = check(question, text)
-        assert support.supporting("llmxmr/families/support.py", [cited("llmxmr/families/support.py", text)]) == []
-        bundled = cited("the bundled SmolLM2 model", text)
-        assert support.supporting("SmolLM2", [bundled]) == [bundled], default
+    path = "Its support rule is in llmxmr/families/support.py, beside the model."
+    default = "Where no server is configured, llmxmr runs the bundled SmolLM2 model."
+    text = " ".join([*serving[:10], *notes[:6], path, *notes[6:], default, *serving[10:]])
+    support = check(question, text)
+    assert support.supporting("llmxmr/families/support.py", [cited("llmxmr/families/support.py", text)]) == []
+    bundled = cited("the bundled SmolLM2 model", text)
+    assert support.supporting("SmolLM2", [bundled]) == [bundled]
+    # When every word of the question is written everywhere, the rarer of them still make the subject.
+    everywhere = " ".join([*serving[:10], *notes, "By default llmxmr runs SmolLM2.", *serving[10:]])
+    smollm2 = cited("By default llmxmr runs SmolLM2.", everywhere)
+    assert check("Which model does llmxmr run?", everywhere).supporting("SmolLM2", [smollm2]) == [smollm2]
 
 
 def test_citations_are_ordered_by_support():
