@@ -51,14 +51,10 @@ _FRAMING_WORDS = frozenset(
 # The words of a yes-or-no answer: it says something with no other word ("Yes."), unlike "the answer
 # is that", which says nothing.
 _POLAR = re.compile(r"\b(?:yes|no)\b", re.IGNORECASE)
-# A statement cut off before its complement: it ends, with no full stop, on an article, a form of
-# "be" or "have", a modal or a relative word ("The embedded default model is"). English, for every
-# model: a string cap or a loop stop cuts any model's answer so.
-_CUT_OFF = re.compile(
-    r"\b(?:a|an|the|is|are|was|were|be|been|am|has|have|had|will|would|shall|should|can|could|may|might|must"
-    r"|that|which|whose)\W*$",
-    re.IGNORECASE,
-)
+# A statement cut off before its complement: it ends, with no full stop, on an article or a form
+# of "be" ("The embedded default model is"). English, for every model: a string cap or a loop stop
+# cuts any model's answer so. Lower case only: "Vitamin A" ends on a letter, not an article.
+_CUT_OFF = re.compile(r"\b(?:a|an|the|is|are|was|were|am)\W*$")
 # A string an answer puts in quotation marks must be in its quote as written.
 _QUOTED = re.compile(r"\"([^\"]{2,})\"|“([^”]{2,})”|「([^」]+)」|『([^』]+)』")
 # An option of a multiple-choice question, one per line ("B. The cellar"), and an answer that

@@ -86,8 +86,10 @@ def test_an_answer_cut_off_before_it_says_what_is_supported_by_no_quote():
     text = f"{FILLER} The embedded default model is SmolLM2, and it runs when no server is set. {FILLER}"
     quote = cited("The embedded default model is SmolLM2, and it runs when no server is set.", text)
     support = check("Which model runs when no server is set?", text)
-    for cut in ("The embedded default model is", "The embedded default model is the", "SmolLM2, which", "It has:"):
+    for cut in ("The embedded default model is", "The embedded default model is the", "The default was a,"):
         assert support.supporting(cut, [quote]) == [], cut
+    for whole_answer in ("Vitamin A", "a tin can", "in his will", "It is what it is."):
+        assert not support.claim(whole_answer).cut_off, whole_answer
     assert support.supporting("The embedded default model is SmolLM2", [quote]) == [quote]
     assert support.supporting("SmolLM2 is what it is.", [quote]) == [quote]
 
