@@ -9,9 +9,9 @@ workarounds never reach a strong reduce model, and the other way round.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, Self, TypeVar
 
 from pydantic import BaseModel
 
@@ -39,17 +39,33 @@ def connection(config: PipelineConfig) -> tuple[object, ...]:
 
 
 @dataclass(frozen=True)
-class StageClients:
-    """The client of each stage; stages may share one (the same object)."""
+class PerStage(Generic[T]):
+    """A value for each stage; stages may share one (the same object)."""
 
-    map: LLMClient
-    collapse: LLMClient
-    reduce: LLMClient
+    map: T
+    collapse: T
+    reduce: T
 
     @classmethod
-    def every(cls, client: LLMClient) -> StageClients:
-        """One client for every stage."""
-        return cls(client, client, client)
+    def every(cls, value: T) -> Self:
+        """One value for every stage."""
+        return cls(value, value, value)
+
+    def of(self, stage: StageName) -> T:
+        value: T = getattr(self, stage)
+        return value
+
+    def distinct(self) -> list[tuple[list[StageName], T]]:
+        """Each value once (by identity), with the stages that have it, in stage order."""
+        groups: dict[int, tuple[list[StageName], T]] = {}
+        for stage in STAGE_NAMES:
+            value = self.of(stage)
+            groups.setdefault(id(value), ([], value))[0].append(stage)
+        return list(groups.values())
+
+
+class StageClients(PerStage[LLMClient]):
+    """The client of each stage."""
 
     @classmethod
     def open(cls, config: PipelineConfig, opener: Opener) -> StageClients:
@@ -64,31 +80,14 @@ class StageClients:
             clients.append(opened[key])
         return cls(*clients)
 
-    def of(self, stage: StageName) -> LLMClient:
-        client: LLMClient = getattr(self, stage)
-        return client
-
-    def distinct(self) -> list[tuple[list[StageName], LLMClient]]:
-        """Each client once, with the stages it serves, in stage order."""
-        return [(stages, client) for stages, client in _grouped((stage, self.of(stage)) for stage in STAGE_NAMES)]
-
     async def aclose(self) -> None:
         for _, client in self.distinct():
             await client.aclose()
 
 
-@dataclass(frozen=True)
-class StageBudgets:
-    """The call budget of each stage: one per client, so that each server has its own concurrency."""
-
-    map: CallBudget
-    collapse: CallBudget
-    reduce: CallBudget
-
-    @classmethod
-    def every(cls, budget: CallBudget) -> StageBudgets:
-        """One budget for every stage (a caller's, whatever the clients)."""
-        return cls(budget, budget, budget)
+class StageBudgets(PerStage[CallBudget]):
+    """The call budget of each stage: one per client, so that each server has its own concurrency
+    (``every``: a caller's one budget, whatever the clients)."""
 
     @classmethod
     async def open(cls, config: PipelineConfig, clients: StageClients) -> StageBudgets:
@@ -98,14 +97,10 @@ class StageBudgets:
             budgets[id(client)] = CallBudget(await concurrency_of(config.for_stage(stages[0]), client))
         return cls(*(budgets[id(clients.of(stage))] for stage in STAGE_NAMES))
 
-    def of(self, stage: StageName) -> CallBudget:
-        budget: CallBudget = getattr(self, stage)
-        return budget
-
     def join(self) -> dict[StageName, int]:
         """A run's place in line in each budget (``CallBudget.join``), joined once per budget."""
         places: dict[int, int] = {}
-        for _, budget in _grouped((stage, self.of(stage)) for stage in STAGE_NAMES):
+        for _, budget in self.distinct():
             places[id(budget)] = budget.join()
         return {stage: places[id(self.of(stage))] for stage in STAGE_NAMES}
 
@@ -128,15 +123,8 @@ class StageModel:
     name: str  # ``client.model_name()``
 
 
-@dataclass(frozen=True)
-class StageModels:
-    map: StageModel
-    collapse: StageModel
-    reduce: StageModel
-
-    def of(self, stage: StageName) -> StageModel:
-        model: StageModel = getattr(self, stage)
-        return model
+class StageModels(PerStage[StageModel]):
+    """Each stage's model."""
 
     def uses(self) -> list[ModelUse]:
         """Each model once (a client and its profile), with its stages, in stage order."""
@@ -154,7 +142,7 @@ class StageModels:
     def describe(self) -> str:
         """The client's description when one serves every stage (as results always named it),
         else each client with its stages: ``map: A; collapse, reduce: B``."""
-        clients = _grouped((stage, self.of(stage).client) for stage in STAGE_NAMES)
+        clients = PerStage(*(self.of(stage).client for stage in STAGE_NAMES)).distinct()
         if len(clients) == 1:
             return clients[0][1].describe()
         return "; ".join(f"{', '.join(stages)}: {client.describe()}" for stages, client in clients)
@@ -182,11 +170,3 @@ async def stage_models(config: PipelineConfig, clients: StageClients) -> StageMo
 def short_model_name(model: str) -> str:
     """A model's name as tables show it: a GGUF by its file name, not its whole path."""
     return model.replace("\\", "/").rsplit("/", 1)[-1] if model.lower().endswith(".gguf") else model
-
-
-def _grouped(pairs: Iterator[tuple[StageName, T]]) -> list[tuple[list[StageName], T]]:
-    """The values once each (by identity), with the stages that have them, in order of first stage."""
-    groups: dict[int, tuple[list[StageName], T]] = {}
-    for stage, value in pairs:
-        groups.setdefault(id(value), ([], value))[0].append(stage)
-    return list(groups.values())
