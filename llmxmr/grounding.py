@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache, cached_property
 from itertools import pairwise
@@ -331,6 +331,12 @@ def _sentences(quote: str) -> list[str]:
     """The distinct sentences of a quote of more than one (none for a single sentence)."""
     parts = sentences_of(quote[:MAX_QUOTE_CHARS])
     return list(dict.fromkeys(parts)) if len(parts) > 1 else []
+
+
+def in_document_order(citations: Iterable[Citation]) -> list[Citation]:
+    """The citations once each (by span), in document order."""
+    by_span = {(c.start, c.end): c for c in citations}
+    return [by_span[span] for span in sorted(by_span)]
 
 
 def carried_forward(quotes: Sequence[str], citations: Sequence[Citation], threshold: float) -> list[Citation]:

@@ -27,6 +27,24 @@ class Partial(BaseModel):
     support: Support = "unchecked"
     related: list[Citation] = []
 
+    @property
+    def answers(self) -> bool:
+        """Whether it gives an answer."""
+        return self.answer.has_information
+
+    @property
+    def informs(self) -> bool:
+        """Whether it bears on the question: it gives an answer, or, with none, it carries quotes
+        of the text about what is asked (``QuotingFamily.information``), from which a later stage
+        may answer, as the paper's extracted information is read whatever the part concluded."""
+        return self.answers or (self.support == "verified" and bool(self.citations))
+
+
+def standing_order(partial: Partial) -> tuple[bool, bool, float]:
+    """Which partial stands when a merged or final answer may not: a supported one before a guess,
+    then one with an answer before one carrying information only, then the more confident."""
+    return partial.support != "unverified", partial.answers, partial.answer.confidence
+
 
 def label(chunk_indices: list[int]) -> str:
     """The label "Chunk 3", "Chunks 3-5", or "Chunks 3, 5, 9" when chunks without information fell out."""
@@ -37,6 +55,9 @@ def label(chunk_indices: list[int]) -> str:
         return f"Chunks {first}-{last}"
     return "Chunks " + ", ".join(str(index) for index in chunk_indices)
 
+
+# How a partial that carries information but no answer shows its answer to later stages.
+NO_ANSWER_GIVEN = "none given (the quotes above are what this part found about the question)"
 
 _SUPPORT_NOTE = {
     "verified": "; quoted from the text",
@@ -54,7 +75,7 @@ def render_partial(partial: Partial) -> str:
         f"### {label(partial.chunk_indices)} (confidence {answer.confidence:g}{_SUPPORT_NOTE[partial.support]})\n"
         f"Information: {answer.extracted_information}{quotes}\n"
         f"Rationale: {answer.rationale}\n"
-        f"Answer: {answer.answer}"
+        f"Answer: {answer.answer if partial.answers else NO_ANSWER_GIVEN}"
     )
 
 

@@ -364,7 +364,7 @@ class _Run:
         supported = reduce.supported(partials)
         final: FinalAnswer | None = None
         if partials:  # supported answers; or, under cap grounding, the model's guess from unsupported ones
-            final = await self._reduce(partials, question, supported)
+            final, supported = await self._reduce(partials, question, supported)
         elif question.rejected:
             final = reduce.best_guess(question.rejected)
         question.trace.wall_time_s = time.perf_counter() - started
@@ -552,7 +552,7 @@ class _Run:
         """The events of a map call done: its chunk read, and the partial answer it gave."""
         found = _informative(partial)
         self._emit(ChunkRead(question=question.index, chunk=chunk.index, found=found, failed=failed, reused=reused))
-        if _informative(partial):
+        if partial is not None and partial.answers:
             self._emit(
                 PartialFound(
                     question=question.index,
@@ -671,9 +671,13 @@ class _Run:
         self._emit(CollapseDone(question=question.index, chunks=record.chunk_indices, answer=partial.answer.answer))
         return partial
 
-    async def _reduce(self, partials: list[Partial], question: _Question, supported: bool) -> FinalAnswer:
-        """The final answer from the partial answers; when none is supported (cap grounding), the
-        model's guess from the unsupported ones, as the reduce gives it."""
+    async def _reduce(
+        self, partials: list[Partial], question: _Question, supported: bool
+    ) -> tuple[FinalAnswer | None, bool]:
+        """The final answer from the partial answers, and whether the text supports it. When none is
+        supported (cap grounding), or when a final answer fails its check and no partial answer can
+        stand instead (they carried information only), it is the model's unsupported guess, as the
+        reduce gives it; None when the reduce failed and no partial answer can stand."""
         self._emit(ReduceStarted(question=question.index, partials=len(partials)))
         output, record = await self._call(
             "reduce",
@@ -684,18 +688,30 @@ class _Run:
             on_partial=AnswerStream(question.index, self._emit),  # the answer shown as it is written
         )
         assert record is not None  # only map calls wait for a warm-up, and may be skipped
+        best = reduce.standing(partials)
         if output is None:
             self._record(question, record)
-            return reduce.fallback(partials)
+            return _standing(best, supported)
         if not supported:
             self._record(question, record, "no partial answer is supported: the reply is the model's unsupported guess")
-            return reduce.known_chunks(output, partials)
+            return reduce.known_chunks(output, partials), False
         checked, problem = self.plan.family.checked_final(output, partials, question.text, self.document)
+        if checked is None and best is None:
+            self._record(question, record, f"{problem}; no partial answer can stand: the reply is an unsupported guess")
+            return reduce.known_chunks(output, partials), False
         if checked is None:
             self._record(question, record, f"{problem}; the most confident partial answer stands")
-            return reduce.fallback(partials)
+            return _standing(best, supported)
         self._record(question, record)
-        return reduce.known_chunks(checked, partials)
+        return reduce.known_chunks(checked, partials), supported
+
+
+def _standing(best: Partial | None, supported: bool) -> tuple[FinalAnswer | None, bool]:
+    """The final answer when the reduce's may not stand: the best partial answer, supported if it
+    is (and the partials were)."""
+    if best is None:
+        return None, False
+    return reduce.fallback(best), supported and best.support != "unverified"
 
 
 # How long map calls wait for the warm-up call whose prefix they share (see ``_Run._start_maps``)
@@ -704,4 +720,4 @@ WARM_UP_WAIT_S = 30.0
 
 
 def _informative(partial: Partial | None) -> TypeGuard[Partial]:
-    return partial is not None and partial.answer.has_information
+    return partial is not None and partial.informs

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..chunking import Chunk
 from ..config import GroundingSettings, MapReplyShape
-from ..grounding import Citation, DocumentIndex, carried_forward, contains_phrase, locate_all
+from ..grounding import Citation, DocumentIndex, carried_forward, contains_phrase, in_document_order, locate_all
 from ..partials import Partial, Support
 from ..prompts import PromptSet, load_prompts
 from ..schemas import CollapseOutput, FinalAnswer, MapOutput, NothingFirstMapOutput
@@ -87,9 +87,10 @@ class QuotingFamily:
         self, output: MapOutput, chunk: Chunk, document: DocumentIndex, question: str, settings: GroundingSettings
     ) -> GroundedReply:
         """Looks the reply's quotes up in the text around its chunk, keeps those that support its
-        answer, and applies ``settings.mode`` when none does."""
+        answer, and applies ``settings.mode`` when none does. A reply with no answer may still
+        carry information (``information``)."""
         if not output.has_information:
-            return GroundedReply(None, None)
+            return self.information(output, chunk, document, question, settings)
         located = locate_all(self.quotes_of(output), chunk, document, settings.fuzzy_threshold)
         found = f"{len(located)} quote(s) found in the text"
         if settings.mode == "off":
@@ -118,6 +119,25 @@ class QuotingFamily:
             f"{found}: unsupported, confidence capped at {settings.unsupported_confidence:g}",
         )
 
+    def information(
+        self, output: MapOutput, chunk: Chunk, document: DocumentIndex, question: str, settings: GroundingSettings
+    ) -> GroundedReply:
+        """A reply with no answer whose extracted information is found in the text and is about
+        what is asked: carried forward as information, cited by the text's own words, so that a
+        later stage may answer from it (the paper reads every part's extracted information, not
+        only its answer). It is never an answer by itself. Nothing, otherwise; and nothing without
+        grounding, which cannot tell information found from information made up."""
+        if settings.mode == "off" or not output.extracted_information.strip():
+            return GroundedReply(None, None)
+        located = locate_all([output.extracted_information], chunk, document, settings.fuzzy_threshold)
+        about = self.support(question, document).about(located)
+        if not about:
+            return GroundedReply(None, None)
+        return GroundedReply(
+            partial_of(output, chunk, about, "verified"),
+            "no answer; its information is found in the text and is about what is asked: carried as information",
+        )
+
     def ground_collapse(
         self,
         output: CollapseOutput,
@@ -141,18 +161,20 @@ class QuotingFamily:
             ]
         supports = {partial.support for partial in group}
         if output.answer is None and "verified" in supports and settings.mode != "off":
+            if not any(partial.answers for partial in group):
+                return fallback(group), "no answer yet: the quoted information of the inputs is carried"
             return fallback(group), "the merged reply dropped the verified answers; the best verified input stands"
         if settings.mode == "off" or supports == {"unchecked"}:
-            return Partial(chunk_indices=indices, answer=output, citations=_unique(carried or inputs)), None
+            return Partial(chunk_indices=indices, answer=output, citations=in_document_order(carried or inputs)), None
         problem = self.merged_value_problem(output, carried) if carried else None
         if problem:
             return fallback(group), f"{problem}; the best verified input stands"
         check = self.support(question, document)
-        held = check.supporting(output.answer or "", _unique(carried))
+        held = check.supporting(output.answer or "", in_document_order(carried))
         if held:
             return self._merged(indices, output, held, inputs + nearby), None
         if "verified" in supports:
-            verified = _unique([c for p in group if p.support == "verified" for c in p.citations])
+            verified = in_document_order([c for p in group if p.support == "verified" for c in p.citations])
             if settings.mode == "strict" or self.merges_need_a_carried_quote:
                 return fallback(
                     group
@@ -166,13 +188,13 @@ class QuotingFamily:
             )
         capped = output.model_copy(update={"confidence": min(output.confidence, settings.unsupported_confidence)})
         return (
-            Partial(chunk_indices=indices, answer=capped, support="unverified", related=_unique(nearby)),
+            Partial(chunk_indices=indices, answer=capped, support="unverified", related=in_document_order(nearby)),
             f"no input was verified: confidence capped at {settings.unsupported_confidence:g}",
         )
 
     @staticmethod
     def _merged(indices: list[int], output: CollapseOutput, held: list[Citation], seen: list[Citation]) -> Partial:
-        related = _unique([citation for citation in seen if citation not in held])
+        related = in_document_order([citation for citation in seen if citation not in held])
         return Partial(chunk_indices=indices, answer=output, citations=held, support="verified", related=related)
 
     def merged_value_problem(self, output: CollapseOutput, carried: list[Citation]) -> str | None:
@@ -185,7 +207,7 @@ class QuotingFamily:
         """The final answer to ``question`` as it may stand, or None (with why) when it must give
         way to the most confident partial answer: with verified partial answers, one of their
         quotes must support it."""
-        verified = _unique([c for p in partials if p.support == "verified" for c in p.citations])
+        verified = in_document_order([c for p in partials if p.support == "verified" for c in p.citations])
         if not verified or self.support(question, document).supporting(answer.answer, verified):
             return answer, None
         return None, f"no quote of the partial answers {SUPPORTING_FINAL}"
@@ -197,12 +219,12 @@ class QuotingFamily:
         partial answers found (the closest to the question and answer first): related passages,
         never the answer's citations. Unchecked answers (grounding off, or no quotes) are cited by
         the quotes of the partial answers they rest on, as found."""
-        located = _unique([c for p in partials for c in (*p.citations, *p.related)])
+        located = in_document_order([c for p in partials for c in (*p.citations, *p.related)])
         if all(p.support == "unchecked" for p in partials):
             citations = citations_for(answer, partials)
             return citations, [c for c in located if c not in citations]
         check = self.support(question, document)
-        verified = _unique([c for p in partials if p.support == "verified" for c in p.citations])
+        verified = in_document_order([c for p in partials if p.support == "verified" for c in p.citations])
         citations = check.supporting(answer.answer, verified)
         if verified and not citations:  # a family's own check let it stand (retrieval): as its partials cite it
             citations = citations_for(answer, [p for p in partials if p.support == "verified"])
@@ -241,8 +263,3 @@ def _restates(answer: str, partial: Partial) -> bool:
     "7143" does not restate "71432")."""
     theirs = partial.answer.answer or ""
     return bool(theirs.strip()) and (contains_phrase(answer, theirs) or contains_phrase(theirs, answer))
-
-
-def _unique(citations: list[Citation]) -> list[Citation]:
-    spans = {(c.start, c.end): c for c in citations}
-    return [spans[span] for span in sorted(spans)]

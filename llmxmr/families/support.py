@@ -182,6 +182,16 @@ class SupportCheck:
         start, end = self.document.passage_around(citation.start, citation.end)
         return (held, 0) if self.asked.named_in(terms(self.document.text[start:end], self.ignoring)) else None
 
+    def about(self, citations: Sequence[Citation]) -> list[Citation]:
+        """The quotes that are information about what is asked, with no answer to hold: each says
+        more than the question and names its subject itself."""
+        about = []
+        for citation in citations:
+            found = terms(citation.quote, self.ignoring)
+            if found - self.asked.terms and self.asked.named_in(found):
+                about.append(citation)
+        return about
+
     def supporting(self, answer: str, citations: Sequence[Citation]) -> list[Citation]:
         """The citations that support ``answer``, the best supported first (then the higher match
         score, then document order); none when a longer answer's numbers are not all in them."""

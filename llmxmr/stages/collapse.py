@@ -8,7 +8,8 @@ family's to decide (``families.base.QuotingFamily.ground_collapse``).
 
 from __future__ import annotations
 
-from ..partials import Partial, render_partials
+from ..grounding import in_document_order
+from ..partials import Partial, render_partials, standing_order
 from ..prompts import ChatMessage, PromptSet
 
 
@@ -77,14 +78,19 @@ def merged_indices(group: list[Partial]) -> list[int]:
 
 def fallback(group: list[Partial]) -> Partial:
     """When a collapse call fails, or its reply may not stand: keep the group's most confident
-    partial answer (the earliest on a tie; verified ones first), so the run goes on with the best
-    evidence it had."""
-    best = max(group, key=lambda partial: (partial.support != "unverified", partial.answer.confidence))
-    others = {(c.start, c.end): c for p in group for c in (*p.citations, *p.related) if c not in best.citations}
+    partial answer (the earliest on a tie; answers first, then verified ones), so the run goes on
+    with the best evidence it had. A group that holds no answer keeps the quoted information of all
+    its inputs."""
+    best = max(group, key=standing_order)
+    if best.answers:
+        cited = best.citations
+    else:
+        cited = in_document_order([c for p in group if p.informs for c in p.citations])
+    others = in_document_order([c for p in group for c in (*p.citations, *p.related) if c not in cited])
     return Partial(
         chunk_indices=merged_indices(group),
         answer=best.answer,
-        citations=best.citations,
+        citations=cited,
         support=best.support,
-        related=[others[span] for span in sorted(others)],  # the other inputs' quotes: passages, not its support
+        related=others,  # the other inputs' quotes: passages, not its support
     )

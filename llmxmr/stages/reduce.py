@@ -7,8 +7,8 @@ from typing import Literal
 from pydantic import BaseModel
 
 from ..config import GroundingSettings
-from ..grounding import Citation, normalise
-from ..partials import Partial, render_partials
+from ..grounding import Citation, in_document_order, normalise
+from ..partials import Partial, render_partials, standing_order
 from ..prompts import ChatMessage, PromptSet
 from ..schemas import FinalAnswer
 from ..trace import CallRecord
@@ -207,15 +207,19 @@ def citations_for(answer: FinalAnswer, partials: list[Partial]) -> list[Citation
     if not chosen:
         final = normalise(answer.answer).text
         chosen = [p for p in partials if p.answer.answer and normalise(p.answer.answer).text in final]
-    spans = {(c.start, c.end): c for p in (chosen or partials) for c in p.citations}
-    return [spans[span] for span in sorted(spans)]
+    return in_document_order(c for p in (chosen or partials) for c in p.citations)
 
 
-def fallback(partials: list[Partial]) -> FinalAnswer:
-    """When the reduce call fails or its answer fails a check: the most confident partial answer
-    stands as the final one."""
-    best = max(partials, key=lambda partial: (partial.support != "unverified", partial.answer.confidence))
-    assert best.answer.answer is not None  # reduce reads informative partials only
+def standing(partials: list[Partial]) -> Partial | None:
+    """The partial answer that stands when the reduce call fails or its answer fails a check: the
+    most confident supported one, else the most confident guess; None when the partials carry
+    information but no answer."""
+    return max((p for p in partials if p.answers), key=standing_order, default=None)
+
+
+def fallback(best: Partial) -> FinalAnswer:
+    """A partial answer (``standing``) as the final one."""
+    assert best.answer.answer is not None  # ``standing`` picks answers only
     return FinalAnswer(
         rationale=f"The most confident partial answer stands (no usable reduce reply). {best.answer.rationale}",
         answer=best.answer.answer,

@@ -5,6 +5,7 @@ from itertools import pairwise
 from hypothesis import given
 from hypothesis import strategies as st
 
+from llmxmr.grounding import Citation
 from llmxmr.partials import Partial, label
 from llmxmr.schemas import MapOutput
 from llmxmr.stages.collapse import collapse_round, fallback, group_to_fit, merged_indices
@@ -64,3 +65,24 @@ def test_labels_name_the_chunks_exactly():
     assert label([3]) == "Chunk 3"
     assert label([3, 4, 5]) == "Chunks 3-5"
     assert label([3, 5, 9]) == "Chunks 3, 5, 9"
+
+
+def _cited(indices, start):
+    """A partial with no answer carrying one quote found in the text (information only)."""
+    quote = Citation(
+        chunk=indices[0], start=start, end=start + 10, line=1, quote="0123456789", match="exact", score=100
+    )
+    return partial(indices, None, 0).model_copy(update={"citations": [quote], "support": "verified"})
+
+
+def test_a_failed_collapse_of_information_only_keeps_every_inputs_quotes():
+    merged = fallback([_cited([1], 50), _cited([2], 10)])
+    assert merged.informs and not merged.answers and merged.support == "verified"
+    assert [c.start for c in merged.citations] == [10, 50] and merged.chunk_indices == [1, 2]
+
+
+def test_a_failed_collapse_keeps_a_supported_answer_before_information_and_information_before_a_guess():
+    supported = partial([3], "b", 1).model_copy(update={"support": "verified"})
+    guess = partial([4], "c", 5).model_copy(update={"support": "unverified"})
+    assert fallback([_cited([1], 0), supported, guess]).answer.answer == "b"
+    assert fallback([guess, _cited([1], 0)]).answer.answer is None

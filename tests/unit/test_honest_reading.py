@@ -20,6 +20,7 @@ from llmxmr.clients.fake import ScriptedClient
 from llmxmr.clients.openai_compat import server_root
 from llmxmr.clients.tokenize import ServerTokenCounter
 from llmxmr.executor import default_in_flight
+from llmxmr.partials import NO_ANSWER_GIVEN
 from llmxmr.prompts import ChatMessage
 from llmxmr.schemas import MapOutput, json_schema
 from llmxmr.structured import call_structured, rescue_string_chars
@@ -380,3 +381,68 @@ def test_a_server_run_of_the_bundled_model_gets_its_profile_under_the_harness_pr
     assert string_caps(first_map.json_schema) == ([200 if cap is None else cap for cap in own] if profiled else own)
     user = first_map.messages[-1].content
     assert ("What is the pass key?" in user[: user.index("grass")]) == profiled
+
+
+# A reply with no answer whose extracted information is the text's own words about the question.
+
+
+def _informed(document: str, info: str, final: str, grounding: str = "cap") -> tuple[Any, ScriptedClient]:
+    """Every map reply has no answer; the one whose chunk holds the fact extracts ``info``; the
+    reduce answers ``final``."""
+
+    def respond(request: ChatRequest) -> str:
+        if request.schema_name == "MapOutput":
+            held = "tin" in request.messages[-1].content
+            return partial_reply(None, confidence=0, info=info if held else "", evidence=[])
+        return final_reply(final, chunks=[1])
+
+    client = ScriptedClient(responder=respond, counter=WordCounter())
+    config = PipelineConfig.load(
+        task_type="qa", **{"chunking.chunk_tokens": 450, "llm.concurrency": 2, "grounding.mode": grounding}
+    )
+    return MapReducePipeline(config, client=client).run(document, QUESTION), client
+
+
+def _reduce_prompts(client: ScriptedClient) -> list[str]:
+    return [r.messages[-1].content for r in client.requests if r.schema_name == "FinalAnswer"]
+
+
+def test_information_found_in_the_text_and_about_the_question_reaches_the_reduce_which_may_answer_from_it():
+    document = f"{PROSE}\n\n{FACT}\n\n{PROSE}"
+    result, client = _informed(document, FACT, "4071")
+    (prompt,) = _reduce_prompts(client)
+    assert FACT in prompt and NO_ANSWER_GIVEN in prompt
+    assert result.status == "answered" and result.answer == "4071"
+    (citation,) = result.citations
+    assert document[citation.start : citation.end] == FACT
+
+
+def test_information_is_never_an_answer_by_itself():
+    """The reduce's answer must still be held by the information's quote; with no partial answer to
+    fall back on, an answer it does not hold is the model's unsupported guess."""
+    document = f"{PROSE}\n\n{FACT}\n\n{PROSE}"
+    result, _ = _informed(document, FACT, "Mr. Collins keeps it")
+    assert result.status == "unsupported" and result.answer == "" and not result.citations
+    assert result.unsupported_guess == "Mr. Collins keeps it"
+    assert FACT in [c.quote for c in result.related]
+
+
+@pytest.mark.parametrize(
+    ("info", "why"),
+    [
+        ("Mrs. Hill kept the key of the wine cellar in a blue tin marked with the number 4072.", "not in the text"),
+        ("Elizabeth walked to Meryton with her sisters, and the morning was fine.", "not about the question"),
+        ("the key of the wine cellar", "the question's own words"),
+    ],
+)
+def test_information_that_is_not_the_texts_words_about_the_question_goes_no_further(info, why):
+    document = f"{PROSE}\n\nThe tin was blue. {FACT}\n\n{PROSE}"
+    result, client = _informed(document, info, "4071")
+    assert result.status == "not_found", why
+    assert not _reduce_prompts(client)
+
+
+def test_without_grounding_information_with_no_answer_goes_no_further():
+    document = f"{PROSE}\n\n{FACT}\n\n{PROSE}"
+    result, client = _informed(document, FACT, "4071", grounding="off")
+    assert result.status == "not_found" and not _reduce_prompts(client)
