@@ -3,6 +3,7 @@
     python benchmarks/local_speed.py --base-url http://127.0.0.1:PORT/v1 [--sets passkey,novels]
                                      [--n 4] [--length 16k] [--novel-tokens 14000]
                                      [--set llm.map_reply=nothing-first ...] [--label L] [--out FILE]
+                                     [--traces DIR]
 
 Start the server first (``llmxmr serve --local``: llama-cpp-python's server on the bundled model,
 one request at a time). Two sets of four documents, each read through ``MapReducePipeline`` with a
@@ -113,7 +114,14 @@ def novel_documents(n: int, tokens: int) -> list[Reading]:
 
 
 async def read_one(
-    base_url: str, name: str, text: str, question: str, config: PipelineConfig, key: str, rate: float
+    base_url: str,
+    name: str,
+    text: str,
+    question: str,
+    config: PipelineConfig,
+    key: str,
+    rate: float,
+    traces: Path | None = None,
 ) -> dict[str, Any]:
     client = TimedClient(OpenAICompatibleClient(base_url=base_url))
     try:
@@ -124,6 +132,9 @@ async def read_one(
         ended = time.perf_counter()
     finally:
         await client.aclose()
+    if traces is not None:  # the whole result, every call's reply and record included
+        traces.mkdir(parents=True, exist_ok=True)
+        (traces / f"{name}.json").write_text(result.model_dump_json(indent=1))
     totals = result.trace.totals
     wall = ended - started
     floor = document_tokens / rate if document_tokens else None
@@ -192,7 +203,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         preset = task_config("passkey").pipeline if name == "passkey" else None
         for doc, text, question, key in sets[name]():
             config = PipelineConfig.load(preset=preset, **{"llm.base_url": args.base_url, **overrides})
-            row = await read_one(args.base_url, doc, text, question, config, key, rate)
+            row = await read_one(args.base_url, doc, text, question, config, key, rate, args.traces)
             rows.append(row)
             print(json.dumps(row), flush=True)
         report["sets"][name] = {"rows": rows, "total": summed(rows)}
@@ -209,6 +220,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting, as --set of run")
     parser.add_argument("--label", default="now")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--traces", type=Path, help="a folder for each document's result, with its trace")
     args = parser.parse_args()
     report = asyncio.run(main_async(args))
     print("| set | found | wall s | floor s | wall/floor | computed tokens | decoded tokens | calls | busy |")

@@ -83,6 +83,19 @@ def map_requests(client) -> list:
     return [request for request in client.requests if request.schema_name == "MapOutput"]
 
 
+def sent_twice(client) -> list:
+    """The map requests whose messages an earlier map request already sent: none, where identical
+    chunks are read once (``reuse``)."""
+    seen: set[tuple[str, ...]] = set()
+    repeats = []
+    for request in map_requests(client):
+        key = tuple(message.content for message in request.messages)
+        if key in seen:
+            repeats.append(request)
+        seen.add(key)
+    return repeats
+
+
 def partial_reply(
     answer: str | None,
     confidence: float = 4.0,

@@ -215,3 +215,26 @@ def test_chunks_end_where_the_splitter_ends_a_sentence(sentences, budget):
     chunks = chunk_text(text, budget, COUNTER)
     sentence_ends = {end for _, end in sentence_spans(text)}
     assert all(len(text[: c.end].rstrip()) in sentence_ends for c in chunks)
+
+
+HAYSTACK = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+
+
+@pytest.mark.parametrize("budget", [409, 500, 777, 1013])
+def test_a_repeated_block_gives_identical_chunks_whatever_the_budget(budget):
+    """Where a chunk ends among its last boundaries is decided by their text: once one has ended in
+    the repeated block (shorter than those boundaries span), every later one starts and ends at
+    the same place in it."""
+    text = "Find the key hidden in this text. " + HAYSTACK * 600 + "The key is 4817. " + HAYSTACK * 600
+    chunks = chunk_text(text, budget, COUNTER)
+    middle = [c.text for c in chunks[1:-1] if "4817" not in c.text]
+    distinct = set(middle)
+    assert len(middle) >= 8 and len(distinct) <= 2, [len(t) for t in middle]
+    assert all(COUNTER.count_batch([c.text])[0] >= budget * 0.9 for c in chunks[:-1])
+
+
+def test_without_repetition_chunks_stay_nearly_full():
+    text = " ".join(f"Sentence number {i} is about item {i * 7}." for i in range(2000))
+    chunks = chunk_text(text, 400, COUNTER)
+    sizes = [COUNTER.count_batch([c.text])[0] for c in chunks[:-1]]
+    assert min(sizes) >= 400 * 0.95 - 7

@@ -20,7 +20,7 @@ from llmxmr.clients.fake import ScriptedClient
 from llmxmr.config import PipelineConfig
 from llmxmr.direct import cut_middle
 from llmxmr.errors import LLMCallError, ServerUnavailableError, UsageError
-from tests.conftest import WordCounter, final_reply, map_parts, map_requests, partial_reply
+from tests.conftest import WordCounter, final_reply, map_parts, map_requests, partial_reply, sent_twice
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
 OPTIONS = ["Alice", "Bob", "Carol", "Dave"]
@@ -203,7 +203,9 @@ def test_batch_run_writes_official_predictions_and_scores_them(tmp_path):
     assert all(row["prediction"] == row["ground_truth"][0] for row in rows)
     assert report.n == 4 and report.scores == {"official": 100.0, "lenient": 100.0}
     assert report.calls == sum(row["calls"] for row in rows)
-    assert len(client.requests) == sum(requests_alone(tmp_path, example) for example in examples)
+    # The examples' chunks of the haystack alone are alike: each is read once, for all of them.
+    assert not sent_twice(client)
+    assert len(client.requests) < sum(requests_alone(tmp_path, example) for example in examples)
     assert report.new == 4 and report.failed_examples == 0
     assert "passkey" in format_table([report]) and "100.00" in format_table([report])
     assert report.documents == 4
@@ -421,7 +423,8 @@ def test_examples_sharing_a_context_are_read_once(tmp_path, chunkings):
     assert header.split()[:4] == ["task", "method", "n", "docs"] and row.split()[:4] == ["passkey", "mr", "6", "2"]
     summary = write_summary(tmp_path / "out", "mr", DataSource(), [report])
     assert summary["tasks"][0]["documents"] == 2
-    assert len(sent) == sum(requests_alone(tmp_path, e, box_reader, "MapOutput") for e in SHELVES)
+    assert not sent_twice(client)
+    assert len(sent) <= sum(requests_alone(tmp_path, e, box_reader, "MapOutput") for e in SHELVES)
 
 
 def test_each_example_gets_what_it_got_before_grouping(tmp_path):

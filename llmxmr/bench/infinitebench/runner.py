@@ -39,6 +39,8 @@ from ...executor import (
     write_atomically,
 )
 from ...pipeline import MapReducePipeline, Status
+from ...reuse import SharedCalls
+from ...schemas import MapOutput
 from ...trace import Trace
 from .. import Method
 from .data import DataSource, read_examples
@@ -132,6 +134,9 @@ class BatchRun:
         path = self.out_dir / f"preds_{task}.jsonl"
         finished = read_finished(path, self.method)
         contexts = {str(example.id): text_sha256(example.context) for example in examples}
+        # Every example's map calls, through the one client: a chunk of one example's context equal
+        # to one of another's (the passkey haystack repeats one block) is read once (``reuse``).
+        shared_calls = SharedCalls[MapOutput]()
 
         async def predict(example: Example, shared: Shared) -> Prediction:
             prediction = await self._predict_directly(task, config, shared, example)
@@ -139,7 +144,7 @@ class BatchRun:
             return prediction
 
         async def predict_together(group: Sequence[Example], shared: Shared) -> list[Prediction | LlmxmrError]:
-            predictions = await self._predict_together(task, config, shared, group)
+            predictions = await self._predict_together(task, config, shared, shared_calls, group)
             for model in {p.model for p in predictions if isinstance(p, Prediction)}:
                 check_same_model((p.model for p in finished), model, path)
             return predictions
@@ -172,7 +177,12 @@ class BatchRun:
         return _prediction(example, label, "direct", direct.answer, direct.model, True, direct.trace)
 
     async def _predict_together(
-        self, task: str, config: PipelineConfig, shared: Shared, group: Sequence[Example]
+        self,
+        task: str,
+        config: PipelineConfig,
+        shared: Shared,
+        shared_calls: SharedCalls[MapOutput],
+        group: Sequence[Example],
     ) -> list[Prediction | LlmxmrError]:
         """Map-reduce over examples that share a context: one reading, one outcome per example (a
         bad example, or one that lost a call, goes without a prediction, not its group-mates)."""
@@ -184,7 +194,9 @@ class BatchRun:
             except UsageError as exc:
                 outcomes[place] = exc
         if asked:
-            pipeline = MapReducePipeline(config, client=shared.clients, budget=shared.budgets)
+            pipeline = MapReducePipeline(
+                config, client=shared.clients, budget=shared.budgets, shared_calls=shared_calls
+            )
             results = await pipeline.arun_many(group[0].context, [question for _, question in asked.values()])
             for (place, (label, _)), res in zip(asked.items(), results, strict=True):
                 text = res.answer or res.unsupported_guess or ""

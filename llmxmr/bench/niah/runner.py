@@ -27,6 +27,8 @@ from ...families.retrieval import names_request
 from ...grounding import Citation
 from ...pipeline import MapReducePipeline, Status
 from ...prompts import ChatMessage, prompt_file
+from ...reuse import SharedCalls
+from ...schemas import MapOutput
 from ...structured import call_structured
 from ...trace import Trace
 from .. import Method
@@ -151,6 +153,9 @@ class NiahRun:
         """What only running cells needs: the haystack, and the model of the cells already written."""
         self._haystack = await asyncio.to_thread(load_haystack, self.settings.haystack, longest)
         self._recorded_models = [cell.model for cell in load_cells(self.out_dir)]
+        # Every cell's map calls: cells cut from the same haystack share chunks (all of those before
+        # the needle, at one length), which are read once (``reuse``).
+        self._shared_calls = SharedCalls[MapOutput]()
 
     async def _run_cell(self, cell: tuple[int, float], shared: Shared) -> CellResult:
         result = await self._cell(*cell, shared)
@@ -179,9 +184,10 @@ class NiahRun:
             status: Status | None = None
             guess = None
         else:
-            result = await MapReducePipeline(self.config, client=shared.clients, budget=shared.budgets).arun(
-                context.text, needles.question
+            pipeline = MapReducePipeline(
+                self.config, client=shared.clients, budget=shared.budgets, shared_calls=self._shared_calls
             )
+            result = await pipeline.arun(context.text, needles.question)
             response, found, model, trace = result.answer, result.found, result.model, result.trace
             kept_tokens, citations, unread = context.tokens, result.citations, result.unread_chunks
             status, guess = result.status, result.unsupported_guess
