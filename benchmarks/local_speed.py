@@ -11,7 +11,8 @@ client that notes when every request was sent and answered:
 
 * ``passkey``: InfiniteBench's pass-key construction (``llmxmr bench generate``'s builder: one block
   of lines repeated, the key's line inside), ``--length`` tokens, the ``passkey`` task's preset and
-  question, as ``llmxmr bench infinitebench`` runs them;
+  question, as ``llmxmr bench infinitebench`` runs them (sharing map calls: a chunk equal to one
+  read before, in this document or an earlier one, is not read again);
 * ``novels``: the pass-key line planted in ``--novel-tokens`` tokens of each novel under
   ``../shared/corpus/books/``, asked "What is the pass key?" with the defaults of ``llmxmr run``
   (``qa``), so that no two chunks are alike.
@@ -46,6 +47,8 @@ from llmxmr.bench.infinitebench.tasks import Example, question_for, task_config
 from llmxmr.clients.base import ChatReply, ChatRequest, LLMClient
 from llmxmr.clients.openai_compat import OpenAICompatibleClient
 from llmxmr.prompts import ChatMessage
+from llmxmr.reuse import SharedCalls
+from llmxmr.schemas import MapOutput
 
 RESULTS = Path(__file__).parent / "results"
 CALIBRATION_TOKENS = 1500
@@ -121,6 +124,7 @@ async def read_one(
     config: PipelineConfig,
     key: str,
     rate: float,
+    shared: SharedCalls[MapOutput],
     traces: Path | None = None,
 ) -> dict[str, Any]:
     client = TimedClient(OpenAICompatibleClient(base_url=base_url))
@@ -128,7 +132,8 @@ async def read_one(
         counter = await client.token_counter()
         document_tokens = counter.count_batch([text])[0] if counter is not None else None
         started = time.perf_counter()
-        result = await MapReducePipeline(config, client=client, progress=False).arun(text, question)
+        pipeline = MapReducePipeline(config, client=client, progress=False, shared_calls=shared)
+        result = await pipeline.arun(text, question)
         ended = time.perf_counter()
     finally:
         await client.aclose()
@@ -198,12 +203,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             print(f"skipped novels: {BOOKS} is absent")
             continue
         rows = []
+        shared = SharedCalls[MapOutput]()  # the set's documents share map calls, as a batch's do
         # The pass keys with the passkey task's preset (as llmxmr bench infinitebench), the novels
         # with llmxmr run's defaults.
         preset = task_config("passkey").pipeline if name == "passkey" else None
         for doc, text, question, key in sets[name]():
             config = PipelineConfig.load(preset=preset, **{"llm.base_url": args.base_url, **overrides})
-            row = await read_one(args.base_url, doc, text, question, config, key, rate, args.traces)
+            row = await read_one(args.base_url, doc, text, question, config, key, rate, shared, args.traces)
             rows.append(row)
             print(json.dumps(row), flush=True)
         report["sets"][name] = {"rows": rows, "total": summed(rows)}
