@@ -35,7 +35,7 @@ from .events import (
     ReduceStarted,
     StageEvent,
 )
-from .grounding import Citation, DocumentIndex
+from .grounding import Citation, DocumentIndex, in_document_order
 from .partials import Partial, render_partial
 from .plan import LastChunking, ReadingPlan, checked_questions, plan_reading
 from .prompts import ChatMessage
@@ -369,20 +369,20 @@ class _Run:
             final = reduce.best_guess(question.rejected)
         question.trace.wall_time_s = time.perf_counter() - started
         failed_maps = [record for record in question.failed if record.stage == "map"]
-        cited = (
-            self.plan.family.cited(final, [*partials, *question.rejected], question.text, self.document)
-            if final
-            else ([], [])
-        )
+        if final is not None:
+            cited = self.plan.family.cited(final, [*partials, *question.rejected], question.text, self.document)
+        else:  # nothing answered; or the reduce failed, and what the parts found is kept as passages
+            cited = ([], in_document_order(c for p in partials for c in (*p.citations, *p.related)))
         outcome = reduce.outcome(
             final,
             supported=supported,
-            guesses=len(partials) or len(question.rejected),
+            guesses=sum(partial.answers for partial in partials) or len(question.rejected),
             cited=cited,
             failed_maps=failed_maps,
             chunk_count=len(chunks),
             settings=self.models.reduce.config.grounding,
             partials=partials,
+            reduce_failed=final is None and bool(partials),
         )
         # The texts the token counter estimated so far in the run (``ReadingPlan.counts_estimated``).
         question.trace.estimated_token_counts = self.plan.counts_estimated()

@@ -184,11 +184,16 @@ class SupportCheck:
 
     def about(self, citations: Sequence[Citation]) -> list[Citation]:
         """The quotes that are information about what is asked, with no answer to hold: each says
-        more than the question and names its subject itself."""
+        more than the question and names every term of its subject itself. None for a question
+        whose subject no passage names (an operation on the text): with no answer to check, any
+        passage would pass."""
+        subject = self.asked.subject
+        if not subject:
+            return []
         about = []
         for citation in citations:
             found = terms(citation.quote, self.ignoring)
-            if found - self.asked.terms and self.asked.named_in(found):
+            if found - self.asked.terms and subject <= found:
                 about.append(citation)
         return about
 

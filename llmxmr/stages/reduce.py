@@ -34,11 +34,20 @@ def nothing_found(unread: str | None = None) -> str:
 
 def unsupported(guesses: int) -> str:
     """Why there is no answer when the model gave ``guesses`` partial answers the text does not
-    support."""
+    support (none: the final answer was written from information whose quotes do not hold it)."""
+    if not guesses:
+        return (
+            f"{NOT_FOUND}: parts of it hold information about the question, but no quote of the text holds "
+            "the answer written from it; the model's guess is kept apart as unsupported."
+        )
     return (
         f"{NOT_FOUND}: {guesses} partial answer(s) proposed one, but no quote of the text holds it and is "
         "about what is asked; the model's guess is kept apart as unsupported."
     )
+
+
+# Why a reading with information found and no answer is incomplete, when the reduce call failed.
+REDUCE_FAILED = "the reduce call that was to weigh the information found failed; a rerun retries it"
 
 
 def below_threshold(answer: FinalAnswer, threshold: float) -> str:
@@ -73,6 +82,7 @@ def outcome(
     chunk_count: int,
     settings: GroundingSettings,
     partials: list[Partial],
+    reduce_failed: bool = False,
 ) -> Outcome:
     """The result of a question: ``final`` is the answer reduced from supported partial answers
     (``supported``), or the model's guess from ``guesses`` unsupported ones, or None (nothing
@@ -80,9 +90,12 @@ def outcome(
     result has an answer and citations: otherwise the model's text is its ``unsupported_guess``,
     and every passage found is a related one. The confidence is scaled by the share of chunks read,
     and a guess's is capped at ``grounding.unsupported_confidence``. A supported answer's confidence
-    is ``backed_confidence`` over ``partials``."""
+    is ``backed_confidence`` over ``partials``. ``reduce_failed``: the parts found information
+    and no answer, and the reduce call that was to weigh it failed: the result is incomplete."""
     unread = sum(len(record.chunk_indices) for record in failed_maps)
     note = unread_note(failed_maps, chunk_count)
+    if reduce_failed:
+        note = f"{note}; {REDUCE_FAILED}" if note else REDUCE_FAILED[0].upper() + REDUCE_FAILED[1:]
     if final is None:
         confidence = 0.0
     elif supported:
@@ -92,7 +105,7 @@ def outcome(
     status = status_of(
         supported=supported,
         guessed=final is not None,
-        unread=bool(unread),
+        unread=bool(unread) or reduce_failed,
         confidence=confidence,
         threshold=settings.min_confidence,
     )
@@ -140,7 +153,9 @@ def backed_confidence(final: FinalAnswer, citations: list[Citation], partials: l
     backing = [
         partial.answer.confidence
         for partial in partials
-        if partial.support == "verified" and any((c.start, c.end) in spans for c in partial.citations)
+        if partial.answers
+        and partial.support == "verified"
+        and any((c.start, c.end) in spans for c in partial.citations)
     ]
     return max([final.confidence, *backing])
 

@@ -386,15 +386,17 @@ def test_a_server_run_of_the_bundled_model_gets_its_profile_under_the_harness_pr
 # A reply with no answer whose extracted information is the text's own words about the question.
 
 
-def _informed(document: str, info: str, final: str, grounding: str = "cap") -> tuple[Any, ScriptedClient]:
-    """Every map reply has no answer; the one whose chunk holds the fact extracts ``info``; the
-    reduce answers ``final``."""
+def _informed(
+    document: str, info: str, final: str | None, grounding: str = "cap", confidence: float = 0, final_confidence=4.5
+) -> tuple[Any, ScriptedClient]:
+    """Every map reply has no answer; the one whose chunk holds the fact extracts ``info`` (at
+    ``confidence``); the reduce answers ``final`` (None: an invalid reply, every time)."""
 
     def respond(request: ChatRequest) -> str:
         if request.schema_name == "MapOutput":
             held = "tin" in request.messages[-1].content
-            return partial_reply(None, confidence=0, info=info if held else "", evidence=[])
-        return final_reply(final, chunks=[1])
+            return partial_reply(None, confidence=confidence, info=info if held else "", evidence=[])
+        return final_reply(final, final_confidence, chunks=[1]) if final is not None else "not JSON"
 
     client = ScriptedClient(responder=respond, counter=WordCounter())
     config = PipelineConfig.load(
@@ -424,6 +426,20 @@ def test_information_is_never_an_answer_by_itself():
     result, _ = _informed(document, FACT, "Mr. Collins keeps it")
     assert result.status == "unsupported" and result.answer == "" and not result.citations
     assert result.unsupported_guess == "Mr. Collins keeps it"
+    assert FACT in [c.quote for c in result.related]
+    assert "no quote of the text holds the answer written from it" in result.rationale
+
+
+def test_a_part_that_gave_no_answer_lends_the_answer_no_confidence():
+    document = f"{PROSE}\n\n{FACT}\n\n{PROSE}"
+    result, _ = _informed(document, FACT, "4071", confidence=5, final_confidence=0.5)
+    assert result.status == "unsupported" and result.confidence == 0.5  # below grounding.min_confidence (1)
+
+
+def test_a_failed_reduce_over_information_is_incomplete_and_keeps_what_was_found():
+    document = f"{PROSE}\n\n{FACT}\n\n{PROSE}"
+    result, _ = _informed(document, FACT, None)
+    assert result.status == "incomplete" and "reduce call" in result.rationale
     assert FACT in [c.quote for c in result.related]
 
 

@@ -62,6 +62,20 @@ def test_a_quote_of_the_questions_own_words_is_no_evidence():
     assert support.supporting("71432", [cited("The pass key is 71432.", text)]) != []
 
 
+def test_information_with_no_answer_must_name_the_whole_subject_of_a_question_about_the_text():
+    """With no answer to hold, a quote is information about the question only when it names
+    everything the question is about: the new cook is not the new gardener."""
+    cook = "The new cook was named Ann Hill."
+    text = f"{FILLER}\n\n{LONGBOURN}\n\n{GARDENER}\n\n{cook}\n\n{FILLER}"
+    support = check(QUESTION, text)
+    gardener, other = cited(GARDENER, text), cited(cook, text)
+    assert support.about([gardener, other]) == [gardener]
+    code = "def compute_beta(n):\n    return n * 17\n\ndef compute_alpha(n):\n    return n + 1\n"
+    beta = cited("def compute_beta(n):\n    return n * 17", code)
+    asked = "What does the function compute_alpha return when called with 3?"
+    assert family("code").support(asked, DocumentIndex(code)).about([beta]) == []  # an operation: no subject
+
+
 def test_an_answer_without_a_word_is_supported_by_no_quote():
     """Punctuation alone ("] ,", a reply cut inside its JSON) claims nothing a quote could hold."""
     text = f"{FILLER} The pass key is 71432. Remember it. {FILLER}"
