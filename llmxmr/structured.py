@@ -136,7 +136,7 @@ async def call_structured(
                 # inside a string would read its loop and go on with it. A reply stopped in a loop
                 # is asked again in the same words, so its request is the one a loop cut at the
                 # length limit made (and a recorded one still answers it).
-                record.rescue_max_chars = rescue_string_chars(max_tokens)
+                record.rescue_max_chars = rescue_string_chars(max_tokens, reply)
                 record.rescued_from = cut
                 schema = capped_lengths(schema, record.rescue_max_chars, tighten=True)
                 conversation = [*messages, ChatMessage(role="user", content=_cut_off(record.rescue_max_chars))]
@@ -166,12 +166,17 @@ async def call_structured(
     return None, record
 
 
-def rescue_string_chars(max_tokens: int) -> int:
+def rescue_string_chars(max_tokens: int, cut: ChatReply | None = None) -> int:
     """The longest string the rescue schema allows: a reply has at most ``RESCUE_STRINGS`` strings
     (three text fields and three quotes), and at ``CHARS_PER_TOKEN`` characters a token they fit in
-    ``max_tokens`` with room for the JSON around them. Bounded by ``RESCUE_MAX_CHARS``, since
-    llama.cpp's grammar converter fails on very large ``maxLength`` values."""
-    return max(RESCUE_MIN_CHARS, min(RESCUE_MAX_CHARS, int(max_tokens * CHARS_PER_TOKEN / RESCUE_STRINGS)))
+    ``max_tokens`` with room for the JSON around them; at fewer, if the ``cut`` reply was written
+    so (a loop of short tokens, "1. 1. 1.", runs near one character a token: under caps sized for
+    prose it is cut again, and the rescue would change nothing). Bounded by ``RESCUE_MAX_CHARS``,
+    since llama.cpp's grammar converter fails on very large ``maxLength`` values."""
+    rate = float(CHARS_PER_TOKEN)
+    if cut is not None and cut.completion_tokens and cut.text:
+        rate = min(rate, len(cut.text) / cut.completion_tokens)
+    return max(RESCUE_MIN_CHARS, min(RESCUE_MAX_CHARS, int(max_tokens * rate / RESCUE_STRINGS)))
 
 
 def _cut_off(max_chars: int) -> str:

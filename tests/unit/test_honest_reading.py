@@ -79,6 +79,18 @@ def test_a_cut_reply_is_asked_again_under_a_schema_that_fits_the_reply():
     assert f"under {cap} characters" in second.messages[-1].content
 
 
+def test_a_reply_cut_in_a_loop_of_short_tokens_is_rescued_under_caps_it_fits_at_that_rate():
+    """Cut at 512 tokens after 600 characters ("1. 1. 1." runs near a character a token): caps sized
+    for prose would let the same loop run to the limit again."""
+    loop = '{"extracted_information": "x", "evidence": ["' + "1. " * 200
+    client = ScriptedClient([ChatReply(text=loop, finish_reason="length", completion_tokens=512), VALID])
+    output, record = structured(client)
+    assert output is not None and record.attempts == 2
+    assert record.rescue_max_chars == int(512 * (len(loop) / 512) / 8) < rescue_string_chars(512)
+    caps = string_caps(client.requests[1].json_schema)
+    assert caps and all(c is not None and c <= record.rescue_max_chars for c in caps)
+
+
 def test_the_rescue_is_tried_even_when_the_cut_reply_was_the_last_attempt():
     client = ScriptedClient([CUT, VALID])
     output, record = structured(client, attempts=1)
