@@ -292,12 +292,11 @@ def _pack(segments: list[_Segment], budget: int, min_fill: float) -> list[range]
     best level, the last one, or, among those in the last ``ANCHOR_SHARE`` of the budget, the one
     whose segment's digest is least. Deciding by content makes repeated text give identical chunks:
     once a chunk has ended inside a repeated block, the next one starts where it did and ends where
-    it did (a repeated haystack, page headers, logs), and a document edited in one place falls back
-    into step with its old chunks soon after the edit. Both are read once (``reuse``, the reply
-    cache)."""
+    it did (a repeated haystack, page headers, logs), and identical chunks are read once
+    (``reuse``, the reply cache)."""
     groups: list[range] = []
     floor = budget * min_fill
-    anchored = budget * (1 - ANCHOR_SHARE)
+    anchored = max(floor, budget * (1 - ANCHOR_SHARE))
     first = 0
     while first < len(segments):
         total = 0
@@ -308,7 +307,7 @@ def _pack(segments: list[_Segment], budget: int, min_fill: float) -> list[range]
             total += segments[last].tokens
             if total >= floor:
                 best_end[segments[last].level] = last
-            if total >= max(floor, anchored):
+            if total >= anchored:
                 anchors.setdefault(segments[last].level, []).append(last)
             last += 1
         if last == len(segments):

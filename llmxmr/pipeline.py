@@ -688,30 +688,22 @@ class _Run:
             on_partial=AnswerStream(question.index, self._emit),  # the answer shown as it is written
         )
         assert record is not None  # only map calls wait for a warm-up, and may be skipped
-        best = reduce.standing(partials)
+        standing = reduce.fallback(partials, supported)
         if output is None:
             self._record(question, record)
-            return _standing(best, supported)
+            return standing
         if not supported:
             self._record(question, record, "no partial answer is supported: the reply is the model's unsupported guess")
             return reduce.known_chunks(output, partials), False
         checked, problem = self.plan.family.checked_final(output, partials, question.text, self.document)
-        if checked is None and best is None:
+        if checked is None and standing[0] is None:
             self._record(question, record, f"{problem}; no partial answer can stand: the reply is an unsupported guess")
             return reduce.known_chunks(output, partials), False
         if checked is None:
             self._record(question, record, f"{problem}; the most confident partial answer stands")
-            return _standing(best, supported)
+            return standing
         self._record(question, record)
         return reduce.known_chunks(checked, partials), supported
-
-
-def _standing(best: Partial | None, supported: bool) -> tuple[FinalAnswer | None, bool]:
-    """The final answer when the reduce's may not stand: the best partial answer, supported if it
-    is (and the partials were)."""
-    if best is None:
-        return None, False
-    return reduce.fallback(best), supported and best.support != "unverified"
 
 
 # How long map calls wait for the warm-up call whose prefix they share (see ``_Run._start_maps``)

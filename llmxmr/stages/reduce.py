@@ -95,7 +95,7 @@ def outcome(
     unread = sum(len(record.chunk_indices) for record in failed_maps)
     note = unread_note(failed_maps, chunk_count)
     if reduce_failed:
-        note = f"{note}; {REDUCE_FAILED}" if note else REDUCE_FAILED[0].upper() + REDUCE_FAILED[1:]
+        note = f"{note}; {REDUCE_FAILED}" if note else REDUCE_FAILED.capitalize()
     if final is None:
         confidence = 0.0
     elif supported:
@@ -225,22 +225,21 @@ def citations_for(answer: FinalAnswer, partials: list[Partial]) -> list[Citation
     return in_document_order(c for p in (chosen or partials) for c in p.citations)
 
 
-def standing(partials: list[Partial]) -> Partial | None:
-    """The partial answer that stands when the reduce call fails or its answer fails a check: the
-    most confident supported one, else the most confident guess; None when the partials carry
-    information but no answer."""
-    return max((p for p in partials if p.answers), key=standing_order, default=None)
-
-
-def fallback(best: Partial) -> FinalAnswer:
-    """A partial answer (``standing``) as the final one."""
-    assert best.answer.answer is not None  # ``standing`` picks answers only
-    return FinalAnswer(
+def fallback(partials: list[Partial], supported: bool) -> tuple[FinalAnswer | None, bool]:
+    """When the reduce call fails or its answer fails a check: the partial answer that stands
+    instead (the most confident supported one, else the most confident guess), and whether the
+    text supports it; None when the partials carry information but no answer."""
+    best = max((p for p in partials if p.answers), key=standing_order, default=None)
+    if best is None:
+        return None, False
+    assert best.answer.answer is not None  # partials that answer only
+    final = FinalAnswer(
         rationale=f"The most confident partial answer stands (no usable reduce reply). {best.answer.rationale}",
         answer=best.answer.answer,
         confidence=best.answer.confidence,
         supporting_chunks=best.chunk_indices,
     )
+    return final, supported and best.support != "unverified"
 
 
 def known_chunks(answer: FinalAnswer, partials: list[Partial]) -> FinalAnswer:
